@@ -1,0 +1,138 @@
+//! Channel adapters: each one listens on its platform, normalizes what arrives into an
+//! [`InboundMessage`](crate::message::InboundMessage) for the inbox, and sends what delivery gives
+//! it. Adapters know nothing of sessions or agents.
+//!
+//! Sending is the [`ChannelSender`] trait. Its errors carry their class, which decides what
+//! delivery does next: retry with backoff, hold the channel for re-authentication, or move the
+//! reply to the dead letters.
+
+pub mod http;
+pub mod webchat;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::message::{ChannelKind, OutboundMessage};
+
+/// What delivery should do about a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// It may pass: network error, timeout, 5xx, 429.
+    Retryable,
+    /// The credentials were refused: 401/403, revoked token.
+    Auth,
+    /// Sending again cannot help: bad request, unknown chat, bot blocked.
+    Permanent,
+}
+
+/// A failed send.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// It may pass; `retry_after` is the platform's own request to wait.
+    #[error("{message}")]
+    Retryable {
+        /// What happened.
+        message: String,
+        /// How long the platform asked us to wait, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// The credentials were refused.
+    #[error("authentication refused: {0}")]
+    Auth(String),
+    /// Sending again cannot help.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    /// The class that decides between retrying, holding and dead-lettering.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Retryable { .. } => ErrorClass::Retryable,
+            Self::Auth(_) => ErrorClass::Auth,
+            Self::Permanent(_) => ErrorClass::Permanent,
+        }
+    }
+
+    /// A retryable error without a platform-requested delay.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// The sending half of a channel adapter.
+#[async_trait]
+pub trait ChannelSender: Send + Sync {
+    /// Which channel this is.
+    fn kind(&self) -> ChannelKind;
+    /// Sends one reply. `Ok` means the platform accepted it.
+    async fn send(&self, msg: &OutboundMessage) -> Result<(), SendError>;
+}
+
+/// Classifies an HTTP status the way most platform APIs use them.
+pub fn classify_status(status: u16, retry_after: Option<Duration>, detail: &str) -> SendError {
+    let message = format!("HTTP {status}: {detail}");
+    match status {
+        429 => SendError::Retryable {
+            message,
+            retry_after,
+        },
+        401 | 403 => SendError::Auth(message),
+        s if s >= 500 => SendError::Retryable {
+            message,
+            retry_after,
+        },
+        _ => SendError::Permanent(message),
+    }
+}
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_fall_into_their_classes() {
+        for (status, class) in [
+            (429, ErrorClass::Retryable),
+            (500, ErrorClass::Retryable),
+            (503, ErrorClass::Retryable),
+            (401, ErrorClass::Auth),
+            (403, ErrorClass::Auth),
+            (400, ErrorClass::Permanent),
+            (404, ErrorClass::Permanent),
+        ] {
+            assert_eq!(
+                classify_status(status, None, "x").class(),
+                class,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,358 @@
+//! The WebChat channel: a chat page served by gatewayd itself at `/` and a WebSocket at
+//! `/ws?chat_id=<id>`.
+//!
+//! Client frames: `{"type":"message","id":"<client id>","text":"..."}`. The server answers
+//! `{"type":"ack","id":..}` only after the inbox commit, then later
+//! `{"type":"message","id":"<reply id>","text":..,"reply_to":"<client id>"}`. Problems are
+//! `{"type":"error","code":..,"message":..}` and the connection stays open. The chat id is the
+//! person's address on this channel; a message's dedupe key is `<chat_id>/<client id>`, so a
+//! client that re-sends after a reconnect gets one agent turn.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::{ChannelSender, SendError};
+use crate::delivery::Delivery;
+use crate::inbox::Inbox;
+use crate::message::{ChannelKind, ChatType, InboundMessage, OutboundMessage, now_ms};
+
+/// Longest chat id or client message id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Frames queued for one socket before it counts as not reading.
+const SOCKET_QUEUE: usize = 256;
+
+/// Checks a chat id from the query string.
+pub fn valid_chat_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!("chat_id must be 1 to {MAX_ID_BYTES} characters"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err("chat_id may contain only letters, digits, '-', '_', '.' and ':'".to_owned());
+    }
+    Ok(())
+}
+
+/// The WebChat adapter: open sockets by chat, and the sender for replies.
+pub struct WebChat {
+    sockets: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<String>)>>>,
+    next_socket: AtomicU64,
+    max_message_bytes: usize,
+    delivery: OnceLock<Delivery>,
+    closing: watch::Receiver<bool>,
+}
+
+fn error_frame(code: &str, message: &str, id: Option<&str>) -> String {
+    json!({"type": "error", "code": code, "message": message, "id": id}).to_string()
+}
+
+/// What one client frame asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Message { id: String, text: String },
+}
+
+fn parse_frame(
+    raw: &str,
+    max_bytes: usize,
+) -> Result<Frame, (&'static str, String, Option<String>)> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        (
+            "invalid_json",
+            format!("frame is not valid JSON: {e}"),
+            None,
+        )
+    })?;
+    let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    match value.get("type").and_then(Value::as_str) {
+        Some("message") => {}
+        Some(other) => {
+            return Err((
+                "unknown_type",
+                format!("unknown frame type `{other}`; send type \"message\""),
+                id,
+            ));
+        }
+        None => {
+            return Err((
+                "unknown_type",
+                "frame needs a string field `type`".to_owned(),
+                id,
+            ));
+        }
+    }
+    let Some(id) = id else {
+        return Err((
+            "invalid_id",
+            "field `id` must be a non-empty string".to_owned(),
+            None,
+        ));
+    };
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err((
+            "invalid_id",
+            format!("field `id` must be 1 to {MAX_ID_BYTES} bytes without control characters"),
+            None,
+        ));
+    }
+    let text = match value.get("text") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => {
+            return Err((
+                "invalid_text",
+                "field `text` must be a string".to_owned(),
+                Some(id),
+            ));
+        }
+        None => {
+            return Err((
+                "invalid_text",
+                "field `text` is required".to_owned(),
+                Some(id),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err((
+            "empty_text",
+            "field `text` must not be empty".to_owned(),
+            Some(id),
+        ));
+    }
+    if text.len() > max_bytes {
+        return Err((
+            "too_large",
+            format!(
+                "text is {} bytes, over the limit of {max_bytes} (channels.webchat.max_message_bytes)",
+                text.len()
+            ),
+            Some(id),
+        ));
+    }
+    Ok(Frame::Message { id, text })
+}
+
+impl WebChat {
+    /// A WebChat adapter accepting texts up to `max_message_bytes`; sockets close when
+    /// `closing` turns true.
+    pub fn new(max_message_bytes: usize, closing: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Self {
+            sockets: Mutex::new(HashMap::new()),
+            next_socket: AtomicU64::new(1),
+            max_message_bytes,
+            delivery: OnceLock::new(),
+            closing,
+        })
+    }
+
+    /// Lets the adapter wake a chat's delivery lane when its client (re)connects.
+    pub fn attach_delivery(&self, delivery: Delivery) {
+        let _ = self.delivery.set(delivery);
+    }
+
+    /// Largest WebSocket frame accepted before the connection is closed outright; frames below
+    /// it but over the text limit get an error frame and the connection stays open.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_mul(2).max(1 << 20) + 64 * 1024
+    }
+
+    /// Serves one WebSocket for `chat_id` until either side closes it.
+    pub async fn serve(self: Arc<Self>, inbox: Arc<Inbox>, chat_id: String, socket: WebSocket) {
+        let socket_id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<String>(SOCKET_QUEUE);
+        if let Ok(mut sockets) = self.sockets.lock() {
+            sockets
+                .entry(chat_id.clone())
+                .or_default()
+                .push((socket_id, tx));
+        }
+        if let Some(d) = self.delivery.get() {
+            d.nudge(ChannelKind::Webchat, &chat_id);
+        }
+        tracing::debug!(message = "WebChat connected.", chat_id = %chat_id, socket_id);
+        let (mut sink, mut stream) = socket.split();
+        let mut closing = self.closing.clone();
+        loop {
+            tokio::select! {
+                Some(frame) = rx.recv() => {
+                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = stream.next() => {
+                    let text = match incoming {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(_))) => {
+                            let f = error_frame("unsupported_frame", "send JSON text frames, not binary", None);
+                            if sink.send(Message::Text(f.into())).await.is_err() { break; }
+                            continue;
+                        }
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            tracing::debug!(message = "WebChat socket error.", chat_id = %chat_id, error = %e);
+                            break;
+                        }
+                    };
+                    let reply = self.handle_frame(&inbox, &chat_id, text.as_str()).await;
+                    if sink.send(Message::Text(reply.0.into())).await.is_err() {
+                        break;
+                    }
+                    if let Some(committed) = reply.1 {
+                        inbox.dispatch(committed).await;
+                    }
+                }
+                _ = closing.changed() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            }
+        }
+        if let Ok(mut sockets) = self.sockets.lock() {
+            if let Some(list) = sockets.get_mut(&chat_id) {
+                list.retain(|(id, _)| *id != socket_id);
+                if list.is_empty() {
+                    sockets.remove(&chat_id);
+                }
+            }
+        }
+        tracing::debug!(message = "WebChat disconnected.", chat_id = %chat_id, socket_id);
+    }
+
+    /// Answers one client frame: the frame to send back, and the message to dispatch once the
+    /// acknowledgement is on its way.
+    async fn handle_frame(
+        &self,
+        inbox: &Inbox,
+        chat_id: &str,
+        raw: &str,
+    ) -> (String, Option<crate::inbox::Committed>) {
+        let (id, text) = match parse_frame(raw, self.max_message_bytes) {
+            Ok(Frame::Message { id, text }) => (id, text),
+            Err((code, message, id)) => return (error_frame(code, &message, id.as_deref()), None),
+        };
+        let msg = InboundMessage {
+            channel: ChannelKind::Webchat,
+            channel_message_id: format!("{chat_id}/{id}"),
+            chat_id: chat_id.to_owned(),
+            chat_type: ChatType::Direct,
+            sender_id: chat_id.to_owned(),
+            text,
+            received_at_ms: now_ms(),
+        };
+        match inbox.commit(msg).await {
+            Ok(c) => (
+                json!({"type": "ack", "id": id, "duplicate": c.duplicate}).to_string(),
+                Some(c),
+            ),
+            Err(e) => {
+                tracing::error!(message = "Cannot commit a WebChat message.", chat_id = %chat_id, error = %e);
+                (
+                    error_frame(
+                        "unavailable",
+                        "the gateway cannot store messages right now; send it again",
+                        Some(&id),
+                    ),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChannelSender for WebChat {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::Webchat
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<(), SendError> {
+        let reply_to = msg
+            .reply_to
+            .as_deref()
+            .map(|r| r.strip_prefix(&format!("{}/", msg.chat_id)).unwrap_or(r));
+        let frame = json!({"type": "message", "id": msg.id.to_string(), "text": msg.text, "reply_to": reply_to})
+            .to_string();
+        let sockets: Vec<mpsc::Sender<String>> = self
+            .sockets
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.get(&msg.chat_id)
+                    .map(|l| l.iter().map(|(_, tx)| tx.clone()).collect())
+            })
+            .unwrap_or_default();
+        let mut sent = false;
+        for tx in sockets {
+            sent |= tx.try_send(frame.clone()).is_ok();
+        }
+        if sent {
+            Ok(())
+        } else {
+            Err(SendError::retryable(format!(
+                "no open WebChat connection for chat {}; the reply waits for the client to reconnect",
+                msg.chat_id
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str, expected: Result<(&str, &str), &str>) {
+        match (parse_frame(raw, 8), expected) {
+            (Ok(Frame::Message { id, text }), Ok((eid, etext))) => {
+                assert_eq!((id.as_str(), text.as_str()), (eid, etext), "{raw}");
+            }
+            (Err((code, _, _)), Err(ecode)) => assert_eq!(code, ecode, "{raw}"),
+            (got, expected) => panic!("{raw}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn client_frames() {
+        check(
+            r#"{"type":"message","id":"a","text":"hi"}"#,
+            Ok(("a", "hi")),
+        );
+        check("not json", Err("invalid_json"));
+        check(r#"{"type":"typing","id":"a"}"#, Err("unknown_type"));
+        check(r#"{"id":"a","text":"hi"}"#, Err("unknown_type"));
+        check(r#"{"type":"message","text":"hi"}"#, Err("invalid_id"));
+        check(
+            r#"{"type":"message","id":"","text":"hi"}"#,
+            Err("invalid_id"),
+        );
+        check(
+            r#"{"type":"message","id":"a","text":7}"#,
+            Err("invalid_text"),
+        );
+        check(
+            r#"{"type":"message","id":"a","text":" "}"#,
+            Err("empty_text"),
+        );
+        check(
+            r#"{"type":"message","id":"a","text":"123456789"}"#,
+            Err("too_large"),
+        );
+    }
+
+    #[test]
+    fn chat_ids() {
+        assert!(valid_chat_id("0b3f-aa_1.x:y").is_ok());
+        assert!(valid_chat_id("").is_err());
+        assert!(valid_chat_id("a b").is_err());
+        assert!(valid_chat_id(&"x".repeat(129)).is_err());
+    }
+}

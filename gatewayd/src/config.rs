@@ -1,0 +1,687 @@
+//! Configuration: the TOML file `gatewayd` reads at start, its defaults and its validation.
+//!
+//! Every key is part of the operator interface and is documented in README.md. Unknown keys are
+//! rejected (`deny_unknown_fields`), and [`Config::load`] reports *every* problem at once, each
+//! with its key path and, where the file says, its line. Secrets are never written in the file:
+//! they are referenced through `*_env` (an environment variable name) or `*_file` (a path).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[gateway]`: data directory and session limits.
+    pub gateway: GatewayConfig,
+    /// `[http]`: the HTTP listener (WebChat, webhooks, health).
+    pub http: HttpConfig,
+    /// `[admin]`: the gRPC admin listener.
+    pub admin: AdminConfig,
+    /// `[log]`: log level and log directory.
+    pub log: LogConfig,
+    /// `[agent]`: which LLM provider answers.
+    pub agent: AgentConfig,
+    /// `[channels.*]`: the channel adapters.
+    pub channels: ChannelsConfig,
+    /// `[delivery]`: retries of outbound sends.
+    pub delivery: DeliveryConfig,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Directory for the database and logs; relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+    /// Most sessions kept resident in memory (LRU beyond that).
+    pub max_sessions: usize,
+    /// A resident session idle this long is swept out of memory (its history stays stored).
+    pub idle_timeout: HumanDuration,
+    /// How many recent turns a session keeps in memory and sends to the agent.
+    pub history_window: usize,
+    /// Capacity of one session's mailbox of waiting messages.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            max_sessions: 10_000,
+            idle_timeout: HumanDuration(Duration::from_secs(30 * 60)),
+            history_window: 20,
+            mailbox_capacity: 64,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the gRPC admin listener.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_owned(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or `gatewayd=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// Directory of the daily rolling log file; relative paths are relative to `data_dir`.
+    pub dir: PathBuf,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            dir: PathBuf::from("logs"),
+        }
+    }
+}
+
+/// Which agent provider answers messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Offline and deterministic: replies with the message text.
+    Echo,
+    /// Any OpenAI-compatible `/v1/chat/completions` endpoint.
+    Openai,
+}
+
+impl AgentConfig {
+    /// The provider's name, as written in the file.
+    pub fn provider_name(&self) -> &'static str {
+        match self.provider {
+            ProviderKind::Echo => "echo",
+            ProviderKind::Openai => "openai",
+        }
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `echo` or `openai`.
+    pub provider: ProviderKind,
+    /// Base URL of the OpenAI-compatible API, up to and including `/v1`.
+    pub base_url: String,
+    /// Model name sent with each request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (optional for local servers).
+    pub api_key_env: Option<String>,
+    /// Path of a file holding the API key (alternative to `api_key_env`).
+    pub api_key_file: Option<PathBuf>,
+    /// System prompt sent first in every request.
+    pub system_prompt: Option<String>,
+    /// Most LLM requests in flight at once, across all sessions.
+    pub max_concurrent: usize,
+    /// Timeout of one LLM request.
+    pub timeout: HumanDuration,
+    /// Attempts of one turn before the user gets an error reply.
+    pub max_attempts: u32,
+    /// Base delay of the exponential backoff between attempts.
+    pub retry_backoff: HumanDuration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Echo,
+            base_url: "http://127.0.0.1:11434/v1".to_owned(),
+            model: "llama3.2".to_owned(),
+            api_key_env: None,
+            api_key_file: None,
+            system_prompt: None,
+            max_concurrent: 16,
+            timeout: HumanDuration(Duration::from_secs(60)),
+            max_attempts: 3,
+            retry_backoff: HumanDuration(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// `[channels]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// `[channels.webchat]`.
+    pub webchat: WebChatConfig,
+    /// `[channels.http]`.
+    pub http: HttpChannelConfig,
+}
+
+/// `[channels.webchat]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebChatConfig {
+    /// Serve the chat page at `/` and the WebSocket at `/ws`.
+    pub enabled: bool,
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for WebChatConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[channels.http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpChannelConfig {
+    /// Accept messages at `POST /channels/http/messages`.
+    pub enabled: bool,
+    /// Where replies are POSTed as JSON.
+    pub callback_url: Option<String>,
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+    /// Timeout of one callback request.
+    pub timeout: HumanDuration,
+}
+
+impl Default for HttpChannelConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            callback_url: None,
+            max_message_bytes: 64 * 1024,
+            timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Send attempts of one reply before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// Base delay of the exponential backoff (full jitter) between attempts.
+    pub retry_backoff: HumanDuration,
+    /// Longest delay between two attempts.
+    pub max_backoff: HumanDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            retry_backoff: HumanDuration(Duration::from_millis(500)),
+            max_backoff: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A duration written as `"250ms"`, `"30s"`, `"5m"`, `"2h"` or a whole number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// The duration itself.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` into a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write e.g. \"500ms\", \"30s\", \"5m\"")
+    })?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(unit_ms)))
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Self)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `agent.max_concurrent`.
+    pub path: String,
+    /// 1-based line in the file, where known.
+    pub line: Option<usize>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} (line {}): {}", self.path, line, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in one file, printed one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// The problems, in file order where known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} has {} error(s):",
+            self.file.display(),
+            self.errors.len()
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, returning every error at once.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![ConfigError {
+                path: "(file)".to_owned(),
+                line: None,
+                message: format!(
+                    "cannot read the configuration file: {e}; pass --config PATH or set GATEWAYD_CONFIG"
+                ),
+            }])
+        })?;
+        Self::parse(&text).map_err(fail)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => return Err(vec![parse_error(text, &e)]),
+        };
+        let mut errors = config.validate();
+        for e in &mut errors {
+            e.line = line_of_key(text, &e.path);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Checks values that parse but make no sense, returning every problem found.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errors.push(ConfigError {
+                path: path.to_owned(),
+                line: None,
+                message,
+            })
+        };
+        if self.gateway.max_sessions == 0 {
+            err("gateway.max_sessions", "must be at least 1".to_owned());
+        }
+        if self.gateway.idle_timeout.get() < Duration::from_millis(100) {
+            err("gateway.idle_timeout", "must be at least 100ms".to_owned());
+        }
+        if self.gateway.history_window == 0 {
+            err("gateway.history_window", "must be at least 1".to_owned());
+        }
+        if self.gateway.mailbox_capacity == 0 {
+            err("gateway.mailbox_capacity", "must be at least 1".to_owned());
+        }
+        if let Err(e) = self.http.listen.parse::<SocketAddr>() {
+            err(
+                "http.listen",
+                format!(
+                    "`{}` is not an address: {e}; write e.g. \"127.0.0.1:8080\"",
+                    self.http.listen
+                ),
+            );
+        }
+        if let Err(e) = self.admin.listen.parse::<SocketAddr>() {
+            err(
+                "admin.listen",
+                format!(
+                    "`{}` is not an address: {e}; write e.g. \"127.0.0.1:50051\"",
+                    self.admin.listen
+                ),
+            );
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            err(
+                "log.level",
+                format!("`{}` is not a log filter: {e}", self.log.level),
+            );
+        }
+        let agent = &self.agent;
+        if agent.provider == ProviderKind::Openai {
+            if let Err(e) = reqwest::Url::parse(&agent.base_url) {
+                err(
+                    "agent.base_url",
+                    format!("`{}` is not a URL: {e}", agent.base_url),
+                );
+            }
+            if agent.model.trim().is_empty() {
+                err("agent.model", "must name a model".to_owned());
+            }
+        }
+        if agent.api_key_env.is_some() && agent.api_key_file.is_some() {
+            err(
+                "agent.api_key_env",
+                "set only one of api_key_env and api_key_file".to_owned(),
+            );
+        }
+        if let Some(var) = &agent.api_key_env {
+            if std::env::var_os(var).is_none() {
+                err(
+                    "agent.api_key_env",
+                    format!("environment variable `{var}` is not set; export it or remove the key"),
+                );
+            }
+        }
+        if let Some(file) = &agent.api_key_file {
+            if !file.is_file() {
+                err(
+                    "agent.api_key_file",
+                    format!("`{}` is not a readable file", file.display()),
+                );
+            }
+        }
+        if agent.max_concurrent == 0 {
+            err("agent.max_concurrent", "must be at least 1".to_owned());
+        }
+        if agent.max_attempts == 0 {
+            err("agent.max_attempts", "must be at least 1".to_owned());
+        }
+        if agent.timeout.get().is_zero() {
+            err("agent.timeout", "must be more than 0".to_owned());
+        }
+        let http = &self.channels.http;
+        if http.enabled {
+            match &http.callback_url {
+                None => err(
+                    "channels.http.callback_url",
+                    "required when channels.http.enabled = true; replies are POSTed there"
+                        .to_owned(),
+                ),
+                Some(url) => match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    Ok(_) => err(
+                        "channels.http.callback_url",
+                        format!("`{url}` must be an http:// or https:// URL"),
+                    ),
+                    Err(e) => err(
+                        "channels.http.callback_url",
+                        format!("`{url}` is not a URL: {e}"),
+                    ),
+                },
+            }
+        }
+        for (path, bytes) in [
+            (
+                "channels.webchat.max_message_bytes",
+                self.channels.webchat.max_message_bytes,
+            ),
+            ("channels.http.max_message_bytes", http.max_message_bytes),
+        ] {
+            if bytes == 0 {
+                err(path, "must be at least 1".to_owned());
+            }
+        }
+        if !self.channels.webchat.enabled && !http.enabled {
+            err(
+                "channels",
+                "no channel is enabled; enable channels.webchat or channels.http".to_owned(),
+            );
+        }
+        if self.delivery.max_attempts == 0 {
+            err("delivery.max_attempts", "must be at least 1".to_owned());
+        }
+        errors
+    }
+
+    /// The log directory, resolved against `data_dir` when relative.
+    pub fn log_dir(&self) -> PathBuf {
+        if self.log.dir.is_absolute() {
+            self.log.dir.clone()
+        } else {
+            self.gateway.data_dir.join(&self.log.dir)
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.gateway.data_dir.join("gateway.db")
+    }
+
+    /// Reads the agent API key through its `*_env` or `*_file` indirection.
+    pub fn agent_api_key(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.agent.api_key_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                format!("agent.api_key_env: environment variable `{var}` is not set")
+            });
+        }
+        if let Some(file) = &self.agent.api_key_file {
+            return std::fs::read_to_string(file)
+                .map(|s| Some(s.trim().to_owned()))
+                .map_err(|e| format!("agent.api_key_file: cannot read `{}`: {e}", file.display()));
+        }
+        Ok(None)
+    }
+}
+
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|span| line_at(text, span.start));
+    let message = e.message().trim().replace('\n', " ");
+    // serde names the offending key in its message; the span points at it in the file.
+    let path = e
+        .span()
+        .and_then(|span| key_path_at(text, span.start))
+        .unwrap_or_else(|| "(syntax)".to_owned());
+    ConfigError {
+        path,
+        line,
+        message,
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |prefix| prefix.matches('\n').count())
+        + 1
+}
+
+/// The dotted path of the key whose span contains `offset`, found in the parsed document.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    let mut table = doc.get_ref();
+    'outer: loop {
+        for (key, value) in table.iter() {
+            let kspan = key.span();
+            let vspan = value.span();
+            let in_key = kspan.start <= offset && offset < kspan.end.max(kspan.start + 1);
+            let in_value = vspan.start <= offset && offset < vspan.end.max(vspan.start + 1);
+            if in_key || in_value {
+                path.push(key.get_ref().to_string());
+                if let toml::de::DeValue::Table(inner) = value.get_ref() {
+                    if in_value {
+                        table = inner;
+                        continue 'outer;
+                    }
+                }
+                return Some(path.join("."));
+            }
+        }
+        return (!path.is_empty()).then(|| path.join("."));
+    }
+}
+
+/// The 1-based line where the key at dotted `path` is written, if it is in the file.
+pub fn line_of_key(text: &str, path: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref() == part)?;
+        if parts.peek().is_none() {
+            return Some(line_at(text, key.span().start));
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return Some(line_at(text, key.span().start)),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::parse("").expect("empty config is valid");
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.admin.listen, "127.0.0.1:50051");
+        assert_eq!(c.gateway.data_dir, PathBuf::from("data"));
+        assert_eq!(c.agent.provider, ProviderKind::Echo);
+        assert!(c.channels.webchat.enabled);
+        assert_eq!(c.channels.webchat.max_message_bytes, 65536);
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("7", 7_000),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let errs = Config::parse("[gateway]\nmax_sessions = 5\n\n[agent]\nmodle = \"x\"\n")
+            .expect_err("typo must be rejected");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(5), "{errs:?}");
+        assert!(errs[0].message.contains("modle"), "{errs:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once_with_lines() {
+        let text = "[gateway]\nmax_sessions = 0\n[http]\nlisten = \"nowhere\"\n[agent]\nprovider = \"openai\"\nbase_url = \"not a url\"\nmax_concurrent = 0\n";
+        let errs = Config::parse(text).expect_err("invalid");
+        let paths: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("gateway.max_sessions", Some(2)),
+                ("http.listen", Some(4)),
+                ("agent.base_url", Some(7)),
+                ("agent.max_concurrent", Some(8)),
+            ]
+        );
+    }
+
+    #[test]
+    fn http_channel_requires_a_callback() {
+        let errs = Config::parse("[channels.http]\nenabled = true\n").expect_err("invalid");
+        assert_eq!(errs[0].path, "channels.http.callback_url");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let errs = Config::parse("[gateway]\nmax_sessions = \"many\"\n").expect_err("invalid");
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].path.contains("max_sessions"), "{errs:?}");
+    }
+}

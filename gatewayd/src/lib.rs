@@ -1,0 +1,21 @@
+//! gatewayd: a hub-and-spoke gateway that puts AI agents on chat channels.
+//!
+//! The modules follow the path of a message: a channel adapter normalizes it
+//! ([`channels`], [`message`]), the [`inbox`] commits and deduplicates it, [`identity`] finds the
+//! person, the [`session`] router hands it to that conversation's worker, the [`agent`] answers,
+//! the turn and its reply are committed to the [`store`], and [`delivery`] sends the reply back
+//! through the adapter. [`events`] carries every state change to whoever watches; [`http`] and
+//! [`runtime`] wire it all to the network and to the process's life.
+
+pub mod agent;
+pub mod channels;
+pub mod config;
+pub mod delivery;
+pub mod events;
+pub mod http;
+pub mod identity;
+pub mod inbox;
+pub mod message;
+pub mod runtime;
+pub mod session;
+pub mod store;

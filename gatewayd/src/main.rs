@@ -1,0 +1,123 @@
+//! The `gatewayd` binary: reads the configuration, sets up logging, runs the gateway until
+//! SIGINT or SIGTERM, and offers `check-config` to validate a file without starting anything.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatewayd::config::Config;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+const DEFAULT_CONFIG: &str = "config/gatewayd.toml";
+
+/// The gateway daemon: puts AI agents on chat channels.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file [default: config/gatewayd.toml].
+    #[arg(long, global = true, env = "GATEWAYD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration, print every error with its key path and line, and exit.
+    CheckConfig,
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("{} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let log_dir = config.log_dir();
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        eprintln!(
+            "gatewayd: cannot create the log directory {}: {e}; check gateway.data_dir and log.dir",
+            log_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let file = tracing_appender::rolling::daily(&log_dir, "gatewayd.log");
+    let (file, _guard) = tracing_appender::non_blocking(file);
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&config.log.level))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file)
+                .with_filter(filter()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatewayd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path_text = path.display().to_string();
+    let result = runtime.block_on(gatewayd::runtime::run(
+        config,
+        &path_text,
+        shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(message = "gatewayd failed.", error = %format!("{e:#}"));
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!(message = "SIGINT received."),
+        () = term => tracing::info!(message = "SIGTERM received."),
+    }
+}

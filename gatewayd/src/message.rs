@@ -1,0 +1,217 @@
+//! The one message format every channel is normalized into, and the types that name channels,
+//! people and conversations.
+//!
+//! Adapters build an [`InboundMessage`]; the agent and delivery never see a platform's own
+//! format. A conversation is a [`SessionKey`]: a direct chat is keyed by user (so linked channels
+//! share it), a group chat by `(channel, chat)`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The channels the gateway speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// The built-in browser chat at `/`.
+    Webchat,
+    /// The generic HTTP channel for integrations.
+    Http,
+}
+
+impl ChannelKind {
+    /// Every channel, in display order.
+    pub const ALL: [ChannelKind; 2] = [ChannelKind::Webchat, ChannelKind::Http];
+
+    /// Stable lowercase name, used in the store, config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webchat => "webchat",
+            Self::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChannelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown channel `{s}`"))
+    }
+}
+
+/// Whether a chat is one person talking to the agent or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatType {
+    /// One person and the agent.
+    Direct,
+    /// Several people; keyed by `(channel, chat)` and never merged with a direct chat.
+    Group,
+}
+
+impl ChatType {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Group => "group",
+        }
+    }
+}
+
+impl FromStr for ChatType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "group" => Ok(Self::Group),
+            other => Err(format!("unknown chat type `{other}`")),
+        }
+    }
+}
+
+/// Where a person can be reached: a sender id on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Address {
+    /// The channel.
+    pub channel: ChannelKind,
+    /// The platform's id of the sender.
+    pub sender_id: String,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.channel, self.sender_id)
+    }
+}
+
+/// A person, recognised across the channels linked to them.
+pub type UserId = i64;
+
+/// A message as it arrived, in the gateway's own format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The channel it came from.
+    pub channel: ChannelKind,
+    /// The platform's id of the message: with `channel`, the dedupe key.
+    pub channel_message_id: String,
+    /// The chat it was written in; replies go back here.
+    pub chat_id: String,
+    /// Direct or group chat.
+    pub chat_type: ChatType,
+    /// Who wrote it.
+    pub sender_id: String,
+    /// The text.
+    pub text: String,
+    /// Arrival time, milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+}
+
+impl InboundMessage {
+    /// The sender's address.
+    pub fn address(&self) -> Address {
+        Address {
+            channel: self.channel,
+            sender_id: self.sender_id.clone(),
+        }
+    }
+}
+
+/// Identifies one conversation, and so one agent session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionKey {
+    /// A direct chat, shared by every channel linked to the user.
+    User(UserId),
+    /// A group chat on one channel.
+    Group(ChannelKind, String),
+}
+
+impl SessionKey {
+    /// The key of the conversation a message from `user` belongs to.
+    pub fn for_message(msg: &InboundMessage, user: UserId) -> Self {
+        match msg.chat_type {
+            ChatType::Direct => Self::User(user),
+            ChatType::Group => Self::Group(msg.channel, msg.chat_id.clone()),
+        }
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::Group(channel, chat) => write!(f, "group:{channel}:{chat}"),
+        }
+    }
+}
+
+impl FromStr for SessionKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(id) = s.strip_prefix("user:") {
+            return id
+                .parse()
+                .map(Self::User)
+                .map_err(|_| format!("bad user id in session key `{s}`"));
+        }
+        if let Some(rest) = s.strip_prefix("group:") {
+            if let Some((channel, chat)) = rest.split_once(':') {
+                return Ok(Self::Group(channel.parse()?, chat.to_owned()));
+            }
+        }
+        Err(format!(
+            "`{s}` is not a session key; expected user:<id> or group:<channel>:<chat>"
+        ))
+    }
+}
+
+/// A reply on its way out, as committed to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// Outbox row id: unique, and the message id the channel sees.
+    pub id: i64,
+    /// Channel to send on.
+    pub channel: ChannelKind,
+    /// Chat to send to.
+    pub chat_id: String,
+    /// The text.
+    pub text: String,
+    /// The channel message id this answers, if any.
+    pub reply_to: Option<String>,
+    /// Send attempts made so far.
+    pub attempts: u32,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_round_trip() {
+        for key in [
+            SessionKey::User(42),
+            SessionKey::Group(ChannelKind::Http, "team:ops".to_owned()),
+        ] {
+            assert_eq!(key.to_string().parse::<SessionKey>(), Ok(key));
+        }
+        assert!("nonsense".parse::<SessionKey>().is_err());
+        assert!("group:pigeon:1".parse::<SessionKey>().is_err());
+    }
+}

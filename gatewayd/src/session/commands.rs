@@ -1,0 +1,222 @@
+//! Gateway commands, handled before the agent: `/help`, `/whoami`, `/link [CODE]`, `/unlink`,
+//! `/history [n]`, `/reset`.
+//!
+//! A message is a command when its first word starts with `/` and names one of these; any other
+//! `/word` gets a reply pointing at `/help` rather than reaching the agent. Commands write no
+//! conversation entries (except the `/reset` marker), so they never become agent context.
+
+use std::sync::Arc;
+
+use super::router::Router;
+use super::worker::{Job, Outcome, SessionState};
+use crate::identity::{CODE_TTL, IdentityError};
+use crate::message::{ChatType, SessionKey, now_ms};
+use crate::store::{Role, TranscriptEntry};
+
+/// Most turns `/history` shows.
+pub const MAX_HISTORY: usize = 100;
+/// Turns `/history` shows without an argument.
+pub const DEFAULT_HISTORY: usize = 10;
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/help`.
+    Help,
+    /// `/whoami`.
+    Whoami,
+    /// `/link` (issue a code) or `/link CODE` (redeem one).
+    Link(Option<String>),
+    /// `/unlink`.
+    Unlink,
+    /// `/history [n]`.
+    History(usize),
+    /// `/reset`.
+    Reset,
+    /// Anything else that looks like a command, with the reason it is not one.
+    Invalid(String),
+}
+
+const HELP: &str = "Commands:
+/help - this list
+/whoami - your user id and linked addresses
+/link - get a one-time code to link another channel to you
+/link CODE - link this channel using a code from your other channel
+/unlink - split this address off into a user of its own
+/history [n] - the last n turns of this conversation (default 10)
+/reset - start a fresh conversation (history is kept)";
+
+/// Parses `text` as a command; `None` if it is an ordinary message.
+pub fn parse(text: &str) -> Option<Command> {
+    let text = text.trim();
+    let rest = text.strip_prefix('/')?;
+    let mut words = rest.split_whitespace();
+    let name = words.next()?;
+    // Telegram-style `/cmd@botname`.
+    let name = name.split('@').next().unwrap_or(name).to_ascii_lowercase();
+    let args: Vec<&str> = words.collect();
+    let no_args = |cmd: Command| {
+        if args.is_empty() {
+            cmd
+        } else {
+            Command::Invalid(format!("/{name} takes no arguments"))
+        }
+    };
+    Some(match name.as_str() {
+        "help" | "start" => Command::Help,
+        "whoami" => no_args(Command::Whoami),
+        "unlink" => no_args(Command::Unlink),
+        "reset" => no_args(Command::Reset),
+        "link" => match args.as_slice() {
+            [] => Command::Link(None),
+            [code] => Command::Link(Some((*code).to_owned())),
+            _ => Command::Invalid("usage: /link or /link CODE".to_owned()),
+        },
+        "history" => match args.as_slice() {
+            [] => Command::History(DEFAULT_HISTORY),
+            [n] => match n.parse::<usize>() {
+                Ok(n) if (1..=MAX_HISTORY).contains(&n) => Command::History(n),
+                _ => Command::Invalid(format!(
+                    "usage: /history [n], with n from 1 to {MAX_HISTORY}"
+                )),
+            },
+            _ => Command::Invalid(format!(
+                "usage: /history [n], with n from 1 to {MAX_HISTORY}"
+            )),
+        },
+        "" => return None,
+        other => Command::Invalid(format!("unknown command /{other}; send /help for the list")),
+    })
+}
+
+fn reply(text: impl Into<String>) -> Outcome {
+    Outcome {
+        entries: Vec::new(),
+        reply: text.into(),
+        reset: false,
+    }
+}
+
+/// Runs a command for the message in `job` and returns what to commit.
+pub async fn execute(
+    cmd: Command,
+    router: &Arc<Router>,
+    state: &mut SessionState,
+    job: &Job,
+) -> Outcome {
+    let ctx = router.context();
+    let address = job.msg.address();
+    let direct = job.msg.chat_type == ChatType::Direct;
+    match cmd {
+        Command::Help => reply(HELP),
+        Command::Invalid(why) => reply(why),
+        Command::Whoami => match ctx.identity.user(job.user).await {
+            Ok(user) => {
+                let addresses: Vec<String> = user.addresses.iter().map(ToString::to_string).collect();
+                let mut text = format!(
+                    "You are user {}.\nLinked addresses: {}\nThis conversation: {}",
+                    user.id,
+                    addresses.join(", "),
+                    state.key
+                );
+                if !direct {
+                    text.push_str(" (a group chat has its own session)");
+                }
+                reply(text)
+            }
+            Err(e) => reply(format!("Cannot look you up right now: {e}")),
+        },
+        Command::Link(_) | Command::Unlink if !direct => {
+            reply("Linking works in a direct chat only; send it to me privately.")
+        }
+        Command::Link(None) => match ctx.identity.issue_code(job.user).await {
+            Ok(code) => reply(format!(
+                "Your link code is {code}. Send /link {code} from your other channel within {} minutes. It works once.",
+                CODE_TTL.as_secs() / 60
+            )),
+            Err(e) => reply(format!("Cannot make a link code right now: {e}")),
+        },
+        Command::Link(Some(code)) => match ctx.identity.redeem(&address, &code).await {
+            Ok(linked) => {
+                router.invalidate(&SessionKey::User(linked.user));
+                router.invalidate(&SessionKey::User(linked.merged));
+                state.window = None;
+                reply(format!(
+                    "Linked. {address} now belongs to user {}, and your conversations are merged.",
+                    linked.user
+                ))
+            }
+            Err(IdentityError::Store(e)) => reply(format!("Cannot link right now: {e}")),
+            Err(e) => reply(format!("Not linked: {e}.")),
+        },
+        Command::Unlink => match ctx.identity.unlink(&address).await {
+            Ok((previous, new_user)) => {
+                router.invalidate(&SessionKey::User(previous));
+                reply(format!(
+                    "Unlinked. {address} is now user {new_user} on its own; the shared history stays with user {previous}."
+                ))
+            }
+            Err(e) => reply(format!("Not unlinked: {e}.")),
+        },
+        Command::History(n) => match ctx.store.history(&state.key, n.saturating_mul(2)).await {
+            Ok(entries) => {
+                let lines: Vec<String> = entries
+                    .iter()
+                    .map(|e| {
+                        let who = match e.role {
+                            Role::User => "you",
+                            Role::Assistant => "agent",
+                            Role::Notice | Role::Reset => "gateway",
+                        };
+                        match e.channel {
+                            Some(c) => format!("[{c}] {who}: {}", e.text),
+                            None => format!("{who}: {}", e.text),
+                        }
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    reply("No history in this conversation yet.")
+                } else {
+                    reply(format!("History (oldest first):\n{}", lines.join("\n")))
+                }
+            }
+            Err(e) => reply(format!("Cannot read the history right now: {e}")),
+        },
+        Command::Reset => Outcome {
+            entries: vec![TranscriptEntry {
+                role: Role::Reset,
+                text: "reset".to_owned(),
+                at_ms: now_ms().max(job.msg.received_at_ms),
+                channel: Some(job.msg.channel),
+            }],
+            reply: "Started a fresh conversation. The earlier history is kept but no longer sent to the agent.".to_owned(),
+            reset: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Option<Command>) {
+        assert_eq!(parse(text), expected, "{text}");
+    }
+
+    #[test]
+    fn commands_parse() {
+        check("hello", None);
+        check("/", None);
+        check("/help", Some(Command::Help));
+        check("  /WHOAMI ", Some(Command::Whoami));
+        check("/link", Some(Command::Link(None)));
+        check("/link abc123", Some(Command::Link(Some("abc123".into()))));
+        check("/history", Some(Command::History(DEFAULT_HISTORY)));
+        check("/history 3", Some(Command::History(3)));
+        check("/reset@mybot", Some(Command::Reset));
+        assert!(matches!(parse("/history 0"), Some(Command::Invalid(_))));
+        assert!(matches!(parse("/history x"), Some(Command::Invalid(_))));
+        assert!(matches!(parse("/reset now"), Some(Command::Invalid(_))));
+        assert!(matches!(parse("/frobnicate"), Some(Command::Invalid(m)) if m.contains("/help")));
+    }
+}

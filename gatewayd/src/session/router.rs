@@ -1,0 +1,284 @@
+//! The router: message → user → session key → that session's worker.
+//!
+//! Resident sessions live in one LRU map behind a mutex that is held only for map operations,
+//! never across an `.await`. Each entry counts the messages handed to its worker and not yet
+//! finished; only a session with none in flight is evicted, and because that count is raised
+//! under the same lock that eviction takes, a message is never handed to a worker that is going
+//! away. An evicted worker's mailbox is closed and the worker exits; the next message for that
+//! key starts a new worker, which reloads the history from the store. When every resident
+//! session is busy the map may exceed `max_sessions` for a moment rather than block or drop.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+use tokio::sync::mpsc;
+
+use super::Context;
+use super::worker::{self, Job};
+use crate::events::Event;
+use crate::message::{InboundMessage, SessionKey, now_ms};
+use crate::store::StoreError;
+
+/// Why a message could not be routed (it stays pending in the inbox).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Identity resolution failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// State shared between the router and one worker.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Messages handed to the worker and not yet finished.
+    pub in_flight: AtomicUsize,
+    /// Last activity, ms since the epoch.
+    pub last_active_ms: AtomicI64,
+    /// Set when the stored history changed under the worker (a link); it reloads.
+    pub stale: AtomicBool,
+}
+
+struct Handle {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+/// A resident session as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidentSession {
+    /// The key.
+    pub key: SessionKey,
+    /// Messages in flight.
+    pub in_flight: usize,
+    /// Last activity, ms since the epoch.
+    pub last_active_ms: i64,
+}
+
+/// Routes messages to session workers.
+pub struct Router {
+    ctx: Arc<Context>,
+    sessions: Mutex<LruCache<SessionKey, Handle>>,
+    max_sessions: usize,
+    mailbox: usize,
+    workers_done: Mutex<Option<mpsc::Sender<()>>>,
+    workers_done_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Router {
+    /// A router keeping at most `max_sessions` resident, each with a mailbox of `mailbox`.
+    pub fn new(ctx: Arc<Context>, max_sessions: usize, mailbox: usize) -> Arc<Self> {
+        let (done_tx, done_rx) = mpsc::channel(1);
+        Arc::new(Self {
+            ctx,
+            sessions: Mutex::new(LruCache::unbounded()),
+            max_sessions: max_sessions.max(1),
+            mailbox: mailbox.max(1),
+            workers_done: Mutex::new(Some(done_tx)),
+            workers_done_rx: tokio::sync::Mutex::new(done_rx),
+        })
+    }
+
+    /// The shared context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Hands a committed inbound message to its session's worker. Waits while the mailbox is
+    /// full (back-pressure on the channel), never drops.
+    pub async fn route(
+        self: &Arc<Self>,
+        inbox_id: i64,
+        msg: InboundMessage,
+    ) -> Result<(), RouteError> {
+        let user = self.ctx.identity.resolve(&msg.address()).await?;
+        let key = SessionKey::for_message(&msg, user);
+        let (tx, shared) = self.checkout(&key)?;
+        let job = Job {
+            inbox_id,
+            msg,
+            user,
+        };
+        if tx.send(job).await.is_err() {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Finds or starts the worker for `key` and counts one more message in flight.
+    fn checkout(
+        self: &Arc<Self>,
+        key: &SessionKey,
+    ) -> Result<(mpsc::Sender<Job>, Arc<Shared>), RouteError> {
+        let mut evicted = Vec::new();
+        let result = {
+            let mut sessions = self.sessions.lock().map_err(|_| RouteError::ShuttingDown)?;
+            if let Some(h) = sessions.get(key) {
+                h.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                (h.tx.clone(), h.shared.clone())
+            } else {
+                let done = self
+                    .workers_done
+                    .lock()
+                    .ok()
+                    .and_then(|d| d.clone())
+                    .ok_or(RouteError::ShuttingDown)?;
+                let (tx, rx) = mpsc::channel(self.mailbox);
+                let shared = Arc::new(Shared::default());
+                shared.in_flight.store(1, Ordering::Release);
+                shared.last_active_ms.store(now_ms(), Ordering::Release);
+                tokio::spawn(worker::run(
+                    self.clone(),
+                    key.clone(),
+                    rx,
+                    shared.clone(),
+                    done,
+                ));
+                sessions.put(
+                    key.clone(),
+                    Handle {
+                        tx: tx.clone(),
+                        shared: shared.clone(),
+                    },
+                );
+                self.ctx.events.publish(Event::SessionCreated {
+                    session: key.clone(),
+                });
+                // Over capacity: evict the least recently used sessions that are idle.
+                let excess = sessions.len().saturating_sub(self.max_sessions);
+                if excess > 0 {
+                    let victims: Vec<SessionKey> = sessions
+                        .iter()
+                        .rev()
+                        .filter(|(k, h)| {
+                            *k != key && h.shared.in_flight.load(Ordering::Acquire) == 0
+                        })
+                        .take(excess)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in victims {
+                        sessions.pop(&k);
+                        evicted.push(k);
+                    }
+                }
+                (tx, shared)
+            }
+        };
+        for session in evicted {
+            tracing::debug!(message = "Session evicted.", session = %session, reason = "lru");
+            self.ctx.events.publish(Event::SessionEvicted {
+                session,
+                reason: "lru",
+            });
+        }
+        Ok(result)
+    }
+
+    /// Marks a resident session's window stale so its worker reloads it from the store.
+    pub fn invalidate(&self, key: &SessionKey) {
+        if let Ok(sessions) = self.sessions.lock() {
+            if let Some(h) = sessions.peek(key) {
+                h.shared.stale.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Evicts sessions idle for longer than `idle`; returns how many went.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
+        let evicted: Vec<SessionKey> = {
+            let Ok(mut sessions) = self.sessions.lock() else {
+                return 0;
+            };
+            let victims: Vec<SessionKey> = sessions
+                .iter()
+                .filter(|(_, h)| {
+                    h.shared.in_flight.load(Ordering::Acquire) == 0
+                        && h.shared.last_active_ms.load(Ordering::Acquire) <= cutoff
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &victims {
+                sessions.pop(k);
+            }
+            victims
+        };
+        let n = evicted.len();
+        for session in evicted {
+            tracing::debug!(message = "Session evicted.", session = %session, reason = "idle");
+            self.ctx.events.publish(Event::SessionEvicted {
+                session,
+                reason: "idle",
+            });
+        }
+        n
+    }
+
+    /// Evicts one session if it has nothing in flight. Returns whether it was resident.
+    pub fn evict(&self, key: &SessionKey) -> Result<bool, String> {
+        let removed = {
+            let mut sessions = self
+                .sessions
+                .lock()
+                .map_err(|_| "router lock poisoned".to_owned())?;
+            match sessions.peek(key) {
+                None => return Ok(false),
+                Some(h) if h.shared.in_flight.load(Ordering::Acquire) > 0 => {
+                    return Err(format!(
+                        "session {key} is busy; try again when its turn finishes"
+                    ));
+                }
+                Some(_) => sessions.pop(key).is_some(),
+            }
+        };
+        if removed {
+            self.ctx.events.publish(Event::SessionEvicted {
+                session: key.clone(),
+                reason: "operator",
+            });
+        }
+        Ok(removed)
+    }
+
+    /// The resident sessions, most recently used first.
+    pub fn resident(&self) -> Vec<ResidentSession> {
+        let Ok(sessions) = self.sessions.lock() else {
+            return Vec::new();
+        };
+        sessions
+            .iter()
+            .map(|(k, h)| ResidentSession {
+                key: k.clone(),
+                in_flight: h.shared.in_flight.load(Ordering::Acquire),
+                last_active_ms: h.shared.last_active_ms.load(Ordering::Acquire),
+            })
+            .collect()
+    }
+
+    /// How many sessions are resident.
+    pub fn resident_count(&self) -> usize {
+        self.sessions.lock().map_or(0, |s| s.len())
+    }
+
+    /// Closes every mailbox and waits up to `grace` for workers to finish what they hold.
+    /// Messages not finished by then stay pending in the inbox and are replayed at next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let Ok(mut d) = self.workers_done.lock() {
+            d.take();
+        }
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.clear();
+        }
+        let mut rx = self.workers_done_rx.lock().await;
+        if tokio::time::timeout(grace, rx.recv()).await.is_err() {
+            tracing::warn!(
+                message = "Session workers did not finish in time; their messages stay pending and are replayed at next start."
+            );
+        }
+    }
+}

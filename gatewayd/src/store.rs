@@ -1,0 +1,213 @@
+//! The durable state of the gateway behind one trait: inbox, transcripts, outbox, identities.
+//!
+//! Every backend keeps these promises, which the rest of the daemon relies on:
+//! - [`Store::inbox_commit`] returns only after the message is durable, and reports a repeat of
+//!   `(channel, channel_message_id)` as a duplicate instead of storing it twice.
+//! - [`Store::commit_turn`] is atomic: the transcript entries, the outbox rows and the inbox row's
+//!   `done` mark are committed together or not at all. So a message gets at most one committed
+//!   agent turn, and a reply is in the outbox before anything tries to send it.
+//! - Outbox rows only ever move `pending → delivered` or `pending → dead`.
+//!
+//! The embedded backend is [`sqlite::SqliteStore`]; the trait is shaped so that a shared backend
+//! (Redis) can implement the same operations for several instances.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store's writer has stopped (the daemon is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// An operation named something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An operation was refused because of the current state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The result of committing an inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxOutcome {
+    /// Stored for the first time under this inbox id.
+    New(i64),
+    /// Seen before; carries the id of the first copy.
+    Duplicate(i64),
+}
+
+/// An inbound message that was committed but has no finished turn yet.
+#[derive(Debug, Clone)]
+pub struct PendingInbound {
+    /// Inbox row id.
+    pub inbox_id: i64,
+    /// The message.
+    pub message: InboundMessage,
+}
+
+/// Who wrote a transcript entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The person.
+    User,
+    /// The agent.
+    Assistant,
+    /// A gateway notice (an error reply); kept in the transcript, not sent to the agent.
+    Notice,
+    /// The start of a fresh session (`/reset`); entries before it are history, not context.
+    Reset,
+}
+
+impl Role {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Notice => "notice",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// Parses a stored role name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "user" => Self::User,
+            "assistant" => Self::Assistant,
+            "notice" => Self::Notice,
+            "reset" => Self::Reset,
+            _ => return None,
+        })
+    }
+}
+
+/// One stored line of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptEntry {
+    /// Who wrote it.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The channel it was said on (the inbound channel for both sides of a turn).
+    pub channel: Option<ChannelKind>,
+}
+
+/// A reply to commit with a turn.
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    /// Channel to send on.
+    pub channel: ChannelKind,
+    /// Chat to send to.
+    pub chat_id: String,
+    /// The text.
+    pub text: String,
+    /// The channel message id it answers.
+    pub reply_to: Option<String>,
+}
+
+/// Everything one finished turn changes, committed atomically by [`Store::commit_turn`].
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    /// The inbox row this turn answers; marked done.
+    pub inbox_id: i64,
+    /// The conversation.
+    pub session: SessionKey,
+    /// Entries to append to the transcript, in order.
+    pub entries: Vec<TranscriptEntry>,
+    /// Replies to put in the outbox, in order.
+    pub replies: Vec<NewReply>,
+}
+
+/// A stored user with their addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user id.
+    pub id: UserId,
+    /// Every address linked to the user, sorted.
+    pub addresses: Vec<Address>,
+}
+
+/// The durable state of the gateway.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits an inbound message, deduplicated by `(channel, channel_message_id)`.
+    async fn inbox_commit(&self, msg: &InboundMessage) -> Result<InboxOutcome, StoreError>;
+
+    /// Inbound messages without a finished turn, oldest first (replayed at start).
+    async fn inbox_pending(&self) -> Result<Vec<PendingInbound>, StoreError>;
+
+    /// Commits a finished turn atomically and returns the new outbox rows.
+    async fn commit_turn(&self, turn: TurnRecord) -> Result<Vec<OutboundMessage>, StoreError>;
+
+    /// The last `limit` entries of a session since its last reset, oldest first.
+    async fn history(
+        &self,
+        session: &SessionKey,
+        limit: usize,
+    ) -> Result<Vec<TranscriptEntry>, StoreError>;
+
+    /// Outbox rows still to send, oldest first.
+    async fn outbox_pending(&self) -> Result<Vec<OutboundMessage>, StoreError>;
+
+    /// Marks an outbox row delivered.
+    async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Records a failed attempt on an outbox row that stays pending.
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Moves an outbox row to the dead letters, with the error that put it there.
+    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StoreError>;
+
+    /// The user an address belongs to, creating a new isolated user for an unknown address.
+    async fn resolve_address(&self, address: &Address) -> Result<UserId, StoreError>;
+
+    /// A user and their addresses.
+    async fn user(&self, id: UserId) -> Result<UserRecord, StoreError>;
+
+    /// Merges user `merge` into user `keep`: addresses and transcripts move to `keep`, and the
+    /// transcripts interleave in time order.
+    async fn link_users(&self, keep: UserId, merge: UserId) -> Result<(), StoreError>;
+
+    /// Moves `address` to a new user of its own and returns that user; history stays behind.
+    async fn unlink_address(&self, address: &Address) -> Result<UserId, StoreError>;
+
+    /// Stores a one-time link code for `user`, valid until `expires_at_ms`.
+    async fn put_link_code(
+        &self,
+        code: &str,
+        user: UserId,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Consumes a link code: returns its user if it exists, is unused and has not expired.
+    async fn take_link_code(&self, code: &str, now_ms: i64) -> Result<Option<UserId>, StoreError>;
+
+    /// Counts rows, for health checks and tests: (inbox pending, outbox pending, dead letters).
+    async fn counts(&self) -> Result<(u64, u64, u64), StoreError>;
+
+    /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+/// A shared handle to whichever backend is configured.
+pub type SharedStore = std::sync::Arc<dyn Store>;
+
+/// The channel kind stored in a text column.
+pub(crate) fn parse_channel(s: &str) -> Result<ChannelKind, StoreError> {
+    s.parse()
+        .map_err(|e: String| StoreError::Database(format!("corrupt row: {e}")))
+}

@@ -1,0 +1,1010 @@
+//! The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+//!
+//! All writes go to a single writer thread over a channel. The writer takes every operation that
+//! is waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint so one failure does not
+//! spoil the others, commits them all with one `COMMIT`, and only then answers each caller. So a
+//! caller that is told "committed" can rely on it, and many small writes share one sync to disk
+//! (`synchronous = FULL`, so a commit survives a power cut, not only a crash).
+//! Reads use a small pool of separate connections, which WAL lets run beside the writer.
+//! Migrations are embedded and applied in order at open, tracked by `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{
+    InboxOutcome, NewReply, PendingInbound, Role, Store, StoreError, TranscriptEntry, TurnRecord,
+    UserRecord, parse_channel,
+};
+use crate::message::{
+    Address, ChannelKind, ChatType, InboundMessage, OutboundMessage, SessionKey, UserId, now_ms,
+};
+
+/// Most operations committed together.
+const MAX_BATCH: usize = 1024;
+/// Read connections kept open.
+const READ_POOL: usize = 4;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    channel_message_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    chat_type TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (channel, channel_message_id)
+);
+CREATE INDEX inbox_pending ON inbox (id) WHERE done = 0;
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    merged_into INTEGER
+);
+CREATE TABLE addresses (
+    channel TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    linked_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, sender_id)
+);
+CREATE INDEX addresses_user ON addresses (user_id);
+CREATE TABLE transcript (
+    id INTEGER PRIMARY KEY,
+    session_key TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    channel TEXT,
+    inbox_id INTEGER
+);
+CREATE INDEX transcript_session ON transcript (session_key, at, id);
+CREATE TABLE sessions (
+    key TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    last_active INTEGER NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    inbox_id INTEGER,
+    channel TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    reply_to TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX outbox_pending ON outbox (id) WHERE status = 'pending';
+CREATE INDEX outbox_dead ON outbox (channel, id) WHERE status = 'dead';
+CREATE TABLE link_codes (
+    code TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+"#];
+
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Database(format!("cannot open database {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(db)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(db)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` in the writer thread inside the next group commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        {
+            let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let path = self.path.clone();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            Ok::<_, StoreError>((conn, result))
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))??;
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < READ_POOL {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(db)?
+        .try_into()
+        .map_err(|_| StoreError::Database("negative user_version".to_owned()))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database is at schema version {version}, newer than this gatewayd knows ({}); upgrade gatewayd",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for job in batch.drain(..) {
+                // The job must not run outside a transaction: answer with the error instead.
+                drop(job);
+            }
+            tracing::error!(message = "Store writer cannot begin a transaction.", error = %msg);
+            continue;
+        }
+        // Each job that writes more than one statement wraps them in `atomic`, so a failed job
+        // leaves nothing behind and the rest of the batch still commits.
+        for job in batch.drain(..) {
+            replies.push(job(&conn));
+        }
+        let commit = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| StoreError::Database(format!("commit failed: {e}")));
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies.drain(..) {
+            reply(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Database(e.to_string())),
+            });
+        }
+    }
+}
+
+/// Runs `f` so that its statements are undone if it fails, leaving the rest of the batch intact.
+fn atomic<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT atomic").map_err(db)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE atomic").map_err(db)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO atomic; RELEASE atomic");
+            Err(e)
+        }
+    }
+}
+
+fn row_to_outbound(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, String, String, Option<String>, i64)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn outbound_from(
+    (id, channel, chat_id, text, reply_to, attempts): (
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+    ),
+) -> Result<OutboundMessage, StoreError> {
+    Ok(OutboundMessage {
+        id,
+        channel: parse_channel(&channel)?,
+        chat_id,
+        text,
+        reply_to,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+    })
+}
+
+fn insert_reply(
+    conn: &Connection,
+    inbox_id: i64,
+    r: &NewReply,
+    now: i64,
+) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (inbox_id, channel, chat_id, text, reply_to, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            inbox_id,
+            r.channel.as_str(),
+            r.chat_id,
+            r.text,
+            r.reply_to,
+            now
+        ])
+    })
+    .map_err(db)?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn user_exists(conn: &Connection, id: UserId) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM users WHERE id = ?1 AND merged_into IS NULL",
+        [id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+    .map_err(db)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn inbox_commit(&self, msg: &InboundMessage) -> Result<InboxOutcome, StoreError> {
+        let msg = msg.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO inbox
+                     (channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        msg.channel.as_str(),
+                        msg.channel_message_id,
+                        msg.chat_id,
+                        msg.chat_type.as_str(),
+                        msg.sender_id,
+                        msg.text,
+                        msg.received_at_ms
+                    ])
+                })
+                .map_err(db)?;
+            if inserted == 1 {
+                return Ok(InboxOutcome::New(conn.last_insert_rowid()));
+            }
+            conn.prepare_cached(
+                "SELECT id FROM inbox WHERE channel = ?1 AND channel_message_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![msg.channel.as_str(), msg.channel_message_id], |r| {
+                    r.get(0)
+                })
+            })
+            .map(InboxOutcome::Duplicate)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn inbox_pending(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at
+                     FROM inbox WHERE done = 0 ORDER BY id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, channel, mid, chat, chat_type, sender, text, at) = row.map_err(db)?;
+                out.push(PendingInbound {
+                    inbox_id: id,
+                    message: InboundMessage {
+                        channel: parse_channel(&channel)?,
+                        channel_message_id: mid,
+                        chat_id: chat,
+                        chat_type: chat_type
+                            .parse::<ChatType>()
+                            .map_err(StoreError::Database)?,
+                        sender_id: sender,
+                        text,
+                        received_at_ms: at,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn commit_turn(&self, turn: TurnRecord) -> Result<Vec<OutboundMessage>, StoreError> {
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                let key = turn.session.to_string();
+                let now = now_ms();
+                let marked = conn
+                    .prepare_cached("UPDATE inbox SET done = 1 WHERE id = ?1 AND done = 0")
+                    .and_then(|mut s| s.execute([turn.inbox_id]))
+                    .map_err(db)?;
+                if marked == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "inbox message {} already has a finished turn",
+                        turn.inbox_id
+                    )));
+                }
+                {
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "INSERT INTO transcript (session_key, at, role, text, channel, inbox_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )
+                        .map_err(db)?;
+                    for e in &turn.entries {
+                        stmt.execute(params![
+                            key,
+                            e.at_ms,
+                            e.role.as_str(),
+                            e.text,
+                            e.channel.map(ChannelKind::as_str),
+                            turn.inbox_id
+                        ])
+                        .map_err(db)?;
+                    }
+                }
+                if !turn.entries.is_empty() {
+                    conn.prepare_cached(
+                        "INSERT INTO sessions (key, created_at, last_active, turns) VALUES (?1, ?2, ?2, 1)
+                         ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1",
+                    )
+                    .and_then(|mut s| s.execute(params![key, now]))
+                    .map_err(db)?;
+                }
+                let mut out = Vec::with_capacity(turn.replies.len());
+                for r in &turn.replies {
+                    let id = insert_reply(conn, turn.inbox_id, r, now)?;
+                    out.push(OutboundMessage {
+                        id,
+                        channel: r.channel,
+                        chat_id: r.chat_id.clone(),
+                        text: r.text.clone(),
+                        reply_to: r.reply_to.clone(),
+                        attempts: 0,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        session: &SessionKey,
+        limit: usize,
+    ) -> Result<Vec<TranscriptEntry>, StoreError> {
+        let key = session.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "WITH last_reset AS (
+                        SELECT at, id FROM transcript WHERE session_key = ?1 AND role = 'reset'
+                        ORDER BY at DESC, id DESC LIMIT 1)
+                     SELECT role, text, at, channel FROM transcript
+                     WHERE session_key = ?1
+                       AND (at, id) > (SELECT COALESCE(MAX(at), -1), COALESCE(MAX(id), -1) FROM last_reset)
+                       AND role != 'reset'
+                     ORDER BY at DESC, id DESC LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![key, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (role, text, at, channel) = row.map_err(db)?;
+                out.push(TranscriptEntry {
+                    role: Role::parse(&role)
+                        .ok_or_else(|| StoreError::Database(format!("corrupt role `{role}`")))?,
+                    text,
+                    at_ms: at,
+                    channel: channel.as_deref().map(parse_channel).transpose()?,
+                });
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_pending(&self) -> Result<Vec<OutboundMessage>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, channel, chat_id, text, reply_to, attempts FROM outbox
+                     WHERE status = 'pending' ORDER BY id",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([], row_to_outbound).map_err(db)?;
+            rows.map(|r| r.map_err(db).and_then(outbound_from))
+                .collect()
+        })
+        .await
+    }
+
+    async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, updated_at = ?2
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id, now_ms()]))
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET attempts = ?2, last_error = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id, attempts, error, now_ms()]))
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET status = 'dead', attempts = ?2, last_error = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id, attempts, error, now_ms()]))
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn resolve_address(&self, address: &Address) -> Result<UserId, StoreError> {
+        let channel = address.channel.as_str();
+        let sender = address.sender_id.clone();
+        let lookup = move |conn: &Connection, sender: &str| {
+            conn.prepare_cached(
+                "SELECT user_id FROM addresses WHERE channel = ?1 AND sender_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![channel, sender], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db)
+        };
+        let s2 = sender.clone();
+        if let Some(id) = self.read(move |conn| lookup(conn, &s2)).await? {
+            return Ok(id);
+        }
+        self.write(move |conn| {
+            if let Some(id) = lookup(conn, &sender)? {
+                return Ok(id);
+            }
+            atomic(conn, |conn| {
+                let now = now_ms();
+                conn.execute("INSERT INTO users (created_at) VALUES (?1)", [now])
+                    .map_err(db)?;
+                let id = conn.last_insert_rowid();
+                conn.execute(
+                    "INSERT INTO addresses (channel, sender_id, user_id, linked_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![channel, sender, id, now],
+                )
+                .map_err(db)?;
+                Ok(id)
+            })
+        })
+        .await
+    }
+
+    async fn user(&self, id: UserId) -> Result<UserRecord, StoreError> {
+        self.read(move |conn| {
+            if !user_exists(conn, id)? {
+                return Err(StoreError::NotFound(format!("no user {id}")));
+            }
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT channel, sender_id FROM addresses WHERE user_id = ?1 ORDER BY channel, sender_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(db)?;
+            let mut addresses = Vec::new();
+            for row in rows {
+                let (channel, sender_id) = row.map_err(db)?;
+                addresses.push(Address {
+                    channel: parse_channel(&channel)?,
+                    sender_id,
+                });
+            }
+            Ok(UserRecord { id, addresses })
+        })
+        .await
+    }
+
+    async fn link_users(&self, keep: UserId, merge: UserId) -> Result<(), StoreError> {
+        if keep == merge {
+            return Err(StoreError::Conflict(format!(
+                "user {keep} is already linked"
+            )));
+        }
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                for id in [keep, merge] {
+                    if !user_exists(conn, id)? {
+                        return Err(StoreError::NotFound(format!("no user {id}")));
+                    }
+                }
+                let keep_key = SessionKey::User(keep).to_string();
+                let merge_key = SessionKey::User(merge).to_string();
+                let now = now_ms();
+                conn.execute(
+                    "UPDATE addresses SET user_id = ?1, linked_at = ?3 WHERE user_id = ?2",
+                    params![keep, merge, now],
+                )
+                .map_err(db)?;
+                conn.execute(
+                    "UPDATE transcript SET session_key = ?1 WHERE session_key = ?2",
+                    params![keep_key, merge_key],
+                )
+                .map_err(db)?;
+                conn.execute(
+                    "INSERT INTO sessions (key, created_at, last_active, turns)
+                     SELECT ?1, created_at, last_active, turns FROM sessions WHERE key = ?2
+                     ON CONFLICT (key) DO UPDATE SET
+                        created_at = MIN(created_at, excluded.created_at),
+                        last_active = MAX(last_active, excluded.last_active),
+                        turns = turns + excluded.turns",
+                    params![keep_key, merge_key],
+                )
+                .map_err(db)?;
+                conn.execute("DELETE FROM sessions WHERE key = ?1", [&merge_key])
+                    .map_err(db)?;
+                conn.execute(
+                    "UPDATE users SET merged_into = ?1 WHERE id = ?2",
+                    params![keep, merge],
+                )
+                .map_err(db)?;
+                conn.execute("UPDATE link_codes SET used = 1 WHERE user_id = ?1", [merge])
+                    .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn unlink_address(&self, address: &Address) -> Result<UserId, StoreError> {
+        let channel = address.channel.as_str();
+        let sender = address.sender_id.clone();
+        let display = address.to_string();
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                let owner: Option<UserId> = conn
+                    .query_row(
+                        "SELECT user_id FROM addresses WHERE channel = ?1 AND sender_id = ?2",
+                        params![channel, sender],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db)?;
+                let owner =
+                    owner.ok_or_else(|| StoreError::NotFound(format!("no address {display}")))?;
+                let count: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM addresses WHERE user_id = ?1",
+                        [owner],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                if count < 2 {
+                    return Err(StoreError::Conflict(format!(
+                        "{display} is the only address of user {owner}; there is nothing to unlink"
+                    )));
+                }
+                let now = now_ms();
+                conn.execute("INSERT INTO users (created_at) VALUES (?1)", [now])
+                    .map_err(db)?;
+                let id = conn.last_insert_rowid();
+                conn.execute(
+                    "UPDATE addresses SET user_id = ?1, linked_at = ?2 WHERE channel = ?3 AND sender_id = ?4",
+                    params![id, now, channel, sender],
+                )
+                .map_err(db)?;
+                Ok(id)
+            })
+        })
+        .await
+    }
+
+    async fn put_link_code(
+        &self,
+        code: &str,
+        user: UserId,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let code = code.to_owned();
+        self.write(move |conn| {
+            // One live code per user: a new /link replaces the previous code.
+            conn.execute(
+                "UPDATE link_codes SET used = 1 WHERE user_id = ?1 AND used = 0",
+                [user],
+            )
+            .map_err(db)?;
+            conn.execute(
+                "INSERT INTO link_codes (code, user_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![code, user, expires_at_ms],
+            )
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn take_link_code(&self, code: &str, now_ms: i64) -> Result<Option<UserId>, StoreError> {
+        let code = code.to_owned();
+        self.write(move |conn| {
+            let user: Option<UserId> = conn
+                .query_row(
+                    "UPDATE link_codes SET used = 1 WHERE code = ?1 AND used = 0 AND expires_at > ?2
+                     RETURNING user_id",
+                    params![code, now_ms],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM inbox WHERE done = 0),
+                        (SELECT COUNT(*) FROM outbox WHERE status = 'pending'),
+                        (SELECT COUNT(*) FROM outbox WHERE status = 'dead')",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.unsigned_abs(),
+                        r.get::<_, i64>(1)?.unsigned_abs(),
+                        r.get::<_, i64>(2)?.unsigned_abs(),
+                    ))
+                },
+            )
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        let thread = self.writer_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, sender: &str) -> InboundMessage {
+        InboundMessage {
+            channel: ChannelKind::Http,
+            channel_message_id: id.to_owned(),
+            chat_id: format!("chat-{sender}"),
+            chat_type: ChatType::Direct,
+            sender_id: sender.to_owned(),
+            text: format!("text {id}"),
+            received_at_ms: now_ms(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("g.db")).expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn inbox_deduplicates_by_channel_message_id() {
+        let (_dir, store) = open();
+        let first = store.inbox_commit(&msg("m1", "a")).await.expect("commit");
+        let again = store.inbox_commit(&msg("m1", "a")).await.expect("commit");
+        let InboxOutcome::New(id) = first else {
+            panic!("first copy must be new: {first:?}")
+        };
+        assert_eq!(again, InboxOutcome::Duplicate(id));
+        assert_eq!(store.inbox_pending().await.expect("pending").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_turn_commits_once_and_only_once() {
+        let (_dir, store) = open();
+        let InboxOutcome::New(id) = store.inbox_commit(&msg("m1", "a")).await.expect("commit")
+        else {
+            panic!("new")
+        };
+        let turn = TurnRecord {
+            inbox_id: id,
+            session: SessionKey::User(1),
+            entries: vec![TranscriptEntry {
+                role: Role::User,
+                text: "hi".into(),
+                at_ms: 1,
+                channel: Some(ChannelKind::Http),
+            }],
+            replies: vec![NewReply {
+                channel: ChannelKind::Http,
+                chat_id: "c".into(),
+                text: "hi".into(),
+                reply_to: Some("m1".into()),
+            }],
+        };
+        let rows = store.commit_turn(turn.clone()).await.expect("turn");
+        assert_eq!(rows.len(), 1);
+        let err = store
+            .commit_turn(turn)
+            .await
+            .expect_err("second turn refused");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        // The refused turn left nothing behind.
+        assert_eq!(store.outbox_pending().await.expect("outbox").len(), 1);
+        assert_eq!(
+            store
+                .history(&SessionKey::User(1), 10)
+                .await
+                .expect("h")
+                .len(),
+            1
+        );
+        assert!(store.inbox_pending().await.expect("pending").is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_all_land() {
+        let (_dir, store) = open();
+        let store = std::sync::Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.inbox_commit(&msg(&format!("m{i}"), "a")).await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.expect("join"), Ok(InboxOutcome::New(_))));
+        }
+        assert_eq!(store.inbox_pending().await.expect("pending").len(), 500);
+    }
+
+    #[tokio::test]
+    async fn linking_merges_transcripts_in_time_order() {
+        let (_dir, store) = open();
+        let a = store
+            .resolve_address(&Address {
+                channel: ChannelKind::Webchat,
+                sender_id: "w".into(),
+            })
+            .await
+            .expect("a");
+        let b = store
+            .resolve_address(&Address {
+                channel: ChannelKind::Http,
+                sender_id: "h".into(),
+            })
+            .await
+            .expect("b");
+        assert_ne!(a, b, "unknown addresses are isolated users");
+        for (i, (user, at)) in [(a, 10), (b, 20), (a, 30)].into_iter().enumerate() {
+            let InboxOutcome::New(id) = store
+                .inbox_commit(&msg(&format!("m{i}"), "x"))
+                .await
+                .expect("c")
+            else {
+                panic!("new")
+            };
+            store
+                .commit_turn(TurnRecord {
+                    inbox_id: id,
+                    session: SessionKey::User(user),
+                    entries: vec![TranscriptEntry {
+                        role: Role::User,
+                        text: format!("t{at}"),
+                        at_ms: at,
+                        channel: None,
+                    }],
+                    replies: vec![],
+                })
+                .await
+                .expect("turn");
+        }
+        store.link_users(a, b).await.expect("link");
+        let h = store.history(&SessionKey::User(a), 10).await.expect("h");
+        let texts: Vec<_> = h.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["t10", "t20", "t30"]);
+        assert_eq!(store.user(a).await.expect("user").addresses.len(), 2);
+        assert!(matches!(store.user(b).await, Err(StoreError::NotFound(_))));
+        let c = store
+            .unlink_address(&Address {
+                channel: ChannelKind::Http,
+                sender_id: "h".into(),
+            })
+            .await
+            .expect("unlink");
+        assert_ne!(c, a);
+        assert_eq!(
+            store
+                .history(&SessionKey::User(a), 10)
+                .await
+                .expect("h")
+                .len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn link_codes_are_single_use_and_expire() {
+        let (_dir, store) = open();
+        store.put_link_code("ABC123", 7, 1_000).await.expect("put");
+        assert_eq!(
+            store.take_link_code("ABC123", 2_000).await.expect("t"),
+            None,
+            "expired"
+        );
+        store.put_link_code("DEF456", 7, 5_000).await.expect("put");
+        assert_eq!(
+            store.take_link_code("DEF456", 2_000).await.expect("t"),
+            Some(7)
+        );
+        assert_eq!(
+            store.take_link_code("DEF456", 2_000).await.expect("t"),
+            None,
+            "used"
+        );
+    }
+}
