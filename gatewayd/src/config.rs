@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     pub history_window: usize,
     /// Capacity of one session's mailbox of waiting messages.
     pub mailbox_capacity: usize,
+    /// At shutdown, how long session workers may take to finish the messages they hold; what
+    /// is unfinished then stays pending and is replayed at the next start.
+    pub shutdown_grace: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +59,7 @@ impl Default for GatewayConfig {
             idle_timeout: HumanDuration(Duration::from_secs(30 * 60)),
             history_window: 20,
             mailbox_capacity: 64,
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -569,30 +573,33 @@ fn line_at(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The dotted path of the key whose span contains `offset`, found in the parsed document.
+/// The dotted path of the key whose key or value span contains `offset`, found in the parsed
+/// document (the innermost one, searching every table).
 fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut path = Vec::new();
-    let mut table = doc.get_ref();
-    'outer: loop {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &mut Vec<String>,
+        offset: usize,
+    ) -> Option<String> {
         for (key, value) in table.iter() {
-            let kspan = key.span();
-            let vspan = value.span();
-            let in_key = kspan.start <= offset && offset < kspan.end.max(kspan.start + 1);
-            let in_value = vspan.start <= offset && offset < vspan.end.max(vspan.start + 1);
-            if in_key || in_value {
-                path.push(key.get_ref().to_string());
-                if let toml::de::DeValue::Table(inner) = value.get_ref() {
-                    if in_value {
-                        table = inner;
-                        continue 'outer;
-                    }
+            prefix.push(key.get_ref().to_string());
+            if let toml::de::DeValue::Table(inner) = value.get_ref() {
+                if let Some(found) = walk(inner, prefix, offset) {
+                    return Some(found);
                 }
-                return Some(path.join("."));
             }
+            let contains = |span: std::ops::Range<usize>| {
+                span.start <= offset && offset < span.end.max(span.start + 1)
+            };
+            if contains(key.span()) || contains(value.span()) {
+                return Some(prefix.join("."));
+            }
+            prefix.pop();
         }
-        return (!path.is_empty()).then(|| path.join("."));
+        None
     }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    walk(doc.get_ref(), &mut Vec::new(), offset)
 }
 
 /// The 1-based line where the key at dotted `path` is written, if it is in the file.

@@ -30,9 +30,6 @@ use crate::session::router::Router;
 use crate::store::SharedStore;
 use crate::store::sqlite::SqliteStore;
 
-/// How long workers may take to finish their mailboxes at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Builds the provider the configuration names.
 pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(match config.agent.provider {
@@ -209,7 +206,7 @@ pub async fn run(
         Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
     }
     sweeper.abort();
-    router.shutdown(SHUTDOWN_GRACE).await;
+    router.shutdown(config.gateway.shutdown_grace.get()).await;
     delivery.shutdown(Duration::from_secs(5)).await;
     let (inbox_pending, outbox_pending, dead) = store.counts().await.unwrap_or((0, 0, 0));
     store.close().await;
