@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::delivery::split::Limit;
 use crate::message::{ChannelKind, OutboundMessage};
 
 /// What delivery should do about a failed send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// It may pass: network error, timeout, 5xx, 429.
     Retryable,
@@ -24,6 +25,27 @@ pub enum ErrorClass {
     Auth,
     /// Sending again cannot help: bad request, unknown chat, bot blocked.
     Permanent,
+}
+
+impl ErrorClass {
+    /// Stable lowercase name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Auth => "auth",
+            Self::Permanent => "permanent",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "retryable" => Self::Retryable,
+            "auth" => Self::Auth,
+            "permanent" => Self::Permanent,
+            _ => return None,
+        })
+    }
 }
 
 /// A failed send.
@@ -36,6 +58,8 @@ pub enum SendError {
         message: String,
         /// How long the platform asked us to wait, if it did.
         retry_after: Option<Duration>,
+        /// Whether the platform's limit covers the whole channel rather than one chat.
+        global: bool,
     },
     /// The credentials were refused.
     #[error("authentication refused: {0}")]
@@ -60,6 +84,31 @@ impl SendError {
         Self::Retryable {
             message: message.into(),
             retry_after: None,
+            global: false,
+        }
+    }
+}
+
+/// One chunk of a reply, as handed to a sender.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingChunk<'a> {
+    /// The reply (its `text` is the whole reply; send `text` below).
+    pub message: &'a OutboundMessage,
+    /// This chunk's text.
+    pub text: &'a str,
+    /// 0-based index of this chunk.
+    pub index: u32,
+    /// How many chunks the reply has.
+    pub count: u32,
+}
+
+impl OutgoingChunk<'_> {
+    /// A stable id for this chunk: the outbox id, with `-<n>` for chunks of a split reply.
+    pub fn id(&self) -> String {
+        if self.count > 1 {
+            format!("{}-{}", self.message.id, self.index + 1)
+        } else {
+            self.message.id.to_string()
         }
     }
 }
@@ -69,8 +118,18 @@ impl SendError {
 pub trait ChannelSender: Send + Sync {
     /// Which channel this is.
     fn kind(&self) -> ChannelKind;
-    /// Sends one reply. `Ok` means the platform accepted it.
-    async fn send(&self, msg: &OutboundMessage) -> Result<(), SendError>;
+
+    /// The channel's limit on one message; `None` sends every reply whole.
+    fn split_limit(&self) -> Option<Limit>;
+
+    /// Sends one chunk. `Ok` means the platform accepted it.
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError>;
+
+    /// Checks that the channel can be reached, for the health probe and the operator's
+    /// reconnect. Channels without a connection of their own answer `Ok`.
+    async fn probe(&self) -> Result<(), SendError> {
+        Ok(())
+    }
 }
 
 /// Classifies an HTTP status the way most platform APIs use them.
@@ -80,11 +139,13 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>, detail: &str)
         429 => SendError::Retryable {
             message,
             retry_after,
+            global: false,
         },
         401 | 403 => SendError::Auth(message),
         s if s >= 500 => SendError::Retryable {
             message,
             retry_after,
+            global: false,
         },
         _ => SendError::Permanent(message),
     }

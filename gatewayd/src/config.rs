@@ -5,12 +5,16 @@
 //! with its key path and, where the file says, its line. Secrets are never written in the file:
 //! they are referenced through `*_env` (an environment variable name) or `*_file` (a path).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::delivery::rate_limit::RateSettings;
+use crate::message::ChannelKind;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -30,6 +34,8 @@ pub struct Config {
     pub channels: ChannelsConfig,
     /// `[delivery]`: retries of outbound sends.
     pub delivery: DeliveryConfig,
+    /// `[rate_limits.<channel>]`: overrides of the built-in outbound rate limits.
+    pub rate_limits: BTreeMap<String, RateSettings>,
 }
 
 /// `[gateway]`.
@@ -219,6 +225,8 @@ pub struct HttpChannelConfig {
     pub max_message_bytes: usize,
     /// Timeout of one callback request.
     pub timeout: HumanDuration,
+    /// Replies longer than this many characters are split into several callbacks.
+    pub max_reply_chars: Option<usize>,
 }
 
 impl Default for HttpChannelConfig {
@@ -228,6 +236,7 @@ impl Default for HttpChannelConfig {
             callback_url: None,
             max_message_bytes: 64 * 1024,
             timeout: HumanDuration(Duration::from_secs(10)),
+            max_reply_chars: None,
         }
     }
 }
@@ -242,6 +251,8 @@ pub struct DeliveryConfig {
     pub retry_backoff: HumanDuration,
     /// Longest delay between two attempts.
     pub max_backoff: HumanDuration,
+    /// How often a channel that is `down` is probed.
+    pub probe_interval: HumanDuration,
 }
 
 impl Default for DeliveryConfig {
@@ -250,6 +261,7 @@ impl Default for DeliveryConfig {
             max_attempts: 8,
             retry_backoff: HumanDuration(Duration::from_millis(500)),
             max_backoff: HumanDuration(Duration::from_secs(60)),
+            probe_interval: HumanDuration(Duration::from_secs(120)),
         }
     }
 }
@@ -519,7 +531,44 @@ impl Config {
         if self.delivery.max_attempts == 0 {
             err("delivery.max_attempts", "must be at least 1".to_owned());
         }
+        if self.delivery.probe_interval.get() < Duration::from_millis(10) {
+            err(
+                "delivery.probe_interval",
+                "must be at least 10ms".to_owned(),
+            );
+        }
+        if http.max_reply_chars.is_some_and(|n| n < 64) {
+            err(
+                "channels.http.max_reply_chars",
+                "must be at least 64 characters".to_owned(),
+            );
+        }
+        for (name, settings) in &self.rate_limits {
+            let prefix = format!("rate_limits.{name}");
+            if name.parse::<ChannelKind>().is_err() {
+                let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
+                err(
+                    &prefix,
+                    format!(
+                        "unknown channel `{name}`; known channels: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+            for (path, message) in settings.validate(&prefix) {
+                err(&path, message);
+            }
+        }
         errors
+    }
+
+    /// The rate settings of `channel`: the built-in defaults with the file's overrides.
+    pub fn rate_settings(&self, channel: ChannelKind) -> RateSettings {
+        let defaults = RateSettings::default_for(channel);
+        match self.rate_limits.get(channel.as_str()) {
+            Some(over) => defaults.merged(over),
+            None => defaults,
+        }
     }
 
     /// The log directory, resolved against `data_dir` when relative.

@@ -1,24 +1,40 @@
-//! Delivery: takes committed outbox rows to their channel, in order per chat, retrying what may
-//! pass and dead-lettering what cannot.
+//! Delivery: takes committed outbox rows to their channel, in order per chat, within the
+//! channel's limits, retrying what may pass and dead-lettering what cannot.
 //!
 //! Each `(channel, chat)` has a lane: a task with its own queue that sends one reply at a time,
 //! so replies in one chat keep their order while chats proceed in parallel, and one slow chat
 //! never blocks another. A lane that has been idle for [`LANE_IDLE`] removes itself under the
 //! same lock that [`Delivery::enqueue`] takes, so no row is ever handed to a lane that is gone.
-//! Every row handed here is already committed; it ends `delivered` or `dead` in the store. A row
-//! still pending at shutdown stays pending and is sent again at the next start.
+//!
+//! For each reply a lane splits it to the channel's limit ([`split`]), and for each chunk waits
+//! for the channel to be sendable ([`health`]: a credentials problem holds the whole channel) and
+//! for its rate-limit tokens ([`rate_limit`]), then sends. Errors by class: retryable → backoff
+//! with full jitter, or exactly the platform's `Retry-After` (pausing that chat, or the channel
+//! for a global limit), up to `max_attempts`, then a dead letter; auth → the channel goes
+//! `ReauthNeeded` and the reply waits, not dead-lettered; permanent → a dead letter at once.
+//! Dead letters ([`dead_letter`]) are rows with status `dead`: never dropped by a limit, retried
+//! by the operator or automatically when their channel recovers. Every row handed here is already
+//! committed, and ends `delivered` or `dead`; a row still pending at shutdown stays pending and is
+//! sent again at the next start.
+
+pub mod dead_letter;
+pub mod health;
+pub mod rate_limit;
+pub mod split;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::channels::{ChannelSender, ErrorClass, SendError};
+use crate::channels::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
 use crate::events::{Event, EventBus};
 use crate::message::{ChannelKind, OutboundMessage};
-use crate::store::SharedStore;
+use crate::store::{DeadSelector, SharedStore};
+use health::{ChannelHealth, HealthState, HealthStatus};
+use rate_limit::{BucketState, ChannelLimits, RateSettings};
 
 /// How long an empty lane waits for more work before it stops.
 pub const LANE_IDLE: Duration = Duration::from_secs(30);
@@ -46,6 +62,28 @@ impl RetryPolicy {
     }
 }
 
+/// One channel as delivery drives it.
+pub struct ChannelRuntime {
+    sender: Arc<dyn ChannelSender>,
+    health: ChannelHealth,
+    limits: ChannelLimits,
+}
+
+/// A channel's buckets as the operator sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelBuckets {
+    /// The channel.
+    pub channel: ChannelKind,
+    /// The settings in force.
+    pub settings: RateSettings,
+    /// The channel-wide bucket, if the channel has a limit or a pause.
+    pub channel_bucket: Option<BucketState>,
+    /// The busiest per-chat buckets.
+    pub chats: Vec<BucketState>,
+    /// Times any send on the channel had to wait.
+    pub throttled_total: u64,
+}
+
 type LaneKey = (ChannelKind, String);
 
 struct Lane {
@@ -56,7 +94,7 @@ struct Lane {
 struct Inner {
     store: SharedStore,
     events: EventBus,
-    senders: HashMap<ChannelKind, Arc<dyn ChannelSender>>,
+    channels: HashMap<ChannelKind, ChannelRuntime>,
     policy: RetryPolicy,
     lanes: Mutex<HashMap<LaneKey, Lane>>,
     shutdown: watch::Receiver<bool>,
@@ -72,20 +110,32 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Delivery over the given channel senders.
+    /// Delivery over the given channel senders, each with its rate settings.
     pub fn new(
         store: SharedStore,
         events: EventBus,
-        senders: Vec<Arc<dyn ChannelSender>>,
+        senders: Vec<(Arc<dyn ChannelSender>, RateSettings)>,
         policy: RetryPolicy,
     ) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
+        let channels = senders
+            .into_iter()
+            .map(|(sender, rates)| {
+                let kind = sender.kind();
+                let runtime = ChannelRuntime {
+                    health: ChannelHealth::new(kind, events.clone()),
+                    limits: ChannelLimits::new(rates),
+                    sender,
+                };
+                (kind, runtime)
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 store,
                 events,
-                senders: senders.into_iter().map(|s| (s.kind(), s)).collect(),
+                channels,
                 policy,
                 lanes: Mutex::new(HashMap::new()),
                 shutdown,
@@ -128,17 +178,131 @@ impl Delivery {
         }
     }
 
+    fn nudge_channel(&self, channel: ChannelKind) {
+        if let Ok(lanes) = self.inner.lanes.lock() {
+            for ((c, _), lane) in lanes.iter() {
+                if *c == channel {
+                    lane.wake.notify_one();
+                }
+            }
+        }
+    }
+
     fn spawn_lane(&self, key: LaneKey) -> Lane {
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let done = self.inner.lanes_done.lock().ok().and_then(|d| d.clone());
-        let inner = self.inner.clone();
+        let this = self.clone();
         let lane_wake = wake.clone();
         tokio::spawn(async move {
-            run_lane(inner, key, rx, lane_wake).await;
+            this.run_lane(key, rx, lane_wake).await;
             drop(done);
         });
         Lane { tx, wake }
+    }
+
+    /// Every channel's health.
+    pub fn channels(&self) -> Vec<HealthStatus> {
+        let mut out: Vec<HealthStatus> = self
+            .inner
+            .channels
+            .values()
+            .filter_map(|c| c.health.status())
+            .collect();
+        out.sort_by_key(|s| s.channel);
+        out
+    }
+
+    /// Every channel's buckets, with the `hottest` per-chat buckets each.
+    pub fn rate_limits(&self, hottest: usize) -> Vec<ChannelBuckets> {
+        let mut out: Vec<ChannelBuckets> = self
+            .inner
+            .channels
+            .iter()
+            .map(|(kind, c)| {
+                let (channel_bucket, chats) = c.limits.buckets(hottest);
+                ChannelBuckets {
+                    channel: *kind,
+                    settings: c.limits.settings(),
+                    channel_bucket,
+                    chats,
+                    throttled_total: c.limits.throttled_total(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|b| b.channel);
+        out
+    }
+
+    /// Forgets idle per-chat buckets; called periodically.
+    pub fn retain_recent(&self) {
+        for c in self.inner.channels.values() {
+            c.limits.retain_recent();
+        }
+    }
+
+    /// Reconnects a channel: lifts a credentials hold, probes it, and on success marks it
+    /// connected (which retries its dead letters). Returns the resulting state.
+    pub async fn reconnect(&self, channel: ChannelKind) -> Result<HealthState, String> {
+        let c = self
+            .inner
+            .channels
+            .get(&channel)
+            .ok_or_else(|| format!("channel {channel} is not enabled"))?;
+        c.health.reconnecting();
+        match c.sender.probe().await {
+            Ok(()) => self.succeeded(channel, c),
+            Err(e) => c
+                .health
+                .failed(e.class(), &e.to_string(), self.inner.policy.max),
+        }
+        self.nudge_channel(channel);
+        Ok(c.health.state())
+    }
+
+    /// Probes every channel that is `Down`; called periodically.
+    pub async fn probe_down(&self) {
+        for (kind, c) in &self.inner.channels {
+            if c.health.state() != HealthState::Down {
+                continue;
+            }
+            match c.sender.probe().await {
+                Ok(()) => {
+                    tracing::info!(message = "Probe succeeded; channel is back.", channel = %kind);
+                    self.succeeded(*kind, c);
+                    self.nudge_channel(*kind);
+                }
+                Err(e) => {
+                    tracing::warn!(message = "Probe failed; channel stays down.", channel = %kind, error = %e);
+                    c.health
+                        .failed(e.class(), &e.to_string(), self.inner.policy.max);
+                }
+            }
+        }
+    }
+
+    /// Marks a success; on a recovery, retries the channel's dead letters that a recovery can
+    /// help (those that died of retryable or auth errors).
+    fn succeeded(&self, kind: ChannelKind, c: &ChannelRuntime) {
+        if !c.health.succeeded() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let selector = DeadSelector::Channel {
+                channel: kind,
+                classes: Some(vec![ErrorClass::Retryable, ErrorClass::Auth]),
+            };
+            match this.retry_dead(&selector).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(message = "Channel recovered; its dead letters are retried.", channel = %kind, count = n)
+                }
+                Err(e) => {
+                    tracing::error!(message = "Cannot retry dead letters after recovery.", channel = %kind, error = %e)
+                }
+            }
+        });
     }
 
     /// Stops all lanes: in-flight sends finish, waiting rows stay pending for the next start.
@@ -154,111 +318,180 @@ impl Delivery {
             );
         }
     }
-}
 
-async fn run_lane(
-    inner: Arc<Inner>,
-    key: LaneKey,
-    mut rx: mpsc::UnboundedReceiver<OutboundMessage>,
-    wake: Arc<Notify>,
-) {
-    let mut shutdown = inner.shutdown.clone();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let next = tokio::select! {
-            row = rx.recv() => row,
-            _ = tokio::time::sleep(LANE_IDLE) => {
-                let Ok(mut lanes) = inner.lanes.lock() else { return };
-                if rx.is_empty() {
-                    lanes.remove(&key);
-                    return;
-                }
-                continue;
-            }
-            _ = shutdown.changed() => return,
-        };
-        let Some(row) = next else { return };
-        deliver(&inner, row, &wake, &mut shutdown).await;
-    }
-}
-
-async fn deliver(
-    inner: &Inner,
-    mut row: OutboundMessage,
-    wake: &Notify,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let Some(sender) = inner.senders.get(&row.channel) else {
-        let error = format!("channel {} is not enabled", row.channel);
-        dead(inner, &row, &error).await;
-        return;
-    };
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let error = match sender.send(&row).await {
-            Ok(()) => {
-                if let Err(e) = inner.store.outbox_delivered(row.id).await {
-                    tracing::error!(message = "Reply sent but not marked delivered; it may be sent again after a restart.", outbox_id = row.id, error = %e);
-                }
-                inner.events.publish(Event::MessageOut {
-                    outbox_id: row.id,
-                    channel: row.channel,
-                    chat_id: row.chat_id.clone(),
-                });
+    async fn run_lane(
+        &self,
+        key: LaneKey,
+        mut rx: mpsc::UnboundedReceiver<OutboundMessage>,
+        wake: Arc<Notify>,
+    ) {
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
                 return;
             }
-            Err(e) => e,
-        };
-        row.attempts += 1;
-        let text = error.to_string();
-        let class = error.class();
-        if class == ErrorClass::Permanent || row.attempts >= inner.policy.max_attempts {
-            dead(inner, &row, &text).await;
-            return;
+            let next = tokio::select! {
+                row = rx.recv() => row,
+                _ = tokio::time::sleep(LANE_IDLE) => {
+                    let Ok(mut lanes) = self.inner.lanes.lock() else { return };
+                    if rx.is_empty() {
+                        lanes.remove(&key);
+                        return;
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => return,
+            };
+            let Some(row) = next else { return };
+            self.deliver(row, &wake, &mut shutdown).await;
         }
-        tracing::warn!(message = "Send failed; will retry.", channel = %row.channel, outbox_id = row.id, attempts = row.attempts, class = ?class, error = %text);
-        if let Err(e) = inner
+    }
+
+    async fn deliver(
+        &self,
+        mut row: OutboundMessage,
+        wake: &Notify,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let inner = &self.inner;
+        let Some(c) = inner.channels.get(&row.channel) else {
+            let error = format!("channel {} is not enabled", row.channel);
+            self.dead(&row, ErrorClass::Permanent, &error).await;
+            return;
+        };
+        let chunks = match c.sender.split_limit() {
+            Some(limit) => split::split(&row.text, limit),
+            None => vec![row.text.clone()],
+        };
+        let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        while row.chunks_sent < count {
+            c.health.wait_sendable(shutdown).await;
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                () = c.limits.acquire(&row.chat_id) => {}
+                _ = shutdown.changed() => return,
+            }
+            let index = row.chunks_sent;
+            let Some(text) = chunks.get(index as usize) else {
+                break;
+            };
+            let chunk = OutgoingChunk {
+                message: &row,
+                text,
+                index,
+                count,
+            };
+            let error = match c.sender.send(&chunk).await {
+                Ok(()) => {
+                    self.succeeded(row.channel, c);
+                    row.chunks_sent += 1;
+                    if row.chunks_sent < count {
+                        if let Err(e) = inner.store.outbox_progress(row.id, row.chunks_sent).await {
+                            tracing::warn!(message = "Cannot record chunk progress; a restart may resend chunks.", outbox_id = row.id, error = %e);
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let text = error.to_string();
+            let class = error.class();
+            row.attempts += 1;
+            match &error {
+                SendError::Permanent(_) => {
+                    c.health.failed(class, &text, Duration::ZERO);
+                    self.dead(&row, class, &text).await;
+                    return;
+                }
+                SendError::Auth(_) => {
+                    // Held, not dead-lettered: the lane waits in `wait_sendable` until reconnect.
+                    c.health.failed(class, &text, Duration::ZERO);
+                    self.record_failure(&row, class, &text).await;
+                }
+                SendError::Retryable {
+                    retry_after,
+                    global,
+                    ..
+                } => {
+                    let delay = retry_after.unwrap_or_else(|| inner.policy.backoff(row.attempts));
+                    c.health.failed(class, &text, delay);
+                    if row.attempts >= inner.policy.max_attempts {
+                        self.dead(&row, class, &text).await;
+                        return;
+                    }
+                    self.record_failure(&row, class, &text).await;
+                    if let Some(pause) = retry_after {
+                        // The platform said exactly how long: pause that chat (or the channel),
+                        // and `acquire` waits it out before the next attempt.
+                        let until = Instant::now() + *pause;
+                        let chat = if *global {
+                            c.limits.pause_channel(until);
+                            None
+                        } else {
+                            c.limits.pause_chat(&row.chat_id, until);
+                            Some(row.chat_id.clone())
+                        };
+                        inner.events.publish(Event::RateLimited {
+                            channel: row.channel,
+                            chat_id: chat,
+                            pause_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        });
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wake.notified() => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = inner.store.outbox_delivered(row.id).await {
+            tracing::error!(message = "Reply sent but not marked delivered; it may be sent again after a restart.", outbox_id = row.id, error = %e);
+        }
+        inner.events.publish(Event::MessageOut {
+            outbox_id: row.id,
+            channel: row.channel,
+            chat_id: row.chat_id.clone(),
+        });
+    }
+
+    async fn record_failure(&self, row: &OutboundMessage, class: ErrorClass, error: &str) {
+        tracing::warn!(message = "Send failed; will retry.", channel = %row.channel, outbox_id = row.id, attempts = row.attempts, class = class.as_str(), error = %error);
+        if let Err(e) = self
+            .inner
             .store
-            .outbox_attempt_failed(row.id, row.attempts, &text)
+            .outbox_attempt_failed(row.id, row.attempts, class, error)
             .await
         {
             tracing::error!(message = "Cannot record a failed attempt.", outbox_id = row.id, error = %e);
         }
-        inner.events.publish(Event::DeliveryFailed {
+        self.inner.events.publish(Event::DeliveryFailed {
             outbox_id: row.id,
             channel: row.channel,
             attempts: row.attempts,
-            error: text,
+            error: error.to_owned(),
         });
-        let delay = match &error {
-            SendError::Retryable {
-                retry_after: Some(d),
-                ..
-            } => *d,
-            _ => inner.policy.backoff(row.attempts),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => return,
-        }
     }
-}
 
-async fn dead(inner: &Inner, row: &OutboundMessage, error: &str) {
-    tracing::error!(message = "Reply moved to dead letters.", channel = %row.channel, outbox_id = row.id, attempts = row.attempts, error = %error);
-    if let Err(e) = inner.store.outbox_dead(row.id, row.attempts, error).await {
-        tracing::error!(message = "Cannot record a dead letter; the row stays pending.", outbox_id = row.id, error = %e);
+    async fn dead(&self, row: &OutboundMessage, class: ErrorClass, error: &str) {
+        tracing::error!(message = "Reply moved to dead letters.", channel = %row.channel, outbox_id = row.id, attempts = row.attempts, class = class.as_str(), error = %error);
+        if let Err(e) = self
+            .inner
+            .store
+            .outbox_dead(row.id, row.attempts, class, error)
+            .await
+        {
+            tracing::error!(message = "Cannot record a dead letter; the row stays pending.", outbox_id = row.id, error = %e);
+        }
+        self.inner.events.publish(Event::DeadLettered {
+            outbox_id: row.id,
+            channel: row.channel,
+            error: error.to_owned(),
+        });
     }
-    inner.events.publish(Event::DeadLettered {
-        outbox_id: row.id,
-        channel: row.channel,
-        error: error.to_owned(),
-    });
 }
 
 #[cfg(test)]

@@ -73,6 +73,31 @@ pub enum Event {
         /// The error, with secrets removed.
         error: String,
     },
+    /// A channel's health changed.
+    ChannelStateChanged {
+        /// The channel.
+        channel: ChannelKind,
+        /// The new state's name (`connected`, `reconnecting`, `reauth_needed`, `down`, ...).
+        state: &'static str,
+        /// The error that caused it, if any.
+        error: Option<String>,
+    },
+    /// A platform asked us to slow down (429); the chat or channel is paused.
+    RateLimited {
+        /// The channel.
+        channel: ChannelKind,
+        /// The chat paused, or `None` when the whole channel is.
+        chat_id: Option<String>,
+        /// For how long, in milliseconds.
+        pause_ms: u64,
+    },
+    /// Dead letters were put back in the queue.
+    DeadLettersRetried {
+        /// The channel, when all of one channel's were retried.
+        channel: Option<ChannelKind>,
+        /// How many.
+        count: u64,
+    },
     /// A reply became a dead letter.
     DeadLettered {
         /// Outbox row id.

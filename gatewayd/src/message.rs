@@ -190,6 +190,8 @@ pub struct OutboundMessage {
     pub reply_to: Option<String>,
     /// Send attempts made so far.
     pub attempts: u32,
+    /// Chunks of a split reply already delivered; a retry resumes after them.
+    pub chunks_sent: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.

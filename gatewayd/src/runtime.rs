@@ -1,34 +1,42 @@
 //! Startup, supervision and shutdown: builds every part from the configuration, replays what a
 //! previous run left unfinished, serves, and on a signal stops in the order that loses nothing.
 //!
-//! Start: open the store, build identity, agent, delivery and the router, bind the listener
-//! (a port in use is a one-line error naming the key), re-send pending outbox rows, replay
-//! pending inbox rows, then serve and print the address. Stop: refuse new input, let session
-//! workers finish what they hold (up to a grace period), let delivery lanes finish their
-//! in-flight sends, then close the store. Whatever is unfinished stays pending for the next run.
+//! [`Gateway::start`]: open the store, build identity, agent, delivery and the router, bind the
+//! listener (a port in use is a one-line error naming the key), re-send pending outbox rows,
+//! replay pending inbox rows, then serve in the background. [`Gateway::shutdown`]: refuse new
+//! input, let session workers finish what they hold (up to `gateway.shutdown_grace`), let
+//! delivery lanes finish their in-flight sends, then close the store. Whatever is unfinished
+//! stays pending for the next run. The handle's fields are the core's services, which the
+//! binary's signal handling and the tests drive the same way.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::ChannelSender;
 use crate::channels::http::HttpSender;
 use crate::channels::webchat::WebChat;
 use crate::config::{Config, ProviderKind};
+use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
 use crate::events::EventBus;
 use crate::identity::Identity;
 use crate::inbox::Inbox;
+use crate::message::ChannelKind;
 use crate::session::Context;
 use crate::session::router::Router;
 use crate::store::SharedStore;
 use crate::store::sqlite::SqliteStore;
+
+/// How often idle per-chat rate-limit buckets are forgotten.
+const RETAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the provider the configuration names.
 pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
@@ -50,171 +58,269 @@ pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     })
 }
 
-/// Runs the gateway until `shutdown` resolves. `config_path` is only used in messages.
+/// A running gateway: its services, and the tasks that serve them.
+pub struct Gateway {
+    /// The durable state.
+    pub store: SharedStore,
+    /// The events bus.
+    pub events: EventBus,
+    /// Identities.
+    pub identity: Arc<Identity>,
+    /// Sessions.
+    pub router: Arc<Router>,
+    /// Outbound delivery, channel health, rate limits, dead letters.
+    pub delivery: Delivery,
+    /// The inbox.
+    pub inbox: Arc<Inbox>,
+    /// Where the HTTP listener is bound.
+    pub http_addr: SocketAddr,
+    /// The channels that are enabled.
+    pub channels: Vec<ChannelKind>,
+    /// When it started.
+    pub started_at: Instant,
+    config: Config,
+    ready: Arc<AtomicBool>,
+    closing: watch::Sender<bool>,
+    stop_server: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts everything; returns once the listener is bound and unfinished work is resumed.
+    /// `config_path` is only used in messages.
+    pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
+        let db_path = config.database_path();
+        let store: SharedStore = Arc::new(
+            SqliteStore::open(&db_path)
+                .with_context(|| format!("cannot open the database {}", db_path.display()))?,
+        );
+        let events = EventBus::new(4096);
+        let identity = Arc::new(Identity::new(store.clone(), events.clone()));
+        let agent = Arc::new(Agent::new(
+            provider(&config)?,
+            config.agent.system_prompt.clone(),
+            config.agent.max_attempts,
+            config.agent.retry_backoff.get(),
+        ));
+        let (closing, closing_rx) = watch::channel(false);
+        let mut senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = Vec::new();
+        let webchat = config.channels.webchat.enabled.then(|| {
+            WebChat::new(
+                config.channels.webchat.max_message_bytes,
+                closing_rx.clone(),
+            )
+        });
+        if let Some(w) = &webchat {
+            senders.push((w.clone(), config.rate_settings(ChannelKind::Webchat)));
+        }
+        if config.channels.http.enabled {
+            let http = &config.channels.http;
+            let url = http
+                .callback_url
+                .clone()
+                .ok_or_else(|| anyhow!("channels.http.callback_url is required"))?;
+            let sender = HttpSender::new(url, http.timeout.get(), http.max_reply_chars)
+                .map_err(|e| anyhow!(e))?;
+            senders.push((Arc::new(sender), config.rate_settings(ChannelKind::Http)));
+        }
+        let channels: Vec<ChannelKind> = senders.iter().map(|(s, _)| s.kind()).collect();
+        let delivery = Delivery::new(
+            store.clone(),
+            events.clone(),
+            senders,
+            RetryPolicy {
+                max_attempts: config.delivery.max_attempts,
+                base: config.delivery.retry_backoff.get(),
+                max: config.delivery.max_backoff.get(),
+            },
+        );
+        if let Some(w) = &webchat {
+            w.attach_delivery(delivery.clone());
+        }
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            identity: identity.clone(),
+            agent,
+            delivery: delivery.clone(),
+            events: events.clone(),
+            history_window: config.gateway.history_window,
+        });
+        let router = Router::new(
+            ctx,
+            config.gateway.max_sessions,
+            config.gateway.mailbox_capacity,
+        );
+        let inbox = Arc::new(Inbox::new(store.clone(), router.clone(), events.clone()));
+
+        let addr: SocketAddr =
+            config.http.listen.parse().with_context(|| {
+                format!("http.listen `{}` is not an address", config.http.listen)
+            })?;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(anyhow!(
+                    "http.listen: {addr} is already in use; stop the other process or set another [http] listen in {config_path}"
+                ));
+            }
+            Err(e) => return Err(anyhow!("http.listen: cannot listen on {addr}: {e}")),
+        };
+        let http_addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+
+        let pending_out = store.outbox_pending().await?;
+        let resent = pending_out.len();
+        delivery.enqueue(pending_out);
+        let replayed = inbox.replay().await?;
+        if resent + replayed > 0 {
+            tracing::info!(
+                message = "Resumed unfinished work from the previous run.",
+                replayed_inbound = replayed,
+                resent_outbound = resent
+            );
+        }
+
+        let mut background = Vec::new();
+        {
+            let router = router.clone();
+            let idle = config.gateway.idle_timeout.get();
+            let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            background.push(every_tick(every, move || {
+                router.sweep(idle);
+                async {}
+            }));
+        }
+        {
+            let delivery = delivery.clone();
+            background.push(every_tick(
+                config.delivery.probe_interval.get(),
+                move || {
+                    let delivery = delivery.clone();
+                    async move { delivery.probe_down().await }
+                },
+            ));
+        }
+        {
+            let delivery = delivery.clone();
+            background.push(every_tick(RETAIN_EVERY, move || {
+                delivery.retain_recent();
+                async {}
+            }));
+        }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = crate::http::router(crate::http::AppState {
+            inbox: inbox.clone(),
+            store: store.clone(),
+            webchat: webchat.clone(),
+            http_channel_max_bytes: config
+                .channels
+                .http
+                .enabled
+                .then_some(config.channels.http.max_message_bytes),
+            ready: ready.clone(),
+        });
+        let (stop_server, mut stop_rx) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        ready.store(true, Ordering::Release);
+        tracing::info!(message = "gatewayd started.", http = %http_addr, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
+        Ok(Self {
+            store,
+            events,
+            identity,
+            router,
+            delivery,
+            inbox,
+            http_addr,
+            channels,
+            started_at: Instant::now(),
+            config,
+            ready,
+            closing,
+            stop_server,
+            server,
+            background,
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops in the order that loses nothing; see the module docs.
+    pub async fn shutdown(self) {
+        tracing::info!(message = "Shutting down: no new messages are accepted.");
+        self.ready.store(false, Ordering::Release);
+        let _ = self.closing.send(true);
+        let _ = self.stop_server.send(true);
+        match tokio::time::timeout(Duration::from_secs(5), self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(message = "HTTP server ended with an error.", error = %e)
+            }
+            Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
+            Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        self.router
+            .shutdown(self.config.gateway.shutdown_grace.get())
+            .await;
+        self.delivery.shutdown(Duration::from_secs(5)).await;
+        let (inbox_pending, outbox_pending, dead) = self.store.counts().await.unwrap_or((0, 0, 0));
+        self.store.close().await;
+        tracing::info!(
+            message = "gatewayd stopped.",
+            inbox_pending,
+            outbox_pending,
+            dead_letters = dead
+        );
+    }
+}
+
+/// Runs `f` every `period` until aborted.
+fn every_tick<F, Fut>(period: Duration, mut f: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            f().await;
+        }
+    })
+}
+
+/// Runs the gateway until `shutdown` resolves, printing where it listens.
 pub async fn run(
     config: Config,
     config_path: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let db_path = config.database_path();
-    let store: SharedStore = Arc::new(
-        SqliteStore::open(&db_path)
-            .with_context(|| format!("cannot open the database {}", db_path.display()))?,
-    );
-    let events = EventBus::new(4096);
-    let identity = Arc::new(Identity::new(store.clone(), events.clone()));
-    let agent = Arc::new(Agent::new(
-        provider(&config)?,
-        config.agent.system_prompt.clone(),
-        config.agent.max_attempts,
-        config.agent.retry_backoff.get(),
-    ));
-    let (closing_tx, closing_rx) = watch::channel(false);
-    let mut senders: Vec<Arc<dyn ChannelSender>> = Vec::new();
-    let webchat = config.channels.webchat.enabled.then(|| {
-        WebChat::new(
-            config.channels.webchat.max_message_bytes,
-            closing_rx.clone(),
-        )
-    });
-    if let Some(w) = &webchat {
-        senders.push(w.clone());
-    }
-    if config.channels.http.enabled {
-        let url = config
-            .channels
-            .http
-            .callback_url
-            .clone()
-            .ok_or_else(|| anyhow!("channels.http.callback_url is required"))?;
-        senders.push(Arc::new(
-            HttpSender::new(url, config.channels.http.timeout.get()).map_err(|e| anyhow!(e))?,
-        ));
-    }
-    let delivery = Delivery::new(
-        store.clone(),
-        events.clone(),
-        senders,
-        RetryPolicy {
-            max_attempts: config.delivery.max_attempts,
-            base: config.delivery.retry_backoff.get(),
-            max: config.delivery.max_backoff.get(),
-        },
-    );
-    if let Some(w) = &webchat {
-        w.attach_delivery(delivery.clone());
-    }
-    let ctx = Arc::new(Context {
-        store: store.clone(),
-        identity,
-        agent,
-        delivery: delivery.clone(),
-        events: events.clone(),
-        history_window: config.gateway.history_window,
-    });
-    let router = Router::new(
-        ctx,
-        config.gateway.max_sessions,
-        config.gateway.mailbox_capacity,
-    );
-    let inbox = Arc::new(Inbox::new(store.clone(), router.clone(), events.clone()));
-
-    let addr: SocketAddr = config
-        .http
-        .listen
-        .parse()
-        .with_context(|| format!("http.listen `{}` is not an address", config.http.listen))?;
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return Err(anyhow!(
-                "http.listen: {addr} is already in use; stop the other process or set another [http] listen in {config_path}"
-            ));
-        }
-        Err(e) => return Err(anyhow!("http.listen: cannot listen on {addr}: {e}")),
-    };
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-
-    let pending_out = store.outbox_pending().await?;
-    let resent = pending_out.len();
-    delivery.enqueue(pending_out);
-    let replayed = inbox.replay().await?;
-    if resent + replayed > 0 {
-        tracing::info!(
-            message = "Resumed unfinished work from the previous run.",
-            replayed_inbound = replayed,
-            resent_outbound = resent
-        );
-    }
-
-    let sweeper = {
-        let router = router.clone();
-        let idle = config.gateway.idle_timeout.get();
-        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                router.sweep(idle);
-            }
-        })
-    };
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(crate::http::AppState {
-        inbox,
-        store: store.clone(),
-        webchat: webchat.clone(),
-        http_channel_max_bytes: config
-            .channels
-            .http
-            .enabled
-            .then_some(config.channels.http.max_message_bytes),
-        ready: ready.clone(),
-    });
-    ready.store(true, Ordering::Release);
-    tracing::info!(message = "gatewayd started.", http = %local, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
+    let gateway = Gateway::start(config, config_path).await?;
+    let local = gateway.http_addr;
     println!("http listening on {local}");
-    if webchat.is_some() {
+    if gateway.channels.contains(&ChannelKind::Webchat) {
         println!("WebChat: open http://{local}/");
     }
-    if config.channels.http.enabled {
+    if gateway.channels.contains(&ChannelKind::Http) {
         println!("HTTP channel: POST http://{local}/channels/http/messages");
     }
-
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut serve_stop = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = serve_stop.wait_for(|s| *s).await;
-    });
-    let server = tokio::spawn(async move { server.await });
-    let _ = stop_rx.wait_for(|s| *s).await;
-    tracing::info!(message = "Shutting down: no new messages are accepted.");
-    ready.store(false, Ordering::Release);
-    let _ = closing_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(message = "HTTP server ended with an error.", error = %e),
-        Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
-        Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
-    }
-    sweeper.abort();
-    router.shutdown(config.gateway.shutdown_grace.get()).await;
-    delivery.shutdown(Duration::from_secs(5)).await;
-    let (inbox_pending, outbox_pending, dead) = store.counts().await.unwrap_or((0, 0, 0));
-    store.close().await;
-    tracing::info!(
-        message = "gatewayd stopped.",
-        inbox_pending,
-        outbox_pending,
-        dead_letters = dead
-    );
+    shutdown.await;
+    gateway.shutdown().await;
     Ok(())
 }

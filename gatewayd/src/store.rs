@@ -15,6 +15,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
+use crate::channels::ErrorClass;
 use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
 
 /// What went wrong in the store.
@@ -161,16 +162,44 @@ pub trait Store: Send + Sync + 'static {
     /// Marks an outbox row delivered.
     async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError>;
 
-    /// Records a failed attempt on an outbox row that stays pending.
+    /// Records that the first `chunks_sent` chunks of a split reply were delivered.
+    async fn outbox_progress(&self, id: i64, chunks_sent: u32) -> Result<(), StoreError>;
+
+    /// Records a failed attempt on an outbox row that stays pending, in its error history.
     async fn outbox_attempt_failed(
         &self,
         id: i64,
         attempts: u32,
+        class: ErrorClass,
         error: &str,
     ) -> Result<(), StoreError>;
 
     /// Moves an outbox row to the dead letters, with the error that put it there.
-    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StoreError>;
+    async fn outbox_dead(
+        &self,
+        id: i64,
+        attempts: u32,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Dead letters, oldest first, optionally of one channel, after id `after` (a cursor).
+    async fn dead_letters(
+        &self,
+        channel: Option<ChannelKind>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One dead letter with its error history.
+    async fn dead_letter(&self, id: i64) -> Result<(DeadLetter, Vec<AttemptError>), StoreError>;
+
+    /// Moves the selected dead letters back to pending (attempts reset) and returns them.
+    async fn retry_dead(&self, selector: &DeadSelector)
+    -> Result<Vec<OutboundMessage>, StoreError>;
+
+    /// Drops the selected dead letters (kept as `dropped` for the record); returns how many.
+    async fn drop_dead(&self, selector: &DeadSelector) -> Result<u64, StoreError>;
 
     /// The user an address belongs to, creating a new isolated user for an unknown address.
     async fn resolve_address(&self, address: &Address) -> Result<UserId, StoreError>;
@@ -201,6 +230,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].
     async fn close(&self);
+}
+
+/// A reply that could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The outbox row.
+    pub message: OutboundMessage,
+    /// The last error.
+    pub last_error: String,
+    /// The class of the last error.
+    pub class: ErrorClass,
+    /// When the reply was committed, ms since the epoch.
+    pub created_at_ms: i64,
+    /// When it became a dead letter, ms since the epoch.
+    pub dead_at_ms: i64,
+}
+
+/// One failed attempt in a reply's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Attempt number (1-based).
+    pub attempt: u32,
+    /// Its class.
+    pub class: ErrorClass,
+    /// What happened.
+    pub error: String,
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadSelector {
+    /// These ids (ids that are not dead letters are ignored).
+    Ids(Vec<i64>),
+    /// Every dead letter of a channel, optionally only those whose last error had one of
+    /// `classes` (recovery retries only the ones a recovery can help).
+    Channel {
+        /// The channel.
+        channel: ChannelKind,
+        /// Only these classes, or all.
+        classes: Option<Vec<ErrorClass>>,
+    },
 }
 
 /// A shared handle to whichever backend is configured.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{ChannelSender, SendError, classify_status, parse_retry_after};
-use crate::message::{ChannelKind, ChatType, InboundMessage, OutboundMessage, now_ms};
+use super::{ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after};
+use crate::delivery::split::{Limit, Unit};
+use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
 
 /// Longest accepted id (message, chat or sender), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -105,11 +106,17 @@ fn json_type(v: &Value) -> &'static str {
 pub struct HttpSender {
     client: reqwest::Client,
     callback_url: String,
+    max_reply_chars: Option<usize>,
 }
 
 impl HttpSender {
-    /// A sender posting to `callback_url` with a per-request `timeout`.
-    pub fn new(callback_url: String, timeout: Duration) -> Result<Self, String> {
+    /// A sender posting to `callback_url` with a per-request `timeout`, splitting replies longer
+    /// than `max_reply_chars` characters.
+    pub fn new(
+        callback_url: String,
+        timeout: Duration,
+        max_reply_chars: Option<usize>,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -117,8 +124,18 @@ impl HttpSender {
         Ok(Self {
             client,
             callback_url,
+            max_reply_chars,
         })
     }
+}
+
+fn transport_error(e: reqwest::Error) -> SendError {
+    let what = if e.is_timeout() {
+        "callback timed out"
+    } else {
+        "callback unreachable"
+    };
+    SendError::retryable(format!("{what}: {}", e.without_url()))
 }
 
 #[async_trait]
@@ -127,27 +144,31 @@ impl ChannelSender for HttpSender {
         ChannelKind::Http
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<(), SendError> {
-        let body = serde_json::json!({
-            "message_id": msg.id.to_string(),
+    fn split_limit(&self) -> Option<Limit> {
+        self.max_reply_chars.map(|max| Limit {
+            max,
+            unit: Unit::Chars,
+        })
+    }
+
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+        let msg = chunk.message;
+        let mut body = serde_json::json!({
+            "message_id": chunk.id(),
             "chat_id": msg.chat_id,
-            "text": msg.text,
+            "text": chunk.text,
             "reply_to": msg.reply_to,
         });
+        if chunk.count > 1 {
+            body["part"] = serde_json::json!({"index": chunk.index + 1, "count": chunk.count});
+        }
         let resp = self
             .client
             .post(&self.callback_url)
             .json(&body)
             .send()
             .await
-            .map_err(|e| {
-                let what = if e.is_timeout() {
-                    "callback timed out"
-                } else {
-                    "callback unreachable"
-                };
-                SendError::retryable(format!("{what}: {}", e.without_url()))
-            })?;
+            .map_err(transport_error)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -165,6 +186,21 @@ impl ChannelSender for HttpSender {
             .take(200)
             .collect();
         Err(classify_status(status.as_u16(), retry_after, &detail))
+    }
+
+    /// A `HEAD` of the callback URL: any answer below 500 other than 401/403 means reachable.
+    async fn probe(&self) -> Result<(), SendError> {
+        let resp = self
+            .client
+            .head(&self.callback_url)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        match resp.status().as_u16() {
+            s @ (401 | 403) => Err(classify_status(s, None, "probe refused")),
+            s if s >= 500 => Err(classify_status(s, None, "probe failed")),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -18,10 +18,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use super::{ChannelSender, SendError};
+use super::{ChannelSender, OutgoingChunk, SendError};
 use crate::delivery::Delivery;
+use crate::delivery::split::Limit;
 use crate::inbox::Inbox;
-use crate::message::{ChannelKind, ChatType, InboundMessage, OutboundMessage, now_ms};
+use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
 
 /// Longest chat id or client message id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -275,13 +276,19 @@ impl ChannelSender for WebChat {
         ChannelKind::Webchat
     }
 
-    async fn send(&self, msg: &OutboundMessage) -> Result<(), SendError> {
+    fn split_limit(&self) -> Option<Limit> {
+        None
+    }
+
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+        let msg = chunk.message;
         let reply_to = msg
             .reply_to
             .as_deref()
             .map(|r| r.strip_prefix(&format!("{}/", msg.chat_id)).unwrap_or(r));
-        let frame = json!({"type": "message", "id": msg.id.to_string(), "text": msg.text, "reply_to": reply_to})
-            .to_string();
+        let frame =
+            json!({"type": "message", "id": chunk.id(), "text": chunk.text, "reply_to": reply_to})
+                .to_string();
         let sockets: Vec<mpsc::Sender<String>> = self
             .sockets
             .lock()

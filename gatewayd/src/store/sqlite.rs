@@ -17,9 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    InboxOutcome, NewReply, PendingInbound, Role, Store, StoreError, TranscriptEntry, TurnRecord,
-    UserRecord, parse_channel,
+    AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, PendingInbound, Role, Store,
+    StoreError, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
 };
+use crate::channels::ErrorClass;
 use crate::message::{
     Address, ChannelKind, ChatType, InboundMessage, OutboundMessage, SessionKey, UserId, now_ms,
 };
@@ -29,7 +30,8 @@ const MAX_BATCH: usize = 1024;
 /// Read connections kept open.
 const READ_POOL: usize = 4;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE inbox (
     id INTEGER PRIMARY KEY,
     channel TEXT NOT NULL,
@@ -93,7 +95,21 @@ CREATE TABLE link_codes (
     expires_at INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+ALTER TABLE outbox ADD COLUMN error_class TEXT;
+ALTER TABLE outbox ADD COLUMN chunks_sent INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE delivery_errors (
+    id INTEGER PRIMARY KEY,
+    outbox_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE INDEX delivery_errors_outbox ON delivery_errors (outbox_id, id);
+"#,
+];
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
@@ -278,9 +294,12 @@ fn atomic<T>(
     }
 }
 
-fn row_to_outbound(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, String, String, Option<String>, i64)> {
+/// The columns [`outbound_from`] reads, in order.
+const OUTBOUND_COLUMNS: &str = "id, channel, chat_id, text, reply_to, attempts, chunks_sent";
+
+type OutboundRow = (i64, String, String, String, Option<String>, i64, i64);
+
+fn row_to_outbound(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -288,18 +307,12 @@ fn row_to_outbound(
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
     ))
 }
 
 fn outbound_from(
-    (id, channel, chat_id, text, reply_to, attempts): (
-        i64,
-        String,
-        String,
-        String,
-        Option<String>,
-        i64,
-    ),
+    (id, channel, chat_id, text, reply_to, attempts, chunks_sent): OutboundRow,
 ) -> Result<OutboundMessage, StoreError> {
     Ok(OutboundMessage {
         id,
@@ -308,6 +321,82 @@ fn outbound_from(
         text,
         reply_to,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        chunks_sent: u32::try_from(chunks_sent).unwrap_or(0),
+    })
+}
+
+fn parse_class(s: &str) -> Result<ErrorClass, StoreError> {
+    ErrorClass::parse(s).ok_or_else(|| StoreError::Database(format!("corrupt error class `{s}`")))
+}
+
+fn record_error(
+    conn: &Connection,
+    id: i64,
+    attempt: u32,
+    class: ErrorClass,
+    error: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO delivery_errors (outbox_id, at, attempt, class, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![id, now_ms(), attempt, class.as_str(), error]))
+    .map(|_| ())
+    .map_err(db)
+}
+
+/// The `WHERE` clause and parameters selecting dead letters.
+fn dead_where(selector: &DeadSelector) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let marks = |n: usize| vec!["?"; n.max(1)].join(", ");
+    match selector {
+        DeadSelector::Ids(ids) => {
+            let mut values: Vec<Value> = ids.iter().map(|i| Value::Integer(*i)).collect();
+            if values.is_empty() {
+                values.push(Value::Null);
+            }
+            (
+                format!("status = 'dead' AND id IN ({})", marks(ids.len())),
+                values,
+            )
+        }
+        DeadSelector::Channel { channel, classes } => {
+            let mut values = vec![Value::Text(channel.as_str().to_owned())];
+            let mut clause = "status = 'dead' AND channel = ?".to_owned();
+            if let Some(classes) = classes {
+                clause.push_str(&format!(" AND error_class IN ({})", marks(classes.len())));
+                values.extend(classes.iter().map(|c| Value::Text(c.as_str().to_owned())));
+                if classes.is_empty() {
+                    values.push(Value::Null);
+                }
+            }
+            (clause, values)
+        }
+    }
+}
+
+type DeadRow = (OutboundRow, Option<String>, Option<String>, i64, i64);
+
+fn dead_letter_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadRow> {
+    Ok((
+        row_to_outbound(r)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn to_dead_letter(
+    (row, error, class, created, updated): DeadRow,
+) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        message: outbound_from(row)?,
+        last_error: error.unwrap_or_default(),
+        class: class
+            .as_deref()
+            .map_or(Ok(ErrorClass::Permanent), parse_class)?,
+        created_at_ms: created,
+        dead_at_ms: updated,
     })
 }
 
@@ -483,6 +572,7 @@ impl Store for SqliteStore {
                         text: r.text.clone(),
                         reply_to: r.reply_to.clone(),
                         attempts: 0,
+                        chunks_sent: 0,
                     });
                 }
                 Ok(out)
@@ -541,10 +631,9 @@ impl Store for SqliteStore {
     async fn outbox_pending(&self) -> Result<Vec<OutboundMessage>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(
-                    "SELECT id, channel, chat_id, text, reply_to, attempts FROM outbox
-                     WHERE status = 'pending' ORDER BY id",
-                )
+                .prepare(&format!(
+                    "SELECT {OUTBOUND_COLUMNS} FROM outbox WHERE status = 'pending' ORDER BY id"
+                ))
                 .map_err(db)?;
             let rows = stmt.query_map([], row_to_outbound).map_err(db)?;
             rows.map(|r| r.map_err(db).and_then(outbound_from))
@@ -566,34 +655,163 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn outbox_attempt_failed(
-        &self,
-        id: i64,
-        attempts: u32,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        let error = error.to_owned();
+    async fn outbox_progress(&self, id: i64, chunks_sent: u32) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
-                "UPDATE outbox SET attempts = ?2, last_error = ?3, updated_at = ?4
-                 WHERE id = ?1 AND status = 'pending'",
+                "UPDATE outbox SET chunks_sent = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'pending'",
             )
-            .and_then(|mut s| s.execute(params![id, attempts, error, now_ms()]))
+            .and_then(|mut s| s.execute(params![id, chunks_sent, now_ms()]))
             .map(|_| ())
             .map_err(db)
         })
         .await
     }
 
-    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StoreError> {
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE outbox SET status = 'dead', attempts = ?2, last_error = ?3, updated_at = ?4
-                 WHERE id = ?1 AND status = 'pending'",
+            atomic(conn, |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET attempts = ?2, last_error = ?3, error_class = ?4, updated_at = ?5
+                     WHERE id = ?1 AND status = 'pending'",
+                )
+                .and_then(|mut s| s.execute(params![id, attempts, error, class.as_str(), now_ms()]))
+                .map_err(db)?;
+                record_error(conn, id, attempts, class, &error)
+            })
+        })
+        .await
+    }
+
+    async fn outbox_dead(
+        &self,
+        id: i64,
+        attempts: u32,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET status = 'dead', attempts = ?2, last_error = ?3, error_class = ?4,
+                     updated_at = ?5 WHERE id = ?1 AND status = 'pending'",
+                )
+                .and_then(|mut s| s.execute(params![id, attempts, error, class.as_str(), now_ms()]))
+                .map_err(db)?;
+                record_error(conn, id, attempts, class, &error)
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        channel: Option<ChannelKind>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOUND_COLUMNS}, last_error, error_class, created_at, updated_at FROM outbox
+                     WHERE status = 'dead' AND (?1 IS NULL OR channel = ?1) AND id > ?2
+                     ORDER BY id LIMIT ?3"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(
+                    params![channel.map(ChannelKind::as_str), after.unwrap_or(0), limit],
+                    dead_letter_from,
+                )
+                .map_err(db)?;
+            rows.map(|r| r.map_err(db).and_then(to_dead_letter)).collect()
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: i64) -> Result<(DeadLetter, Vec<AttemptError>), StoreError> {
+        self.read(move |conn| {
+            let letter = conn
+                .query_row(
+                    &format!(
+                        "SELECT {OUTBOUND_COLUMNS}, last_error, error_class, created_at, updated_at
+                         FROM outbox WHERE id = ?1 AND status = 'dead'"
+                    ),
+                    [id],
+                    dead_letter_from,
+                )
+                .optional()
+                .map_err(db)?
+                .ok_or_else(|| StoreError::NotFound(format!("no dead letter {id}")))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT at, attempt, class, error FROM delivery_errors WHERE outbox_id = ?1 ORDER BY id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(db)?;
+            let mut history = Vec::new();
+            for row in rows {
+                let (at, attempt, class, error) = row.map_err(db)?;
+                history.push(AttemptError {
+                    at_ms: at,
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    class: parse_class(&class)?,
+                    error,
+                });
+            }
+            Ok((to_dead_letter(letter)?, history))
+        })
+        .await
+    }
+
+    async fn retry_dead(
+        &self,
+        selector: &DeadSelector,
+    ) -> Result<Vec<OutboundMessage>, StoreError> {
+        let (clause, values) = dead_where(selector);
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, updated_at = {now}
+                     WHERE {clause} RETURNING {OUTBOUND_COLUMNS}",
+                    now = now_ms()
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), row_to_outbound)
+                .map_err(db)?;
+            let mut out: Vec<OutboundMessage> = rows
+                .map(|r| r.map_err(db).and_then(outbound_from))
+                .collect::<Result<_, _>>()?;
+            out.sort_by_key(|m| m.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn drop_dead(&self, selector: &DeadSelector) -> Result<u64, StoreError> {
+        let (clause, values) = dead_where(selector);
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "UPDATE outbox SET status = 'dropped', updated_at = {now} WHERE {clause}",
+                    now = now_ms()
+                ),
+                rusqlite::params_from_iter(values),
             )
-            .and_then(|mut s| s.execute(params![id, attempts, error, now_ms()]))
-            .map(|_| ())
+            .map(|n| n as u64)
             .map_err(db)
         })
         .await

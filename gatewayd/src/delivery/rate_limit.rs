@@ -1,0 +1,420 @@
+//! Outbound rate limits: GCRA buckets (governor) per channel and per chat, and the pauses a
+//! platform asks for with `429 Retry-After`.
+//!
+//! Before every send a lane calls [`ChannelLimits::acquire`], which waits, in order, for any
+//! pause on the channel, any pause on the chat, the channel's bucket and the chat's bucket.
+//! Waiting is cheap (a timer per waiting lane) and never drops anything. The state of every
+//! bucket — tokens left, sends waiting, times throttled, paused-until — is readable at any time
+//! for the admin API and the console. Idle per-chat buckets are forgotten by
+//! [`ChannelLimits::retain_recent`], which the runtime calls periodically.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter, clock, state};
+
+use crate::message::ChannelKind;
+
+/// Rates for one channel; `None` means no limit at that level.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateSettings {
+    /// Sends per second across the whole channel.
+    pub per_second: Option<f64>,
+    /// Sends allowed at once across the channel.
+    pub burst: Option<u32>,
+    /// Sends per second to one chat.
+    pub per_chat_per_second: Option<f64>,
+    /// Sends allowed at once to one chat.
+    pub per_chat_burst: Option<u32>,
+}
+
+impl RateSettings {
+    /// The built-in defaults for `channel`.
+    pub fn default_for(channel: ChannelKind) -> Self {
+        match channel {
+            // Each browser is its own connection: limit per chat only.
+            ChannelKind::Webchat => Self {
+                per_second: None,
+                burst: None,
+                per_chat_per_second: Some(10.0),
+                per_chat_burst: Some(10),
+            },
+            // The integration's own endpoint: no limit unless configured.
+            ChannelKind::Http => Self {
+                per_second: None,
+                burst: None,
+                per_chat_per_second: None,
+                per_chat_burst: None,
+            },
+        }
+    }
+
+    /// Settings from the file over the defaults: keys the file sets win.
+    pub fn merged(self, over: &RateSettings) -> Self {
+        Self {
+            per_second: over.per_second.or(self.per_second),
+            burst: over.burst.or(self.burst),
+            per_chat_per_second: over.per_chat_per_second.or(self.per_chat_per_second),
+            per_chat_burst: over.per_chat_burst.or(self.per_chat_burst),
+        }
+    }
+
+    /// Checks the values; errors name the key under `prefix`.
+    pub fn validate(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        for (key, rate) in [
+            ("per_second", self.per_second),
+            ("per_chat_per_second", self.per_chat_per_second),
+        ] {
+            if let Some(r) = rate {
+                if !(r.is_finite() && r > 0.0 && r <= 1_000_000.0) {
+                    errors.push((
+                        format!("{prefix}.{key}"),
+                        "must be more than 0 and at most 1000000".to_owned(),
+                    ));
+                }
+            }
+        }
+        for (key, burst) in [
+            ("burst", self.burst),
+            ("per_chat_burst", self.per_chat_burst),
+        ] {
+            if burst == Some(0) {
+                errors.push((format!("{prefix}.{key}"), "must be at least 1".to_owned()));
+            }
+        }
+        errors
+    }
+}
+
+fn quota(per_second: f64, burst: u32) -> Option<Quota> {
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / per_second);
+    let burst = NonZeroU32::new(burst.max(1))?;
+    Quota::with_period(period).map(|q| q.allow_burst(burst))
+}
+
+type Direct = RateLimiter<
+    state::NotKeyed,
+    state::InMemoryState,
+    clock::DefaultClock,
+    StateInformationMiddleware,
+>;
+type Keyed = RateLimiter<
+    String,
+    state::keyed::DefaultKeyedStateStore<String>,
+    clock::DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// A bucket as the operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketState {
+    /// The chat, or `None` for the channel-wide bucket.
+    pub chat_id: Option<String>,
+    /// Sends per second.
+    pub per_second: f64,
+    /// Burst size.
+    pub burst: u32,
+    /// Sends that could go right now (estimated from the last send and the refill since).
+    pub tokens: f64,
+    /// Sends currently waiting on this bucket.
+    pub queued: u64,
+    /// Times a send had to wait on this bucket.
+    pub throttled: u64,
+    /// When a platform-requested pause ends, if one is in force.
+    pub paused_until: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    remaining: u32,
+    at: Option<Instant>,
+    queued: u64,
+    throttled: u64,
+    paused_until: Option<Instant>,
+}
+
+/// Most hot per-chat buckets kept in the stats view.
+const MAX_CHAT_STATS: usize = 10_000;
+
+/// The limits of one channel.
+pub struct ChannelLimits {
+    settings: RateSettings,
+    global: Option<Direct>,
+    per_chat: Option<Keyed>,
+    channel_stats: Mutex<Stats>,
+    chat_stats: Mutex<HashMap<String, Stats>>,
+    throttled_total: AtomicU64,
+}
+
+impl ChannelLimits {
+    /// Limits with `settings`.
+    pub fn new(settings: RateSettings) -> Self {
+        let global = settings
+            .per_second
+            .and_then(|r| quota(r, settings.burst.unwrap_or(1)))
+            .map(|q| RateLimiter::direct(q).with_middleware::<StateInformationMiddleware>());
+        let per_chat = settings
+            .per_chat_per_second
+            .and_then(|r| quota(r, settings.per_chat_burst.unwrap_or(1)))
+            .map(|q| RateLimiter::keyed(q).with_middleware::<StateInformationMiddleware>());
+        Self {
+            settings,
+            global,
+            per_chat,
+            channel_stats: Mutex::new(Stats::default()),
+            chat_stats: Mutex::new(HashMap::new()),
+            throttled_total: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> RateSettings {
+        self.settings
+    }
+
+    /// Pauses the whole channel until `until` (a global 429).
+    pub fn pause_channel(&self, until: Instant) {
+        if let Ok(mut s) = self.channel_stats.lock() {
+            s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        }
+    }
+
+    /// Pauses one chat until `until` (a 429 for that chat).
+    pub fn pause_chat(&self, chat_id: &str, until: Instant) {
+        if let Ok(mut m) = self.chat_stats.lock() {
+            let s = m.entry(chat_id.to_owned()).or_default();
+            s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        }
+    }
+
+    fn pause_of(&self, chat_id: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let channel = self.channel_stats.lock().ok().and_then(|s| s.paused_until);
+        let chat = self
+            .chat_stats
+            .lock()
+            .ok()
+            .and_then(|m| m.get(chat_id).and_then(|s| s.paused_until));
+        [channel, chat]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .max()
+    }
+
+    /// Waits until a send to `chat_id` is allowed, and takes its token.
+    pub async fn acquire(&self, chat_id: &str) {
+        let mut waited = false;
+        self.with_chat(chat_id, |s| s.queued += 1);
+        if let Ok(mut s) = self.channel_stats.lock() {
+            s.queued += 1;
+        }
+        while let Some(until) = self.pause_of(chat_id) {
+            waited = true;
+            tokio::time::sleep_until(until.into()).await;
+        }
+        if let Some(global) = &self.global {
+            let snapshot = match global.check() {
+                Ok(s) => s,
+                Err(_) => {
+                    waited = true;
+                    if let Ok(mut s) = self.channel_stats.lock() {
+                        s.throttled += 1;
+                    }
+                    global.until_ready().await
+                }
+            };
+            if let Ok(mut s) = self.channel_stats.lock() {
+                s.remaining = snapshot.remaining_burst_capacity();
+                s.at = Some(Instant::now());
+            }
+        }
+        if let Some(per_chat) = &self.per_chat {
+            let key = chat_id.to_owned();
+            let snapshot = match per_chat.check_key(&key) {
+                Ok(s) => s,
+                Err(_) => {
+                    waited = true;
+                    self.with_chat(chat_id, |s| s.throttled += 1);
+                    per_chat.until_key_ready(&key).await
+                }
+            };
+            self.with_chat(chat_id, |s| {
+                s.remaining = snapshot.remaining_burst_capacity();
+                s.at = Some(Instant::now());
+            });
+        }
+        if waited {
+            self.throttled_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.with_chat(chat_id, |s| s.queued = s.queued.saturating_sub(1));
+        if let Ok(mut s) = self.channel_stats.lock() {
+            s.queued = s.queued.saturating_sub(1);
+        }
+    }
+
+    fn with_chat(&self, chat_id: &str, f: impl FnOnce(&mut Stats)) {
+        if let Ok(mut m) = self.chat_stats.lock() {
+            if m.len() >= MAX_CHAT_STATS && !m.contains_key(chat_id) {
+                return;
+            }
+            f(m.entry(chat_id.to_owned()).or_default());
+        }
+    }
+
+    /// Times any send on this channel had to wait.
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled_total.load(Ordering::Relaxed)
+    }
+
+    /// The channel bucket (if any) and the `hottest` per-chat buckets, busiest first.
+    pub fn buckets(&self, hottest: usize) -> (Option<BucketState>, Vec<BucketState>) {
+        let now = Instant::now();
+        let view = |chat_id: Option<String>, s: &Stats, per_second: f64, burst: u32| {
+            let refill = s.at.map_or(f64::from(burst), |at| {
+                now.duration_since(at).as_secs_f64() * per_second
+            });
+            BucketState {
+                chat_id,
+                per_second,
+                burst,
+                tokens: (f64::from(s.remaining) + refill).min(f64::from(burst)),
+                queued: s.queued,
+                throttled: s.throttled,
+                paused_until: s.paused_until.filter(|t| *t > now),
+            }
+        };
+        let channel = self.channel_stats.lock().ok().map(|s| {
+            view(
+                None,
+                &s,
+                self.settings.per_second.unwrap_or(0.0),
+                self.settings.burst.unwrap_or(0),
+            )
+        });
+        let channel = channel.filter(|c| c.per_second > 0.0 || c.paused_until.is_some());
+        let mut chats: Vec<BucketState> = self
+            .chat_stats
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| {
+                        view(
+                            Some(k.clone()),
+                            s,
+                            self.settings.per_chat_per_second.unwrap_or(0.0),
+                            self.settings.per_chat_burst.unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        chats.sort_by(|a, b| {
+            (b.queued, b.throttled, b.paused_until.is_some())
+                .cmp(&(a.queued, a.throttled, a.paused_until.is_some()))
+                .then_with(|| a.tokens.total_cmp(&b.tokens))
+        });
+        chats.truncate(hottest);
+        (channel, chats)
+    }
+
+    /// Forgets per-chat buckets that are full again and have nothing waiting.
+    pub fn retain_recent(&self) {
+        if let Some(per_chat) = &self.per_chat {
+            per_chat.retain_recent();
+        }
+        let now = Instant::now();
+        let rate = self.settings.per_chat_per_second.unwrap_or(1.0).max(1e-6);
+        let burst = f64::from(self.settings.per_chat_burst.unwrap_or(1));
+        if let Ok(mut m) = self.chat_stats.lock() {
+            m.retain(|_, s| {
+                let refilled = s.at.is_none_or(|at| {
+                    f64::from(s.remaining) + now.duration_since(at).as_secs_f64() * rate >= burst
+                });
+                s.queued > 0 || s.paused_until.is_some_and(|t| t > now) || !refilled
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_chat_bucket_spaces_sends_at_its_rate() {
+        let limits = ChannelLimits::new(RateSettings {
+            per_second: None,
+            burst: None,
+            per_chat_per_second: Some(20.0),
+            per_chat_burst: Some(2),
+        });
+        let start = Instant::now();
+        for _ in 0..6 {
+            limits.acquire("c").await;
+        }
+        // 2 at once, then 4 more at 50 ms each.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
+        let (_, chats) = limits.buckets(5);
+        assert_eq!(chats[0].chat_id.as_deref(), Some("c"));
+        assert!(chats[0].throttled >= 4, "{chats:?}");
+        // Another chat is not slowed by this one: its first send never waits.
+        limits.acquire("d").await;
+        let (_, chats) = limits.buckets(5);
+        let d = chats
+            .iter()
+            .find(|c| c.chat_id.as_deref() == Some("d"))
+            .expect("bucket d");
+        assert_eq!(d.throttled, 0, "{chats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_that_chat_only() {
+        let limits = ChannelLimits::new(RateSettings::default_for(ChannelKind::Http));
+        let until = Instant::now() + Duration::from_millis(1000);
+        limits.pause_chat("slow", until);
+        let (_, chats) = limits.buckets(10);
+        assert!(
+            chats.iter().any(|c| c.paused_until == Some(until)),
+            "{chats:?}"
+        );
+        limits.acquire("fast").await;
+        assert!(
+            Instant::now() < until,
+            "another chat does not wait for the pause"
+        );
+        limits.acquire("slow").await;
+        assert!(Instant::now() >= until);
+        let (_, chats) = limits.buckets(10);
+        assert!(
+            chats.iter().all(|c| c.paused_until.is_none()),
+            "the pause is over"
+        );
+    }
+
+    #[test]
+    fn settings_merge_and_validate() {
+        let base = RateSettings::default_for(ChannelKind::Webchat);
+        let merged = base.merged(&RateSettings {
+            per_second: Some(3.0),
+            burst: None,
+            per_chat_per_second: None,
+            per_chat_burst: Some(0),
+        });
+        assert_eq!(merged.per_second, Some(3.0));
+        assert_eq!(merged.per_chat_per_second, Some(10.0));
+        let errors = merged.validate("rate_limits.webchat");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "rate_limits.webchat.per_chat_burst");
+    }
+}
