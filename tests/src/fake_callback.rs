@@ -2,7 +2,9 @@
 //! a JSON `{"message_id","chat_id","text","reply_to"}` request on any path and
 //! method, records every request (including ones answered with faults) as a
 //! [`Delivery`], and can inject faults globally, per chat (FIFO), or as a
-//! sticky per-chat mode ("this chat hangs forever").
+//! sticky per-chat mode ("this chat hangs forever"). `HEAD` requests are the
+//! gateway's health probes: counted and answered (200, or the status set with
+//! `set_probe_status`), never recorded as deliveries.
 //!
 //! Fault precedence for a request of chat C: the sticky mode of C, else the
 //! oldest fault queued for C, else the oldest global fault, else `200 OK`.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -79,6 +81,10 @@ struct Recorded {
     faults: VecDeque<CallbackFault>,
     chat_faults: HashMap<String, VecDeque<CallbackFault>>,
     chat_modes: HashMap<String, CallbackFault>,
+    /// `HEAD` requests (the gateway's health probe): answered, counted, never deliveries.
+    probes: usize,
+    /// Status answered to probes; 200 unless set.
+    probe_status: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -220,6 +226,16 @@ impl FakeCallback {
             }
         }
     }
+
+    /// Sets the status answered to `HEAD` probes (`None`: 200).
+    pub fn set_probe_status(&self, status: Option<u16>) {
+        lock(&self.shared.state).probe_status = status;
+    }
+
+    /// How many `HEAD` probes arrived.
+    pub fn probes(&self) -> usize {
+        lock(&self.shared.state).probes
+    }
 }
 
 fn delivered_of(st: &Recorded) -> Vec<Delivery> {
@@ -258,9 +274,21 @@ fn ok_response() -> (u16, Response) {
 async fn receive(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    method: Method,
     uri: Uri,
     body: Bytes,
 ) -> Response {
+    if method == Method::HEAD {
+        let status = {
+            let mut st = lock(&shared.state);
+            st.probes += 1;
+            st.probe_status.unwrap_or(200)
+        };
+        shared.changed.notify_waiters();
+        return StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::OK)
+            .into_response();
+    }
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let json_body = parsed
         .clone()
