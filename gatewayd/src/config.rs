@@ -465,21 +465,21 @@ impl Config {
                 "set only one of api_key_env and api_key_file".to_owned(),
             );
         }
-        if let Some(var) = &agent.api_key_env {
-            if std::env::var_os(var).is_none() {
-                err(
-                    "agent.api_key_env",
-                    format!("environment variable `{var}` is not set; export it or remove the key"),
-                );
-            }
+        if let Some(var) = &agent.api_key_env
+            && std::env::var_os(var).is_none()
+        {
+            err(
+                "agent.api_key_env",
+                format!("environment variable `{var}` is not set; export it or remove the key"),
+            );
         }
-        if let Some(file) = &agent.api_key_file {
-            if !file.is_file() {
-                err(
-                    "agent.api_key_file",
-                    format!("`{}` is not a readable file", file.display()),
-                );
-            }
+        if let Some(file) = &agent.api_key_file
+            && !file.is_file()
+        {
+            err(
+                "agent.api_key_file",
+                format!("`{}` is not a readable file", file.display()),
+            );
         }
         if agent.max_concurrent == 0 {
             err("agent.max_concurrent", "must be at least 1".to_owned());
@@ -632,10 +632,10 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     ) -> Option<String> {
         for (key, value) in table.iter() {
             prefix.push(key.get_ref().to_string());
-            if let toml::de::DeValue::Table(inner) = value.get_ref() {
-                if let Some(found) = walk(inner, prefix, offset) {
-                    return Some(found);
-                }
+            if let toml::de::DeValue::Table(inner) = value.get_ref()
+                && let Some(found) = walk(inner, prefix, offset)
+            {
+                return Some(found);
             }
             let contains = |span: std::ops::Range<usize>| {
                 span.start <= offset && offset < span.end.max(span.start + 1)

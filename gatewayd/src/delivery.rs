@@ -171,10 +171,10 @@ impl Delivery {
     /// Cuts short any backoff wait in the lane of `(channel, chat_id)`, e.g. when a WebChat
     /// client reconnects.
     pub fn nudge(&self, channel: ChannelKind, chat_id: &str) {
-        if let Ok(lanes) = self.inner.lanes.lock() {
-            if let Some(lane) = lanes.get(&(channel, chat_id.to_owned())) {
-                lane.wake.notify_one();
-            }
+        if let Ok(lanes) = self.inner.lanes.lock()
+            && let Some(lane) = lanes.get(&(channel, chat_id.to_owned()))
+        {
+            lane.wake.notify_one();
         }
     }
 
@@ -387,10 +387,10 @@ impl Delivery {
                 Ok(()) => {
                     self.succeeded(row.channel, c);
                     row.chunks_sent += 1;
-                    if row.chunks_sent < count {
-                        if let Err(e) = inner.store.outbox_progress(row.id, row.chunks_sent).await {
-                            tracing::warn!(message = "Cannot record chunk progress; a restart may resend chunks.", outbox_id = row.id, error = %e);
-                        }
+                    if row.chunks_sent < count
+                        && let Err(e) = inner.store.outbox_progress(row.id, row.chunks_sent).await
+                    {
+                        tracing::warn!(message = "Cannot record chunk progress; a restart may resend chunks.", outbox_id = row.id, error = %e);
                     }
                     continue;
                 }

@@ -164,10 +164,10 @@ impl FromStr for SessionKey {
                 .map(Self::User)
                 .map_err(|_| format!("bad user id in session key `{s}`"));
         }
-        if let Some(rest) = s.strip_prefix("group:") {
-            if let Some((channel, chat)) = rest.split_once(':') {
-                return Ok(Self::Group(channel.parse()?, chat.to_owned()));
-            }
+        if let Some(rest) = s.strip_prefix("group:")
+            && let Some((channel, chat)) = rest.split_once(':')
+        {
+            return Ok(Self::Group(channel.parse()?, chat.to_owned()));
         }
         Err(format!(
             "`{s}` is not a session key; expected user:<id> or group:<channel>:<chat>"

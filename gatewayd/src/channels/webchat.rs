@@ -43,9 +43,12 @@ pub fn valid_chat_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The open sockets of one chat: (socket id, its outgoing frame queue).
+type ChatSockets = Vec<(u64, mpsc::Sender<String>)>;
+
 /// The WebChat adapter: open sockets by chat, and the sender for replies.
 pub struct WebChat {
-    sockets: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<String>)>>>,
+    sockets: Mutex<HashMap<String, ChatSockets>>,
     next_socket: AtomicU64,
     max_message_bytes: usize,
     delivery: OnceLock<Delivery>,
@@ -218,12 +221,12 @@ impl WebChat {
                 }
             }
         }
-        if let Ok(mut sockets) = self.sockets.lock() {
-            if let Some(list) = sockets.get_mut(&chat_id) {
-                list.retain(|(id, _)| *id != socket_id);
-                if list.is_empty() {
-                    sockets.remove(&chat_id);
-                }
+        if let Ok(mut sockets) = self.sockets.lock()
+            && let Some(list) = sockets.get_mut(&chat_id)
+        {
+            list.retain(|(id, _)| *id != socket_id);
+            if list.is_empty() {
+                sockets.remove(&chat_id);
             }
         }
         tracing::debug!(message = "WebChat disconnected.", chat_id = %chat_id, socket_id);

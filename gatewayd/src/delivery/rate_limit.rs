@@ -71,13 +71,13 @@ impl RateSettings {
             ("per_second", self.per_second),
             ("per_chat_per_second", self.per_chat_per_second),
         ] {
-            if let Some(r) = rate {
-                if !(r.is_finite() && r > 0.0 && r <= 1_000_000.0) {
-                    errors.push((
-                        format!("{prefix}.{key}"),
-                        "must be more than 0 and at most 1000000".to_owned(),
-                    ));
-                }
+            if let Some(r) = rate
+                && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+            {
+                errors.push((
+                    format!("{prefix}.{key}"),
+                    "must be more than 0 and at most 1000000".to_owned(),
+                ));
             }
         }
         for (key, burst) in [

@@ -181,10 +181,10 @@ impl Router {
 
     /// Marks a resident session's window stale so its worker reloads it from the store.
     pub fn invalidate(&self, key: &SessionKey) {
-        if let Ok(sessions) = self.sessions.lock() {
-            if let Some(h) = sessions.peek(key) {
-                h.shared.stale.store(true, Ordering::Release);
-            }
+        if let Ok(sessions) = self.sessions.lock()
+            && let Some(h) = sessions.peek(key)
+        {
+            h.shared.stale.store(true, Ordering::Release);
         }
     }
 

@@ -201,10 +201,10 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))??;
-        if let Ok(mut pool) = self.readers.lock() {
-            if pool.len() < READ_POOL {
-                pool.push(conn);
-            }
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READ_POOL
+        {
+            pool.push(conn);
         }
         result
     }
