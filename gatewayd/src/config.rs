@@ -651,22 +651,23 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     walk(doc.get_ref(), &mut Vec::new(), offset)
 }
 
-/// The 1-based line where the key at dotted `path` is written, if it is in the file.
+/// The 1-based line where the key at dotted `path` is written or, for a key that is missing
+/// (a required key left out), the line of the nearest enclosing table that is written.
 pub fn line_of_key(text: &str, path: &str) -> Option<usize> {
     let doc = toml::de::DeTable::parse(text).ok()?;
     let mut table = doc.get_ref();
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let (key, value) = table.iter().find(|(k, _)| k.get_ref() == part)?;
-        if parts.peek().is_none() {
-            return Some(line_at(text, key.span().start));
-        }
+    let mut found = None;
+    for part in path.split('.') {
+        let Some((key, value)) = table.iter().find(|(k, _)| k.get_ref() == part) else {
+            return found;
+        };
+        found = Some(line_at(text, key.span().start));
         match value.get_ref() {
             toml::de::DeValue::Table(inner) => table = inner,
-            _ => return Some(line_at(text, key.span().start)),
+            _ => return found,
         }
     }
-    None
+    found
 }
 
 #[cfg(test)]
@@ -729,9 +730,11 @@ mod tests {
     }
 
     #[test]
-    fn http_channel_requires_a_callback() {
-        let errs = Config::parse("[channels.http]\nenabled = true\n").expect_err("invalid");
+    fn a_missing_key_points_at_its_table() {
+        let errs =
+            Config::parse("[gateway]\n\n[channels.http]\nenabled = true\n").expect_err("invalid");
         assert_eq!(errs[0].path, "channels.http.callback_url");
+        assert_eq!(errs[0].line, Some(3), "the [channels.http] header");
     }
 
     #[test]
