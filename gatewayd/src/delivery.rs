@@ -416,7 +416,11 @@ impl Delivery {
                     ..
                 } => {
                     let delay = retry_after.unwrap_or_else(|| inner.policy.backoff(row.attempts));
-                    c.health.failed(class, &text, delay);
+                    // A chat's own 429 is that chat's business; anything else counts against
+                    // the channel's health.
+                    if retry_after.is_none() || *global {
+                        c.health.failed(class, &text, delay);
+                    }
                     if row.attempts >= inner.policy.max_attempts {
                         self.dead(&row, class, &text).await;
                         return;

@@ -1,6 +1,7 @@
 //! The `gatewayd` binary: reads the configuration, sets up logging, runs the gateway until
 //! SIGINT or SIGTERM, and offers `check-config` to validate a file without starting anything.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .with_filter(filter()),
         )

@@ -74,7 +74,9 @@ pub struct HealthStatus {
 struct Inner {
     status: HealthStatus,
     consecutive: u32,
-    /// Set by a channel-level failure, cleared by the next success: that success is a recovery.
+    /// Set on entering `Down` or `ReauthNeeded`, cleared by the next success: that success is a
+    /// recovery. A few failures that a success interrupts (one bad chat among good ones) are
+    /// not an outage, so they do not count.
     failing: bool,
 }
 
@@ -144,7 +146,8 @@ impl ChannelHealth {
         Some(previous)
     }
 
-    /// A send or connection succeeded. Returns true if this is a recovery from a failing state.
+    /// A send or connection succeeded. Returns true if this ends an outage (`Down` or
+    /// `ReauthNeeded`), which is when the channel's dead letters are worth retrying.
     pub fn succeeded(&self) -> bool {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
@@ -172,9 +175,9 @@ impl ChannelHealth {
                     inner.status.last_error = error;
                     return;
                 }
-                inner.failing = true;
                 inner.consecutive += 1;
                 let state = if inner.consecutive >= DOWN_AFTER {
+                    inner.failing = true;
                     HealthState::Down
                 } else {
                     HealthState::Reconnecting {
@@ -229,6 +232,11 @@ mod tests {
         let h = ChannelHealth::new(ChannelKind::Http, events);
         assert_eq!(h.state(), HealthState::Starting);
         assert!(!h.succeeded(), "starting → connected is not a recovery");
+        h.failed(ErrorClass::Retryable, "HTTP 500", Duration::from_secs(1));
+        assert!(
+            !h.succeeded(),
+            "a failure a success interrupts is not an outage"
+        );
         for attempt in 1..DOWN_AFTER {
             h.failed(ErrorClass::Retryable, "HTTP 500", Duration::from_secs(1));
             assert!(
@@ -246,6 +254,8 @@ mod tests {
         assert_eq!(
             states,
             [
+                "connected",
+                "reconnecting",
                 "connected",
                 "reconnecting",
                 "reconnecting",
