@@ -90,14 +90,23 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Serve the gRPC admin API.
+    pub enabled: bool,
     /// Address of the gRPC admin listener.
     pub listen: String,
+    /// Name of the environment variable holding the bearer token callers must present.
+    pub token_env: Option<String>,
+    /// Path of a file holding the bearer token (alternative to `token_env`).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: "127.0.0.1:50051".to_owned(),
+            token_env: None,
+            token_file: None,
         }
     }
 }
@@ -432,13 +441,51 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = self.admin.listen.parse::<SocketAddr>() {
-            err(
+        match self.admin.listen.parse::<SocketAddr>() {
+            Err(e) => err(
                 "admin.listen",
                 format!(
                     "`{}` is not an address: {e}; write e.g. \"127.0.0.1:50051\"",
                     self.admin.listen
                 ),
+            ),
+            Ok(addr)
+                if self.admin.enabled
+                    && !addr.ip().is_loopback()
+                    && self.admin.token_env.is_none()
+                    && self.admin.token_file.is_none() =>
+            {
+                err(
+                    "admin.listen",
+                    format!(
+                        "{addr} is not a loopback address and no token is set; set admin.token_env or admin.token_file, or listen on 127.0.0.1"
+                    ),
+                )
+            }
+            Ok(_) => {}
+        }
+        if self.admin.token_env.is_some() && self.admin.token_file.is_some() {
+            err(
+                "admin.token_env",
+                "set only one of token_env and token_file".to_owned(),
+            );
+        }
+        if let Some(var) = &self.admin.token_env
+            && std::env::var(var).map_or(true, |v| v.trim().is_empty())
+        {
+            err(
+                "admin.token_env",
+                format!(
+                    "environment variable `{var}` is not set or empty; export it or remove the key"
+                ),
+            );
+        }
+        if let Some(file) = &self.admin.token_file
+            && !file.is_file()
+        {
+            err(
+                "admin.token_file",
+                format!("`{}` is not a readable file", file.display()),
             );
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
@@ -583,6 +630,21 @@ impl Config {
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
         self.gateway.data_dir.join("gateway.db")
+    }
+
+    /// Reads the admin token through its `*_env` or `*_file` indirection.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.admin.token_env {
+            return std::env::var(var)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|_| format!("admin.token_env: environment variable `{var}` is not set"));
+        }
+        if let Some(file) = &self.admin.token_file {
+            return std::fs::read_to_string(file)
+                .map(|s| Some(s.trim().to_owned()))
+                .map_err(|e| format!("admin.token_file: cannot read `{}`: {e}", file.display()));
+        }
+        Ok(None)
     }
 
     /// Reads the agent API key through its `*_env` or `*_file` indirection.

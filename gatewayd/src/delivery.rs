@@ -125,7 +125,7 @@ impl Delivery {
                 let kind = sender.kind();
                 let runtime = ChannelRuntime {
                     health: ChannelHealth::new(kind, events.clone()),
-                    limits: ChannelLimits::new(rates),
+                    limits: ChannelLimits::new(kind, rates),
                     sender,
                 };
                 (kind, runtime)

@@ -1,5 +1,5 @@
 //! The HTTP listener (axum): the WebChat page and socket, the HTTP channel's webhook,
-//! `/healthz` and `/readyz`.
+//! `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Handlers parse every body themselves, with their own size limits, so malformed, oversized
 //! or non-UTF-8 input gets a JSON error naming what is wrong and never a panic.
@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::channels::{http as http_channel, webchat};
 use crate::inbox::Inbox;
+use crate::session::router::Router as SessionRouter;
 use crate::store::SharedStore;
 
 const PAGE: &str = include_str!("../assets/webchat.html");
@@ -35,6 +36,8 @@ pub struct AppState {
     pub http_channel_max_bytes: Option<usize>,
     /// Set once channels are started; cleared at shutdown.
     pub ready: Arc<AtomicBool>,
+    /// Sessions, for the metrics gauges.
+    pub router: Arc<SessionRouter>,
 }
 
 /// Builds the router.
@@ -48,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -144,6 +148,13 @@ async fn http_message(State(state): State<AppState>, body: Body) -> Response {
                 "the gateway cannot store messages right now; retry later".to_owned(),
             )
         }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::metrics::render(&state.store, &state.router).await {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics are unavailable\n").into_response(),
     }
 }
 

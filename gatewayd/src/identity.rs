@@ -148,6 +148,28 @@ impl Identity {
         Ok(())
     }
 
+    /// Attaches `address` to `user` (operator action). If the address is its user's only one,
+    /// the two users merge (histories too); otherwise just the address moves. Returns the user
+    /// the address came from.
+    pub async fn attach(&self, user: UserId, address: &Address) -> Result<UserId, StoreError> {
+        let current = self.resolve(address).await?;
+        if current == user {
+            return Ok(user);
+        }
+        let record = self.store.user(current).await?;
+        if record.addresses.len() <= 1 {
+            self.link(user, current).await?;
+            return Ok(current);
+        }
+        self.store.attach_address(user, address).await?;
+        self.invalidate();
+        self.events.publish(Event::IdentityLinked {
+            user,
+            merged: current,
+        });
+        Ok(current)
+    }
+
     /// Splits `address` off into a new user; returns (previous user, new user).
     pub async fn unlink(&self, address: &Address) -> Result<(UserId, UserId), StoreError> {
         let previous = self.resolve(address).await?;

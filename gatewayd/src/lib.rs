@@ -4,9 +4,11 @@
 //! ([`channels`], [`message`]), the [`inbox`] commits and deduplicates it, [`identity`] finds the
 //! person, the [`session`] router hands it to that conversation's worker, the [`agent`] answers,
 //! the turn and its reply are committed to the [`store`], and [`delivery`] sends the reply back
-//! through the adapter. [`events`] carries every state change to whoever watches; [`http`] and
-//! [`runtime`] wire it all to the network and to the process's life.
+//! through the adapter. [`events`] carries every state change to whoever watches, [`admin`] serves
+//! the operator's gRPC API, and [`http`] and [`runtime`] wire it all to the network and to the
+//! process's life.
 
+pub mod admin;
 pub mod agent;
 pub mod channels;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod http;
 pub mod identity;
 pub mod inbox;
 pub mod message;
+pub mod metrics;
 pub mod runtime;
 pub mod session;
 pub mod store;

@@ -74,6 +74,8 @@ pub struct Gateway {
     pub inbox: Arc<Inbox>,
     /// Where the HTTP listener is bound.
     pub http_addr: SocketAddr,
+    /// Where the admin API listens, if enabled.
+    pub admin_addr: Option<SocketAddr>,
     /// The channels that are enabled.
     pub channels: Vec<ChannelKind>,
     /// When it started.
@@ -157,18 +159,19 @@ impl Gateway {
             config.http.listen.parse().with_context(|| {
                 format!("http.listen `{}` is not an address", config.http.listen)
             })?;
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(anyhow!(
-                    "http.listen: {addr} is already in use; stop the other process or set another [http] listen in {config_path}"
-                ));
-            }
-            Err(e) => return Err(anyhow!("http.listen: cannot listen on {addr}: {e}")),
-        };
+        let listener = bind(addr, "http.listen", "[http] listen", config_path).await?;
         let http_addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let admin_listener = if config.admin.enabled {
+            let addr: SocketAddr = config.admin.listen.parse().with_context(|| {
+                format!("admin.listen `{}` is not an address", config.admin.listen)
+            })?;
+            Some(bind(addr, "admin.listen", "[admin] listen", config_path).await?)
+        } else {
+            None
+        };
+        let admin_token = config.admin_token().map_err(|e| anyhow!(e))?;
 
         let pending_out = store.outbox_pending().await?;
         let resent = pending_out.len();
@@ -221,6 +224,7 @@ impl Gateway {
                 .enabled
                 .then_some(config.channels.http.max_message_bytes),
             ready: ready.clone(),
+            router: router.clone(),
         });
         let (stop_server, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
@@ -230,6 +234,29 @@ impl Gateway {
                 })
                 .await
         });
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr().context("cannot read the admin address")?;
+                let state = crate::admin::AdminState {
+                    store: store.clone(),
+                    events: events.clone(),
+                    identity: identity.clone(),
+                    router: router.clone(),
+                    delivery: delivery.clone(),
+                    started_at: Instant::now(),
+                    max_sessions: config.gateway.max_sessions,
+                    provider: config.agent.provider_name(),
+                };
+                let stop = stop_server.subscribe();
+                background.push(tokio::spawn(async move {
+                    if let Err(e) = crate::admin::serve(l, state, admin_token, stop).await {
+                        tracing::error!(message = "Admin API stopped.", error = %e);
+                    }
+                }));
+                Some(addr)
+            }
+            None => None,
+        };
         ready.store(true, Ordering::Release);
         tracing::info!(message = "gatewayd started.", http = %http_addr, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
         Ok(Self {
@@ -240,6 +267,7 @@ impl Gateway {
             delivery,
             inbox,
             http_addr,
+            admin_addr,
             channels,
             started_at: Instant::now(),
             config,
@@ -288,6 +316,22 @@ impl Gateway {
     }
 }
 
+/// Binds `addr`; a port in use is one line naming the key to change.
+async fn bind(
+    addr: SocketAddr,
+    key: &str,
+    section: &str,
+    config_path: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
+            "{key}: {addr} is already in use; stop the other process or set another {section} in {config_path}"
+        )),
+        Err(e) => Err(anyhow!("{key}: cannot listen on {addr}: {e}")),
+    }
+}
+
 /// Runs `f` every `period` until aborted.
 fn every_tick<F, Fut>(period: Duration, mut f: F) -> JoinHandle<()>
 where
@@ -320,6 +364,10 @@ pub async fn run(
     if gateway.channels.contains(&ChannelKind::Http) {
         println!("HTTP channel: POST http://{local}/channels/http/messages");
     }
+    if let Some(admin) = gateway.admin_addr {
+        println!("admin listening on {admin}");
+    }
+    println!("gatewayd ready");
     shutdown.await;
     gateway.shutdown().await;
     Ok(())

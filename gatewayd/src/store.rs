@@ -228,6 +228,33 @@ pub trait Store: Send + Sync + 'static {
     /// Counts rows, for health checks and tests: (inbox pending, outbox pending, dead letters).
     async fn counts(&self) -> Result<(u64, u64, u64), StoreError>;
 
+    /// Stored sessions ordered by key, after the key `after`, matching `filter`.
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// One stored session.
+    async fn session(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError>;
+
+    /// How many sessions are stored.
+    async fn count_sessions(&self) -> Result<u64, StoreError>;
+
+    /// Users ordered by id, after the id `after`, optionally only those with an address on
+    /// `channel`.
+    async fn list_users(
+        &self,
+        channel: Option<ChannelKind>,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Moves one address to `user` (creating it if unknown), leaving the rest of its previous
+    /// user behind; history stays where it is.
+    async fn attach_address(&self, user: UserId, address: &Address) -> Result<(), StoreError>;
+
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].
     async fn close(&self);
 }
@@ -273,6 +300,30 @@ pub enum DeadSelector {
         /// Only these classes, or all.
         classes: Option<Vec<ErrorClass>>,
     },
+}
+
+/// A stored conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The key.
+    pub key: SessionKey,
+    /// When its first turn was committed, ms since the epoch.
+    pub created_at_ms: i64,
+    /// When its last turn was committed.
+    pub last_active_ms: i64,
+    /// Turns committed.
+    pub turns: u64,
+    /// The channel of the last message.
+    pub last_channel: Option<ChannelKind>,
+}
+
+/// Which stored sessions to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only the direct session of this user.
+    pub user: Option<UserId>,
+    /// Only sessions whose last message came on this channel.
+    pub channel: Option<ChannelKind>,
 }
 
 /// A shared handle to whichever backend is configured.

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 fn config(data: &Path, callback: &FakeCallback, delivery: &str) -> Config {
     Config::parse(&format!(
-        "[gateway]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[gateway]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [channels.webchat]\nenabled = false\n\
          [channels.http]\nenabled = true\ncallback_url = \"{}\"\n\
          [delivery]\nretry_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n{delivery}\n",

@@ -40,6 +40,8 @@ pub struct GatewayOptions {
     pub gateway_extra: String,
     /// Lines appended inside the generated `[http]` table.
     pub http_extra: String,
+    /// Lines appended inside the generated `[admin]` table.
+    pub admin_extra: String,
     /// Lines appended inside the generated `[log]` table.
     pub log_extra: String,
     /// `[log] level`; `"info"` when `None`.
@@ -76,6 +78,8 @@ impl GatewayOptions {
         push_block(&mut out, &self.gateway_extra);
         out.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
         push_block(&mut out, &self.http_extra);
+        out.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        push_block(&mut out, &self.admin_extra);
         out.push_str(&format!("\n[log]\nlevel = {}\n", toml_string(level)));
         push_block(&mut out, &self.log_extra);
         if !self.extra_config.trim().is_empty() {
@@ -168,6 +172,7 @@ pub struct Gateway {
     opts: GatewayOptions,
     child: Option<Child>,
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stdout: Arc<StdoutLog>,
     drain: Option<JoinHandle<()>>,
     client: reqwest::Client,
@@ -228,6 +233,7 @@ impl Gateway {
             opts,
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: None,
             stdout: Arc::new(StdoutLog::default()),
             drain: None,
             client,
@@ -268,8 +274,9 @@ impl Gateway {
         )
         .await;
         match found {
-            Ok(Ok(Some(addr))) => {
+            Ok(Ok(Some((addr, admin)))) => {
                 self.addr = addr;
+                self.admin_addr = admin;
                 let log = Arc::clone(&self.stdout);
                 self.drain = Some(tokio::spawn(async move {
                     drain_lines(&mut reader, &log).await;
@@ -324,6 +331,17 @@ impl Gateway {
     /// Listening address of the current run.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin API of the current run (for `gatewayctl --addr`).
+    ///
+    /// # Panics
+    /// If the admin API is disabled in this gateway's configuration.
+    pub fn admin_url(&self) -> String {
+        let addr = self
+            .admin_addr
+            .expect("the admin API is enabled in this test's config");
+        format!("http://{addr}")
     }
 
     /// `ws://127.0.0.1:PORT/ws?chat_id=<percent-encoded chat_id>`.
@@ -539,21 +557,35 @@ impl Drop for Gateway {
 }
 
 /// Reads lines until the listening line; `Ok(None)` on EOF.
+/// The line gatewayd prints once every listener is up.
+pub const READY_LINE: &str = "gatewayd ready";
+/// The prefix of the admin API's listening line.
+pub const ADMIN_PREFIX: &str = "admin listening on ";
+
+/// Reads stdout up to the ready line; returns the HTTP and (if enabled) admin addresses.
 async fn read_until_listening<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     log: &StdoutLog,
-) -> std::io::Result<Option<SocketAddr>> {
+) -> std::io::Result<Option<(SocketAddr, Option<SocketAddr>)>> {
     let mut buf = Vec::new();
+    let mut http = None;
+    let mut admin = None;
     loop {
         buf.clear();
         if reader.read_until(b'\n', &mut buf).await? == 0 {
             return Ok(None);
         }
         let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
-        let addr = parse_listening(&line);
+        if let Some(addr) = parse_listening(&line) {
+            http = Some(addr);
+        }
+        if let Some(rest) = line.split(ADMIN_PREFIX).nth(1) {
+            admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        let ready = line.contains(READY_LINE);
         log.push(line);
-        if addr.is_some() {
-            return Ok(addr);
+        if ready {
+            return Ok(http.map(|h| (h, admin)));
         }
     }
 }

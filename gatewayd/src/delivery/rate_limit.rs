@@ -147,6 +147,7 @@ const MAX_CHAT_STATS: usize = 10_000;
 
 /// The limits of one channel.
 pub struct ChannelLimits {
+    channel: ChannelKind,
     settings: RateSettings,
     global: Option<Direct>,
     per_chat: Option<Keyed>,
@@ -156,8 +157,8 @@ pub struct ChannelLimits {
 }
 
 impl ChannelLimits {
-    /// Limits with `settings`.
-    pub fn new(settings: RateSettings) -> Self {
+    /// Limits of `channel` with `settings`.
+    pub fn new(channel: ChannelKind, settings: RateSettings) -> Self {
         let global = settings
             .per_second
             .and_then(|r| quota(r, settings.burst.unwrap_or(1)))
@@ -167,6 +168,7 @@ impl ChannelLimits {
             .and_then(|r| quota(r, settings.per_chat_burst.unwrap_or(1)))
             .map(|q| RateLimiter::keyed(q).with_middleware::<StateInformationMiddleware>());
         Self {
+            channel,
             settings,
             global,
             per_chat,
@@ -255,6 +257,8 @@ impl ChannelLimits {
         }
         if waited {
             self.throttled_total.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("gateway_rate_limit_waits_total", "channel" => self.channel.as_str())
+                .increment(1);
         }
         self.with_chat(chat_id, |s| s.queued = s.queued.saturating_sub(1));
         if let Ok(mut s) = self.channel_stats.lock() {
@@ -352,12 +356,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_chat_bucket_spaces_sends_at_its_rate() {
-        let limits = ChannelLimits::new(RateSettings {
-            per_second: None,
-            burst: None,
-            per_chat_per_second: Some(20.0),
-            per_chat_burst: Some(2),
-        });
+        let limits = ChannelLimits::new(
+            ChannelKind::Http,
+            RateSettings {
+                per_second: None,
+                burst: None,
+                per_chat_per_second: Some(20.0),
+                per_chat_burst: Some(2),
+            },
+        );
         let start = Instant::now();
         for _ in 0..6 {
             limits.acquire("c").await;
@@ -380,7 +387,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_holds_that_chat_only() {
-        let limits = ChannelLimits::new(RateSettings::default_for(ChannelKind::Http));
+        let limits = ChannelLimits::new(
+            ChannelKind::Http,
+            RateSettings::default_for(ChannelKind::Http),
+        );
         let until = Instant::now() + Duration::from_millis(1000);
         limits.pause_chat("slow", until);
         let (_, chats) = limits.buckets(10);

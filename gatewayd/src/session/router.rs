@@ -245,6 +245,16 @@ impl Router {
         Ok(removed)
     }
 
+    /// One resident session, without touching its LRU position.
+    pub fn peek(&self, key: &SessionKey) -> Option<ResidentSession> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions.peek(key).map(|h| ResidentSession {
+            key: key.clone(),
+            in_flight: h.shared.in_flight.load(Ordering::Acquire),
+            last_active_ms: h.shared.last_active_ms.load(Ordering::Acquire),
+        })
+    }
+
     /// The resident sessions, most recently used first.
     pub fn resident(&self) -> Vec<ResidentSession> {
         let Ok(sessions) = self.sessions.lock() else {

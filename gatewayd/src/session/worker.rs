@@ -131,7 +131,9 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
             )
         }
     };
-    tracing::debug!(message = "Agent turn done.", session = %state.key, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let elapsed = started.elapsed();
+    metrics::histogram!("gateway_turn_seconds").record(elapsed.as_secs_f64());
+    tracing::debug!(message = "Agent turn done.", session = %state.key, elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
     Some(Outcome {
         entries: vec![
             user_entry,

@@ -17,8 +17,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, PendingInbound, Role, Store,
-    StoreError, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
+    AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, PendingInbound, Role,
+    SessionFilter, Store, StoreError, StoredSession, TranscriptEntry, TurnRecord, UserRecord,
+    parse_channel,
 };
 use crate::channels::ErrorClass;
 use crate::message::{
@@ -108,6 +109,10 @@ CREATE TABLE delivery_errors (
     error TEXT NOT NULL
 );
 CREATE INDEX delivery_errors_outbox ON delivery_errors (outbox_id, id);
+"#,
+    r#"
+ALTER TABLE sessions ADD COLUMN last_channel TEXT;
+CREATE INDEX sessions_channel ON sessions (last_channel, key);
 "#,
 ];
 
@@ -554,12 +559,15 @@ impl Store for SqliteStore {
                         .map_err(db)?;
                     }
                 }
-                if !turn.entries.is_empty() {
+                if let Some(first) = turn.entries.first() {
+                    let channel = first.channel.map(ChannelKind::as_str);
                     conn.prepare_cached(
-                        "INSERT INTO sessions (key, created_at, last_active, turns) VALUES (?1, ?2, ?2, 1)
-                         ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1",
+                        "INSERT INTO sessions (key, created_at, last_active, turns, last_channel)
+                         VALUES (?1, ?2, ?2, 1, ?3)
+                         ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1,
+                            last_channel = COALESCE(?3, last_channel)",
                     )
-                    .and_then(|mut s| s.execute(params![key, now]))
+                    .and_then(|mut s| s.execute(params![key, now, channel]))
                     .map_err(db)?;
                 }
                 let mut out = Vec::with_capacity(turn.replies.len());
@@ -1035,6 +1043,127 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredSession>, StoreError> {
+        let filter = filter.clone();
+        let after = after.unwrap_or("").to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let rows: Vec<SessionRow> = if let Some(user) = filter.user {
+                let key = SessionKey::User(user).to_string();
+                conn.query_row(
+                    &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = ?1 AND key > ?2"),
+                    params![key, after],
+                    session_row,
+                )
+                .optional()
+                .map_err(db)?
+                .into_iter()
+                .filter(|r| {
+                    filter
+                        .channel
+                        .is_none_or(|c| r.4.as_deref() == Some(c.as_str()))
+                })
+                .collect()
+            } else {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions
+                         WHERE key > ?1 AND (?2 IS NULL OR last_channel = ?2)
+                         ORDER BY key LIMIT ?3"
+                    ))
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(
+                        params![after, filter.channel.map(ChannelKind::as_str), limit],
+                        session_row,
+                    )
+                    .map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)?
+            };
+            rows.into_iter().map(to_session).collect()
+        })
+        .await
+    }
+
+    async fn session(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = ?1"),
+                [key],
+                session_row,
+            )
+            .optional()
+            .map_err(db)?
+            .map(to_session)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn count_sessions(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+                .map(i64::unsigned_abs)
+                .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        channel: Option<ChannelKind>,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM users u WHERE merged_into IS NULL AND id > ?1
+                       AND EXISTS (SELECT 1 FROM addresses a WHERE a.user_id = u.id
+                                   AND (?2 IS NULL OR a.channel = ?2))
+                     ORDER BY id LIMIT ?3",
+                )
+                .map_err(db)?;
+            let ids: Vec<UserId> = stmt
+                .query_map(
+                    params![after.unwrap_or(0), channel.map(ChannelKind::as_str), limit],
+                    |r| r.get(0),
+                )
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            addresses_of(conn, &ids)
+        })
+        .await
+    }
+
+    async fn attach_address(&self, user: UserId, address: &Address) -> Result<(), StoreError> {
+        let channel = address.channel.as_str();
+        let sender = address.sender_id.clone();
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                if !user_exists(conn, user)? {
+                    return Err(StoreError::NotFound(format!("no user {user}")));
+                }
+                conn.execute(
+                    "INSERT INTO addresses (channel, sender_id, user_id, linked_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (channel, sender_id) DO UPDATE SET user_id = ?3, linked_at = ?4",
+                    params![channel, sender, user, now_ms()],
+                )
+                .map(|_| ())
+                .map_err(db)
+            })
+        })
+        .await
+    }
+
     async fn close(&self) {
         if let Ok(mut w) = self.writer.lock() {
             w.take();
@@ -1044,6 +1173,68 @@ impl Store for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+type SessionRow = (String, i64, i64, i64, Option<String>);
+
+const SESSION_COLUMNS: &str = "key, created_at, last_active, turns, last_channel";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn to_session(
+    (key, created, active, turns, channel): SessionRow,
+) -> Result<StoredSession, StoreError> {
+    Ok(StoredSession {
+        key: key.parse().map_err(StoreError::Database)?,
+        created_at_ms: created,
+        last_active_ms: active,
+        turns: turns.unsigned_abs(),
+        last_channel: channel.as_deref().map(parse_channel).transpose()?,
+    })
+}
+
+/// The addresses of `users`, grouped by user, in the order given.
+fn addresses_of(conn: &Connection, users: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
+    let mut out: Vec<UserRecord> = users
+        .iter()
+        .map(|id| UserRecord {
+            id: *id,
+            addresses: Vec::new(),
+        })
+        .collect();
+    if users.is_empty() {
+        return Ok(out);
+    }
+    let marks = vec!["?"; users.len()].join(", ");
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT user_id, channel, sender_id FROM addresses WHERE user_id IN ({marks})
+             ORDER BY user_id, channel, sender_id"
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(users.iter()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(db)?;
+    let index: std::collections::HashMap<UserId, usize> =
+        users.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    for row in rows {
+        let (user, channel, sender_id) = row.map_err(db)?;
+        if let Some(i) = index.get(&user) {
+            out[*i].addresses.push(Address {
+                channel: parse_channel(&channel)?,
+                sender_id,
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,311 @@
+//! Conversions between the core's domain types and the admin API's proto types. This is the
+//! only place where the two meet; the rest of the daemon never sees a proto type.
+
+use gateway_proto::admin as pb;
+
+use crate::channels::ErrorClass;
+use crate::delivery::ChannelBuckets;
+use crate::delivery::health::{HealthState, HealthStatus};
+use crate::delivery::rate_limit::BucketState;
+use crate::events::Event;
+use crate::message::{Address, ChannelKind, SessionKey, now_ms};
+use crate::store::{AttemptError, DeadLetter, Role, StoredSession, TranscriptEntry, UserRecord};
+
+/// A proto channel from a domain channel.
+pub fn channel(c: ChannelKind) -> pb::Channel {
+    match c {
+        ChannelKind::Webchat => pb::Channel::Webchat,
+        ChannelKind::Http => pb::Channel::Http,
+    }
+}
+
+/// A domain channel from a proto channel number; `None` for unspecified.
+pub fn channel_from(value: i32) -> Result<Option<ChannelKind>, String> {
+    match pb::Channel::try_from(value) {
+        Ok(pb::Channel::Unspecified) => Ok(None),
+        Ok(pb::Channel::Webchat) => Ok(Some(ChannelKind::Webchat)),
+        Ok(pb::Channel::Http) => Ok(Some(ChannelKind::Http)),
+        Err(_) => Err(format!("unknown channel number {value}")),
+    }
+}
+
+/// A domain address from a proto address.
+pub fn address_from(a: &pb::Address) -> Result<Address, String> {
+    let channel = channel_from(a.channel)?.ok_or("address.channel is required")?;
+    if a.sender_id.is_empty() {
+        return Err("address.sender_id is required".to_owned());
+    }
+    Ok(Address {
+        channel,
+        sender_id: a.sender_id.clone(),
+    })
+}
+
+/// A proto address.
+pub fn address(a: &Address) -> pb::Address {
+    pb::Address {
+        channel: channel(a.channel) as i32,
+        sender_id: a.sender_id.clone(),
+    }
+}
+
+/// A proto identity.
+pub fn identity(u: &UserRecord) -> pb::Identity {
+    pb::Identity {
+        user_id: u.id,
+        addresses: u.addresses.iter().map(address).collect(),
+    }
+}
+
+/// A proto session from its stored record and, if resident, its in-flight count.
+pub fn session(s: &StoredSession, resident: Option<usize>) -> pb::SessionInfo {
+    let (kind, user_id) = match &s.key {
+        SessionKey::User(id) => (pb::SessionKind::Direct, *id),
+        SessionKey::Group(..) => (pb::SessionKind::Group, 0),
+    };
+    pb::SessionInfo {
+        key: s.key.to_string(),
+        kind: kind as i32,
+        user_id,
+        last_channel: s.last_channel.map_or(pb::Channel::Unspecified, channel) as i32,
+        created_at_ms: s.created_at_ms,
+        last_active_ms: s.last_active_ms,
+        turns: s.turns,
+        resident: resident.is_some(),
+        in_flight: resident.unwrap_or(0) as u64,
+    }
+}
+
+/// A proto transcript entry.
+pub fn entry(e: &TranscriptEntry) -> pb::TranscriptEntry {
+    let role = match e.role {
+        Role::User => pb::Role::User,
+        Role::Assistant => pb::Role::Assistant,
+        Role::Notice | Role::Reset => pb::Role::Notice,
+    };
+    pb::TranscriptEntry {
+        role: role as i32,
+        text: e.text.clone(),
+        at_ms: e.at_ms,
+        channel: e.channel.map_or(pb::Channel::Unspecified, channel) as i32,
+    }
+}
+
+fn state(s: &HealthState) -> pb::ChannelState {
+    match s {
+        HealthState::Starting => pb::ChannelState::Starting,
+        HealthState::Connected => pb::ChannelState::Connected,
+        HealthState::Reconnecting { .. } => pb::ChannelState::Reconnecting,
+        HealthState::ReauthNeeded => pb::ChannelState::ReauthNeeded,
+        HealthState::Down => pb::ChannelState::Down,
+    }
+}
+
+fn state_named(name: &str) -> pb::ChannelState {
+    match name {
+        "starting" => pb::ChannelState::Starting,
+        "connected" => pb::ChannelState::Connected,
+        "reconnecting" => pb::ChannelState::Reconnecting,
+        "reauth_needed" => pb::ChannelState::ReauthNeeded,
+        "down" => pb::ChannelState::Down,
+        _ => pb::ChannelState::Unspecified,
+    }
+}
+
+/// A proto channel status.
+pub fn channel_info(h: &HealthStatus) -> pb::ChannelInfo {
+    let (attempt, next) = match h.state {
+        HealthState::Reconnecting {
+            attempt,
+            next_at_ms,
+        } => (attempt, next_at_ms),
+        _ => (0, 0),
+    };
+    pb::ChannelInfo {
+        channel: channel(h.channel) as i32,
+        state: state(&h.state) as i32,
+        last_error: h.last_error.clone().unwrap_or_default(),
+        reconnect_attempt: attempt,
+        next_attempt_at_ms: next,
+        since_ms: h.since_ms,
+        sent: h.sent,
+        failed: h.failed,
+        reconnects: h.reconnects,
+    }
+}
+
+fn bucket(b: &BucketState) -> pb::Bucket {
+    let paused = b.paused_until.map_or(0, |until| {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
+    });
+    pb::Bucket {
+        chat_id: b.chat_id.clone().unwrap_or_default(),
+        per_second: b.per_second,
+        burst: b.burst,
+        tokens: b.tokens,
+        queued: b.queued,
+        throttled: b.throttled,
+        paused_until_ms: paused,
+    }
+}
+
+/// A proto channel's buckets.
+pub fn rate_limits(c: &ChannelBuckets) -> pb::ChannelRateLimits {
+    pb::ChannelRateLimits {
+        channel: channel(c.channel) as i32,
+        channel_bucket: c.channel_bucket.as_ref().map(bucket),
+        chats: c.chats.iter().map(bucket).collect(),
+        throttled_total: c.throttled_total,
+    }
+}
+
+fn class(c: ErrorClass) -> pb::ErrorClass {
+    match c {
+        ErrorClass::Retryable => pb::ErrorClass::Retryable,
+        ErrorClass::Auth => pb::ErrorClass::Auth,
+        ErrorClass::Permanent => pb::ErrorClass::Permanent,
+    }
+}
+
+/// A proto dead letter.
+pub fn dead_letter(d: &DeadLetter) -> pb::DeadLetter {
+    pb::DeadLetter {
+        id: d.message.id,
+        channel: channel(d.message.channel) as i32,
+        chat_id: d.message.chat_id.clone(),
+        text: d.message.text.clone(),
+        reply_to: d.message.reply_to.clone().unwrap_or_default(),
+        attempts: d.message.attempts,
+        last_error: d.last_error.clone(),
+        error_class: class(d.class) as i32,
+        created_at_ms: d.created_at_ms,
+        dead_at_ms: d.dead_at_ms,
+    }
+}
+
+/// A proto attempt error.
+pub fn attempt(a: &AttemptError) -> pb::AttemptError {
+    pb::AttemptError {
+        at_ms: a.at_ms,
+        attempt: a.attempt,
+        error_class: class(a.class) as i32,
+        error: a.error.clone(),
+    }
+}
+
+/// A proto event.
+pub fn event(e: &Event) -> pb::WatchEventsResponse {
+    use pb::watch_events_response::Event as E;
+    let inner = match e {
+        Event::MessageIn {
+            inbox_id,
+            channel: c,
+            chat_id,
+        } => E::MessageIn(pb::MessageIn {
+            inbox_id: *inbox_id,
+            channel: channel(*c) as i32,
+            chat_id: chat_id.clone(),
+        }),
+        Event::MessageOut {
+            outbox_id,
+            channel: c,
+            chat_id,
+        } => E::MessageOut(pb::MessageOut {
+            outbox_id: *outbox_id,
+            channel: channel(*c) as i32,
+            chat_id: chat_id.clone(),
+        }),
+        Event::SessionCreated { session } => E::SessionCreated(pb::SessionCreated {
+            key: session.to_string(),
+        }),
+        Event::SessionEvicted { session, reason } => E::SessionEvicted(pb::SessionEvicted {
+            key: session.to_string(),
+            reason: (*reason).to_owned(),
+        }),
+        Event::TurnCommitted { session, inbox_id } => E::TurnCommitted(pb::TurnCommitted {
+            key: session.to_string(),
+            inbox_id: *inbox_id,
+        }),
+        Event::IdentityLinked { user, merged } => E::IdentityLinked(pb::IdentityLinked {
+            user_id: *user,
+            merged_user_id: *merged,
+        }),
+        Event::IdentityUnlinked { user, new_user } => E::IdentityUnlinked(pb::IdentityUnlinked {
+            user_id: *user,
+            new_user_id: *new_user,
+        }),
+        Event::DeliveryFailed {
+            outbox_id,
+            channel: c,
+            attempts,
+            error,
+        } => E::DeliveryFailed(pb::DeliveryFailed {
+            outbox_id: *outbox_id,
+            channel: channel(*c) as i32,
+            attempts: *attempts,
+            error: error.clone(),
+        }),
+        Event::DeadLettered {
+            outbox_id,
+            channel: c,
+            error,
+        } => E::DeadLettered(pb::DeadLettered {
+            outbox_id: *outbox_id,
+            channel: channel(*c) as i32,
+            error: error.clone(),
+        }),
+        Event::ChannelStateChanged {
+            channel: c,
+            state,
+            error,
+        } => E::ChannelStateChanged(pb::ChannelStateChanged {
+            channel: channel(*c) as i32,
+            state: state_named(state) as i32,
+            error: error.clone().unwrap_or_default(),
+        }),
+        Event::RateLimited {
+            channel: c,
+            chat_id,
+            pause_ms,
+        } => E::RateLimited(pb::RateLimited {
+            channel: channel(*c) as i32,
+            chat_id: chat_id.clone().unwrap_or_default(),
+            pause_ms: *pause_ms,
+        }),
+        Event::DeadLettersRetried { channel: c, count } => {
+            E::DeadLettersRetried(pb::DeadLettersRetried {
+                channel: c.map_or(pb::Channel::Unspecified, channel) as i32,
+                count: *count,
+            })
+        }
+    };
+    pb::WatchEventsResponse {
+        at_ms: now_ms(),
+        event: Some(inner),
+    }
+}
+
+/// The marker sent to a watcher that missed `missed` events.
+pub fn lagged(missed: u64) -> pb::WatchEventsResponse {
+    pb::WatchEventsResponse {
+        at_ms: now_ms(),
+        event: Some(pb::watch_events_response::Event::Lagged(pb::Lagged {
+            missed,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_round_trip_and_unknown_numbers_are_errors() {
+        for c in ChannelKind::ALL {
+            assert_eq!(channel_from(channel(c) as i32), Ok(Some(c)));
+        }
+        assert_eq!(channel_from(0), Ok(None));
+        assert!(channel_from(99).is_err());
+    }
+}

@@ -1,0 +1,539 @@
+//! The `gateway.admin.v1.Admin` service: a thin layer that checks each request, asks the core,
+//! and converts the answer. All state lives in the core's services; nothing is cached here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gateway_proto::admin as pb;
+use gateway_proto::admin::admin_server::Admin;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::delivery::Delivery;
+use crate::events::EventBus;
+use crate::identity::Identity;
+use crate::message::{ChannelKind, SessionKey};
+use crate::session::router::Router;
+use crate::store::{DeadSelector, SessionFilter, SharedStore, StoreError, StoredSession};
+
+/// Default page size of list RPCs.
+const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of list RPCs.
+const MAX_LIMIT: u32 = 1000;
+/// Events buffered per watcher before it is marked lagged.
+const WATCH_BUFFER: usize = 256;
+
+/// What the service reads and steers.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The store.
+    pub store: SharedStore,
+    /// The events bus.
+    pub events: EventBus,
+    /// Identities.
+    pub identity: Arc<Identity>,
+    /// Sessions.
+    pub router: Arc<Router>,
+    /// Delivery.
+    pub delivery: Delivery,
+    /// When the gateway started.
+    pub started_at: Instant,
+    /// `gateway.max_sessions`.
+    pub max_sessions: usize,
+    /// The agent provider's name.
+    pub provider: &'static str,
+}
+
+/// The service.
+pub struct AdminService {
+    state: AdminState,
+}
+
+impl AdminService {
+    /// A service over `state`.
+    pub fn new(state: AdminState) -> Self {
+        Self { state }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::Conflict(m) => Status::failed_precondition(m),
+        StoreError::Closed => Status::unavailable("the gateway is shutting down"),
+        StoreError::Database(m) => Status::internal(m),
+    }
+}
+
+fn limit(requested: u32) -> usize {
+    (if requested == 0 {
+        DEFAULT_LIMIT
+    } else {
+        requested.min(MAX_LIMIT)
+    }) as usize
+}
+
+fn channel_arg(value: i32) -> Result<Option<ChannelKind>, Status> {
+    convert::channel_from(value).map_err(Status::invalid_argument)
+}
+
+fn key_arg(key: &str) -> Result<SessionKey, Status> {
+    key.parse().map_err(Status::invalid_argument)
+}
+
+fn id_cursor(cursor: &str) -> Result<Option<i64>, Status> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    cursor.parse().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "bad cursor `{cursor}`; pass the next_cursor of the previous page"
+        ))
+    })
+}
+
+/// Splits one extra row off a page fetched with `limit + 1` and returns the next cursor.
+fn page<T>(mut rows: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(&cursor_of).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}
+
+impl AdminService {
+    fn resident(&self, key: &SessionKey) -> Option<usize> {
+        self.state.router.peek(key).map(|r| r.in_flight)
+    }
+
+    async fn session_info(&self, key: &SessionKey) -> Result<Option<pb::SessionInfo>, Status> {
+        let stored = self.state.store.session(key).await.map_err(store_status)?;
+        let resident = self.resident(key);
+        Ok(match (stored, resident) {
+            (Some(s), r) => Some(convert::session(&s, r)),
+            (None, Some(r)) => Some(convert::session(
+                &unstored(key, &self.state.router),
+                Some(r),
+            )),
+            (None, None) => None,
+        })
+    }
+}
+
+/// A resident session with no committed turn yet.
+fn unstored(key: &SessionKey, router: &Router) -> StoredSession {
+    let active = router.peek(key).map_or(0, |r| r.last_active_ms);
+    StoredSession {
+        key: key.clone(),
+        created_at_ms: active,
+        last_active_ms: active,
+        turns: 0,
+        last_channel: match key {
+            SessionKey::Group(c, _) => Some(*c),
+            SessionKey::User(_) => None,
+        },
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_overview(
+        &self,
+        _: Request<pb::GetOverviewRequest>,
+    ) -> Result<Response<pb::GetOverviewResponse>, Status> {
+        let s = &self.state;
+        let (inbox_pending, outbox_pending, dead) = s.store.counts().await.map_err(store_status)?;
+        let stored = s.store.count_sessions().await.map_err(store_status)?;
+        let traffic = s.events.traffic();
+        let (rate_in, rate_out) = traffic.rates();
+        Ok(Response::new(pb::GetOverviewResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: s.started_at.elapsed().as_secs(),
+            messages_in: traffic.messages_in(),
+            messages_out: traffic.messages_out(),
+            rate_in_per_second: rate_in,
+            rate_out_per_second: rate_out,
+            sessions_resident: s.router.resident_count() as u64,
+            sessions_capacity: s.max_sessions as u64,
+            sessions_stored: stored,
+            channels: s
+                .delivery
+                .channels()
+                .iter()
+                .map(convert::channel_info)
+                .collect(),
+            dead_letters: dead,
+            outbox_pending,
+            inbox_pending,
+            agent_provider: s.provider.to_owned(),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let channel = channel_arg(r.channel)?;
+        let user = (r.user_id != 0).then_some(r.user_id);
+        let after = (!r.cursor.is_empty()).then_some(r.cursor.as_str());
+        if let Some(a) = after {
+            key_arg(a)?;
+        }
+        let sessions = if r.resident_only {
+            let mut resident: Vec<_> = self
+                .state
+                .router
+                .resident()
+                .into_iter()
+                .filter(|s| after.is_none_or(|a| s.key.to_string().as_str() > a))
+                .filter(|s| user.is_none_or(|u| s.key == SessionKey::User(u)))
+                .collect();
+            resident.sort_by_cached_key(|s| s.key.to_string());
+            let mut out = Vec::new();
+            for s in resident {
+                let Some(info) = self.session_info(&s.key).await? else {
+                    continue;
+                };
+                if channel.is_none_or(|c| info.last_channel == convert::channel(c) as i32) {
+                    out.push(info);
+                }
+                if out.len() > limit {
+                    break;
+                }
+            }
+            out
+        } else {
+            let filter = SessionFilter { user, channel };
+            let stored = self
+                .state
+                .store
+                .list_sessions(&filter, after, limit + 1)
+                .await
+                .map_err(store_status)?;
+            stored
+                .iter()
+                .map(|s| convert::session(s, self.resident(&s.key)))
+                .collect()
+        };
+        let (sessions, next_cursor) = page(sessions, limit, |s| s.key.clone());
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions,
+            next_cursor,
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let r = request.into_inner();
+        let key = key_arg(&r.key)?;
+        let session = self
+            .session_info(&key)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no session {key}")))?;
+        let tail = if r.tail == 0 { 20 } else { r.tail.min(500) } as usize;
+        let transcript = self
+            .state
+            .store
+            .history(&key, tail)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(session),
+            transcript: transcript.iter().map(convert::entry).collect(),
+        }))
+    }
+
+    async fn evict_session(
+        &self,
+        request: Request<pb::EvictSessionRequest>,
+    ) -> Result<Response<pb::EvictSessionResponse>, Status> {
+        let key = key_arg(&request.into_inner().key)?;
+        if self.session_info(&key).await?.is_none() {
+            return Err(Status::not_found(format!("no session {key}")));
+        }
+        let evicted = self
+            .state
+            .router
+            .evict(&key)
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::EvictSessionResponse { evicted }))
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Result<Response<pb::ListIdentitiesResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let users = self
+            .state
+            .store
+            .list_users(channel_arg(r.channel)?, id_cursor(&r.cursor)?, limit + 1)
+            .await
+            .map_err(store_status)?;
+        let (users, next_cursor) = page(users, limit, |u| u.id.to_string());
+        Ok(Response::new(pb::ListIdentitiesResponse {
+            identities: users.iter().map(convert::identity).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<pb::GetIdentityRequest>,
+    ) -> Result<Response<pb::GetIdentityResponse>, Status> {
+        let id = request.into_inner().user_id;
+        let user = self.state.identity.user(id).await.map_err(store_status)?;
+        Ok(Response::new(pb::GetIdentityResponse {
+            identity: Some(convert::identity(&user)),
+        }))
+    }
+
+    async fn link_identities(
+        &self,
+        request: Request<pb::LinkIdentitiesRequest>,
+    ) -> Result<Response<pb::LinkIdentitiesResponse>, Status> {
+        let r = request.into_inner();
+        let keep = r.user_id;
+        let s = &self.state;
+        let merged = match r.other {
+            Some(pb::link_identities_request::Other::MergeUserId(merge)) => {
+                s.identity.link(keep, merge).await.map_err(store_status)?;
+                merge
+            }
+            Some(pb::link_identities_request::Other::Address(a)) => {
+                let address = convert::address_from(&a).map_err(Status::invalid_argument)?;
+                s.identity
+                    .attach(keep, &address)
+                    .await
+                    .map_err(store_status)?
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "say what to link: merge_user_id or address",
+                ));
+            }
+        };
+        s.router.invalidate(&SessionKey::User(keep));
+        s.router.invalidate(&SessionKey::User(merged));
+        let user = s.identity.user(keep).await.map_err(store_status)?;
+        Ok(Response::new(pb::LinkIdentitiesResponse {
+            identity: Some(convert::identity(&user)),
+        }))
+    }
+
+    async fn unlink_address(
+        &self,
+        request: Request<pb::UnlinkAddressRequest>,
+    ) -> Result<Response<pb::UnlinkAddressResponse>, Status> {
+        let a = request
+            .into_inner()
+            .address
+            .ok_or_else(|| Status::invalid_argument("address is required"))?;
+        let address = convert::address_from(&a).map_err(Status::invalid_argument)?;
+        let (previous, new_user) = self
+            .state
+            .identity
+            .unlink(&address)
+            .await
+            .map_err(store_status)?;
+        self.state.router.invalidate(&SessionKey::User(previous));
+        Ok(Response::new(pb::UnlinkAddressResponse {
+            previous_user_id: previous,
+            new_user_id: new_user,
+        }))
+    }
+
+    async fn list_channels(
+        &self,
+        _: Request<pb::ListChannelsRequest>,
+    ) -> Result<Response<pb::ListChannelsResponse>, Status> {
+        Ok(Response::new(pb::ListChannelsResponse {
+            channels: self
+                .state
+                .delivery
+                .channels()
+                .iter()
+                .map(convert::channel_info)
+                .collect(),
+        }))
+    }
+
+    async fn reconnect_channel(
+        &self,
+        request: Request<pb::ReconnectChannelRequest>,
+    ) -> Result<Response<pb::ReconnectChannelResponse>, Status> {
+        let channel = channel_arg(request.into_inner().channel)?
+            .ok_or_else(|| Status::invalid_argument("channel is required"))?;
+        self.state
+            .delivery
+            .reconnect(channel)
+            .await
+            .map_err(Status::not_found)?;
+        let info = self
+            .state
+            .delivery
+            .channels()
+            .into_iter()
+            .find(|c| c.channel == channel)
+            .map(|c| convert::channel_info(&c));
+        Ok(Response::new(pb::ReconnectChannelResponse {
+            channel: info,
+        }))
+    }
+
+    async fn list_rate_limits(
+        &self,
+        request: Request<pb::ListRateLimitsRequest>,
+    ) -> Result<Response<pb::ListRateLimitsResponse>, Status> {
+        let hottest = match request.into_inner().hottest {
+            0 => 10,
+            n => n.min(MAX_LIMIT),
+        } as usize;
+        Ok(Response::new(pb::ListRateLimitsResponse {
+            channels: self
+                .state
+                .delivery
+                .rate_limits(hottest)
+                .iter()
+                .map(convert::rate_limits)
+                .collect(),
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let letters = self
+            .state
+            .delivery
+            .list_dead(channel_arg(r.channel)?, id_cursor(&r.cursor)?, limit + 1)
+            .await
+            .map_err(store_status)?;
+        let (letters, next_cursor) = page(letters, limit, |d| d.message.id.to_string());
+        let total = self.state.store.counts().await.map_err(store_status)?.2;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: letters.iter().map(convert::dead_letter).collect(),
+            next_cursor,
+            total,
+        }))
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<pb::GetDeadLetterRequest>,
+    ) -> Result<Response<pb::GetDeadLetterResponse>, Status> {
+        let id = request.into_inner().id;
+        let (letter, errors) = self
+            .state
+            .delivery
+            .show_dead(id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::GetDeadLetterResponse {
+            dead_letter: Some(convert::dead_letter(&letter)),
+            errors: errors.iter().map(convert::attempt).collect(),
+        }))
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        request: Request<pb::RetryDeadLettersRequest>,
+    ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
+        let selector = selector(request.into_inner().selector)?;
+        let retried = self
+            .state
+            .delivery
+            .retry_dead(&selector)
+            .await
+            .map_err(store_status)?;
+        none_found(&selector, retried)?;
+        Ok(Response::new(pb::RetryDeadLettersResponse { retried }))
+    }
+
+    async fn drop_dead_letters(
+        &self,
+        request: Request<pb::DropDeadLettersRequest>,
+    ) -> Result<Response<pb::DropDeadLettersResponse>, Status> {
+        let selector = selector(request.into_inner().selector)?;
+        let dropped = self
+            .state
+            .delivery
+            .drop_dead(&selector)
+            .await
+            .map_err(store_status)?;
+        none_found(&selector, dropped)?;
+        Ok(Response::new(pb::DropDeadLettersResponse { dropped }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let mut events = self.state.events.subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let item = match events.recv().await {
+                    Ok(e) => convert::event(&e),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => convert::lagged(missed),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                // A full buffer means the watcher is slow: it waits here while the bus moves
+                // on, and the next receive reports what it missed as `lagged`.
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn selector(s: Option<pb::DeadLetterSelector>) -> Result<DeadSelector, Status> {
+    use pb::dead_letter_selector::Selector;
+    match s.and_then(|s| s.selector) {
+        Some(Selector::Ids(ids)) if !ids.ids.is_empty() => Ok(DeadSelector::Ids(ids.ids)),
+        Some(Selector::Channel(c)) => {
+            let channel =
+                channel_arg(c)?.ok_or_else(|| Status::invalid_argument("channel is required"))?;
+            Ok(DeadSelector::Channel {
+                channel,
+                classes: None,
+            })
+        }
+        _ => Err(Status::invalid_argument(
+            "select dead letters by ids or by channel",
+        )),
+    }
+}
+
+fn none_found(selector: &DeadSelector, count: u64) -> Result<(), Status> {
+    match selector {
+        DeadSelector::Ids(ids) if count == 0 => {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            Err(Status::not_found(format!(
+                "no dead letter {}",
+                ids.join(", ")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
