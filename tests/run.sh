@@ -15,6 +15,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-# Build the daemon binary the end-to-end tests start, then run the whole suite.
-cargo build --locked --bin gatewayd
+# Build the binaries the end-to-end tests start, then run the whole suite.
+cargo build --locked --bin gatewayd --bin gatewayctl
 cargo test --workspace --locked "$@"

@@ -97,6 +97,8 @@ impl Gateway {
             SqliteStore::open(&db_path)
                 .with_context(|| format!("cannot open the database {}", db_path.display()))?,
         );
+        // Record metrics from the first event on, not from the first scrape.
+        crate::metrics::handle();
         let events = EventBus::new(4096);
         let identity = Arc::new(Identity::new(store.clone(), events.clone()));
         let agent = Arc::new(Agent::new(
