@@ -6,7 +6,9 @@
 //! delivery does next: retry with backoff, hold the channel for re-authentication, or move the
 //! reply to the dead letters.
 
+pub mod discord;
 pub mod http;
+pub mod telegram;
 pub mod webchat;
 
 use std::time::Duration;

@@ -201,6 +201,90 @@ pub struct ChannelsConfig {
     pub webchat: WebChatConfig,
     /// `[channels.http]`.
     pub http: HttpChannelConfig,
+    /// `[channels.telegram]`.
+    pub telegram: TelegramConfig,
+    /// `[channels.discord]`.
+    pub discord: DiscordConfig,
+}
+
+/// How the Telegram channel receives updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    /// Long polling with `getUpdates` (works behind NAT; the default).
+    Polling,
+    /// Telegram POSTs updates to `webhook_path` on the HTTP listener.
+    Webhook,
+}
+
+/// `[channels.telegram]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramConfig {
+    /// Connect the Telegram bot.
+    pub enabled: bool,
+    /// Environment variable holding the bot token (from @BotFather).
+    pub token_env: Option<String>,
+    /// File holding the bot token (alternative to `token_env`).
+    pub token_file: Option<PathBuf>,
+    /// `polling` or `webhook`.
+    pub mode: TelegramMode,
+    /// The Bot API root.
+    pub api_url: String,
+    /// Long-poll timeout of one `getUpdates`.
+    pub poll_timeout: HumanDuration,
+    /// Webhook mode: the public HTTPS URL Telegram should POST to (registered with
+    /// `setWebhook` at start); leave unset to register it yourself.
+    pub webhook_url: Option<String>,
+    /// Webhook mode: the path on the HTTP listener that receives updates.
+    pub webhook_path: String,
+    /// Webhook mode: environment variable holding the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token`.
+    pub webhook_secret_env: Option<String>,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: None,
+            token_file: None,
+            mode: TelegramMode::Polling,
+            api_url: "https://api.telegram.org".to_owned(),
+            poll_timeout: HumanDuration(Duration::from_secs(30)),
+            webhook_url: None,
+            webhook_path: "/channels/telegram/webhook".to_owned(),
+            webhook_secret_env: None,
+        }
+    }
+}
+
+/// `[channels.discord]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordConfig {
+    /// Connect the Discord bot.
+    pub enabled: bool,
+    /// Environment variable holding the bot token.
+    pub token_env: Option<String>,
+    /// File holding the bot token (alternative to `token_env`).
+    pub token_file: Option<PathBuf>,
+    /// The API root (its gateway URL is asked from `GET /api/v10/gateway`).
+    pub api_url: String,
+    /// In guild channels, answer only messages that mention the bot.
+    pub require_mention_in_guilds: bool,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: None,
+            token_file: None,
+            api_url: "https://discord.com".to_owned(),
+            require_mention_in_guilds: true,
+        }
+    }
 }
 
 /// `[channels.webchat]`.
@@ -569,11 +653,78 @@ impl Config {
                 err(path, "must be at least 1".to_owned());
             }
         }
-        if !self.channels.webchat.enabled && !http.enabled {
+        let tg = &self.channels.telegram;
+        let dc = &self.channels.discord;
+        if !self.channels.webchat.enabled && !http.enabled && !tg.enabled && !dc.enabled {
             err(
                 "channels",
-                "no channel is enabled; enable channels.webchat or channels.http".to_owned(),
+                "no channel is enabled; enable channels.webchat, http, telegram or discord"
+                    .to_owned(),
             );
+        }
+        for (prefix, enabled, token_env, token_file, api_url) in [
+            (
+                "channels.telegram",
+                tg.enabled,
+                &tg.token_env,
+                &tg.token_file,
+                &tg.api_url,
+            ),
+            (
+                "channels.discord",
+                dc.enabled,
+                &dc.token_env,
+                &dc.token_file,
+                &dc.api_url,
+            ),
+        ] {
+            if !enabled {
+                continue;
+            }
+            match (token_env, token_file) {
+                (None, None) => err(
+                    &format!("{prefix}.token_env"),
+                    "the bot token is required: set token_env (an environment variable) or token_file".to_owned(),
+                ),
+                (Some(_), Some(_)) => err(
+                    &format!("{prefix}.token_env"),
+                    "set only one of token_env and token_file".to_owned(),
+                ),
+                (Some(var), None) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
+                    &format!("{prefix}.token_env"),
+                    format!("environment variable `{var}` is not set or empty; export it"),
+                ),
+                (None, Some(file)) if !file.is_file() => err(
+                    &format!("{prefix}.token_file"),
+                    format!("`{}` is not a readable file", file.display()),
+                ),
+                _ => {}
+            }
+            if let Err(e) = reqwest::Url::parse(api_url) {
+                err(
+                    &format!("{prefix}.api_url"),
+                    format!("`{api_url}` is not a URL: {e}"),
+                );
+            }
+        }
+        if tg.enabled && tg.mode == TelegramMode::Webhook {
+            if !tg.webhook_path.starts_with('/') {
+                err(
+                    "channels.telegram.webhook_path",
+                    "must start with `/`".to_owned(),
+                );
+            }
+            match &tg.webhook_secret_env {
+                None => err(
+                    "channels.telegram.webhook_secret_env",
+                    "webhook mode needs a secret so forged updates are refused; set webhook_secret_env".to_owned(),
+                ),
+                Some(var) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
+                    "channels.telegram.webhook_secret_env",
+                    format!("environment variable `{var}` is not set or empty; export it"),
+                ),
+                Some(_) => {}
+            }
         }
         if self.delivery.max_attempts == 0 {
             err("delivery.max_attempts", "must be at least 1".to_owned());
@@ -630,6 +781,25 @@ impl Config {
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
         self.gateway.data_dir.join("gateway.db")
+    }
+
+    /// Reads a secret through its `*_env` or `*_file` indirection; `key` names it in errors.
+    pub fn secret(
+        key: &str,
+        env: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Result<Option<String>, String> {
+        if let Some(var) = env {
+            return std::env::var(var)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|_| format!("{key}_env: environment variable `{var}` is not set"));
+        }
+        if let Some(file) = file {
+            return std::fs::read_to_string(file)
+                .map(|s| Some(s.trim().to_owned()))
+                .map_err(|e| format!("{key}_file: cannot read `{}`: {e}", file.display()));
+        }
+        Ok(None)
     }
 
     /// Reads the admin token through its `*_env` or `*_file` indirection.

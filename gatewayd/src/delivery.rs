@@ -260,6 +260,40 @@ impl Delivery {
         Ok(c.health.state())
     }
 
+    /// A channel's listener connected (or polled) successfully. On a recovery from an outage
+    /// the channel's dead letters are retried.
+    pub fn channel_succeeded(&self, kind: ChannelKind) {
+        if let Some(c) = self.inner.channels.get(&kind) {
+            self.succeeded(kind, c);
+        }
+    }
+
+    /// A channel's listener failed; `retry_in` is when it tries again.
+    pub fn channel_failed(
+        &self,
+        kind: ChannelKind,
+        class: ErrorClass,
+        error: &str,
+        retry_in: Duration,
+    ) {
+        if let Some(c) = self.inner.channels.get(&kind) {
+            c.health.failed(class, error, retry_in);
+        }
+    }
+
+    /// Waits while the channel is held for re-authentication (its listener pauses too), or until
+    /// `stop` turns true.
+    pub async fn wait_sendable(&self, kind: ChannelKind, stop: &mut watch::Receiver<bool>) {
+        if let Some(c) = self.inner.channels.get(&kind) {
+            c.health.wait_sendable(stop).await;
+        }
+    }
+
+    /// The state of one channel.
+    pub fn state(&self, kind: ChannelKind) -> Option<HealthState> {
+        self.inner.channels.get(&kind).map(|c| c.health.state())
+    }
+
     /// Probes every channel that is `Down`; called periodically.
     pub async fn probe_down(&self) {
         for (kind, c) in &self.inner.channels {

@@ -38,11 +38,26 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Sessions, for the metrics gauges.
     pub router: Arc<SessionRouter>,
+    /// The Telegram webhook, in webhook mode.
+    pub telegram_webhook: Option<TelegramWebhook>,
+}
+
+/// Where Telegram POSTs updates, and the secret it must present.
+#[derive(Clone)]
+pub struct TelegramWebhook {
+    /// The path on this listener.
+    pub path: String,
+    /// The expected `X-Telegram-Bot-Api-Secret-Token`.
+    pub secret: String,
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if let Some(hook) = &state.telegram_webhook {
+        router = router.route(&hook.path, post(telegram_update));
+    }
+    router
         .route("/", get(page))
         .route("/ws", get(ws))
         .route(
@@ -146,6 +161,52 @@ async fn http_message(State(state): State<AppState>, body: Body) -> Response {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the gateway cannot store messages right now; retry later".to_owned(),
+            )
+        }
+    }
+}
+
+async fn telegram_update(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(hook) = &state.telegram_webhook else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the Telegram webhook is not enabled".to_owned(),
+        );
+    };
+    let given = headers
+        .get("x-telegram-bot-api-secret-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(hook.secret.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Telegram-Bot-Api-Secret-Token".to_owned(),
+        );
+    }
+    let update: teloxide::types::Update = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a Telegram update: {e}"),
+            );
+        }
+    };
+    let Some(msg) = crate::channels::telegram::normalize(&update) else {
+        return (StatusCode::OK, Json(json!({"ok": true}))).into_response();
+    };
+    match state.inbox.accept(msg).await {
+        Ok(_) => (StatusCode::OK, Json(json!({"ok": true}))).into_response(),
+        Err(e) => {
+            tracing::error!(message = "Cannot commit a Telegram update; Telegram will redeliver it.", update_id = update.id.0, error = %e);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the update right now".to_owned(),
             )
         }
     }

@@ -18,17 +18,28 @@ pub enum ChannelKind {
     Webchat,
     /// The generic HTTP channel for integrations.
     Http,
+    /// Telegram, through the Bot API.
+    Telegram,
+    /// Discord, through the gateway and REST API.
+    Discord,
 }
 
 impl ChannelKind {
     /// Every channel, in display order.
-    pub const ALL: [ChannelKind; 2] = [ChannelKind::Webchat, ChannelKind::Http];
+    pub const ALL: [ChannelKind; 4] = [
+        ChannelKind::Webchat,
+        ChannelKind::Http,
+        ChannelKind::Telegram,
+        ChannelKind::Discord,
+    ];
 
     /// Stable lowercase name, used in the store, config and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Webchat => "webchat",
             Self::Http => "http",
+            Self::Telegram => "telegram",
+            Self::Discord => "discord",
         }
     }
 }
@@ -111,13 +122,45 @@ pub struct InboundMessage {
     pub chat_type: ChatType,
     /// Who wrote it.
     pub sender_id: String,
-    /// The text.
+    /// The text (or a media caption).
     pub text: String,
+    /// The platform's id of the message this one replies to, if any.
+    pub reply_to: Option<String>,
+    /// Files attached to the message, by the platform's file ids.
+    pub attachments: Vec<Attachment>,
     /// Arrival time, milliseconds since the Unix epoch.
     pub received_at_ms: i64,
 }
 
+/// A file attached to an inbound message, referenced by the platform's id (never downloaded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// `photo`, `document`, `audio`, `video`, `voice`, `sticker`, or `file`.
+    pub kind: String,
+    /// The platform's file id (or URL, where the platform gives one).
+    pub file_id: String,
+    /// The file name, if the platform gives one.
+    pub name: Option<String>,
+}
+
 impl InboundMessage {
+    /// What the agent reads: the text, then one line per attachment.
+    pub fn agent_input(&self) -> String {
+        let mut out = self.text.clone();
+        for a in &self.attachments {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            match &a.name {
+                Some(name) => {
+                    out.push_str(&format!("[{} attached: {name} ({})]", a.kind, a.file_id))
+                }
+                None => out.push_str(&format!("[{} attached: {}]", a.kind, a.file_id)),
+            }
+        }
+        out
+    }
+
     /// The sender's address.
     pub fn address(&self) -> Address {
         Address {

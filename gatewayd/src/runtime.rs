@@ -23,7 +23,8 @@ use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::ChannelSender;
 use crate::channels::http::HttpSender;
 use crate::channels::webchat::WebChat;
-use crate::config::{Config, ProviderKind};
+use crate::channels::{discord, telegram};
+use crate::config::{Config, ProviderKind, TelegramMode};
 use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
 use crate::events::EventBus;
@@ -128,6 +129,36 @@ impl Gateway {
                 .map_err(|e| anyhow!(e))?;
             senders.push((Arc::new(sender), config.rate_settings(ChannelKind::Http)));
         }
+        let tg = &config.channels.telegram;
+        let telegram_bot = if tg.enabled {
+            let token = Config::secret("channels.telegram.token", &tg.token_env, &tg.token_file)
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("channels.telegram.token_env is required"))?;
+            let bot = telegram::bot(&token, &tg.api_url).map_err(|e| anyhow!(e))?;
+            senders.push((
+                Arc::new(telegram::TelegramSender::new(bot.clone())),
+                config.rate_settings(ChannelKind::Telegram),
+            ));
+            Some(bot)
+        } else {
+            None
+        };
+        let dc = &config.channels.discord;
+        let discord_token = if dc.enabled {
+            let token = Config::secret("channels.discord.token", &dc.token_env, &dc.token_file)
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("channels.discord.token_env is required"))?;
+            senders.push((
+                Arc::new(discord::DiscordSender::new(Arc::new(discord::http(
+                    &token,
+                    &dc.api_url,
+                )))),
+                config.rate_settings(ChannelKind::Discord),
+            ));
+            Some(token)
+        } else {
+            None
+        };
         let channels: Vec<ChannelKind> = senders.iter().map(|(s, _)| s.kind()).collect();
         let delivery = Delivery::new(
             store.clone(),
@@ -188,6 +219,16 @@ impl Gateway {
         }
 
         let mut background = Vec::new();
+        let telegram_secret = if tg.enabled && tg.mode == TelegramMode::Webhook {
+            Config::secret(
+                "channels.telegram.webhook_secret",
+                &tg.webhook_secret_env,
+                &None,
+            )
+            .map_err(|e| anyhow!(e))?
+        } else {
+            None
+        };
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -227,8 +268,54 @@ impl Gateway {
                 .then_some(config.channels.http.max_message_bytes),
             ready: ready.clone(),
             router: router.clone(),
+            telegram_webhook: match (&telegram_secret, tg.enabled, tg.mode) {
+                (Some(secret), true, TelegramMode::Webhook) => Some(crate::http::TelegramWebhook {
+                    path: tg.webhook_path.clone(),
+                    secret: secret.clone(),
+                }),
+                _ => None,
+            },
         });
         let (stop_server, mut stop_rx) = watch::channel(false);
+        if let Some(bot) = telegram_bot.clone() {
+            match tg.mode {
+                TelegramMode::Polling => {
+                    background.push(tokio::spawn(telegram::poll(
+                        bot,
+                        inbox.clone(),
+                        delivery.clone(),
+                        tg.poll_timeout.get(),
+                        stop_server.subscribe(),
+                    )));
+                }
+                TelegramMode::Webhook => {
+                    if let (Some(url), Some(secret)) = (&tg.webhook_url, &telegram_secret) {
+                        match telegram::register_webhook(&bot, url, secret).await {
+                            Ok(()) => delivery.channel_succeeded(ChannelKind::Telegram),
+                            Err(e) => {
+                                tracing::error!(message = "Cannot register the Telegram webhook; register it yourself or fix channels.telegram.webhook_url.", error = %e);
+                                delivery.channel_failed(
+                                    ChannelKind::Telegram,
+                                    crate::channels::ErrorClass::Retryable,
+                                    &e,
+                                    Duration::ZERO,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(token) = discord_token {
+            background.push(tokio::spawn(discord::run(
+                token,
+                dc.api_url.clone(),
+                dc.require_mention_in_guilds,
+                inbox.clone(),
+                delivery.clone(),
+                stop_server.subscribe(),
+            )));
+        }
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

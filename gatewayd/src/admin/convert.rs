@@ -16,6 +16,8 @@ pub fn channel(c: ChannelKind) -> pb::Channel {
     match c {
         ChannelKind::Webchat => pb::Channel::Webchat,
         ChannelKind::Http => pb::Channel::Http,
+        ChannelKind::Telegram => pb::Channel::Telegram,
+        ChannelKind::Discord => pb::Channel::Discord,
     }
 }
 
@@ -25,6 +27,8 @@ pub fn channel_from(value: i32) -> Result<Option<ChannelKind>, String> {
         Ok(pb::Channel::Unspecified) => Ok(None),
         Ok(pb::Channel::Webchat) => Ok(Some(ChannelKind::Webchat)),
         Ok(pb::Channel::Http) => Ok(Some(ChannelKind::Http)),
+        Ok(pb::Channel::Telegram) => Ok(Some(ChannelKind::Telegram)),
+        Ok(pb::Channel::Discord) => Ok(Some(ChannelKind::Discord)),
         Err(_) => Err(format!("unknown channel number {value}")),
     }
 }

@@ -87,6 +87,8 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         chat_type,
         sender_id,
         text,
+        reply_to: None,
+        attachments: Vec::new(),
         received_at_ms: now_ms(),
     })
 }

@@ -251,6 +251,8 @@ impl WebChat {
             chat_type: ChatType::Direct,
             sender_id: chat_id.to_owned(),
             text,
+            reply_to: None,
+            attachments: Vec::new(),
             received_at_ms: now_ms(),
         };
         match inbox.commit(msg).await {

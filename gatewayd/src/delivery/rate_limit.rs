@@ -51,6 +51,20 @@ impl RateSettings {
                 per_chat_per_second: None,
                 per_chat_burst: None,
             },
+            // Telegram: about 30/s per bot, 1/s per chat.
+            ChannelKind::Telegram => Self {
+                per_second: Some(5.0),
+                burst: Some(5),
+                per_chat_per_second: Some(1.0),
+                per_chat_burst: Some(3),
+            },
+            // Discord: 5 per 5 s per channel; 50/s per bot.
+            ChannelKind::Discord => Self {
+                per_second: Some(5.0),
+                burst: Some(5),
+                per_chat_per_second: Some(1.0),
+                per_chat_burst: Some(5),
+            },
         }
     }
 

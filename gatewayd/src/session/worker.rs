@@ -112,14 +112,15 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         return None;
     }
     let window: Vec<TranscriptEntry> = state.window.iter().flatten().cloned().collect();
+    let input = job.msg.agent_input();
     let user_entry = TranscriptEntry {
         role: Role::User,
-        text: job.msg.text.clone(),
+        text: input.clone(),
         at_ms: job.msg.received_at_ms,
         channel: Some(job.msg.channel),
     };
     let started = std::time::Instant::now();
-    let (role, reply) = match ctx.agent.respond(&window, &job.msg.text).await {
+    let (role, reply) = match ctx.agent.respond(&window, &input).await {
         Ok(reply) => (Role::Assistant, reply),
         Err(e) => {
             tracing::error!(message = "Agent turn failed after retries; the user gets an error reply.", session = %state.key, inbox_id = job.inbox_id, provider = ctx.agent.provider_name(), error = %e);

@@ -114,6 +114,10 @@ CREATE INDEX delivery_errors_outbox ON delivery_errors (outbox_id, id);
 ALTER TABLE sessions ADD COLUMN last_channel TEXT;
 CREATE INDEX sessions_channel ON sessions (last_channel, key);
 "#,
+    r#"
+ALTER TABLE inbox ADD COLUMN reply_to TEXT;
+ALTER TABLE inbox ADD COLUMN attachments TEXT;
+"#,
 ];
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -444,12 +448,21 @@ fn user_exists(conn: &Connection, id: UserId) -> Result<bool, StoreError> {
 impl Store for SqliteStore {
     async fn inbox_commit(&self, msg: &InboundMessage) -> Result<InboxOutcome, StoreError> {
         let msg = msg.clone();
+        let attachments = if msg.attachments.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&msg.attachments)
+                    .map_err(|e| StoreError::Database(format!("cannot encode attachments: {e}")))?,
+            )
+        };
         self.write(move |conn| {
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO inbox
-                     (channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
+                      reply_to, attachments)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -459,7 +472,9 @@ impl Store for SqliteStore {
                         msg.chat_type.as_str(),
                         msg.sender_id,
                         msg.text,
-                        msg.received_at_ms
+                        msg.received_at_ms,
+                        msg.reply_to,
+                        attachments
                     ])
                 })
                 .map_err(db)?;
@@ -484,7 +499,8 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at
+                    "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
+                            reply_to, attachments
                      FROM inbox WHERE done = 0 ORDER BY id",
                 )
                 .map_err(db)?;
@@ -499,12 +515,21 @@ impl Store for SqliteStore {
                         r.get::<_, String>(5)?,
                         r.get::<_, String>(6)?,
                         r.get::<_, i64>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 })
                 .map_err(db)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, channel, mid, chat, chat_type, sender, text, at) = row.map_err(db)?;
+                let (id, channel, mid, chat, chat_type, sender, text, at, reply_to, attachments) =
+                    row.map_err(db)?;
+                let attachments = match attachments {
+                    Some(json) => serde_json::from_str(&json).map_err(|e| {
+                        StoreError::Database(format!("corrupt attachments of inbox row {id}: {e}"))
+                    })?,
+                    None => Vec::new(),
+                };
                 out.push(PendingInbound {
                     inbox_id: id,
                     message: InboundMessage {
@@ -516,6 +541,8 @@ impl Store for SqliteStore {
                             .map_err(StoreError::Database)?,
                         sender_id: sender,
                         text,
+                        reply_to,
+                        attachments,
                         received_at_ms: at,
                     },
                 });
@@ -1249,6 +1276,8 @@ mod tests {
             chat_type: ChatType::Direct,
             sender_id: sender.to_owned(),
             text: format!("text {id}"),
+            reply_to: None,
+            attachments: Vec::new(),
             received_at_ms: now_ms(),
         }
     }

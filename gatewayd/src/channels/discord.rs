@@ -1,0 +1,301 @@
+//! The Discord channel (serenity): the gateway in, REST `POST /channels/{id}/messages` out.
+//!
+//! The bot connects with the intents for direct messages, guild messages and message content.
+//! serenity keeps the gateway alive (heartbeats, resume after a dropped socket, reconnects); its
+//! shard stage changes drive the channel's health. Direct messages are direct chats; guild
+//! channels are group chats keyed by channel id, and with `require_mention_in_guilds` only
+//! messages that mention the bot are answered (the mention is removed from the text). Messages
+//! from bots, including this one, are ignored. Replies are split at 2000 characters and the first
+//! chunk references the message it answers. The token is checked with `GET /users/@me` before
+//! each connection, so an invalid token ends as `ReauthNeeded` instead of a reconnect loop, and so
+//! does a gateway close for failed authentication. serenity's REST rate limiter honours 429
+//! `retry_after` before the gateway's own limits see an error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serenity::all::{
+    ChannelId, Context, CreateMessage, EventHandler, GatewayIntents, Http, HttpBuilder, Message,
+    MessageId, Ready, ResumedEvent,
+};
+use serenity::gateway::{ConnectionStage, GatewayError, ShardStageUpdateEvent};
+use tokio::sync::watch;
+
+use super::{ChannelSender, ErrorClass, OutgoingChunk, SendError, classify_status};
+use crate::delivery::Delivery;
+use crate::delivery::split::{Limit, Unit};
+use crate::inbox::Inbox;
+use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
+
+/// Discord's limit on one message.
+pub const LIMIT: Limit = Limit {
+    max: 2000,
+    unit: Unit::Chars,
+};
+
+/// The intents the bot asks for.
+pub fn intents() -> GatewayIntents {
+    GatewayIntents::DIRECT_MESSAGES
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::MESSAGE_CONTENT
+}
+
+/// A REST client for `api_url` (the real `https://discord.com`, or a proxy in front of it).
+pub fn http(token: &str, api_url: &str) -> Http {
+    let builder = HttpBuilder::new(token);
+    if api_url.trim_end_matches('/') == "https://discord.com" {
+        builder.build()
+    } else {
+        builder.proxy(api_url.trim_end_matches('/')).build()
+    }
+}
+
+/// Classifies a serenity error into the delivery classes.
+pub fn classify(e: &serenity::Error) -> SendError {
+    let text = e.to_string();
+    match e {
+        serenity::Error::Http(http) => match http.status_code() {
+            Some(status) => classify_status(status.as_u16(), None, &text),
+            None => SendError::retryable(text),
+        },
+        serenity::Error::Gateway(
+            GatewayError::InvalidAuthentication
+            | GatewayError::InvalidGatewayIntents
+            | GatewayError::DisallowedGatewayIntents,
+        ) => SendError::Auth(text),
+        serenity::Error::Model(_) | serenity::Error::Json(_) => SendError::Permanent(text),
+        _ => SendError::retryable(text),
+    }
+}
+
+/// The sending half.
+pub struct DiscordSender {
+    http: Arc<Http>,
+}
+
+impl DiscordSender {
+    /// A sender over `http`.
+    pub fn new(http: Arc<Http>) -> Self {
+        Self { http }
+    }
+}
+
+fn snowflake(id: &str, what: &str) -> Result<u64, SendError> {
+    id.parse::<u64>()
+        .ok()
+        .filter(|n| *n != 0)
+        .ok_or_else(|| SendError::Permanent(format!("`{id}` is not a Discord {what} id")))
+}
+
+#[async_trait]
+impl ChannelSender for DiscordSender {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::Discord
+    }
+
+    fn split_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
+    }
+
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+        let msg = chunk.message;
+        let channel = ChannelId::new(snowflake(&msg.chat_id, "channel")?);
+        let mut create = CreateMessage::new().content(chunk.text);
+        if chunk.index == 0
+            && let Some(id) = msg
+                .reply_to
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+                .filter(|n| *n != 0)
+        {
+            create = create.reference_message((channel, MessageId::new(id)));
+        }
+        channel
+            .send_message(&self.http, create)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e))
+    }
+
+    async fn probe(&self) -> Result<(), SendError> {
+        self.http
+            .get_current_user()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e))
+    }
+}
+
+struct Handler {
+    inbox: Arc<Inbox>,
+    delivery: Delivery,
+    require_mention: bool,
+    bot_id: AtomicU64,
+}
+
+impl Handler {
+    /// Turns a gateway message into an inbound message; `None` for what is not answered.
+    fn normalize(&self, msg: &Message) -> Option<InboundMessage> {
+        if msg.author.bot {
+            return None;
+        }
+        let bot = self.bot_id.load(Ordering::Acquire);
+        let guild = msg.guild_id.is_some();
+        let mut text = msg.content.clone();
+        if guild {
+            let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
+            if self.require_mention && !mentioned {
+                return None;
+            }
+            text = text
+                .replace(&format!("<@{bot}>"), "")
+                .replace(&format!("<@!{bot}>"), "")
+                .trim()
+                .to_owned();
+        }
+        let attachments: Vec<Attachment> = msg
+            .attachments
+            .iter()
+            .map(|a| Attachment {
+                kind: a
+                    .content_type
+                    .as_deref()
+                    .and_then(|t| t.split('/').next())
+                    .map_or("file", |t| match t {
+                        "image" => "photo",
+                        "video" => "video",
+                        "audio" => "audio",
+                        _ => "document",
+                    })
+                    .to_owned(),
+                file_id: a.url.clone(),
+                name: Some(a.filename.clone()),
+            })
+            .collect();
+        if text.trim().is_empty() && attachments.is_empty() {
+            return None;
+        }
+        Some(InboundMessage {
+            channel: ChannelKind::Discord,
+            channel_message_id: msg.id.get().to_string(),
+            chat_id: msg.channel_id.get().to_string(),
+            chat_type: if guild {
+                ChatType::Group
+            } else {
+                ChatType::Direct
+            },
+            sender_id: msg.author.id.get().to_string(),
+            text,
+            reply_to: msg
+                .message_reference
+                .as_ref()
+                .and_then(|r| r.message_id)
+                .map(|id| id.get().to_string()),
+            attachments,
+            received_at_ms: now_ms(),
+        })
+    }
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, _: Context, ready: Ready) {
+        self.bot_id.store(ready.user.id.get(), Ordering::Release);
+        tracing::info!(message = "Discord gateway ready.", bot = %ready.user.name);
+        self.delivery.channel_succeeded(ChannelKind::Discord);
+    }
+
+    async fn resume(&self, _: Context, _: ResumedEvent) {
+        tracing::info!(message = "Discord gateway session resumed.");
+        self.delivery.channel_succeeded(ChannelKind::Discord);
+    }
+
+    async fn shard_stage_update(&self, _: Context, event: ShardStageUpdateEvent) {
+        if matches!(
+            event.new,
+            ConnectionStage::Connecting | ConnectionStage::Resuming | ConnectionStage::Disconnected
+        ) && event.old == ConnectionStage::Connected
+        {
+            self.delivery.channel_failed(
+                ChannelKind::Discord,
+                ErrorClass::Retryable,
+                "gateway connection lost; reconnecting",
+                Duration::from_secs(1),
+            );
+        }
+    }
+
+    async fn message(&self, _: Context, msg: Message) {
+        let Some(inbound) = self.normalize(&msg) else {
+            return;
+        };
+        if let Err(e) = self.inbox.accept(inbound).await {
+            tracing::error!(message = "Cannot commit a Discord message.", message_id = msg.id.get(), error = %e);
+        }
+    }
+}
+
+/// Keeps the gateway connected until `stop`: checks the token, connects, and reconnects with
+/// backoff; an authentication failure holds until the operator reconnects the channel.
+pub async fn run(
+    token: String,
+    api_url: String,
+    require_mention: bool,
+    inbox: Arc<Inbox>,
+    delivery: Delivery,
+    mut stop: watch::Receiver<bool>,
+) {
+    let kind = ChannelKind::Discord;
+    let handler = Arc::new(Handler {
+        inbox,
+        delivery: delivery.clone(),
+        require_mention,
+        bot_id: AtomicU64::new(0),
+    });
+    let mut failures: u32 = 0;
+    loop {
+        delivery.wait_sendable(kind, &mut stop).await;
+        if *stop.borrow() {
+            return;
+        }
+        let http = http(&token, &api_url);
+        let error = match http.get_current_user().await {
+            Err(e) => classify(&e),
+            Ok(me) => {
+                handler.bot_id.store(me.id.get(), Ordering::Release);
+                let client = serenity::client::ClientBuilder::new_with_http(http, intents())
+                    .event_handler_arc(handler.clone())
+                    .await;
+                match client {
+                    Err(e) => classify(&e),
+                    Ok(mut client) => {
+                        let shards = client.shard_manager.clone();
+                        let result = tokio::select! {
+                            r = client.start() => r,
+                            _ = stop.changed() => {
+                                shards.shutdown_all().await;
+                                return;
+                            }
+                        };
+                        match result {
+                            Ok(()) => SendError::retryable("the gateway connection ended"),
+                            Err(e) => classify(&e),
+                        }
+                    }
+                }
+            }
+        };
+        failures += 1;
+        let delay = Duration::from_millis(250u64 << failures.min(7));
+        tracing::warn!(message = "Discord connection failed.", class = error.class().as_str(), attempt = failures, retry_in_ms = delay.as_millis() as u64, error = %error);
+        delivery.channel_failed(kind, error.class(), &error.to_string(), delay);
+        if error.class() != ErrorClass::Auth {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

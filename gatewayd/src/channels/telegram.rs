@@ -1,0 +1,391 @@
+//! The Telegram channel (teloxide): long polling or a webhook in, `sendMessage` out.
+//!
+//! Normalization: private chats are direct chats, groups and supergroups are group chats
+//! (channel posts are ignored); the text is the message text or the media caption; photos,
+//! documents, audio, video, voice notes and stickers become attachments by file id; a reply keeps
+//! the id of the message it answers. Telegram message ids are per chat, so the dedupe key is
+//! `<chat id>:<message id>`. **Edited messages are acknowledged and not answered again:** the
+//! agent already answered the original, and answering each edit would surprise the person.
+//!
+//! Polling acknowledges updates only by the next `getUpdates` offset, and the offset moves past
+//! an update only after it is committed to the inbox, so a crash never loses one. The webhook
+//! checks `X-Telegram-Bot-Api-Secret-Token` in constant time and answers 200 only after the
+//! commit (a 5xx makes Telegram redeliver). Replies are split at 4096 UTF-16 code units. Errors:
+//! `retry_after` → retry exactly then; network, 5xx, unreadable answers → retry; an invalid token
+//! → re-authentication needed; a blocked bot, an unknown chat, any other 4xx → permanent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use teloxide::payloads::{GetUpdatesSetters, SendMessageSetters, SetWebhookSetters};
+use teloxide::requests::Requester;
+use teloxide::types::{ChatId, Message, MessageId, ReplyParameters, Update, UpdateKind};
+use teloxide::{ApiError, Bot, RequestError};
+use tokio::sync::watch;
+
+use super::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
+use crate::delivery::Delivery;
+use crate::delivery::split::{Limit, Unit};
+use crate::inbox::Inbox;
+use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
+
+/// Telegram's limit on one message.
+pub const LIMIT: Limit = Limit {
+    max: 4096,
+    unit: Unit::Utf16,
+};
+
+/// Builds the bot client for `api_url`.
+pub fn bot(token: &str, api_url: &str) -> Result<Bot, String> {
+    let url = reqwest::Url::parse(api_url)
+        .map_err(|e| format!("channels.telegram.api_url `{api_url}` is not a URL: {e}"))?;
+    Ok(Bot::new(token).set_api_url(url))
+}
+
+/// Classifies a teloxide error into the delivery classes.
+pub fn classify(e: &RequestError) -> SendError {
+    let text = e.to_string();
+    match e {
+        RequestError::RetryAfter(secs) => SendError::Retryable {
+            message: text,
+            retry_after: Some(secs.duration()),
+            global: false,
+        },
+        RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_) => {
+            SendError::retryable(text)
+        }
+        RequestError::MigrateToChatId(_) => SendError::Permanent(text),
+        RequestError::Api(api) => match api {
+            ApiError::InvalidToken => SendError::Auth(text),
+            ApiError::Unknown(description) => {
+                let d = description.to_ascii_lowercase();
+                if d.starts_with("bad request")
+                    || d.starts_with("forbidden")
+                    || d.starts_with("not found")
+                {
+                    SendError::Permanent(text)
+                } else if d.starts_with("unauthorized") {
+                    SendError::Auth(text)
+                } else {
+                    // Internal Server Error, Bad Gateway, Too Many Requests without parameters…
+                    SendError::retryable(text)
+                }
+            }
+            _ => SendError::Permanent(text),
+        },
+    }
+}
+
+/// The sending half.
+pub struct TelegramSender {
+    bot: Bot,
+}
+
+impl TelegramSender {
+    /// A sender over `bot`.
+    pub fn new(bot: Bot) -> Self {
+        Self { bot }
+    }
+}
+
+fn parse_chat(chat_id: &str) -> Result<ChatId, SendError> {
+    chat_id
+        .parse::<i64>()
+        .map(ChatId)
+        .map_err(|_| SendError::Permanent(format!("`{chat_id}` is not a Telegram chat id")))
+}
+
+#[async_trait]
+impl ChannelSender for TelegramSender {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::Telegram
+    }
+
+    fn split_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
+    }
+
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+        let msg = chunk.message;
+        let chat = parse_chat(&msg.chat_id)?;
+        let mut request = self.bot.send_message(chat, chunk.text);
+        // Only the first chunk carries the reference; the rest follow it.
+        let reply_to = msg
+            .reply_to
+            .as_deref()
+            .and_then(|r| r.rsplit_once(':'))
+            .and_then(|(_, id)| id.parse::<i32>().ok());
+        if let (Some(id), 0) = (reply_to, chunk.index) {
+            request = request.reply_parameters(
+                ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
+            );
+        }
+        request.await.map(|_| ()).map_err(|e| classify(&e))
+    }
+
+    async fn probe(&self) -> Result<(), SendError> {
+        self.bot
+            .get_me()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e))
+    }
+}
+
+/// Turns an update into an inbound message; `None` for updates the gateway does not answer.
+pub fn normalize(update: &Update) -> Option<InboundMessage> {
+    match &update.kind {
+        UpdateKind::Message(m) => normalize_message(m),
+        UpdateKind::EditedMessage(m) => {
+            tracing::debug!(
+                message = "Edited Telegram message acknowledged, not answered again.",
+                chat_id = m.chat.id.0,
+                message_id = m.id.0
+            );
+            None
+        }
+        _ => None,
+    }
+}
+
+fn normalize_message(m: &Message) -> Option<InboundMessage> {
+    let from = m.from.as_ref()?;
+    if from.is_bot {
+        return None;
+    }
+    let chat_type = if m.chat.is_private() {
+        ChatType::Direct
+    } else if m.chat.is_group() || m.chat.is_supergroup() {
+        ChatType::Group
+    } else {
+        return None;
+    };
+    let mut attachments = Vec::new();
+    let mut attach = |kind: &str, file_id: String, name: Option<String>| {
+        attachments.push(Attachment {
+            kind: kind.to_owned(),
+            file_id,
+            name,
+        });
+    };
+    if let Some(largest) = m
+        .photo()
+        .and_then(|sizes| sizes.iter().max_by_key(|p| p.width * p.height))
+    {
+        attach("photo", largest.file.id.to_string(), None);
+    }
+    if let Some(d) = m.document() {
+        attach("document", d.file.id.to_string(), d.file_name.clone());
+    }
+    if let Some(a) = m.audio() {
+        attach("audio", a.file.id.to_string(), a.file_name.clone());
+    }
+    if let Some(v) = m.video() {
+        attach("video", v.file.id.to_string(), v.file_name.clone());
+    }
+    if let Some(v) = m.voice() {
+        attach("voice", v.file.id.to_string(), None);
+    }
+    if let Some(s) = m.sticker() {
+        attach("sticker", s.file.id.to_string(), None);
+    }
+    let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
+    if text.trim().is_empty() && attachments.is_empty() {
+        return None;
+    }
+    let chat = m.chat.id.0;
+    Some(InboundMessage {
+        channel: ChannelKind::Telegram,
+        channel_message_id: format!("{chat}:{}", m.id.0),
+        chat_id: chat.to_string(),
+        chat_type,
+        sender_id: from.id.0.to_string(),
+        text,
+        reply_to: m.reply_to_message().map(|r| format!("{chat}:{}", r.id.0)),
+        attachments,
+        received_at_ms: now_ms(),
+    })
+}
+
+/// Polls `getUpdates` until `stop`, committing each update before the offset moves past it.
+pub async fn poll(
+    bot: Bot,
+    inbox: Arc<Inbox>,
+    delivery: Delivery,
+    poll_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let kind = ChannelKind::Telegram;
+    let mut offset: i32 = 0;
+    let mut failures: u32 = 0;
+    let mut webhook_cleared = false;
+    loop {
+        delivery.wait_sendable(kind, &mut stop).await;
+        if *stop.borrow() {
+            return;
+        }
+        let result = if webhook_cleared {
+            let request = bot
+                .get_updates()
+                .offset(offset)
+                .timeout(u32::try_from(poll_timeout.as_secs()).unwrap_or(30));
+            tokio::select! {
+                r = request => r,
+                _ = stop.changed() => return,
+            }
+        } else {
+            // Polling is refused while a webhook is registered.
+            bot.delete_webhook().await.map(|_| Vec::new())
+        };
+        match result {
+            Ok(updates) => {
+                webhook_cleared = true;
+                failures = 0;
+                delivery.channel_succeeded(kind);
+                for update in updates {
+                    if let Some(msg) = normalize(&update) {
+                        match inbox.commit(msg).await {
+                            Ok(committed) => inbox.dispatch(committed).await,
+                            Err(e) => {
+                                // Not acknowledged: the update comes again with the next poll.
+                                tracing::error!(message = "Cannot commit a Telegram update; it will be fetched again.", update_id = update.id.0, error = %e);
+                                break;
+                            }
+                        }
+                    }
+                    offset = i32::try_from(update.id.0)
+                        .unwrap_or(i32::MAX)
+                        .saturating_add(1);
+                }
+            }
+            Err(e) => {
+                let error = classify(&e);
+                failures += 1;
+                let delay = match &error {
+                    SendError::Retryable {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
+                    _ => Duration::from_millis(250u64 << failures.min(7)),
+                };
+                tracing::warn!(message = "Telegram polling failed.", class = error.class().as_str(), attempt = failures, retry_in_ms = delay.as_millis() as u64, error = %error);
+                delivery.channel_failed(kind, error.class(), &error.to_string(), delay);
+                if error.class() != ErrorClass::Auth {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Registers the webhook with Telegram (webhook mode, when `webhook_url` is set).
+pub async fn register_webhook(bot: &Bot, url: &str, secret: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| format!("channels.telegram.webhook_url `{url}` is not a URL: {e}"))?;
+    bot.set_webhook(url)
+        .secret_token(secret.to_owned())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("setWebhook failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(json: serde_json::Value) -> Update {
+        // Parsed from text, as it arrives: teloxide's `Update` does not read from a `Value`.
+        serde_json::from_str(&json.to_string()).expect("a valid update")
+    }
+
+    fn message(chat: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+        let mut m = serde_json::json!({
+            "message_id": 7, "date": 1_700_000_000,
+            "chat": chat,
+            "from": {"id": 42, "is_bot": false, "first_name": "Ada"},
+        });
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        m
+    }
+
+    #[test]
+    fn updates_normalize() {
+        let private = serde_json::json!({"id": 42, "type": "private", "first_name": "Ada"});
+        let group = serde_json::json!({"id": -100123, "type": "supergroup", "title": "Ops"});
+        let u = update(
+            serde_json::json!({"update_id": 1, "message": message(private.clone(), serde_json::json!({"text": "hi"}))}),
+        );
+        let m = normalize(&u).unwrap_or_else(|| panic!("text message: {u:?}"));
+        assert_eq!(
+            (
+                m.chat_type,
+                m.text.as_str(),
+                m.channel_message_id.as_str(),
+                m.sender_id.as_str()
+            ),
+            (ChatType::Direct, "hi", "42:7", "42")
+        );
+
+        let photo = serde_json::json!({"caption": "look", "photo": [
+            {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90},
+            {"file_id": "big", "file_unique_id": "b", "width": 800, "height": 600}]});
+        let m = normalize(&update(
+            serde_json::json!({"update_id": 2, "message": message(group.clone(), photo)}),
+        ))
+        .expect("photo");
+        assert_eq!(m.chat_type, ChatType::Group);
+        assert_eq!(m.text, "look");
+        assert_eq!(m.attachments[0].file_id, "big");
+        assert!(m.agent_input().contains("[photo attached: big]"));
+
+        let reply = serde_json::json!({"text": "yes", "reply_to_message": message(group.clone(), serde_json::json!({"message_id": 3, "text": "q"}))});
+        let m = normalize(&update(
+            serde_json::json!({"update_id": 3, "message": message(group, reply)}),
+        ))
+        .expect("reply");
+        assert_eq!(m.reply_to.as_deref(), Some("-100123:3"));
+
+        let edited = serde_json::json!({"update_id": 4, "edited_message": message(private, serde_json::json!({"text": "hi!", "edit_date": 1_700_000_100}))});
+        assert!(
+            normalize(&update(edited)).is_none(),
+            "edits are not answered again"
+        );
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        use teloxide::types::Seconds;
+        assert_eq!(
+            classify(&RequestError::RetryAfter(Seconds::from_seconds(3))).class(),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            classify(&RequestError::Api(ApiError::InvalidToken)).class(),
+            ErrorClass::Auth
+        );
+        assert_eq!(
+            classify(&RequestError::Api(ApiError::BotBlocked)).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(&RequestError::Api(ApiError::Unknown(
+                "Internal Server Error".into()
+            )))
+            .class(),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            classify(&RequestError::Api(ApiError::Unknown(
+                "Bad Request: message is empty".into()
+            )))
+            .class(),
+            ErrorClass::Permanent
+        );
+    }
+}
