@@ -1,5 +1,214 @@
-//! gatewayctl: the operator's command line for gatewayd, over the gRPC admin API.
-fn main() {
-    eprintln!("gatewayctl: not built yet");
-    std::process::exit(1);
+//! gatewayctl: the operator's command line for gatewayd, over the gRPC admin API
+//! (`gateway.admin.v1`). This file parses the arguments and dispatches to one module per
+//! command group; `client` connects and explains failures, `output` prints tables and JSON.
+//!
+//! Exit codes: 0 on success, 1 when the command fails (one `gatewayctl: …` line on stderr),
+//! 2 for bad arguments (clap's usage message).
+
+mod channels;
+mod client;
+mod deadletters;
+mod events;
+mod identities;
+mod model;
+mod output;
+mod ratelimits;
+mod sessions;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::client::Api;
+use crate::output::Format;
+
+/// Operate a running gatewayd over its admin API.
+#[derive(Debug, Parser)]
+#[command(name = "gatewayctl", version)]
+struct Cli {
+    /// gatewayd's admin API, as http://HOST:PORT.
+    #[arg(
+        long,
+        long_help = "gatewayd's admin API as http://HOST:PORT: [admin] listen in its config",
+        global = true,
+        env = "GATEWAYCTL_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = client::parse_addr,
+        help_heading = "Global options"
+    )]
+    addr: String,
+
+    /// Bearer token, when gatewayd requires one.
+    #[arg(
+        long,
+        long_help = "Bearer token, when gatewayd requires one ([admin] token_env or\ntoken_file); sent as `authorization: Bearer <TOKEN>`, never printed",
+        global = true,
+        env = "GATEWAYCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    token: Option<String>,
+
+    /// Tables for people, or JSON for scripts.
+    #[arg(
+        long,
+        long_help = "Tables for people (80 columns), or JSON for scripts: one document\nper command, one line per event; shapes in gatewayctl/README.md",
+        global = true,
+        value_enum,
+        default_value_t = Format::Table,
+        help_heading = "Global options"
+    )]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The gateway at a glance: traffic, sessions, queues, channels.
+    Status,
+    /// Conversations: list, show with transcript, evict from memory.
+    #[command(subcommand)]
+    Sessions(sessions::Cmd),
+    /// People and their addresses: list, show, link, unlink.
+    #[command(subcommand)]
+    Identities(identities::Cmd),
+    /// Channel health and counters; reconnect a channel.
+    #[command(subcommand)]
+    Channels(channels::Cmd),
+    /// Outbound rate-limit buckets per channel and the hottest chats.
+    Ratelimits {
+        /// Per-chat buckets to show per channel (server default 10).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        hottest: Option<u32>,
+    },
+    /// Replies that could not be delivered: list, show, retry, drop.
+    #[command(subcommand)]
+    Deadletters(deadletters::Cmd),
+    /// Follow the live event stream until interrupted (Ctrl-C).
+    Events,
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatewayctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`gatewayctl … | head`): nothing more to say.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatewayctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.output;
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "gatewayctl", &mut script);
+        return output::Out.line(String::from_utf8_lossy(&script).trim_end());
+    }
+    let streaming = matches!(cli.command, Command::Events);
+    let api = Api::connect(&cli.addr, cli.token.as_deref(), streaming).await?;
+    match cli.command {
+        Command::Status => status::run(api, format).await,
+        Command::Sessions(cmd) => sessions::run(api, format, cmd).await,
+        Command::Identities(cmd) => identities::run(api, format, cmd).await,
+        Command::Channels(cmd) => channels::run(api, format, cmd).await,
+        Command::Ratelimits { hottest } => ratelimits::run(api, format, hottest).await,
+        Command::Deadletters(cmd) => deadletters::run(api, format, cmd).await,
+        Command::Events => events::run(api, format, &cli.addr).await,
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("gatewayctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dead_letters_are_selected_by_ids_or_by_channel_never_both_nor_neither() {
+        assert!(parse(&["deadletters", "retry", "1", "2"]).is_ok());
+        assert!(parse(&["deadletters", "drop", "--channel", "http"]).is_ok());
+        for bad in [
+            &["deadletters", "retry"][..],
+            &["deadletters", "retry", "1", "--channel", "http"],
+            &["deadletters", "drop"],
+            &["deadletters", "drop", "x"],
+        ] {
+            let err = parse(bad).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn link_needs_exactly_one_of_user_or_address() {
+        assert!(parse(&["identities", "link", "1", "--user", "2"]).is_ok());
+        assert!(parse(&["identities", "link", "1", "--address", "http:bob"]).is_ok());
+        for bad in [
+            &["identities", "link", "1"][..],
+            &[
+                "identities",
+                "link",
+                "1",
+                "--user",
+                "2",
+                "--address",
+                "http:bob",
+            ],
+            &["identities", "link", "1", "--address", "bob"],
+            &["identities", "unlink", "nochannel"],
+        ] {
+            assert_eq!(
+                parse(bad).expect_err("usage error").exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = parse(&["status", "--output", "json", "--addr", "127.0.0.1:1"]).expect("ok");
+        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.addr, "http://127.0.0.1:1");
+        assert!(parse(&["--addr", "https://x:1", "status"]).is_err());
+        assert!(parse(&["sessions", "list", "--limit", "0"]).is_err());
+    }
 }

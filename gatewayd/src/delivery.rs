@@ -419,6 +419,7 @@ impl Delivery {
             };
             let error = match c.sender.send(&chunk).await {
                 Ok(()) => {
+                    c.health.sent();
                     self.succeeded(row.channel, c);
                     row.chunks_sent += 1;
                     if row.chunks_sent < count

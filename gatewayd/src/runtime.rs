@@ -134,7 +134,8 @@ impl Gateway {
             let token = Config::secret("channels.telegram.token", &tg.token_env, &tg.token_file)
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("channels.telegram.token_env is required"))?;
-            let bot = telegram::bot(&token, &tg.api_url).map_err(|e| anyhow!(e))?;
+            let bot = telegram::bot(&token, &tg.api_url, tg.poll_timeout.get())
+                .map_err(|e| anyhow!(e))?;
             senders.push((
                 Arc::new(telegram::TelegramSender::new(bot.clone())),
                 config.rate_settings(ChannelKind::Telegram),

@@ -7,6 +7,7 @@
 
 pub mod fake_callback;
 pub mod fake_openai;
+pub mod fake_telegram;
 pub mod gateway;
 mod support;
 pub mod webchat;

@@ -36,11 +36,16 @@ pub const LIMIT: Limit = Limit {
     unit: Unit::Utf16,
 };
 
-/// Builds the bot client for `api_url`.
-pub fn bot(token: &str, api_url: &str) -> Result<Bot, String> {
+/// Builds the bot client for `api_url`. Its HTTP timeout outlasts a long poll of
+/// `poll_timeout` (teloxide's default client gives up after 17 s, shorter than a 30 s poll).
+pub fn bot(token: &str, api_url: &str, poll_timeout: Duration) -> Result<Bot, String> {
     let url = reqwest::Url::parse(api_url)
         .map_err(|e| format!("channels.telegram.api_url `{api_url}` is not a URL: {e}"))?;
-    Ok(Bot::new(token).set_api_url(url))
+    let client = teloxide::net::default_reqwest_settings()
+        .timeout(poll_timeout + Duration::from_secs(15))
+        .build()
+        .map_err(|e| format!("cannot build the Telegram HTTP client: {e}"))?;
+    Ok(Bot::with_client(token, client).set_api_url(url))
 }
 
 /// Classifies a teloxide error into the delivery classes.

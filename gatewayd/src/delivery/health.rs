@@ -152,10 +152,16 @@ impl ChannelHealth {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
-        inner.status.sent += 1;
         inner.consecutive = 0;
         self.transition(&mut inner, HealthState::Connected, None);
         std::mem::take(&mut inner.failing)
+    }
+
+    /// Counts one message (chunk) the platform accepted.
+    pub fn sent(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.status.sent += 1;
+        }
     }
 
     /// A send or connection failed with `class`; `retry_in` is when the next try is due.

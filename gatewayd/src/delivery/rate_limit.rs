@@ -235,14 +235,14 @@ impl ChannelLimits {
             s.queued += 1;
         }
         while let Some(until) = self.pause_of(chat_id) {
-            waited = true;
+            self.note_wait(&mut waited);
             tokio::time::sleep_until(until.into()).await;
         }
         if let Some(global) = &self.global {
             let snapshot = match global.check() {
                 Ok(s) => s,
                 Err(_) => {
-                    waited = true;
+                    self.note_wait(&mut waited);
                     if let Ok(mut s) = self.channel_stats.lock() {
                         s.throttled += 1;
                     }
@@ -259,7 +259,7 @@ impl ChannelLimits {
             let snapshot = match per_chat.check_key(&key) {
                 Ok(s) => s,
                 Err(_) => {
-                    waited = true;
+                    self.note_wait(&mut waited);
                     self.with_chat(chat_id, |s| s.throttled += 1);
                     per_chat.until_key_ready(&key).await
                 }
@@ -269,14 +269,19 @@ impl ChannelLimits {
                 s.at = Some(Instant::now());
             });
         }
-        if waited {
-            self.throttled_total.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("gateway_rate_limit_waits_total", "channel" => self.channel.as_str())
-                .increment(1);
-        }
         self.with_chat(chat_id, |s| s.queued = s.queued.saturating_sub(1));
         if let Ok(mut s) = self.channel_stats.lock() {
             s.queued = s.queued.saturating_sub(1);
+        }
+    }
+
+    /// Counts a send that has to wait, once per send, when its wait begins (as the buckets do).
+    fn note_wait(&self, waited: &mut bool) {
+        if !*waited {
+            *waited = true;
+            self.throttled_total.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("gateway_rate_limit_waits_total", "channel" => self.channel.as_str())
+                .increment(1);
         }
     }
 
@@ -316,7 +321,9 @@ impl ChannelLimits {
                 None,
                 &s,
                 self.settings.per_second.unwrap_or(0.0),
-                self.settings.burst.unwrap_or(0),
+                self.settings
+                    .per_second
+                    .map_or(0, |_| self.settings.burst.unwrap_or(1)),
             )
         });
         let channel = channel.filter(|c| c.per_second > 0.0 || c.paused_until.is_some());
@@ -330,7 +337,9 @@ impl ChannelLimits {
                             Some(k.clone()),
                             s,
                             self.settings.per_chat_per_second.unwrap_or(0.0),
-                            self.settings.per_chat_burst.unwrap_or(0),
+                            self.settings
+                                .per_chat_per_second
+                                .map_or(0, |_| self.settings.per_chat_burst.unwrap_or(1)),
                         )
                     })
                     .collect()

@@ -1,0 +1,350 @@
+//! The vocabulary several commands share, in gatewayctl's own types: channels and addresses
+//! (as command-line values and as JSON), channel health, and error classes. Proto enums arrive
+//! as numbers; here they become lowercase names such as "webchat", "connected" or
+//! "retryable", so the JSON output stays stable whatever the proto's numbering.
+
+use std::fmt;
+use std::str::FromStr;
+
+use gateway_proto::admin as pb;
+use serde::Serialize;
+
+use crate::output::{Table, ago, text, time};
+
+/// A channel, on the command line and in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    // The built-in browser chat.
+    Webchat,
+    // The generic HTTP channel.
+    Http,
+    // Telegram.
+    Telegram,
+    // Discord.
+    Discord,
+}
+
+impl Channel {
+    /// Every channel, in proto order.
+    const ALL: [Channel; 4] = [
+        Channel::Webchat,
+        Channel::Http,
+        Channel::Telegram,
+        Channel::Discord,
+    ];
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Webchat => "webchat",
+            Channel::Http => "http",
+            Channel::Telegram => "telegram",
+            Channel::Discord => "discord",
+        }
+    }
+
+    /// The proto number.
+    pub fn to_pb(self) -> i32 {
+        (match self {
+            Channel::Webchat => pb::Channel::Webchat,
+            Channel::Http => pb::Channel::Http,
+            Channel::Telegram => pb::Channel::Telegram,
+            Channel::Discord => pb::Channel::Discord,
+        }) as i32
+    }
+
+    /// The channel of a proto number; `None` for unspecified or a number this build does not
+    /// know.
+    pub fn from_pb(value: i32) -> Option<Channel> {
+        match pb::Channel::try_from(value).ok()? {
+            pb::Channel::Unspecified => None,
+            pb::Channel::Webchat => Some(Channel::Webchat),
+            pb::Channel::Http => Some(Channel::Http),
+            pb::Channel::Telegram => Some(Channel::Telegram),
+            pb::Channel::Discord => Some(Channel::Discord),
+        }
+    }
+}
+
+/// The proto number of an optional channel filter (0: any).
+pub fn channel_filter(c: Option<Channel>) -> i32 {
+    c.map_or(pb::Channel::Unspecified as i32, Channel::to_pb)
+}
+
+/// A channel's name for a table, "-" when unset.
+pub fn channel_cell(value: i32) -> String {
+    Channel::from_pb(value)
+        .map_or("-", Channel::name)
+        .to_owned()
+}
+
+/// Where a person can be reached: `CHANNEL:SENDER_ID`, e.g. `http:alice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Address {
+    /// The channel.
+    pub channel: Channel,
+    /// The platform's id of the sender.
+    pub sender_id: String,
+}
+
+impl FromStr for Address {
+    type Err = String;
+
+    /// Parses `CHANNEL:SENDER_ID`; the sender id is everything after the first colon (it may
+    /// hold colons itself).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let names = || {
+            Channel::ALL
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (channel, sender) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected CHANNEL:SENDER_ID, e.g. http:alice; got `{s}`"))?;
+        let channel = Channel::ALL
+            .into_iter()
+            .find(|c| c.name() == channel)
+            .ok_or_else(|| format!("unknown channel `{channel}`; use one of {}", names()))?;
+        if sender.is_empty() {
+            return Err(format!(
+                "the sender id after `{channel}:` is empty",
+                channel = channel.name()
+            ));
+        }
+        Ok(Address {
+            channel,
+            sender_id: sender.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.channel.name(), self.sender_id)
+    }
+}
+
+impl Address {
+    /// The proto address.
+    pub fn to_pb(&self) -> pb::Address {
+        pb::Address {
+            channel: self.channel.to_pb(),
+            sender_id: self.sender_id.clone(),
+        }
+    }
+
+    /// An address from the proto; `None` when its channel is unknown to this build.
+    pub fn from_pb(a: &pb::Address) -> Option<Address> {
+        Some(Address {
+            channel: Channel::from_pb(a.channel)?,
+            sender_id: a.sender_id.clone(),
+        })
+    }
+}
+
+/// A channel's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelState {
+    /// Not reported (or unknown to this build).
+    Unspecified,
+    /// Not yet connected.
+    Starting,
+    /// Working.
+    Connected,
+    /// Failing; trying again.
+    Reconnecting,
+    /// Credentials refused; sends held until reconnected.
+    ReauthNeeded,
+    /// Failing for a while; probed periodically.
+    Down,
+}
+
+impl ChannelState {
+    /// The state of a proto number.
+    pub fn from_pb(value: i32) -> ChannelState {
+        match pb::ChannelState::try_from(value) {
+            Ok(pb::ChannelState::Starting) => ChannelState::Starting,
+            Ok(pb::ChannelState::Connected) => ChannelState::Connected,
+            Ok(pb::ChannelState::Reconnecting) => ChannelState::Reconnecting,
+            Ok(pb::ChannelState::ReauthNeeded) => ChannelState::ReauthNeeded,
+            Ok(pb::ChannelState::Down) => ChannelState::Down,
+            Ok(pb::ChannelState::Unspecified) | Err(_) => ChannelState::Unspecified,
+        }
+    }
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChannelState::Unspecified => "unspecified",
+            ChannelState::Starting => "starting",
+            ChannelState::Connected => "connected",
+            ChannelState::Reconnecting => "reconnecting",
+            ChannelState::ReauthNeeded => "reauth_needed",
+            ChannelState::Down => "down",
+        }
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Not reported (or unknown to this build).
+    Unspecified,
+    /// Might pass: network, 5xx, 429.
+    Retryable,
+    /// Credentials refused.
+    Auth,
+    /// Cannot pass: bad request, unknown chat.
+    Permanent,
+}
+
+impl ErrorClass {
+    /// The class of a proto number.
+    pub fn from_pb(value: i32) -> ErrorClass {
+        match pb::ErrorClass::try_from(value) {
+            Ok(pb::ErrorClass::Retryable) => ErrorClass::Retryable,
+            Ok(pb::ErrorClass::Auth) => ErrorClass::Auth,
+            Ok(pb::ErrorClass::Permanent) => ErrorClass::Permanent,
+            Ok(pb::ErrorClass::Unspecified) | Err(_) => ErrorClass::Unspecified,
+        }
+    }
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Unspecified => "unspecified",
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// One channel's health and counters (`status` and `channels`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    /// The channel; null if this build does not know it.
+    pub channel: Option<Channel>,
+    /// Its health.
+    pub state: ChannelState,
+    /// When the state last changed.
+    pub since_at_ms: Option<i64>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Consecutive failed attempts (reconnecting only).
+    pub reconnect_attempt: u32,
+    /// When the next try is due (reconnecting only).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Messages (chunks) sent.
+    pub sent: u64,
+    /// Failed send attempts.
+    pub failed: u64,
+    /// Reconnects requested.
+    pub reconnects: u64,
+}
+
+impl ChannelInfo {
+    /// From the proto.
+    pub fn from_pb(c: &pb::ChannelInfo) -> Self {
+        Self {
+            channel: Channel::from_pb(c.channel),
+            state: ChannelState::from_pb(c.state),
+            since_at_ms: time(c.since_ms),
+            last_error: text(&c.last_error),
+            reconnect_attempt: c.reconnect_attempt,
+            next_attempt_at_ms: time(c.next_attempt_at_ms),
+            sent: c.sent,
+            failed: c.failed,
+            reconnects: c.reconnects,
+        }
+    }
+}
+
+/// The channels table of `status` and `channels list`.
+pub fn channels_table(channels: &[ChannelInfo], now: i64) -> Table {
+    let mut t = Table::new(&[
+        "CHANNEL",
+        "STATE",
+        "SINCE",
+        "SENT",
+        "FAILED",
+        "RECONN",
+        "LAST ERROR",
+    ]);
+    for c in channels {
+        let state = match (c.state, c.next_attempt_at_ms) {
+            (ChannelState::Reconnecting, Some(next)) => {
+                format!("reconnecting #{} ({})", c.reconnect_attempt, ago(next, now))
+            }
+            (state, _) => state.name().to_owned(),
+        };
+        t.row(vec![
+            c.channel.map_or("?", Channel::name).to_owned(),
+            state,
+            ago(c.since_at_ms.unwrap_or(0), now),
+            c.sent.to_string(),
+            c.failed.to_string(),
+            c.reconnects.to_string(),
+            c.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_into_channel_and_sender() {
+        let a: Address = "http:alice".parse().expect("valid");
+        assert_eq!(a.channel, Channel::Http);
+        assert_eq!(a.sender_id, "alice");
+        assert_eq!(a.to_string(), "http:alice");
+        let b: Address = "webchat:abc:def".parse().expect("colons in the sender id");
+        assert_eq!(
+            (b.channel, b.sender_id.as_str()),
+            (Channel::Webchat, "abc:def")
+        );
+        assert_eq!(Address::from_pb(&b.to_pb()), Some(b));
+    }
+
+    #[test]
+    fn bad_addresses_are_rejected_with_a_reason() {
+        for (bad, reason) in [
+            ("alice", "expected CHANNEL:SENDER_ID"),
+            ("http:", "is empty"),
+            ("smtp:bob", "unknown channel `smtp`"),
+            (":bob", "unknown channel ``"),
+            ("", "expected CHANNEL:SENDER_ID"),
+            ("HTTP:bob", "unknown channel"),
+        ] {
+            let err = bad.parse::<Address>().expect_err(bad);
+            assert!(err.contains(reason), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn proto_numbers_map_to_names_and_unknown_ones_do_not_panic() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::from_pb(c.to_pb()), Some(c));
+        }
+        assert_eq!(Channel::from_pb(0), None);
+        assert_eq!(Channel::from_pb(99), None);
+        assert_eq!(ChannelState::from_pb(99), ChannelState::Unspecified);
+        assert_eq!(ErrorClass::from_pb(3), ErrorClass::Permanent);
+        assert_eq!(
+            serde_json::to_value(ChannelState::ReauthNeeded).expect("json"),
+            "reauth_needed"
+        );
+        assert_eq!(
+            serde_json::to_value(Channel::Webchat).expect("json"),
+            "webchat"
+        );
+    }
+}
