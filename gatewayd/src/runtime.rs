@@ -150,10 +150,7 @@ impl Gateway {
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("channels.discord.token_env is required"))?;
             senders.push((
-                Arc::new(discord::DiscordSender::new(Arc::new(discord::http(
-                    &token,
-                    &dc.api_url,
-                )))),
+                Arc::new(discord::DiscordSender::new(&token, &dc.api_url).map_err(|e| anyhow!(e))?),
                 config.rate_settings(ChannelKind::Discord),
             ));
             Some(token)

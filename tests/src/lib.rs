@@ -6,6 +6,7 @@
 //! [`poll_until`], which exists for state that has no change notification.
 
 pub mod fake_callback;
+pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_telegram;
 pub mod gateway;

@@ -8,8 +8,9 @@
 //! from bots, including this one, are ignored. Replies are split at 2000 characters and the first
 //! chunk references the message it answers. The token is checked with `GET /users/@me` before
 //! each connection, so an invalid token ends as `ReauthNeeded` instead of a reconnect loop, and so
-//! does a gateway close for failed authentication. serenity's REST rate limiter honours 429
-//! `retry_after` before the gateway's own limits see an error.
+//! does a gateway close for failed authentication. Replies are sent with our own REST client, so a
+//! 429's `retry_after` (and whether it is `global`) reaches delivery, which pauses exactly that
+//! long; 401 is an auth problem, 403 (missing permissions) and other 4xx are permanent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serenity::all::{
-    ChannelId, Context, CreateMessage, EventHandler, GatewayIntents, Http, HttpBuilder, Message,
-    MessageId, Ready, ResumedEvent,
+    Context, EventHandler, GatewayIntents, Http, HttpBuilder, Message, Ready, ResumedEvent,
 };
 use serenity::gateway::{ConnectionStage, GatewayError, ShardStageUpdateEvent};
 use tokio::sync::watch;
@@ -42,13 +42,17 @@ pub fn intents() -> GatewayIntents {
         | GatewayIntents::MESSAGE_CONTENT
 }
 
-/// A REST client for `api_url` (the real `https://discord.com`, or a proxy in front of it).
+/// serenity's REST client for `api_url` (the real `https://discord.com`, or a proxy in front of
+/// it; serenity's own rate limiter would bypass a proxy, so it is off then).
 pub fn http(token: &str, api_url: &str) -> Http {
     let builder = HttpBuilder::new(token);
     if api_url.trim_end_matches('/') == "https://discord.com" {
         builder.build()
     } else {
-        builder.proxy(api_url.trim_end_matches('/')).build()
+        builder
+            .proxy(api_url.trim_end_matches('/'))
+            .ratelimiter_disabled(true)
+            .build()
     }
 }
 
@@ -70,15 +74,91 @@ pub fn classify(e: &serenity::Error) -> SendError {
     }
 }
 
-/// The sending half.
+/// The sending half: REST over its own pooled client.
 pub struct DiscordSender {
-    http: Arc<Http>,
+    client: reqwest::Client,
+    api: String,
+    authorization: String,
 }
 
 impl DiscordSender {
-    /// A sender over `http`.
-    pub fn new(http: Arc<Http>) -> Self {
-        Self { http }
+    /// A sender for the bot `token` against `api_url`.
+    pub fn new(token: &str, api_url: &str) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot build the Discord HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            api: format!("{}/api/v10", api_url.trim_end_matches('/')),
+            authorization: format!("Bot {token}"),
+        })
+    }
+
+    async fn request(&self, request: reqwest::RequestBuilder) -> Result<(), SendError> {
+        let resp = request
+            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+            .send()
+            .await
+            .map_err(|e| {
+                SendError::retryable(format!("Discord unreachable: {}", e.without_url()))
+            })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let header_retry = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_retry_after);
+        let global_header = resp
+            .headers()
+            .get("x-ratelimit-global")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let detail: String = body
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("no message")
+            .chars()
+            .take(200)
+            .collect();
+        Err(classify_rest(
+            status,
+            &body,
+            header_retry,
+            global_header,
+            &detail,
+        ))
+    }
+}
+
+/// Classifies a Discord REST error: 429 carries `retry_after` (body seconds, or the header) and
+/// `global`; 401 is auth; 403 (missing permissions) and other 4xx are permanent; 5xx retryable.
+fn classify_rest(
+    status: u16,
+    body: &serde_json::Value,
+    header_retry: Option<Duration>,
+    global_header: bool,
+    detail: &str,
+) -> SendError {
+    let message = format!("HTTP {status}: {detail}");
+    match status {
+        429 => SendError::Retryable {
+            message,
+            retry_after: body
+                .get("retry_after")
+                .and_then(serde_json::Value::as_f64)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .or(header_retry),
+            global: global_header
+                || body.get("global").and_then(serde_json::Value::as_bool) == Some(true),
+        },
+        401 => SendError::Auth(message),
+        s if s >= 500 => SendError::retryable(message),
+        _ => SendError::Permanent(message),
     }
 }
 
@@ -101,8 +181,11 @@ impl ChannelSender for DiscordSender {
 
     async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
         let msg = chunk.message;
-        let channel = ChannelId::new(snowflake(&msg.chat_id, "channel")?);
-        let mut create = CreateMessage::new().content(chunk.text);
+        let channel = snowflake(&msg.chat_id, "channel")?;
+        let mut body = serde_json::json!({
+            "content": chunk.text,
+            "allowed_mentions": {"parse": []},
+        });
         if chunk.index == 0
             && let Some(id) = msg
                 .reply_to
@@ -110,21 +193,19 @@ impl ChannelSender for DiscordSender {
                 .and_then(|r| r.parse::<u64>().ok())
                 .filter(|n| *n != 0)
         {
-            create = create.reference_message((channel, MessageId::new(id)));
+            body["message_reference"] = serde_json::json!({
+                "message_id": id.to_string(),
+                "channel_id": channel.to_string(),
+                "fail_if_not_exists": false,
+            });
         }
-        channel
-            .send_message(&self.http, create)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        let url = format!("{}/channels/{channel}/messages", self.api);
+        self.request(self.client.post(url).json(&body)).await
     }
 
     async fn probe(&self) -> Result<(), SendError> {
-        self.http
-            .get_current_user()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        let url = format!("{}/users/@me", self.api);
+        self.request(self.client.get(url)).await
     }
 }
 
@@ -296,6 +377,52 @@ pub async fn run(
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.changed() => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_errors_are_classified() {
+        let body = serde_json::json!({"message": "You are being rate limited.", "retry_after": 1.5, "global": false});
+        match classify_rest(429, &body, Some(Duration::from_secs(2)), false, "limited") {
+            SendError::Retryable {
+                retry_after,
+                global,
+                ..
+            } => {
+                assert_eq!(
+                    retry_after,
+                    Some(Duration::from_millis(1500)),
+                    "the body is more precise"
+                );
+                assert!(!global);
+            }
+            other => panic!("{other:?}"),
+        }
+        let null = serde_json::Value::Null;
+        assert!(matches!(
+            classify_rest(429, &null, Some(Duration::from_secs(2)), true, "x"),
+            SendError::Retryable {
+                retry_after: Some(_),
+                global: true,
+                ..
+            }
+        ));
+        for (status, class) in [
+            (401, ErrorClass::Auth),
+            (403, ErrorClass::Permanent),
+            (404, ErrorClass::Permanent),
+            (502, ErrorClass::Retryable),
+        ] {
+            assert_eq!(
+                classify_rest(status, &null, None, false, "x").class(),
+                class,
+                "{status}"
+            );
         }
     }
 }

@@ -17,9 +17,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, PendingInbound, Role,
-    SessionFilter, Store, StoreError, StoredSession, TranscriptEntry, TurnRecord, UserRecord,
-    parse_channel,
+    AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus,
+    PendingInbound, Role, RunOrigin, RunRecord, RunStatus, SessionFilter, Store, StoreError,
+    StoredSession, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
 };
 use crate::channels::ErrorClass;
 use crate::message::{
@@ -117,6 +117,31 @@ CREATE INDEX sessions_channel ON sessions (last_channel, key);
     r#"
 ALTER TABLE inbox ADD COLUMN reply_to TEXT;
 ALTER TABLE inbox ADD COLUMN attachments TEXT;
+"#,
+    r#"
+CREATE TABLE workflow_runs (
+    id INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    origin TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX workflow_runs_running ON workflow_runs (id) WHERE status = 'running';
+CREATE INDEX workflow_runs_by_workflow ON workflow_runs (workflow, id);
+CREATE TABLE workflow_nodes (
+    run_id INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    status TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_at INTEGER,
+    finished_at INTEGER,
+    PRIMARY KEY (run_id, node)
+);
 "#,
 ];
 
@@ -1191,6 +1216,149 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_put(&self, reply: NewReply) -> Result<OutboundMessage, StoreError> {
+        self.write(move |conn| {
+            let id = insert_reply(conn, 0, &reply, now_ms())?;
+            Ok(OutboundMessage {
+                id,
+                channel: reply.channel,
+                chat_id: reply.chat_id,
+                text: reply.text,
+                reply_to: reply.reply_to,
+                attempts: 0,
+                chunks_sent: 0,
+            })
+        })
+        .await
+    }
+
+    async fn run_create(
+        &self,
+        workflow: &str,
+        inputs: &serde_json::Value,
+        origin: Option<&RunOrigin>,
+    ) -> Result<i64, StoreError> {
+        let workflow = workflow.to_owned();
+        let inputs = json_text(inputs)?;
+        let origin = origin.map(json_text).transpose()?;
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO workflow_runs (workflow, inputs, origin, status, created_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![workflow, inputs, origin, now_ms()],
+            )
+            .map_err(db)?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn run_node(&self, run: i64, node: &NodeRecord) -> Result<(), StoreError> {
+        let node = node.clone();
+        let output = node.output.as_ref().map(json_text).transpose()?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO workflow_nodes
+                 (run_id, node, status, output, error, attempts, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    run,
+                    node.node,
+                    node.status.as_str(),
+                    output,
+                    node.error,
+                    node.attempts,
+                    node.started_at_ms,
+                    node.finished_at_ms
+                ])
+            })
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn run_finish(
+        &self,
+        run: i64,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = error.map(str::to_owned);
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE workflow_runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+                params![run, status.as_str(), error, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn run_get(&self, run: i64) -> Result<RunRecord, StoreError> {
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = ?1"),
+                    [run],
+                    run_row,
+                )
+                .optional()
+                .map_err(db)?
+                .ok_or_else(|| StoreError::NotFound(format!("no run {run}")))?;
+            to_run(conn, row)
+        })
+        .await
+    }
+
+    async fn run_list(
+        &self,
+        workflow: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let workflow = workflow.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM workflow_runs
+                     WHERE (?1 IS NULL OR workflow = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3"
+                ))
+                .map_err(db)?;
+            let rows: Vec<RunRow> = stmt
+                .query_map(
+                    params![workflow, before.unwrap_or(i64::MAX), limit],
+                    run_row,
+                )
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            rows.into_iter().map(|r| to_run(conn, r)).collect()
+        })
+        .await
+    }
+
+    async fn runs_unfinished(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE status = 'running' ORDER BY id"
+                ))
+                .map_err(db)?;
+            let rows: Vec<RunRow> = stmt
+                .query_map([], run_row)
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            rows.into_iter().map(|r| to_run(conn, r)).collect()
+        })
+        .await
+    }
+
     async fn close(&self) {
         if let Ok(mut w) = self.writer.lock() {
             w.take();
@@ -1200,6 +1368,97 @@ impl Store for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Database(format!("cannot encode JSON: {e}")))
+}
+
+fn json_parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Database(format!("corrupt {what}: {e}")))
+}
+
+type RunRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+const RUN_COLUMNS: &str = "id, workflow, inputs, origin, status, error, created_at, finished_at";
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+/// A run row with its nodes read from the same connection.
+fn to_run(conn: &Connection, row: RunRow) -> Result<RunRecord, StoreError> {
+    let (id, workflow, inputs, origin, status, error, created, finished) = row;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT node, status, output, error, attempts, started_at, finished_at
+             FROM workflow_nodes WHERE run_id = ?1",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut nodes = Vec::new();
+    for row in rows {
+        let (node, status, output, error, attempts, started, finished) = row.map_err(db)?;
+        nodes.push(NodeRecord {
+            status: NodeStatus::parse(&status)
+                .ok_or_else(|| StoreError::Database(format!("corrupt node status `{status}`")))?,
+            output: output
+                .as_deref()
+                .map(|o| json_parse(o, "node output"))
+                .transpose()?,
+            node,
+            error,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            started_at_ms: started,
+            finished_at_ms: finished,
+        });
+    }
+    Ok(RunRecord {
+        id,
+        workflow,
+        inputs: json_parse(&inputs, "run inputs")?,
+        origin: origin
+            .as_deref()
+            .map(|o| json_parse(o, "run origin"))
+            .transpose()?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Database(format!("corrupt run status `{status}`")))?,
+        error,
+        created_at_ms: created,
+        finished_at_ms: finished,
+        nodes,
+    })
 }
 
 type SessionRow = (String, i64, i64, i64, Option<String>);
@@ -1423,6 +1682,64 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn workflow_runs_are_durable_with_their_nodes() {
+        let (_dir, store) = open();
+        let origin = RunOrigin {
+            channel: ChannelKind::Http,
+            chat_id: "c".into(),
+            user: Some(3),
+            trigger: "chat".into(),
+        };
+        let run = store
+            .run_create(
+                "triage",
+                &serde_json::json!({"ticket": "help"}),
+                Some(&origin),
+            )
+            .await
+            .expect("create");
+        let node = NodeRecord {
+            node: "classify".into(),
+            status: NodeStatus::Succeeded,
+            output: Some(serde_json::json!("urgent")),
+            error: None,
+            attempts: 1,
+            started_at_ms: Some(1),
+            finished_at_ms: Some(2),
+        };
+        store.run_node(run, &node).await.expect("node");
+        let unfinished = store.runs_unfinished().await.expect("unfinished");
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].nodes, vec![node]);
+        assert_eq!(unfinished[0].origin, Some(origin));
+        store
+            .run_finish(run, RunStatus::Succeeded, None)
+            .await
+            .expect("finish");
+        assert!(
+            store
+                .runs_unfinished()
+                .await
+                .expect("unfinished")
+                .is_empty()
+        );
+        let got = store.run_get(run).await.expect("get");
+        assert_eq!(got.status, RunStatus::Succeeded);
+        assert_eq!(
+            store
+                .run_list(Some("triage"), None, 10)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+        assert!(matches!(
+            store.run_get(99).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
