@@ -4,14 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# System packages the tests use (none today beyond the Rust toolchain; the console's tmux test
+# will add tmux here). Installed only when missing, and only as root.
 need_apt=()
-command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
     echo "tests/run.sh: not root; install ${need_apt[*]} yourself" >&2
+    exit 1
   fi
 fi
 
