@@ -128,6 +128,22 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// Runs one call under the usual time limit. For connections made with `streaming` (which
+/// leaves calls unlimited): `workflows run --wait` follows the event stream and still gives up
+/// on a call that hangs.
+pub async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "gatewayd did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            )))
+        })
+}
+
 /// "cannot reach gatewayd at …; start it with …".
 fn unreachable_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
     anyhow!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::client::Api;
-use crate::model::{Channel, ChannelState};
+use crate::model::{Channel, ChannelState, NodeState, RunState};
 use crate::output::{Format, Out, text, utc};
 
 /// One event in JSON: `at_ms`, `kind`, and the kind's fields.
@@ -81,6 +81,18 @@ enum Kind {
     Lagged {
         missed: u64,
     },
+    RunChanged {
+        run_id: i64,
+        workflow: String,
+        state: RunState,
+        error: Option<String>,
+    },
+    NodeChanged {
+        run_id: i64,
+        node: String,
+        state: NodeState,
+        error: Option<String>,
+    },
     /// An event this build of gatewayctl does not know.
     Unknown {},
 }
@@ -142,6 +154,18 @@ impl Kind {
                 count: d.count,
             },
             Some(E::Lagged(l)) => Kind::Lagged { missed: l.missed },
+            Some(E::RunChanged(r)) => Kind::RunChanged {
+                run_id: r.run_id,
+                workflow: r.workflow,
+                state: RunState::from_pb(r.state),
+                error: text(&r.error),
+            },
+            Some(E::NodeChanged(n)) => Kind::NodeChanged {
+                run_id: n.run_id,
+                node: n.node,
+                state: NodeState::from_pb(n.state),
+                error: text(&n.error),
+            },
             None => Kind::Unknown {},
         }
     }
@@ -257,6 +281,37 @@ mod tests {
         assert_eq!(
             line(&failed).expect("line"),
             "1970-01-01T00:00:00.000Z channel_state_changed channel=webchat error=\"401 \\\"no\\\"\" state=reauth_needed"
+        );
+        let node = Event {
+            at_ms: 0,
+            event: Kind::from_pb(Some(E::NodeChanged(pb::NodeChanged {
+                run_id: 7,
+                node: "fetch".into(),
+                state: pb::NodeState::Failed as i32,
+                error: "not allowed".into(),
+            }))),
+        };
+        assert_eq!(
+            line(&node).expect("line"),
+            "1970-01-01T00:00:00.000Z node_changed error=\"not allowed\" node=fetch run_id=7 state=failed"
+        );
+        let run = Event {
+            at_ms: 0,
+            event: Kind::from_pb(Some(E::RunChanged(pb::RunChanged {
+                run_id: 7,
+                workflow: "daily_report".into(),
+                state: pb::RunState::Succeeded as i32,
+                error: String::new(),
+            }))),
+        };
+        assert_eq!(
+            line(&run).expect("line"),
+            "1970-01-01T00:00:00.000Z run_changed run_id=7 state=succeeded workflow=daily_report"
+        );
+        assert_eq!(
+            serde_json::to_value(&run).expect("json"),
+            serde_json::json!({"at_ms": 0, "kind": "run_changed", "run_id": 7,
+                "workflow": "daily_report", "state": "succeeded", "error": null})
         );
         let unknown = Event {
             at_ms: 0,

@@ -13,8 +13,10 @@ mod identities;
 mod model;
 mod output;
 mod ratelimits;
+mod runs;
 mod sessions;
 mod status;
+mod workflows;
 
 use std::process::ExitCode;
 
@@ -90,6 +92,12 @@ enum Command {
     /// Replies that could not be delivered: list, show, retry, drop.
     #[command(subcommand)]
     Deadletters(deadletters::Cmd),
+    /// DAG workflows: list, validate the files, start a run.
+    #[command(subcommand)]
+    Workflows(workflows::Cmd),
+    /// Workflow runs: list, show one node by node.
+    #[command(subcommand)]
+    Runs(runs::Cmd),
     /// Follow the live event stream until interrupted (Ctrl-C).
     Events,
     /// Print a shell completion script (bash, zsh, fish, …).
@@ -135,7 +143,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut Cli::command(), "gatewayctl", &mut script);
         return output::Out.line(String::from_utf8_lossy(&script).trim_end());
     }
-    let streaming = matches!(cli.command, Command::Events);
+    // The event stream (also followed by `workflows run --wait`) must not have a call timeout.
+    let streaming = matches!(
+        cli.command,
+        Command::Events | Command::Workflows(workflows::Cmd::Run { wait: true, .. })
+    );
     let api = Api::connect(&cli.addr, cli.token.as_deref(), streaming).await?;
     match cli.command {
         Command::Status => status::run(api, format).await,
@@ -144,6 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Channels(cmd) => channels::run(api, format, cmd).await,
         Command::Ratelimits { hottest } => ratelimits::run(api, format, hottest).await,
         Command::Deadletters(cmd) => deadletters::run(api, format, cmd).await,
+        Command::Workflows(cmd) => workflows::run(api, format, cmd).await,
+        Command::Runs(cmd) => runs::run(api, format, cmd).await,
         Command::Events => events::run(api, format, &cli.addr).await,
         Command::Completions { .. } => Ok(()),
     }
@@ -201,6 +215,42 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn workflow_runs_take_repeated_inputs() {
+        let cli = parse(&[
+            "workflows",
+            "run",
+            "daily_report",
+            "--input",
+            "topic=Rust",
+            "--input",
+            "n=3",
+            "--wait",
+        ])
+        .expect("ok");
+        let Command::Workflows(workflows::Cmd::Run { name, inputs, wait }) = cli.command else {
+            panic!("parsed as workflows run");
+        };
+        assert_eq!(
+            (name.as_str(), inputs.len(), wait),
+            ("daily_report", 2, true)
+        );
+        for bad in [
+            &["workflows", "run"][..],
+            &["workflows", "run", "x", "--input", "novalue"],
+            &["runs", "show"],
+            &["runs", "show", "x"],
+            &["runs", "list", "--limit", "0"],
+        ] {
+            assert_eq!(
+                parse(bad).expect_err("usage error").exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+        assert!(parse(&["runs", "list", "--workflow", "w", "--cursor", "9"]).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The vocabulary several commands share, in gatewayctl's own types: channels and addresses
-//! (as command-line values and as JSON), channel health, and error classes. Proto enums arrive
-//! as numbers; here they become lowercase names such as "webchat", "connected" or
-//! "retryable", so the JSON output stays stable whatever the proto's numbering.
+//! (as command-line values and as JSON), channel health, error classes, and the states of
+//! workflow runs and their nodes. Proto enums arrive as numbers; here they become lowercase
+//! names such as "webchat", "connected", "retryable" or "skipped", so the JSON output stays
+//! stable whatever the proto's numbering.
 
 use std::fmt;
 use std::str::FromStr;
@@ -225,6 +226,130 @@ impl ErrorClass {
     }
 }
 
+/// A workflow run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Not reported (or unknown to this build).
+    Unspecified,
+    /// Not finished.
+    Running,
+    /// Every node finished or was skipped.
+    Succeeded,
+    /// A node failed.
+    Failed,
+}
+
+impl RunState {
+    /// The state of a proto number.
+    pub fn from_pb(value: i32) -> RunState {
+        match pb::RunState::try_from(value) {
+            Ok(pb::RunState::Running) => RunState::Running,
+            Ok(pb::RunState::Succeeded) => RunState::Succeeded,
+            Ok(pb::RunState::Failed) => RunState::Failed,
+            Ok(pb::RunState::Unspecified) | Err(_) => RunState::Unspecified,
+        }
+    }
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Unspecified => "unspecified",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+        }
+    }
+
+    /// Whether the run is over (succeeded or failed).
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
+    }
+}
+
+/// The state of one node within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Not reported (or unknown to this build).
+    Unspecified,
+    /// Not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished.
+    Succeeded,
+    /// Failed after its retries.
+    Failed,
+    /// On a branch not taken.
+    Skipped,
+}
+
+impl NodeState {
+    /// The state of a proto number.
+    pub fn from_pb(value: i32) -> NodeState {
+        match pb::NodeState::try_from(value) {
+            Ok(pb::NodeState::Pending) => NodeState::Pending,
+            Ok(pb::NodeState::Running) => NodeState::Running,
+            Ok(pb::NodeState::Succeeded) => NodeState::Succeeded,
+            Ok(pb::NodeState::Failed) => NodeState::Failed,
+            Ok(pb::NodeState::Skipped) => NodeState::Skipped,
+            Ok(pb::NodeState::Unspecified) | Err(_) => NodeState::Unspecified,
+        }
+    }
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Unspecified => "unspecified",
+            NodeState::Pending => "pending",
+            NodeState::Running => "running",
+            NodeState::Succeeded => "succeeded",
+            NodeState::Failed => "failed",
+            NodeState::Skipped => "skipped",
+        }
+    }
+}
+
+/// A workflow dependency: run after `node`, and for a condition's branch only when it
+/// yielded `when`. The proto writes it `id` or `id=true|false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Edge {
+    /// The upstream node.
+    pub node: String,
+    /// For an edge from a condition: the branch (`null` otherwise).
+    pub when: Option<bool>,
+}
+
+impl Edge {
+    /// Reads the proto's `id` or `id=true|false`.
+    pub fn from_pb(text: &str) -> Edge {
+        let branch = |when: bool| {
+            let suffix = if when { "=true" } else { "=false" };
+            text.strip_suffix(suffix).map(|node| Edge {
+                node: node.to_owned(),
+                when: Some(when),
+            })
+        };
+        branch(true)
+            .or_else(|| branch(false))
+            .unwrap_or_else(|| Edge {
+                node: text.to_owned(),
+                when: None,
+            })
+    }
+}
+
+impl fmt::Display for Edge {
+    /// `id`, or `id when=true` for a condition's branch.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.when {
+            Some(when) => write!(f, "{} when={when}", self.node),
+            None => f.write_str(&self.node),
+        }
+    }
+}
+
 /// One channel's health and counters (`status` and `channels`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelInfo {
@@ -338,6 +463,22 @@ mod tests {
         assert_eq!(Channel::from_pb(99), None);
         assert_eq!(ChannelState::from_pb(99), ChannelState::Unspecified);
         assert_eq!(ErrorClass::from_pb(3), ErrorClass::Permanent);
+        assert_eq!(RunState::from_pb(3), RunState::Failed);
+        assert_eq!(RunState::from_pb(99), RunState::Unspecified);
+        assert!(RunState::Succeeded.is_finished() && !RunState::Running.is_finished());
+        assert_eq!(NodeState::from_pb(5), NodeState::Skipped);
+        let branch = Edge::from_pb("is_urgent=true");
+        assert_eq!(
+            (branch.node.as_str(), branch.when),
+            ("is_urgent", Some(true))
+        );
+        assert_eq!(branch.to_string(), "is_urgent when=true");
+        assert_eq!(Edge::from_pb("a=false").when, Some(false));
+        assert_eq!(Edge::from_pb("summary").to_string(), "summary");
+        assert_eq!(
+            serde_json::to_value(NodeState::Skipped).expect("json"),
+            "skipped"
+        );
         assert_eq!(
             serde_json::to_value(ChannelState::ReauthNeeded).expect("json"),
             "reauth_needed"

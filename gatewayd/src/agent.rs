@@ -4,15 +4,32 @@
 //! system prompt, the history window, and retries with exponential backoff for failures that may
 //! pass (timeouts, refused connections, 5xx, 429). When the last attempt fails the caller gets
 //! the error and decides what the user sees.
+//!
+//! With a [`tools::ToolRegistry`] attached ([`Agent::with_tools`]) and a provider that supports
+//! tools, [`Agent::respond_with_tools`] runs the tool-call loop: the registry's tools are offered
+//! to the model, each call it asks for goes through the registry (a bad call's error goes back to
+//! the model as the call's result, never to the user as a failure), and the model is asked again
+//! with the results. The loop runs at most `max_tool_steps` rounds of calls; a model still
+//! calling tools after that gets no more, and the user gets an honest "could not finish" reply.
 
 pub mod llm;
+pub mod tools;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::store::{Role, TranscriptEntry};
+use tools::{ToolCallContext, ToolError, ToolRegistry, ToolSpec};
+
+/// Rounds of tool calls in one turn unless configured otherwise.
+pub const DEFAULT_MAX_TOOL_STEPS: u32 = 5;
+
+/// Tool calls run from one model response; the rest are answered with an error.
+pub const MAX_CALLS_PER_STEP: usize = 16;
 
 /// One message of a chat-completion request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -21,6 +38,52 @@ pub struct ChatMessage {
     pub role: &'static str,
     /// The text.
     pub content: String,
+}
+
+/// A call of a tool the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The id the model gave the call; the result carries it back.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, as the JSON text the model wrote.
+    pub arguments: String,
+}
+
+/// One message of a tool-using exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A system, user or assistant text message.
+    Chat(ChatMessage),
+    /// The assistant asking for tool calls (with any text it wrote alongside).
+    ToolCalls {
+        /// Text the model wrote with the calls, if any.
+        content: Option<String>,
+        /// The calls, in order.
+        calls: Vec<ToolCall>,
+    },
+    /// The result of one call, as text for the model.
+    ToolResult {
+        /// The call's id.
+        call_id: String,
+        /// The result (JSON), or `{"error": ...}`.
+        content: String,
+    },
+}
+
+/// What the model did with one request of a tool-using exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// It answered.
+    Answer(String),
+    /// It asked for tool calls.
+    ToolCalls {
+        /// Text the model wrote with the calls, if any.
+        content: Option<String>,
+        /// The calls, in order.
+        calls: Vec<ToolCall>,
+    },
 }
 
 /// Why a completion failed.
@@ -63,6 +126,24 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     /// One completion of `messages`; the last message is the user's new one.
     async fn complete(&self, messages: &[ChatMessage]) -> Result<String, LlmError>;
+
+    /// Whether [`step`](Self::step) offers tools to the model.
+    fn supports_tools(&self) -> bool {
+        false
+    }
+
+    /// One request of a tool-using exchange, offering `tools`. The default ignores the tools and
+    /// completes the text messages.
+    async fn step(&self, messages: &[Message], _tools: &[ToolSpec]) -> Result<Step, LlmError> {
+        let chat: Vec<ChatMessage> = messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Chat(c) => Some(c.clone()),
+                Message::ToolCalls { .. } | Message::ToolResult { .. } => None,
+            })
+            .collect();
+        self.complete(&chat).await.map(Step::Answer)
+    }
 }
 
 /// The offline, deterministic provider: the reply is the user's text.
@@ -88,6 +169,8 @@ pub struct Agent {
     system_prompt: Option<String>,
     max_attempts: u32,
     backoff: Duration,
+    tools: Option<ToolRegistry>,
+    max_tool_steps: u32,
 }
 
 impl Agent {
@@ -103,7 +186,22 @@ impl Agent {
             system_prompt,
             max_attempts: max_attempts.max(1),
             backoff,
+            tools: None,
+            max_tool_steps: DEFAULT_MAX_TOOL_STEPS,
         }
+    }
+
+    /// Offers the tools of `registry` to the model, allowing at most `max_steps` rounds of tool
+    /// calls per turn (at least 1).
+    pub fn with_tools(mut self, registry: ToolRegistry, max_steps: u32) -> Self {
+        self.tools = Some(registry);
+        self.max_tool_steps = max_steps.max(1);
+        self
+    }
+
+    /// The registry offered to the model, if any.
+    pub fn tools(&self) -> Option<&ToolRegistry> {
+        self.tools.as_ref()
     }
 
     /// The provider's name.
@@ -139,16 +237,103 @@ impl Agent {
         out
     }
 
-    /// A reply to `input` given `history`, retrying transient failures.
+    /// One completion of `prompt` with the `system` prompt (the agent's own when `None`), no
+    /// history and no tools, retrying transient failures. For workflow `llm` nodes.
+    pub async fn complete(&self, system: Option<&str>, prompt: &str) -> Result<String, LlmError> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(p) = system.or(self.system_prompt.as_deref()) {
+            messages.push(ChatMessage {
+                role: "system",
+                content: p.to_owned(),
+            });
+        }
+        messages.push(ChatMessage {
+            role: "user",
+            content: prompt.to_owned(),
+        });
+        self.retrying(|| self.provider.complete(&messages)).await
+    }
+
+    /// A reply to `input` given `history`, retrying transient failures. Never offers tools.
     pub async fn respond(
         &self,
         history: &[TranscriptEntry],
         input: &str,
     ) -> Result<String, LlmError> {
         let messages = self.messages(history, input);
+        self.retrying(|| self.provider.complete(&messages)).await
+    }
+
+    /// A reply to `input` given `history`, running the tool-call loop when a registry with tools
+    /// is attached and the provider supports tools (otherwise the same as [`respond`](Self::respond)).
+    /// Tools run for `ctx`. Each model request is retried like in `respond`.
+    pub async fn respond_with_tools(
+        &self,
+        history: &[TranscriptEntry],
+        input: &str,
+        ctx: &ToolCallContext,
+    ) -> Result<String, LlmError> {
+        let registry = match &self.tools {
+            Some(r) if self.provider.supports_tools() && !r.is_empty() => r,
+            _ => return self.respond(history, input).await,
+        };
+        let specs = registry.specs();
+        let mut messages: Vec<Message> = self
+            .messages(history, input)
+            .into_iter()
+            .map(Message::Chat)
+            .collect();
+        let mut rounds = 0;
+        loop {
+            let step = self
+                .retrying(|| self.provider.step(&messages, &specs))
+                .await?;
+            let (content, calls) = match step {
+                Step::Answer(text) => return Ok(text),
+                Step::ToolCalls { content, calls } => (content, calls),
+            };
+            if rounds == self.max_tool_steps {
+                tracing::warn!(
+                    message =
+                        "The model still calls tools after the last allowed round; the turn ends.",
+                    provider = self.provider.name(),
+                    max_tool_steps = self.max_tool_steps
+                );
+                return Ok(format!(
+                    "I could not finish within {} tool steps.",
+                    self.max_tool_steps
+                ));
+            }
+            rounds += 1;
+            let mut results = Vec::with_capacity(calls.len());
+            for (i, call) in calls.iter().enumerate() {
+                let content = if i < MAX_CALLS_PER_STEP {
+                    run_call(registry, call, ctx).await
+                } else {
+                    error_result(&format!(
+                        "not run: at most {MAX_CALLS_PER_STEP} tool calls are run per step"
+                    ))
+                };
+                results.push(Message::ToolResult {
+                    call_id: call.id.clone(),
+                    content,
+                });
+            }
+            messages.push(Message::ToolCalls { content, calls });
+            messages.extend(results);
+        }
+    }
+
+    /// Runs `request` until it succeeds, fails for good, or `max_attempts` is reached, waiting
+    /// with exponential backoff between attempts.
+    async fn retrying<T, F, Fut>(&self, mut request: F) -> Result<T, LlmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
         let mut attempt = 1;
         loop {
-            match self.provider.complete(&messages).await {
+            match request().await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if e.is_retryable() && attempt < self.max_attempts => {
                     let delay = self.backoff.saturating_mul(1 << (attempt - 1).min(10));
@@ -167,6 +352,31 @@ impl Agent {
             }
         }
     }
+}
+
+/// The result text of one tool call for the model: the tool's JSON output, or an error object
+/// saying why the call failed (arguments that are not JSON included).
+async fn run_call(registry: &ToolRegistry, call: &ToolCall, ctx: &ToolCallContext) -> String {
+    let args = if call.arguments.trim().is_empty() {
+        Ok(Value::Object(serde_json::Map::new()))
+    } else {
+        serde_json::from_str::<Value>(&call.arguments).map_err(|e| {
+            ToolError::InvalidArguments(format!("the arguments are not valid JSON ({e})"))
+        })
+    };
+    let result = match args {
+        Ok(args) => registry.call(&call.name, args, ctx).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(Value::String(text)) => text,
+        Ok(value) => value.to_string(),
+        Err(e) => error_result(&e.to_string()),
+    }
+}
+
+fn error_result(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
 }
 
 #[cfg(test)]
@@ -199,6 +409,90 @@ mod tests {
                 ("assistant", "b"),
                 ("user", "c")
             ]
+        );
+    }
+
+    /// Records the messages of each completion and answers `ok`.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Vec<ChatMessage>>>);
+
+    #[async_trait]
+    impl Provider for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        async fn complete(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(messages.to_vec());
+            }
+            Ok("ok".to_owned())
+        }
+    }
+
+    #[tokio::test]
+    async fn complete_uses_the_given_system_prompt_or_the_agents() {
+        let recorder = Arc::new(Recorder::default());
+        let agent = Agent::new(recorder.clone(), Some("be brief".into()), 1, Duration::ZERO);
+        assert_eq!(agent.complete(None, "p1").await.expect("complete"), "ok");
+        assert_eq!(
+            agent
+                .complete(Some("be long"), "p2")
+                .await
+                .expect("complete"),
+            "ok"
+        );
+        let msg = |role, content: &str| ChatMessage {
+            role,
+            content: content.to_owned(),
+        };
+        let seen = recorder.0.lock().expect("lock").clone();
+        assert_eq!(
+            seen,
+            [
+                vec![msg("system", "be brief"), msg("user", "p1")],
+                vec![msg("system", "be long"), msg("user", "p2")],
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_echo_provider_ignores_tools() {
+        let registry = ToolRegistry::new();
+        registry
+            .register(Arc::new(tools::CurrentTime::new()), Duration::from_secs(1))
+            .expect("register");
+        let agent = Agent::new(Arc::new(Echo), None, 1, Duration::ZERO).with_tools(registry, 3);
+        assert!(agent.tools().is_some());
+        let reply = agent
+            .respond_with_tools(&[], "what time is it?", &ToolCallContext::default())
+            .await
+            .expect("reply");
+        assert_eq!(reply, "what time is it?");
+    }
+
+    #[tokio::test]
+    async fn the_default_step_completes_only_the_text_messages() {
+        let messages = [
+            Message::Chat(ChatMessage {
+                role: "user",
+                content: "hi".to_owned(),
+            }),
+            Message::ToolCalls {
+                content: None,
+                calls: vec![ToolCall {
+                    id: "c1".to_owned(),
+                    name: "t".to_owned(),
+                    arguments: "{}".to_owned(),
+                }],
+            },
+            Message::ToolResult {
+                call_id: "c1".to_owned(),
+                content: "{}".to_owned(),
+            },
+        ];
+        assert_eq!(
+            Echo.step(&messages, &[]).await.expect("step"),
+            Step::Answer("hi".to_owned())
         );
     }
 }

@@ -36,6 +36,51 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `[rate_limits.<channel>]`: overrides of the built-in outbound rate limits.
     pub rate_limits: BTreeMap<String, RateSettings>,
+    /// `[workflows]`: where workflow files are.
+    pub workflows: WorkflowsConfig,
+    /// `[tools]`: settings of the built-in tools.
+    pub tools: ToolsConfig,
+}
+
+/// `[workflows]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowsConfig {
+    /// Load and run workflows.
+    pub enabled: bool,
+    /// Directory of `*.toml` workflow files; relative to the configuration file's directory.
+    pub dir: PathBuf,
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("workflows"),
+        }
+    }
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Hosts `http_get` may fetch from (exact names, or `*.example.com`); empty: none.
+    pub http_allowlist: Vec<String>,
+    /// Largest response body `http_get` returns; the rest is cut and marked truncated.
+    pub http_max_bytes: usize,
+    /// Timeout of one tool call.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            http_allowlist: Vec::new(),
+            http_max_bytes: 256 * 1024,
+            timeout: HumanDuration(Duration::from_secs(15)),
+        }
+    }
 }
 
 /// `[gateway]`.
@@ -174,6 +219,8 @@ pub struct AgentConfig {
     pub max_attempts: u32,
     /// Base delay of the exponential backoff between attempts.
     pub retry_backoff: HumanDuration,
+    /// Most tool-call rounds in one turn before the agent answers without more tools.
+    pub max_tool_steps: u32,
 }
 
 impl Default for AgentConfig {
@@ -189,6 +236,7 @@ impl Default for AgentConfig {
             timeout: HumanDuration(Duration::from_secs(60)),
             max_attempts: 3,
             retry_backoff: HumanDuration(Duration::from_millis(500)),
+            max_tool_steps: 5,
         }
     }
 }
@@ -474,7 +522,13 @@ impl Config {
                 ),
             }])
         })?;
-        Self::parse(&text).map_err(fail)
+        let mut config = Self::parse(&text).map_err(fail)?;
+        if config.workflows.dir.is_relative()
+            && let Some(parent) = path.parent()
+        {
+            config.workflows.dir = parent.join(&config.workflows.dir);
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text.
@@ -740,6 +794,16 @@ impl Config {
                 "channels.http.max_reply_chars",
                 "must be at least 64 characters".to_owned(),
             );
+        }
+        if let Err(e) = crate::agent::tools::HttpGet::new(
+            &self.tools.http_allowlist,
+            self.tools.http_max_bytes.max(1),
+            Duration::from_secs(1),
+        ) {
+            err("tools.http_allowlist", e);
+        }
+        if self.tools.http_max_bytes == 0 {
+            err("tools.http_max_bytes", "must be at least 1".to_owned());
         }
         for (name, settings) in &self.rate_limits {
             let prefix = format!("rate_limits.{name}");

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 
 use crate::message::{ChannelKind, SessionKey, UserId};
+use crate::store::{NodeStatus, RunStatus};
 
 /// Something that happened in the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,28 @@ pub enum Event {
         channel: Option<ChannelKind>,
         /// How many.
         count: u64,
+    },
+    /// A workflow run started or finished.
+    RunChanged {
+        /// The run id.
+        run: i64,
+        /// The workflow.
+        workflow: String,
+        /// Its new state.
+        status: RunStatus,
+        /// Why it failed.
+        error: Option<String>,
+    },
+    /// A node of a workflow run changed state.
+    NodeChanged {
+        /// The run id.
+        run: i64,
+        /// The node id.
+        node: String,
+        /// Its new state.
+        status: NodeStatus,
+        /// Its error, if it failed.
+        error: Option<String>,
     },
     /// A reply became a dead letter.
     DeadLettered {

@@ -19,6 +19,8 @@ pub mod identity;
 pub mod inbox;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod runtime;
 pub mod session;
 pub mod store;
+pub mod workflow;

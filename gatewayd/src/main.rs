@@ -49,8 +49,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     if let Some(Command::CheckConfig) = cli.command {
-        println!("{} is valid", path.display());
-        return ExitCode::SUCCESS;
+        return check_workflows(&config, &path);
     }
     let log_dir = config.log_dir();
     if let Err(e) = std::fs::create_dir_all(&log_dir) {
@@ -102,6 +101,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The rest of `check-config`: every workflow file, against the built-in tools.
+fn check_workflows(config: &Config, path: &Path) -> ExitCode {
+    let dir = &config.workflows.dir;
+    if !config.workflows.enabled || !dir.is_dir() {
+        println!("{} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let tools = gatewayd::workflow::validate::builtin_tool_names();
+    let (workflows, errors) = gatewayd::workflow::validate::load_dir(dir, &tools);
+    if errors.is_empty() {
+        println!(
+            "{} is valid; {} workflow(s) in {} are valid",
+            path.display(),
+            workflows.len(),
+            dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{} has {} workflow error(s):", dir.display(), errors.len());
+    for e in &errors {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(2)
 }
 
 async fn shutdown_signal() {

@@ -3,7 +3,8 @@
 //!
 //! Series: `gateway_messages_in_total{channel}`, `gateway_messages_out_total{channel}`,
 //! `gateway_delivery_failures_total{channel}`, `gateway_dead_lettered_total{channel}`,
-//! `gateway_rate_limit_waits_total{channel}`, `gateway_turn_seconds` (histogram), and the gauges
+//! `gateway_rate_limit_waits_total{channel}`, `gateway_tool_calls_total{tool,outcome}`,
+//! `gateway_turn_seconds` (histogram), and the gauges
 //! `gateway_outbox_pending`, `gateway_inbox_pending`, `gateway_dead_letters`,
 //! `gateway_sessions_resident`.
 

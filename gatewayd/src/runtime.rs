@@ -9,16 +9,22 @@
 //! stays pending for the next run. The handle's fields are the core's services, which the
 //! binary's signal handling and the tests drive the same way.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
+use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::agent::tools::{
+    CurrentTime, HttpGet, MessageTarget, OutboxSink, RunWorkflow, SendMessage, Tool,
+    ToolCallContext, ToolRegistry, WorkflowRunner,
+};
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::ChannelSender;
 use crate::channels::http::HttpSender;
@@ -31,10 +37,13 @@ use crate::events::EventBus;
 use crate::identity::Identity;
 use crate::inbox::Inbox;
 use crate::message::ChannelKind;
+use crate::outbox::Outbox;
 use crate::session::Context;
 use crate::session::router::Router;
+use crate::store::RunOrigin;
 use crate::store::SharedStore;
 use crate::store::sqlite::SqliteStore;
+use crate::workflow::run::{Engine, NodeServices};
 
 /// How often idle per-chat rate-limit buckets are forgotten.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
@@ -102,12 +111,6 @@ impl Gateway {
         crate::metrics::handle();
         let events = EventBus::new(4096);
         let identity = Arc::new(Identity::new(store.clone(), events.clone()));
-        let agent = Arc::new(Agent::new(
-            provider(&config)?,
-            config.agent.system_prompt.clone(),
-            config.agent.max_attempts,
-            config.agent.retry_backoff.get(),
-        ));
         let (closing, closing_rx) = watch::channel(false);
         let mut senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = Vec::new();
         let webchat = config.channels.webchat.enabled.then(|| {
@@ -171,10 +174,39 @@ impl Gateway {
         if let Some(w) = &webchat {
             w.attach_delivery(delivery.clone());
         }
+        let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
+        let runner = Arc::new(LateRunner::default());
+        let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
+        let agent = Arc::new(
+            Agent::new(
+                provider(&config)?,
+                config.agent.system_prompt.clone(),
+                config.agent.max_attempts,
+                config.agent.retry_backoff.get(),
+            )
+            .with_tools(tools.clone(), config.agent.max_tool_steps),
+        );
+        let workflows = config.workflows.enabled.then(|| {
+            let services = Arc::new(WorkflowServices {
+                agent: agent.clone(),
+                tools: tools.clone(),
+                outbox: outbox.clone(),
+            });
+            Engine::load(
+                config.workflows.dir.clone(),
+                store.clone(),
+                events.clone(),
+                services,
+            )
+        });
+        if let (Some(engine), Ok(mut slot)) = (&workflows, runner.engine.write()) {
+            *slot = Some(Arc::downgrade(engine));
+        }
         let ctx = Arc::new(Context {
             store: store.clone(),
             identity: identity.clone(),
             agent,
+            workflows: workflows.clone(),
             delivery: delivery.clone(),
             events: events.clone(),
             history_window: config.gateway.history_window,
@@ -208,6 +240,15 @@ impl Gateway {
         let resent = pending_out.len();
         delivery.enqueue(pending_out);
         let replayed = inbox.replay().await?;
+        if let Some(engine) = &workflows {
+            let resumed = engine.resume_unfinished().await?;
+            if resumed > 0 {
+                tracing::info!(
+                    message = "Resumed unfinished workflow runs.",
+                    runs = resumed
+                );
+            }
+        }
         if resent + replayed > 0 {
             tracing::info!(
                 message = "Resumed unfinished work from the previous run.",
@@ -333,6 +374,7 @@ impl Gateway {
                     started_at: Instant::now(),
                     max_sessions: config.gateway.max_sessions,
                     provider: config.agent.provider_name(),
+                    workflows: workflows.clone(),
                 };
                 let stop = stop_server.subscribe();
                 background.push(tokio::spawn(async move {
@@ -400,6 +442,110 @@ impl Gateway {
             outbox_pending,
             dead_letters = dead
         );
+    }
+}
+
+/// The built-in tools every session and workflow shares.
+pub fn builtin_tools(
+    config: &Config,
+    outbox: Arc<dyn OutboxSink>,
+    runner: Arc<dyn WorkflowRunner>,
+) -> anyhow::Result<ToolRegistry> {
+    let registry = ToolRegistry::new();
+    let timeout = config.tools.timeout.get();
+    let http = HttpGet::new(
+        &config.tools.http_allowlist,
+        config.tools.http_max_bytes,
+        timeout,
+    )
+    .map_err(|e| anyhow!("tools.http_allowlist: {e}"))?;
+    let tools: [Arc<dyn Tool>; 4] = [
+        Arc::new(CurrentTime::new()),
+        Arc::new(http),
+        Arc::new(SendMessage::new(outbox)),
+        Arc::new(RunWorkflow::new(runner)),
+    ];
+    for tool in tools {
+        registry
+            .register(tool, timeout)
+            .map_err(|e| anyhow!("cannot register a built-in tool: {e}"))?;
+    }
+    Ok(registry)
+}
+
+/// What workflow nodes use: the agent's model, the shared tools, the outbox.
+struct WorkflowServices {
+    agent: Arc<Agent>,
+    tools: ToolRegistry,
+    outbox: Arc<Outbox>,
+}
+
+#[async_trait]
+impl NodeServices for WorkflowServices {
+    async fn complete(&self, system: Option<&str>, prompt: &str) -> Result<String, String> {
+        self.agent
+            .complete(system, prompt)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn call_tool(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+        origin: Option<&RunOrigin>,
+    ) -> Result<serde_json::Value, String> {
+        let ctx = ToolCallContext {
+            session: None,
+            origin: origin.map(|o| (o.channel, o.chat_id.clone())),
+            user: origin.and_then(|o| o.user),
+        };
+        self.tools
+            .call(name, args, &ctx)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String> {
+        self.outbox.send(target, text.to_owned()).await
+    }
+
+    fn tool_names(&self) -> HashSet<String> {
+        self.tools.names()
+    }
+}
+
+/// `run_workflow`'s way to the engine, which is built after the tools it uses.
+#[derive(Default)]
+struct LateRunner {
+    engine: RwLock<Option<Weak<Engine>>>,
+}
+
+#[async_trait]
+impl WorkflowRunner for LateRunner {
+    async fn start(
+        &self,
+        name: &str,
+        inputs: serde_json::Value,
+        ctx: &ToolCallContext,
+    ) -> Result<String, String> {
+        let engine = self
+            .engine
+            .read()
+            .ok()
+            .and_then(|e| e.as_ref().and_then(Weak::upgrade))
+            .ok_or("workflows are not enabled on this gateway")?;
+        let origin = ctx.origin.as_ref().map(|(channel, chat_id)| RunOrigin {
+            channel: *channel,
+            chat_id: chat_id.clone(),
+            user: ctx.user,
+            trigger: "agent".to_owned(),
+        });
+        engine
+            .start(name, inputs, origin)
+            .await
+            .map(|id| id.to_string())
+            .map_err(|e| e.to_string())
     }
 }
 

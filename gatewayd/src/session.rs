@@ -32,4 +32,6 @@ pub struct Context {
     pub events: EventBus,
     /// Turns kept in memory and sent to the agent.
     pub history_window: usize,
+    /// The workflow engine, for `/run`.
+    pub workflows: Option<Arc<crate::workflow::run::Engine>>,
 }

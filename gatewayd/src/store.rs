@@ -255,6 +255,12 @@ pub trait Store: Send + Sync + 'static {
     /// user behind; history stays where it is.
     async fn attach_address(&self, user: UserId, address: &Address) -> Result<(), StoreError>;
 
+    /// The direct chat a user wrote from last: (channel, chat id).
+    async fn last_direct_chat(
+        &self,
+        user: UserId,
+    ) -> Result<Option<(ChannelKind, String)>, StoreError>;
+
     /// Commits a reply that answers no inbound message (a tool or workflow sending one).
     async fn outbox_put(&self, reply: NewReply) -> Result<OutboundMessage, StoreError>;
 

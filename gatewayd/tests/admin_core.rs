@@ -28,6 +28,7 @@ async fn a_watcher_that_falls_behind_gets_a_lagged_marker() {
         started_at: gw.started_at,
         max_sessions: 10,
         provider: "echo",
+        workflows: None,
     });
     let mut stream = service
         .watch_events(tonic::Request::new(pb::WatchEventsRequest {}))

@@ -4,10 +4,18 @@
 //! `Authorization` header, and can inject faults (error statuses, delays,
 //! hangs, dropped connections) or park requests on a marker until released.
 //!
+//! Tool calls are scripted: [`FakeOpenAi::push_tool_call`] makes the next
+//! answered request a tool call (`finish_reason: "tool_calls"`, ids
+//! `call_1`, `call_2`, … across the server's life), and
+//! [`FakeOpenAi::push_answer`] a given text. Scripted responses are consumed
+//! FIFO by requests that get past faults and holds; with none queued the
+//! answer is `llm: {last user message}`. The `tools` array of each request and
+//! every `role: "tool"` message (once per `tool_call_id`) are recorded.
+//!
 //! Waiting is Notify-based: every recorded request or parked/unparked request
 //! wakes the `wait_*` helpers, which then re-check their condition.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +46,27 @@ pub enum Fault {
     Drop,
 }
 
+/// A scripted response (queued with [`FakeOpenAi::push_tool_call`],
+/// [`FakeOpenAi::push_tool_calls`] or [`FakeOpenAi::push_answer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scripted {
+    /// Call these tools: `(name, arguments JSON text)` each, in one response.
+    ToolCalls(Vec<(String, String)>),
+    /// Answer with this text.
+    Answer(String),
+}
+
+/// A `role: "tool"` message as the fake first received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResultSeen {
+    /// Index (into [`FakeOpenAi::requests`]) of the first request carrying it.
+    pub request: usize,
+    /// Its `tool_call_id`.
+    pub tool_call_id: String,
+    /// Its `content` (a string; anything else as JSON text).
+    pub content: String,
+}
+
 /// One marker registered with [`FakeOpenAi::hold`].
 #[derive(Debug)]
 struct Hold {
@@ -52,6 +81,9 @@ struct Recorded {
     auth: Vec<Option<String>>,
     faults: VecDeque<Fault>,
     holds: Vec<Arc<Hold>>,
+    script: VecDeque<Scripted>,
+    tool_results: Vec<ToolResultSeen>,
+    seen_tool_call_ids: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -60,6 +92,7 @@ struct Shared {
     changed: Notify,
     shutdown: ShutdownSignal,
     next_id: AtomicU64,
+    next_call_id: AtomicU64,
 }
 
 /// The fake OpenAI server. Dropping it shuts the server down and closes any
@@ -86,6 +119,7 @@ impl FakeOpenAi {
             changed: Notify::new(),
             shutdown,
             next_id: AtomicU64::new(1),
+            next_call_id: AtomicU64::new(1),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
@@ -182,6 +216,54 @@ impl FakeOpenAi {
         });
     }
 
+    /// Makes the next answered request (after any already scripted) a call
+    /// of tool `name` with `arguments_json` (sent as is, so it may be
+    /// invalid JSON on purpose).
+    pub fn push_tool_call(&self, name: &str, arguments_json: &str) {
+        self.push_tool_calls(&[(name, arguments_json)]);
+    }
+
+    /// Like [`push_tool_call`](Self::push_tool_call) with several calls in
+    /// one response.
+    pub fn push_tool_calls(&self, calls: &[(&str, &str)]) {
+        let calls = calls
+            .iter()
+            .map(|(n, a)| ((*n).to_owned(), (*a).to_owned()))
+            .collect();
+        lock(&self.shared.state)
+            .script
+            .push_back(Scripted::ToolCalls(calls));
+    }
+
+    /// Makes the next answered request (after any already scripted) answer
+    /// `text`.
+    pub fn push_answer(&self, text: &str) {
+        lock(&self.shared.state)
+            .script
+            .push_back(Scripted::Answer(text.to_owned()));
+    }
+
+    /// Number of scripted responses not yet used.
+    pub fn pending_scripted(&self) -> usize {
+        lock(&self.shared.state).script.len()
+    }
+
+    /// The `tools` array of every request (`None` if it had none), parallel
+    /// to [`requests`](Self::requests).
+    pub fn tools_offered(&self) -> Vec<Option<Value>> {
+        lock(&self.shared.state)
+            .requests
+            .iter()
+            .map(|r| r.get("tools").cloned())
+            .collect()
+    }
+
+    /// Every `role: "tool"` message received, once per `tool_call_id`, in the
+    /// order they first arrived.
+    pub fn tool_results(&self) -> Vec<ToolResultSeen> {
+        lock(&self.shared.state).tool_results.clone()
+    }
+
     /// Number of requests currently parked on `marker` (0 once released).
     pub fn held_count(&self, marker: &str) -> usize {
         held_count(&lock(&self.shared.state), marker)
@@ -245,6 +327,39 @@ pub fn last_user_content(request: &Value) -> String {
     }
 }
 
+/// Records the `role: "tool"` messages of request `index` not seen before.
+fn record_tool_results(st: &mut Recorded, index: usize, request: Option<&Value>) {
+    let Some(messages) = request
+        .and_then(|r| r.get("messages"))
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for m in messages {
+        if m.get("role").and_then(Value::as_str) != Some("tool") {
+            continue;
+        }
+        let id = m
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !st.seen_tool_call_ids.insert(id.clone()) {
+            continue;
+        }
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        st.tool_results.push(ToolResultSeen {
+            request: index,
+            tool_call_id: id,
+            content,
+        });
+    }
+}
+
 /// Decrements a hold's parked count (and wakes waiters) even if the handler
 /// future is dropped because the client went away.
 struct ParkGuard<'a> {
@@ -294,6 +409,8 @@ async fn chat_completions(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let fault = {
         let mut st = lock(&shared.state);
+        let index = st.requests.len();
+        record_tool_results(&mut st, index, parsed.as_ref());
         st.requests.push(recorded);
         st.auth.push(auth);
         st.faults.pop_front()
@@ -351,7 +468,30 @@ async fn chat_completions(
         .and_then(Value::as_str)
         .unwrap_or("fake-model")
         .to_owned();
-    let content = format!("llm: {user}");
+    let scripted = lock(&shared.state).script.pop_front();
+    let (content, tool_calls) = match scripted {
+        None => (Some(format!("llm: {user}")), Vec::new()),
+        Some(Scripted::Answer(text)) => (Some(text), Vec::new()),
+        Some(Scripted::ToolCalls(calls)) => {
+            let calls = calls
+                .into_iter()
+                .map(|(name, arguments)| {
+                    let n = shared.next_call_id.fetch_add(1, Ordering::SeqCst);
+                    json!({
+                        "id": format!("call_{n}"),
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    })
+                })
+                .collect::<Vec<_>>();
+            (None, calls)
+        }
+    };
+    let finish = if tool_calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
     let id = format!(
         "chatcmpl-fake-{}",
         shared.next_id.fetch_add(1, Ordering::SeqCst)
@@ -370,7 +510,9 @@ async fn chat_completions(
                 .sum::<usize>()
         })
         .unwrap_or(0);
-    let completion_tokens = content.split_whitespace().count();
+    let completion_tokens = content
+        .as_deref()
+        .map_or(0, |c| c.split_whitespace().count());
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -384,13 +526,21 @@ async fn chat_completions(
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
             })
         };
-        let events = [
-            chunk(
-                json!({"role": "assistant", "content": content}),
-                Value::Null,
-            ),
-            chunk(json!({}), json!("stop")),
-        ];
+        let first = if tool_calls.is_empty() {
+            json!({"role": "assistant", "content": content})
+        } else {
+            let indexed: Vec<Value> = tool_calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut c = c.clone();
+                    c["index"] = json!(i);
+                    c
+                })
+                .collect();
+            json!({"role": "assistant", "content": null, "tool_calls": indexed})
+        };
+        let events = [chunk(first, Value::Null), chunk(json!({}), json!(finish))];
         let mut sse = String::new();
         for ev in events {
             sse.push_str(&format!("data: {ev}\n\n"));
@@ -399,6 +549,11 @@ async fn chat_completions(
         return ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response();
     }
 
+    let message = if tool_calls.is_empty() {
+        json!({"role": "assistant", "content": content})
+    } else {
+        json!({"role": "assistant", "content": null, "tool_calls": tool_calls})
+    };
     axum::Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -406,9 +561,9 @@ async fn chat_completions(
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content},
+            "message": message,
             "logprobs": null,
-            "finish_reason": "stop"
+            "finish_reason": finish
         }],
         "usage": usage,
     }))

@@ -9,7 +9,12 @@ use crate::delivery::health::{HealthState, HealthStatus};
 use crate::delivery::rate_limit::BucketState;
 use crate::events::Event;
 use crate::message::{Address, ChannelKind, SessionKey, now_ms};
-use crate::store::{AttemptError, DeadLetter, Role, StoredSession, TranscriptEntry, UserRecord};
+use crate::store::{
+    AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StoredSession,
+    TranscriptEntry, UserRecord,
+};
+use crate::workflow::model::{Edge, Workflow};
+use crate::workflow::validate::WorkflowError;
 
 /// A proto channel from a domain channel.
 pub fn channel(c: ChannelKind) -> pb::Channel {
@@ -277,6 +282,28 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             chat_id: chat_id.clone().unwrap_or_default(),
             pause_ms: *pause_ms,
         }),
+        Event::RunChanged {
+            run,
+            workflow,
+            status,
+            error,
+        } => E::RunChanged(pb::RunChanged {
+            run_id: *run,
+            workflow: workflow.clone(),
+            state: run_state(*status) as i32,
+            error: error.clone().unwrap_or_default(),
+        }),
+        Event::NodeChanged {
+            run,
+            node,
+            status,
+            error,
+        } => E::NodeChanged(pb::NodeChanged {
+            run_id: *run,
+            node: node.clone(),
+            state: node_state(*status) as i32,
+            error: error.clone().unwrap_or_default(),
+        }),
         Event::DeadLettersRetried { channel: c, count } => {
             E::DeadLettersRetried(pb::DeadLettersRetried {
                 channel: c.map_or(pb::Channel::Unspecified, channel) as i32,
@@ -287,6 +314,129 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
     pb::WatchEventsResponse {
         at_ms: now_ms(),
         event: Some(inner),
+    }
+}
+
+/// A proto run state.
+pub fn run_state(s: RunStatus) -> pb::RunState {
+    match s {
+        RunStatus::Running => pb::RunState::Running,
+        RunStatus::Succeeded => pb::RunState::Succeeded,
+        RunStatus::Failed => pb::RunState::Failed,
+    }
+}
+
+/// A proto node state.
+pub fn node_state(s: NodeStatus) -> pb::NodeState {
+    match s {
+        NodeStatus::Pending => pb::NodeState::Pending,
+        NodeStatus::Running => pb::NodeState::Running,
+        NodeStatus::Succeeded => pb::NodeState::Succeeded,
+        NodeStatus::Failed => pb::NodeState::Failed,
+        NodeStatus::Skipped => pb::NodeState::Skipped,
+    }
+}
+
+/// A proto workflow error.
+pub fn workflow_error(e: &WorkflowError) -> pb::WorkflowError {
+    pb::WorkflowError {
+        file: e.file.display().to_string(),
+        node: e.node.clone().unwrap_or_default(),
+        field: e.field.clone().unwrap_or_default(),
+        message: e.message.clone(),
+    }
+}
+
+fn edge_text(e: &Edge) -> String {
+    match e.when {
+        Some(when) => format!("{}={when}", e.node),
+        None => e.node.clone(),
+    }
+}
+
+/// A proto workflow.
+pub fn workflow(w: &Workflow) -> pb::Workflow {
+    pb::Workflow {
+        name: w.name.clone(),
+        description: w.description.clone(),
+        file: w.path.display().to_string(),
+        inputs: w
+            .inputs
+            .iter()
+            .map(|(name, spec)| pb::WorkflowInput {
+                name: name.clone(),
+                r#type: spec.kind.to_string(),
+                required: spec.is_required(),
+                description: spec.description.clone(),
+            })
+            .collect(),
+        nodes: w
+            .nodes
+            .iter()
+            .map(|n| pb::WorkflowNode {
+                id: n.id.clone(),
+                kind: n.kind.name().to_owned(),
+                after: n.after.iter().map(edge_text).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A proto run; with `workflow`, its nodes in the workflow's order (pending ones included).
+pub fn run(r: &RunRecord, workflow: Option<&Workflow>, with_nodes: bool) -> pb::Run {
+    let mut nodes = Vec::new();
+    if with_nodes {
+        let recorded: std::collections::HashMap<&str, &NodeRecord> =
+            r.nodes.iter().map(|n| (n.node.as_str(), n)).collect();
+        let order: Vec<(String, String, Vec<String>)> = match workflow {
+            Some(w) => w
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.id.clone(),
+                        n.kind.name().to_owned(),
+                        n.after.iter().map(edge_text).collect(),
+                    )
+                })
+                .collect(),
+            None => r
+                .nodes
+                .iter()
+                .map(|n| (n.node.clone(), String::new(), Vec::new()))
+                .collect(),
+        };
+        for (id, kind, after) in order {
+            let rec = recorded.get(id.as_str());
+            nodes.push(pb::RunNode {
+                state: node_state(rec.map_or(NodeStatus::Pending, |n| n.status)) as i32,
+                output_json: rec
+                    .and_then(|n| n.output.as_ref())
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                error: rec.and_then(|n| n.error.clone()).unwrap_or_default(),
+                attempts: rec.map_or(0, |n| n.attempts),
+                started_at_ms: rec.and_then(|n| n.started_at_ms).unwrap_or(0),
+                finished_at_ms: rec.and_then(|n| n.finished_at_ms).unwrap_or(0),
+                id,
+                kind,
+                after,
+            });
+        }
+    }
+    pb::Run {
+        id: r.id,
+        workflow: r.workflow.clone(),
+        state: run_state(r.status) as i32,
+        error: r.error.clone().unwrap_or_default(),
+        inputs_json: r.inputs.to_string(),
+        created_at_ms: r.created_at_ms,
+        finished_at_ms: r.finished_at_ms.unwrap_or(0),
+        nodes,
+        trigger: r
+            .origin
+            .as_ref()
+            .map_or_else(|| "operator".to_owned(), |o| o.trigger.clone()),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::identity::Identity;
 use crate::message::{ChannelKind, SessionKey};
 use crate::session::router::Router;
 use crate::store::{DeadSelector, SessionFilter, SharedStore, StoreError, StoredSession};
+use crate::workflow::run::{Engine, StartError};
 
 /// Default page size of list RPCs.
 const DEFAULT_LIMIT: u32 = 100;
@@ -46,6 +47,8 @@ pub struct AdminState {
     pub max_sessions: usize,
     /// The agent provider's name.
     pub provider: &'static str,
+    /// The workflow engine, if workflows are enabled.
+    pub workflows: Option<Arc<Engine>>,
 }
 
 /// The service.
@@ -108,6 +111,14 @@ fn page<T>(mut rows: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> 
 }
 
 impl AdminService {
+    #[allow(clippy::result_large_err)]
+    fn engine(&self) -> Result<&Arc<Engine>, Status> {
+        self.state
+            .workflows
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("workflows are not enabled on this gateway"))
+    }
+
     fn resident(&self, key: &SessionKey) -> Option<usize> {
         self.state.router.peek(key).map(|r| r.in_flight)
     }
@@ -479,6 +490,94 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         none_found(&selector, dropped)?;
         Ok(Response::new(pb::DropDeadLettersResponse { dropped }))
+    }
+
+    async fn list_workflows(
+        &self,
+        _: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let engine = self.engine()?;
+        Ok(Response::new(pb::ListWorkflowsResponse {
+            workflows: engine.list().iter().map(|w| convert::workflow(w)).collect(),
+            errors: engine
+                .errors()
+                .iter()
+                .map(convert::workflow_error)
+                .collect(),
+        }))
+    }
+
+    async fn validate_workflows(
+        &self,
+        _: Request<pb::ValidateWorkflowsRequest>,
+    ) -> Result<Response<pb::ValidateWorkflowsResponse>, Status> {
+        let (valid, errors) = self.engine()?.check();
+        Ok(Response::new(pb::ValidateWorkflowsResponse {
+            valid: valid.iter().map(|w| w.name.clone()).collect(),
+            errors: errors.iter().map(convert::workflow_error).collect(),
+        }))
+    }
+
+    async fn run_workflow(
+        &self,
+        request: Request<pb::RunWorkflowRequest>,
+    ) -> Result<Response<pb::RunWorkflowResponse>, Status> {
+        let r = request.into_inner();
+        let inputs: serde_json::Value = if r.inputs_json.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&r.inputs_json)
+                .map_err(|e| Status::invalid_argument(format!("inputs_json is not JSON: {e}")))?
+        };
+        let run_id = self
+            .engine()?
+            .start(&r.name, inputs, None)
+            .await
+            .map_err(|e| match e {
+                StartError::Unknown(_) => Status::not_found(e.to_string()),
+                StartError::Inputs(m) => Status::invalid_argument(m),
+                StartError::Store(s) => store_status(s),
+            })?;
+        Ok(Response::new(pb::RunWorkflowResponse { run_id }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let workflow = (!r.workflow.is_empty()).then_some(r.workflow.as_str());
+        let runs = self
+            .state
+            .store
+            .run_list(workflow, id_cursor(&r.cursor)?, limit + 1)
+            .await
+            .map_err(store_status)?;
+        let (runs, next_cursor) = page(runs, limit, |run| run.id.to_string());
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs
+                .iter()
+                .map(|run| convert::run(run, None, false))
+                .collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let id = request.into_inner().id;
+        let run = self.state.store.run_get(id).await.map_err(store_status)?;
+        let workflow = self
+            .state
+            .workflows
+            .as_ref()
+            .and_then(|e| e.get(&run.workflow));
+        Ok(Response::new(pb::GetRunResponse {
+            run: Some(convert::run(&run, workflow.as_deref(), true)),
+        }))
     }
 
     type WatchEventsStream = EventStream;

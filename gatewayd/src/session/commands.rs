@@ -33,6 +33,8 @@ pub enum Command {
     History(usize),
     /// `/reset`.
     Reset,
+    /// `/run <workflow> key=value…`.
+    Run(String, Vec<(String, String)>),
     /// Anything else that looks like a command, with the reason it is not one.
     Invalid(String),
 }
@@ -44,7 +46,8 @@ const HELP: &str = "Commands:
 /link CODE - link this channel using a code from your other channel
 /unlink - split this address off into a user of its own
 /history [n] - the last n turns of this conversation (default 10)
-/reset - start a fresh conversation (history is kept)";
+/reset - start a fresh conversation (history is kept)
+/run WORKFLOW key=value ... - run a workflow; its result comes back here";
 
 /// Parses `text` as a command; `None` if it is an ordinary message.
 pub fn parse(text: &str) -> Option<Command> {
@@ -83,6 +86,23 @@ pub fn parse(text: &str) -> Option<Command> {
             _ => Command::Invalid(format!(
                 "usage: /history [n], with n from 1 to {MAX_HISTORY}"
             )),
+        },
+        "run" => match args.split_first() {
+            None => Command::Invalid("usage: /run WORKFLOW key=value ...".to_owned()),
+            Some((name, rest)) => {
+                let mut pairs = Vec::new();
+                for arg in rest {
+                    match arg.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => pairs.push((k.to_owned(), v.to_owned())),
+                        _ => {
+                            return Some(Command::Invalid(format!(
+                                "`{arg}` is not key=value; usage: /run WORKFLOW key=value ..."
+                            )));
+                        }
+                    }
+                }
+                Command::Run((*name).to_owned(), pairs)
+            }
         },
         "" => return None,
         other => Command::Invalid(format!("unknown command /{other}; send /help for the list")),
@@ -182,6 +202,26 @@ pub async fn execute(
             }
             Err(e) => reply(format!("Cannot read the history right now: {e}")),
         },
+        Command::Run(name, pairs) => {
+            let Some(engine) = &ctx.workflows else {
+                return reply("Workflows are not enabled on this gateway.");
+            };
+            let Some(workflow) = engine.get(&name) else {
+                let names: Vec<String> = engine.list().iter().map(|w| w.name.clone()).collect();
+                return reply(format!("No workflow `{name}`. Workflows: {}", names.join(", ")));
+            };
+            let inputs = typed_inputs(&workflow, pairs);
+            let origin = crate::store::RunOrigin {
+                channel: job.msg.channel,
+                chat_id: job.msg.chat_id.clone(),
+                user: Some(job.user),
+                trigger: "chat".to_owned(),
+            };
+            match engine.start(&name, inputs, Some(origin)).await {
+                Ok(run) => reply(format!("Started workflow {name} (run {run}); its result will come here.")),
+                Err(e) => reply(format!("Not started: {e}")),
+            }
+        }
         Command::Reset => Outcome {
             entries: vec![TranscriptEntry {
                 role: Role::Reset,
@@ -193,6 +233,27 @@ pub async fn execute(
             reset: true,
         },
     }
+}
+
+/// `key=value` pairs as typed inputs: numbers and booleans for inputs declared so, lists and
+/// objects parsed as JSON, everything else a string (the engine checks the types).
+fn typed_inputs(
+    workflow: &crate::workflow::model::Workflow,
+    pairs: Vec<(String, String)>,
+) -> serde_json::Value {
+    use crate::workflow::model::InputType;
+    let mut map = serde_json::Map::new();
+    for (key, raw) in pairs {
+        let kind = workflow.inputs.get(&key).map(|spec| spec.kind);
+        let value = match kind {
+            Some(InputType::Number | InputType::Boolean | InputType::List | InputType::Object) => {
+                serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw))
+            }
+            _ => serde_json::Value::String(raw),
+        };
+        map.insert(key, value);
+    }
+    serde_json::Value::Object(map)
 }
 
 #[cfg(test)]
@@ -214,6 +275,21 @@ mod tests {
         check("/history", Some(Command::History(DEFAULT_HISTORY)));
         check("/history 3", Some(Command::History(3)));
         check("/reset@mybot", Some(Command::Reset));
+        check(
+            "/run triage ticket=help priority=2",
+            Some(Command::Run(
+                "triage".into(),
+                vec![
+                    ("ticket".into(), "help".into()),
+                    ("priority".into(), "2".into()),
+                ],
+            )),
+        );
+        assert!(matches!(parse("/run"), Some(Command::Invalid(_))));
+        assert!(matches!(
+            parse("/run triage oops"),
+            Some(Command::Invalid(_))
+        ));
         assert!(matches!(parse("/history 0"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/history x"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/reset now"), Some(Command::Invalid(_))));

@@ -120,7 +120,16 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         channel: Some(job.msg.channel),
     };
     let started = std::time::Instant::now();
-    let (role, reply) = match ctx.agent.respond(&window, &input).await {
+    let tool_ctx = crate::agent::tools::ToolCallContext {
+        session: Some(state.key.clone()),
+        origin: Some((job.msg.channel, job.msg.chat_id.clone())),
+        user: Some(job.user),
+    };
+    let (role, reply) = match ctx
+        .agent
+        .respond_with_tools(&window, &input, &tool_ctx)
+        .await
+    {
         Ok(reply) => (Role::Assistant, reply),
         Err(e) => {
             tracing::error!(message = "Agent turn failed after retries; the user gets an error reply.", session = %state.key, inbox_id = job.inbox_id, provider = ctx.agent.provider_name(), error = %e);

@@ -1216,6 +1216,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_direct_chat(
+        &self,
+        user: UserId,
+    ) -> Result<Option<(ChannelKind, String)>, StoreError> {
+        self.read(move |conn| {
+            let row: Option<(String, String)> = conn
+                .query_row(
+                    "SELECT i.channel, i.chat_id FROM inbox i
+                     JOIN addresses a ON a.channel = i.channel AND a.sender_id = i.sender_id
+                     WHERE a.user_id = ?1 AND i.chat_type = 'direct'
+                     ORDER BY i.id DESC LIMIT 1",
+                    [user],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(|(c, chat)| Ok((parse_channel(&c)?, chat)))
+                .transpose()
+        })
+        .await
+    }
+
     async fn outbox_put(&self, reply: NewReply) -> Result<OutboundMessage, StoreError> {
         self.write(move |conn| {
             let id = insert_reply(conn, 0, &reply, now_ms())?;

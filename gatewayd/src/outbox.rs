@@ -1,0 +1,56 @@
+//! The outbox's front door for messages that answer no inbound message: a tool's
+//! `send_message`, a workflow's `message` node, a run's report to its chat.
+//!
+//! Like every reply, such a message is committed to the outbox before delivery sees it, so it
+//! is sent at least once and ends `delivered` or `dead`. A message to a user goes to the direct
+//! chat they wrote from last.
+
+use async_trait::async_trait;
+
+use crate::agent::tools::{MessageTarget, OutboxSink};
+use crate::delivery::Delivery;
+use crate::store::{NewReply, SharedStore};
+
+/// Commits and hands over messages that are not replies.
+pub struct Outbox {
+    store: SharedStore,
+    delivery: Delivery,
+}
+
+impl Outbox {
+    /// An outbox over `store` that hands rows to `delivery`.
+    pub fn new(store: SharedStore, delivery: Delivery) -> Self {
+        Self { store, delivery }
+    }
+}
+
+#[async_trait]
+impl OutboxSink for Outbox {
+    async fn send(&self, target: MessageTarget, text: String) -> Result<i64, String> {
+        if text.trim().is_empty() {
+            return Err("the message is empty".to_owned());
+        }
+        let (channel, chat_id) = match target {
+            MessageTarget::Chat { channel, chat_id } => (channel, chat_id),
+            MessageTarget::User(user) => self
+                .store
+                .last_direct_chat(user)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("user {user} has no direct chat with the gateway yet"))?,
+        };
+        let row = self
+            .store
+            .outbox_put(NewReply {
+                channel,
+                chat_id,
+                text,
+                reply_to: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = row.id;
+        self.delivery.enqueue(vec![row]);
+        Ok(id)
+    }
+}

@@ -1,0 +1,686 @@
+//! Running workflows: a ready-set scheduler over the DAG, with per-node timeouts and retries,
+//! durable state, and resumption after a restart.
+//!
+//! A node becomes ready when every node it runs after has finished. It is **skipped** when any
+//! of those was skipped or when an edge's `when` does not match its condition's result, so an
+//! untaken branch is skipped all the way down. Ready nodes run concurrently. Every state change
+//! of a run and of each node is written to the store before the scheduler acts on it, so after a
+//! crash [`Engine::resume_unfinished`] continues each unfinished run: finished nodes keep their
+//! stored outputs and are not run again; nodes that were running are run again. A node that
+//! exhausts its retries fails the run; the error is stored, logged, published as an event and,
+//! for runs started from a chat, sent back there.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+
+use super::model::{NodeKind, Step, Target, Workflow};
+use super::script::{Limits, Sandbox};
+use super::template::{self, Vars};
+use super::validate::{self, WorkflowError};
+use crate::agent::tools::MessageTarget;
+use crate::events::{Event, EventBus};
+use crate::message::now_ms;
+use crate::store::{
+    NodeRecord, NodeStatus, RunOrigin, RunRecord, RunStatus, SharedStore, StoreError,
+};
+
+/// What nodes need from the rest of the gateway.
+#[async_trait]
+pub trait NodeServices: Send + Sync {
+    /// One completion of `prompt` (with an optional system prompt).
+    async fn complete(&self, system: Option<&str>, prompt: &str) -> Result<String, String>;
+    /// Calls a shared tool.
+    async fn call_tool(
+        &self,
+        name: &str,
+        args: Value,
+        origin: Option<&RunOrigin>,
+    ) -> Result<Value, String>;
+    /// Sends a message through the outbox; returns the outbox id.
+    async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String>;
+    /// The names of the shared tools, for validation.
+    fn tool_names(&self) -> HashSet<String>;
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No loaded workflow has that name.
+    #[error("no workflow `{0}`; `gatewayctl workflows list` shows the loaded ones")]
+    Unknown(String),
+    /// The inputs do not match the workflow's.
+    #[error("{0}")]
+    Inputs(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The workflow engine.
+pub struct Engine {
+    dir: PathBuf,
+    workflows: RwLock<BTreeMap<String, Arc<Workflow>>>,
+    errors: RwLock<Vec<WorkflowError>>,
+    store: SharedStore,
+    events: EventBus,
+    services: Arc<dyn NodeServices>,
+    sandbox: Arc<Sandbox>,
+}
+
+impl Engine {
+    /// Loads every workflow in `dir`; files with errors are reported and skipped.
+    pub fn load(
+        dir: PathBuf,
+        store: SharedStore,
+        events: EventBus,
+        services: Arc<dyn NodeServices>,
+    ) -> Arc<Self> {
+        let engine = Arc::new(Self {
+            dir,
+            workflows: RwLock::new(BTreeMap::new()),
+            errors: RwLock::new(Vec::new()),
+            store,
+            events,
+            services,
+            sandbox: Arc::new(Sandbox::new(Limits::default())),
+        });
+        engine.reload();
+        engine
+    }
+
+    /// Reads the directory again; returns the problems found.
+    pub fn reload(&self) -> Vec<WorkflowError> {
+        let (loaded, errors) = self.check();
+        for e in &errors {
+            tracing::error!(message = "Workflow not loaded.", error = %e);
+        }
+        if let Ok(mut w) = self.workflows.write() {
+            *w = loaded
+                .into_iter()
+                .map(|w| (w.name.clone(), Arc::new(w)))
+                .collect();
+        }
+        if let Ok(mut e) = self.errors.write() {
+            e.clone_from(&errors);
+        }
+        errors
+    }
+
+    /// Checks the files on disk without changing what is loaded.
+    pub fn check(&self) -> (Vec<Workflow>, Vec<WorkflowError>) {
+        if !self.dir.is_dir() {
+            return (Vec::new(), Vec::new());
+        }
+        validate::load_dir(&self.dir, &self.services.tool_names())
+    }
+
+    /// The loaded workflows, by name.
+    pub fn list(&self) -> Vec<Arc<Workflow>> {
+        self.workflows
+            .read()
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Problems of the files that did not load.
+    pub fn errors(&self) -> Vec<WorkflowError> {
+        self.errors.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// One loaded workflow.
+    pub fn get(&self, name: &str) -> Option<Arc<Workflow>> {
+        self.workflows.read().ok()?.get(name).cloned()
+    }
+
+    /// Starts a run of `name` with `inputs` (an object); returns its id at once.
+    pub async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        inputs: Value,
+        origin: Option<RunOrigin>,
+    ) -> Result<i64, StartError> {
+        let workflow = self
+            .get(name)
+            .ok_or_else(|| StartError::Unknown(name.to_owned()))?;
+        let inputs = check_inputs(&workflow, inputs).map_err(StartError::Inputs)?;
+        let run = self
+            .store
+            .run_create(name, &inputs, origin.as_ref())
+            .await?;
+        tracing::info!(message = "Workflow run started.", run, workflow = name);
+        self.events.publish(Event::RunChanged {
+            run,
+            workflow: name.to_owned(),
+            status: RunStatus::Running,
+            error: None,
+        });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine
+                .execute(run, workflow, inputs, origin, HashMap::new())
+                .await;
+        });
+        Ok(run)
+    }
+
+    /// Continues every run a previous process left unfinished; returns how many.
+    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let runs = self.store.runs_unfinished().await?;
+        let n = runs.len();
+        for run in runs {
+            let Some(workflow) = self.get(&run.workflow) else {
+                let error = format!(
+                    "workflow `{}` is no longer loaded; the run cannot continue",
+                    run.workflow
+                );
+                tracing::error!(message = "Cannot resume a workflow run.", run = run.id, error = %error);
+                self.store
+                    .run_finish(run.id, RunStatus::Failed, Some(&error))
+                    .await?;
+                continue;
+            };
+            tracing::info!(message = "Resuming a workflow run.", run = run.id, workflow = %run.workflow);
+            let prior = run.nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                engine
+                    .execute(run.id, workflow, run.inputs, run.origin, prior)
+                    .await;
+            });
+        }
+        Ok(n)
+    }
+
+    /// One run, with its nodes.
+    pub async fn run(&self, id: i64) -> Result<RunRecord, StoreError> {
+        self.store.run_get(id).await
+    }
+
+    async fn record(&self, run: i64, record: &NodeRecord) {
+        if let Err(e) = self.store.run_node(run, record).await {
+            tracing::error!(message = "Cannot store a node's state.", run, node = %record.node, error = %e);
+        }
+        self.events.publish(Event::NodeChanged {
+            run,
+            node: record.node.clone(),
+            status: record.status,
+            error: record.error.clone(),
+        });
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        run: i64,
+        workflow: Arc<Workflow>,
+        inputs: Value,
+        origin: Option<RunOrigin>,
+        prior: HashMap<String, NodeRecord>,
+    ) {
+        let mut state: HashMap<String, NodeRecord> = HashMap::new();
+        for node in &workflow.nodes {
+            let record = match prior.get(&node.id) {
+                Some(r) if r.status.is_final() => r.clone(),
+                _ => pending(&node.id),
+            };
+            state.insert(node.id.clone(), record);
+        }
+        let mut running: JoinSet<(String, Result<Value, String>, u32)> = JoinSet::new();
+        let mut failure: Option<String> = None;
+        loop {
+            if failure.is_none() {
+                // Settle skips first: they can make more nodes ready or skipped.
+                let mut changed = true;
+                while changed {
+                    changed = false;
+                    for node in &workflow.nodes {
+                        if state[&node.id].status == NodeStatus::Pending
+                            && readiness(&workflow, &state, &node.id) == Readiness::Skip
+                        {
+                            let record = skipped(&node.id);
+                            self.record(run, &record).await;
+                            state.insert(node.id.clone(), record);
+                            changed = true;
+                        }
+                    }
+                }
+                for node in &workflow.nodes {
+                    if state[&node.id].status != NodeStatus::Pending
+                        || readiness(&workflow, &state, &node.id) != Readiness::Ready
+                    {
+                        continue;
+                    }
+                    let mut record = pending(&node.id);
+                    record.status = NodeStatus::Running;
+                    record.started_at_ms = Some(now_ms());
+                    self.record(run, &record).await;
+                    state.insert(node.id.clone(), record);
+                    let nodes = outputs(&state);
+                    let engine = self.clone();
+                    let workflow = workflow.clone();
+                    let inputs = inputs.clone();
+                    let origin = origin.clone();
+                    let id = node.id.clone();
+                    running.spawn(async move {
+                        let (result, attempts) = engine
+                            .run_node(&workflow, &id, &inputs, &nodes, origin.as_ref())
+                            .await;
+                        (id, result, attempts)
+                    });
+                }
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (id, result, attempts) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    failure.get_or_insert(format!("a node task failed: {e}"));
+                    continue;
+                }
+            };
+            let mut record = state.get(&id).cloned().unwrap_or_else(|| pending(&id));
+            record.attempts = attempts;
+            record.finished_at_ms = Some(now_ms());
+            match result {
+                Ok(output) => {
+                    record.status = NodeStatus::Succeeded;
+                    record.output = Some(output);
+                }
+                Err(error) => {
+                    tracing::error!(message = "Workflow node failed after its retries.", run, workflow = %workflow.name, node = %id, attempts, error = %error);
+                    record.status = NodeStatus::Failed;
+                    failure.get_or_insert(format!("node `{id}` failed: {error}"));
+                    record.error = Some(error);
+                }
+            }
+            self.record(run, &record).await;
+            state.insert(id, record);
+        }
+        if failure.is_some() {
+            // Nodes that can no longer run end skipped, so a finished run has no pending node.
+            for node in &workflow.nodes {
+                if state[&node.id].status == NodeStatus::Pending {
+                    let record = skipped(&node.id);
+                    self.record(run, &record).await;
+                    state.insert(node.id.clone(), record);
+                }
+            }
+        }
+        let status = if failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        };
+        if let Err(e) = self.store.run_finish(run, status, failure.as_deref()).await {
+            tracing::error!(message = "Cannot store a run's end; it resumes at next start.", run, error = %e);
+            return;
+        }
+        tracing::info!(message = "Workflow run finished.", run, workflow = %workflow.name, status = status.as_str(), error = failure.as_deref().unwrap_or(""));
+        self.events.publish(Event::RunChanged {
+            run,
+            workflow: workflow.name.clone(),
+            status,
+            error: failure.clone(),
+        });
+        self.report(run, &workflow, &state, origin.as_ref(), failure.as_deref())
+            .await;
+    }
+
+    /// Tells the chat that started a run how it ended, unless a message node already answered.
+    async fn report(
+        &self,
+        run: i64,
+        workflow: &Workflow,
+        state: &HashMap<String, NodeRecord>,
+        origin: Option<&RunOrigin>,
+        failure: Option<&str>,
+    ) {
+        let Some(origin) = origin.filter(|o| o.trigger == "chat") else {
+            return;
+        };
+        let answered = workflow.nodes.iter().any(|n| {
+            matches!(&n.kind, NodeKind::Message(m) if m.target() == Ok(Target::Origin))
+                && state
+                    .get(&n.id)
+                    .is_some_and(|r| r.status == NodeStatus::Succeeded)
+        });
+        let text = match failure {
+            Some(error) => format!("Workflow {} (run {run}) failed: {error}", workflow.name),
+            None if answered => return,
+            None => {
+                let last = workflow
+                    .nodes
+                    .iter()
+                    .rev()
+                    .find_map(|n| state.get(&n.id)?.output.as_ref())
+                    .map_or_else(|| "no output".to_owned(), render_output);
+                format!("Workflow {} (run {run}) finished: {last}", workflow.name)
+            }
+        };
+        let target = MessageTarget::Chat {
+            channel: origin.channel,
+            chat_id: origin.chat_id.clone(),
+        };
+        if let Err(e) = self.services.send_message(target, &text).await {
+            tracing::error!(message = "Cannot report a run's result to its chat.", run, error = %e);
+        }
+    }
+
+    async fn run_node(
+        &self,
+        workflow: &Workflow,
+        id: &str,
+        inputs: &Value,
+        nodes: &Value,
+        origin: Option<&RunOrigin>,
+    ) -> (Result<Value, String>, u32) {
+        let Some(node) = workflow.node(id) else {
+            return (Err(format!("node `{id}` is not in the workflow")), 0);
+        };
+        let timeout = node.timeout.get();
+        let mut last = String::new();
+        let tries = node.retries.saturating_add(1);
+        for attempt in 1..=tries {
+            let outcome = tokio::time::timeout(
+                timeout,
+                self.execute_kind(&node.kind, inputs, nodes, origin),
+            )
+            .await;
+            match outcome {
+                Ok(Ok(value)) => return (Ok(value), attempt),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("timed out after {timeout:?}"),
+            }
+            if attempt < tries {
+                tracing::warn!(message = "Workflow node failed; retrying.", workflow = %workflow.name, node = %id, attempt, error = %last);
+                tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
+            }
+        }
+        (Err(last), tries)
+    }
+
+    async fn execute_kind(
+        &self,
+        kind: &NodeKind,
+        inputs: &Value,
+        nodes: &Value,
+        origin: Option<&RunOrigin>,
+    ) -> Result<Value, String> {
+        let vars = Vars {
+            inputs,
+            nodes,
+            item: None,
+        };
+        match kind {
+            NodeKind::Llm(s) => self.execute_step(&Step::Llm(s.clone()), vars, origin).await,
+            NodeKind::Tool(s) => {
+                self.execute_step(&Step::Tool(s.clone()), vars, origin)
+                    .await
+            }
+            NodeKind::Code(s) => {
+                self.execute_step(&Step::Code(s.clone()), vars, origin)
+                    .await
+            }
+            NodeKind::Condition(c) => {
+                let ast = self.sandbox.compile(&c.expr).map_err(|e| e.to_string())?;
+                let sandbox = self.sandbox.clone();
+                let (inputs, nodes) = (inputs.clone(), nodes.clone());
+                tokio::task::spawn_blocking(move || sandbox.eval_bool(&ast, &inputs, &nodes))
+                    .await
+                    .map_err(|e| format!("script task failed: {e}"))?
+                    .map(Value::Bool)
+                    .map_err(|e| e.to_string())
+            }
+            NodeKind::Foreach(f) => {
+                let items = template::parse(&f.items)
+                    .map_err(|e| e.to_string())?
+                    .render_value(&|r| vars.resolve(r))
+                    .map_err(|e| e.to_string())?;
+                let items = f.items_from(items)?;
+                let limit = tokio::sync::Semaphore::new(f.concurrency.max(1));
+                let results = futures_util::future::join_all(items.iter().enumerate().map(
+                    |(index, item)| {
+                        let limit = &limit;
+                        async move {
+                            let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
+                            let vars = Vars {
+                                inputs,
+                                nodes,
+                                item: Some((item, index)),
+                            };
+                            self.execute_step(&f.step, vars, origin).await
+                        }
+                    },
+                ))
+                .await;
+                results
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| r.map_err(|e| format!("item {i}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array)
+            }
+            NodeKind::Message(m) => {
+                let render = |text: &str| -> Result<String, String> {
+                    template::parse(text)
+                        .map_err(|e| e.to_string())?
+                        .render(&|r| vars.resolve(r))
+                        .map_err(|e| e.to_string())
+                };
+                let text = render(&m.text)?;
+                let target = match m.target()? {
+                    Target::Origin => {
+                        let Some(o) = origin else {
+                            // Started by an operator: there is no chat to answer. The text stays
+                            // in the node's output, where `gatewayctl runs show` shows it.
+                            tracing::info!(
+                                message = "Message node has no origin chat; not sent.",
+                                text_len = text.len()
+                            );
+                            return Ok(
+                                serde_json::json!({"sent": false, "reason": "the run has no origin chat", "text": text}),
+                            );
+                        };
+                        MessageTarget::Chat {
+                            channel: o.channel,
+                            chat_id: o.chat_id.clone(),
+                        }
+                    }
+                    Target::Chat { channel, chat_id } => MessageTarget::Chat {
+                        channel: render(&channel)?.parse()?,
+                        chat_id: render(&chat_id)?,
+                    },
+                    Target::User(user) => {
+                        let user = render(&user)?;
+                        MessageTarget::User(
+                            user.trim()
+                                .parse()
+                                .map_err(|_| format!("`{user}` is not a user id"))?,
+                        )
+                    }
+                };
+                let id = self.services.send_message(target, &text).await?;
+                Ok(serde_json::json!({"outbox_id": id, "text": text}))
+            }
+        }
+    }
+
+    async fn execute_step(
+        &self,
+        step: &Step,
+        vars: Vars<'_>,
+        origin: Option<&RunOrigin>,
+    ) -> Result<Value, String> {
+        let render = |text: &str| -> Result<String, String> {
+            template::parse(text)
+                .map_err(|e| e.to_string())?
+                .render(&|r| vars.resolve(r))
+                .map_err(|e| e.to_string())
+        };
+        match step {
+            Step::Llm(s) => {
+                let prompt = render(&s.prompt)?;
+                let system = s.system.as_deref().map(render).transpose()?;
+                self.services
+                    .complete(system.as_deref(), &prompt)
+                    .await
+                    .map(Value::String)
+            }
+            Step::Tool(s) => {
+                let args =
+                    template::render_tree(&Value::Object(s.args.clone()), &|r| vars.resolve(r))
+                        .map_err(|e| e.to_string())?;
+                self.services.call_tool(&s.tool, args, origin).await
+            }
+            Step::Code(s) => {
+                let sandbox = self.sandbox.clone();
+                let source = s.script.clone();
+                let (inputs, nodes) = (vars.inputs.clone(), vars.nodes.clone());
+                let item = vars.item.map(|(v, i)| (v.clone(), i));
+                tokio::task::spawn_blocking(move || -> Result<Value, String> {
+                    match item {
+                        None => {
+                            let ast = sandbox.compile(&source).map_err(|e| e.to_string())?;
+                            sandbox
+                                .run(&ast, &inputs, &nodes)
+                                .map_err(|e| e.to_string())
+                        }
+                        Some((item, index)) => {
+                            let ast = sandbox.compile_item(&source).map_err(|e| e.to_string())?;
+                            sandbox
+                                .run_item(&ast, &inputs, &nodes, &item, index)
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| format!("script task failed: {e}"))?
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Readiness {
+    Wait,
+    Ready,
+    Skip,
+}
+
+/// Whether a pending node can run, must wait, or is on a branch not taken.
+fn readiness(workflow: &Workflow, state: &HashMap<String, NodeRecord>, id: &str) -> Readiness {
+    let Some(node) = workflow.node(id) else {
+        return Readiness::Wait;
+    };
+    let mut ready = true;
+    for edge in &node.after {
+        let Some(up) = state.get(&edge.node) else {
+            return Readiness::Wait;
+        };
+        match up.status {
+            NodeStatus::Skipped => return Readiness::Skip,
+            NodeStatus::Succeeded => {
+                if let Some(when) = edge.when
+                    && up.output != Some(Value::Bool(when))
+                {
+                    return Readiness::Skip;
+                }
+            }
+            NodeStatus::Pending | NodeStatus::Running | NodeStatus::Failed => ready = false,
+        }
+    }
+    if ready {
+        Readiness::Ready
+    } else {
+        Readiness::Wait
+    }
+}
+
+fn pending(id: &str) -> NodeRecord {
+    NodeRecord {
+        node: id.to_owned(),
+        status: NodeStatus::Pending,
+        output: None,
+        error: None,
+        attempts: 0,
+        started_at_ms: None,
+        finished_at_ms: None,
+    }
+}
+
+fn skipped(id: &str) -> NodeRecord {
+    NodeRecord {
+        status: NodeStatus::Skipped,
+        finished_at_ms: Some(now_ms()),
+        ..pending(id)
+    }
+}
+
+/// Finished nodes as templates and scripts see them: id → `{ "output": … }`.
+fn outputs(state: &HashMap<String, NodeRecord>) -> Value {
+    let mut map = Map::new();
+    for (id, record) in state {
+        if let (NodeStatus::Succeeded, Some(output)) = (record.status, &record.output) {
+            map.insert(id.clone(), serde_json::json!({ "output": output }));
+        }
+    }
+    Value::Object(map)
+}
+
+fn render_output(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks `inputs` against the workflow's inputs: unknown names, missing required ones and wrong
+/// types are errors (all named at once); defaults fill what is left out.
+pub fn check_inputs(workflow: &Workflow, inputs: Value) -> Result<Value, String> {
+    let mut given = match inputs {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => {
+            return Err(format!(
+                "inputs must be an object, not {}",
+                super::model::json_type_name(&other)
+            ));
+        }
+    };
+    let mut errors = Vec::new();
+    for name in given.keys() {
+        if !workflow.inputs.contains_key(name) {
+            let known: Vec<&str> = workflow.inputs.keys().map(String::as_str).collect();
+            errors.push(format!(
+                "unknown input `{name}` (inputs: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    for (name, spec) in &workflow.inputs {
+        match given.get(name) {
+            Some(value) if !spec.kind.matches(value) => {
+                errors.push(format!("input `{name}` must be a {}", spec.kind));
+            }
+            Some(_) => {}
+            None => match &spec.default {
+                Some(default) => {
+                    given.insert(name.clone(), default.clone());
+                }
+                None if spec.is_required() => errors.push(format!("input `{name}` is required")),
+                None => {}
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(Value::Object(given))
+    } else {
+        Err(errors.join("; "))
+    }
+}

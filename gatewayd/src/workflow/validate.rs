@@ -1,0 +1,1110 @@
+//! Loading and validating workflow files, reporting every error at once.
+//!
+//! [`load_dir`] reads every `*.toml` in a directory in name order. A file that does not parse or
+//! does not validate is reported and skipped; it never stops the others. [`validate`] checks one
+//! parsed workflow and returns every problem, each with its file, node and key path, so the
+//! operator fixes a file in one pass: ids and names, duplicate ids, unknown and repeated
+//! dependencies, cycles (named: `cycle: a → b → c → a`), `when` on an edge that does not leave a
+//! condition, unknown tools, template and script references to inputs that are not declared or to
+//! nodes that are not upstream, rhai syntax, foreach bounds and message targets.
+//!
+//! **Invariant:** a workflow this module returns without errors can be run without finding a
+//! cycle, an unknown tool, an unparsable template or script, or a reference to a node that has
+//! not run before the node that uses it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::model::{MAX_ITEMS_CAP, Node, NodeKind, Workflow};
+use super::script::Sandbox;
+use super::template::{self, Ref};
+
+/// The names of the gateway's built-in tools (what `check-config` validates against).
+pub fn builtin_tool_names() -> HashSet<String> {
+    ["current_time", "http_get", "send_message", "run_workflow"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One problem in one workflow file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowError {
+    /// The file.
+    pub file: PathBuf,
+    /// The node it concerns, when it concerns one.
+    pub node: Option<String>,
+    /// The key path, inside the node when there is one (`after`, `do.prompt`, `args.url`),
+    /// otherwise from the top of the file (`name`, `inputs.ticket.default`).
+    pub field: Option<String>,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for WorkflowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        match (&self.node, &self.field) {
+            (Some(node), Some(field)) => write!(f, "node `{node}`, field `{field}`: ")?,
+            (Some(node), None) => write!(f, "node `{node}`: ")?,
+            (None, Some(field)) => write!(f, "field `{field}`: ")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WorkflowError {}
+
+/// Ids that would clash with template and script names.
+const RESERVED_IDS: &[&str] = &["inputs", "nodes", "item", "index"];
+
+/// Loads every `*.toml` in `dir`, sorted by name. Returns the workflows that are valid and every
+/// error of the others. A name used by an earlier file makes a later file an error.
+pub fn load_dir(dir: &Path, known_tools: &HashSet<String>) -> (Vec<Workflow>, Vec<WorkflowError>) {
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(WorkflowError {
+                file: dir.to_path_buf(),
+                node: None,
+                field: None,
+                message: format!("cannot read the workflow directory: {e}"),
+            });
+            return (Vec::new(), errors);
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let path = entry.path();
+                if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+                    paths.push(path);
+                }
+            }
+            Err(e) => errors.push(WorkflowError {
+                file: dir.to_path_buf(),
+                node: None,
+                field: None,
+                message: format!("cannot list the workflow directory: {e}"),
+            }),
+        }
+    }
+    paths.sort();
+
+    let mut workflows: Vec<Workflow> = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for path in paths {
+        match load_file(&path, known_tools) {
+            Ok(workflow) => match names.get(&workflow.name) {
+                Some(first) => errors.push(WorkflowError {
+                    file: path.clone(),
+                    node: None,
+                    field: Some("name".to_owned()),
+                    message: format!(
+                        "workflow name `{}` is already used by {}; names must be unique",
+                        workflow.name,
+                        first.display()
+                    ),
+                }),
+                None => {
+                    names.insert(workflow.name.clone(), path.clone());
+                    workflows.push(workflow);
+                }
+            },
+            Err(file_errors) => errors.extend(file_errors),
+        }
+    }
+    (workflows, errors)
+}
+
+/// Reads, parses and validates one file.
+pub fn load_file(
+    path: &Path,
+    known_tools: &HashSet<String>,
+) -> Result<Workflow, Vec<WorkflowError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![WorkflowError {
+            file: path.to_path_buf(),
+            node: None,
+            field: None,
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    parse(&text, path, known_tools)
+}
+
+/// Parses and validates workflow text as if read from `path`.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    known_tools: &HashSet<String>,
+) -> Result<Workflow, Vec<WorkflowError>> {
+    let workflow =
+        Workflow::from_toml(text, path).map_err(|e| vec![parse_error(text, path, &e)])?;
+    let errors = validate(&workflow, known_tools);
+    if errors.is_empty() {
+        Ok(workflow)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Every problem in a parsed workflow: workflow-level first, then node by node in file order,
+/// then cycles.
+pub fn validate(workflow: &Workflow, known_tools: &HashSet<String>) -> Vec<WorkflowError> {
+    let mut v = Validator {
+        workflow,
+        known_tools,
+        sandbox: Sandbox::default(),
+        errors: Vec::new(),
+    };
+    v.check_workflow();
+    let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, node) in workflow.nodes.iter().enumerate() {
+        let duplicate = first_index.contains_key(node.id.as_str());
+        first_index.entry(node.id.as_str()).or_insert(i);
+        v.check_node(node, duplicate);
+    }
+    for cycle in workflow.cycles() {
+        v.errors.push(WorkflowError {
+            file: workflow.path.clone(),
+            node: None,
+            field: None,
+            message: format!("cycle: {}", cycle.join(" → ")),
+        });
+    }
+    v.errors
+}
+
+struct Validator<'a> {
+    workflow: &'a Workflow,
+    known_tools: &'a HashSet<String>,
+    sandbox: Sandbox,
+    errors: Vec<WorkflowError>,
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Validator<'_> {
+    fn push(&mut self, node: Option<&str>, field: Option<&str>, message: String) {
+        self.errors.push(WorkflowError {
+            file: self.workflow.path.clone(),
+            node: node.map(str::to_owned),
+            field: field.map(str::to_owned),
+            message,
+        });
+    }
+
+    fn check_workflow(&mut self) {
+        let wf = self.workflow;
+        if !wf
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            || wf.name.is_empty()
+        {
+            self.push(
+                None,
+                Some("name"),
+                format!(
+                    "`{}` is not a workflow name; use [a-z0-9_-]+ (it is typed in `/run <name>`)",
+                    wf.name
+                ),
+            );
+        }
+        for (name, spec) in &wf.inputs {
+            let key = |k: &str| format!("inputs.{name}{k}");
+            if !is_id(name) {
+                self.push(
+                    None,
+                    Some(&key("")),
+                    format!("`{name}` is not an input name; use [a-z0-9_]+"),
+                );
+            }
+            if let Some(default) = &spec.default {
+                if !spec.kind.matches(default) {
+                    self.push(
+                        None,
+                        Some(&key(".default")),
+                        format!(
+                            "the default is {}, but the input's type is {}",
+                            super::model::json_type_name(default),
+                            spec.kind
+                        ),
+                    );
+                }
+                if spec.required == Some(true) {
+                    self.push(
+                        None,
+                        Some(&key(".required")),
+                        "a required input cannot have a default; remove one of them".to_owned(),
+                    );
+                }
+            }
+        }
+        if wf.nodes.is_empty() {
+            self.push(
+                None,
+                Some("nodes"),
+                "the workflow has no nodes; add at least one [[nodes]]".to_owned(),
+            );
+        }
+    }
+
+    fn check_node(&mut self, node: &Node, duplicate: bool) {
+        let wf = self.workflow;
+        let id = node.id.as_str();
+        let here = Some(id);
+        if !is_id(id) {
+            self.push(
+                here,
+                Some("id"),
+                format!("`{id}` is not a node id; use [a-z0-9_]+"),
+            );
+        } else if RESERVED_IDS.contains(&id) {
+            self.push(
+                here,
+                Some("id"),
+                format!("`{id}` is reserved for templates and scripts; choose another id"),
+            );
+        }
+        if duplicate {
+            self.push(
+                here,
+                Some("id"),
+                format!("duplicate node id `{id}`; ids must be unique in the file"),
+            );
+        }
+        if node.timeout.get().is_zero() {
+            self.push(here, Some("timeout"), "must be longer than 0".to_owned());
+        }
+
+        // Dependencies.
+        let mut seen: Vec<&str> = Vec::new();
+        for edge in &node.after {
+            let up = edge.node.as_str();
+            if seen.contains(&up) {
+                self.push(
+                    here,
+                    Some("after"),
+                    format!("`{up}` is listed more than once"),
+                );
+                continue;
+            }
+            seen.push(up);
+            match wf.node(up) {
+                None => self.push(
+                    here,
+                    Some("after"),
+                    format!("unknown dependency `{up}`: no node has that id"),
+                ),
+                Some(upstream) => {
+                    if let Some(when) = edge.when
+                        && !matches!(upstream.kind, NodeKind::Condition(_))
+                    {
+                        self.push(
+                            here,
+                            Some("after"),
+                            format!(
+                                "`when = {when}` on the edge from `{up}`, which is a {} node; `when` is only for edges from a condition",
+                                upstream.kind.name()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Kind-specific settings.
+        for (field, tool) in node.tools() {
+            if !self.known_tools.contains(tool) {
+                let mut known: Vec<&str> = self.known_tools.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                self.push(
+                    here,
+                    Some(field),
+                    format!("unknown tool `{tool}`; known tools: {}", known.join(", ")),
+                );
+            }
+        }
+        match &node.kind {
+            NodeKind::Foreach(f) => {
+                if f.concurrency == 0 {
+                    self.push(here, Some("concurrency"), "must be at least 1".to_owned());
+                }
+                if f.max_items == 0 || f.max_items > MAX_ITEMS_CAP {
+                    self.push(
+                        here,
+                        Some("max_items"),
+                        format!("must be between 1 and {MAX_ITEMS_CAP}, not {}", f.max_items),
+                    );
+                }
+            }
+            NodeKind::Message(m) => {
+                if let Err(message) = m.target() {
+                    self.push(here, Some("to"), message);
+                }
+            }
+            _ => {}
+        }
+
+        // Templates and scripts may only read declared inputs and upstream nodes.
+        let ancestors = wf.ancestors(id);
+        for field in node.templates() {
+            let parsed = match template::parse(field.text) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.push(here, Some(&field.field), e.to_string());
+                    continue;
+                }
+            };
+            if field.field == "items" && parsed.single_ref().is_none() {
+                self.push(
+                    here,
+                    Some("items"),
+                    "must be exactly one reference to a list, e.g. \"{{fetch.output}}\"".to_owned(),
+                );
+            }
+            for r in parsed.references() {
+                let problem = match &r {
+                    Ref::Input(name) => self.unknown_input(name),
+                    Ref::Node { node: up, .. } => self.not_upstream(id, up, &ancestors),
+                    Ref::Item | Ref::Index if !field.in_item => {
+                        Some("is only available inside a foreach `do` step".to_owned())
+                    }
+                    Ref::Item | Ref::Index => None,
+                };
+                if let Some(problem) = problem {
+                    self.push(here, Some(&field.field), format!("`{{{{{r}}}}}` {problem}"));
+                }
+            }
+        }
+        for field in node.scripts() {
+            let compiled = if field.in_item {
+                self.sandbox.compile_item(field.source)
+            } else {
+                self.sandbox.compile(field.source)
+            };
+            if let Err(e) = compiled {
+                self.push(here, Some(field.field), e.to_string());
+                continue;
+            }
+            for r in script_refs(field.source) {
+                let problem = match &r {
+                    ScriptRef::Input(name) => self
+                        .unknown_input(name)
+                        .map(|p| format!("`inputs.{name}` {p}")),
+                    ScriptRef::Node(up) => self
+                        .not_upstream(id, up, &ancestors)
+                        .map(|p| format!("`nodes.{up}` {p}")),
+                };
+                if let Some(problem) = problem {
+                    self.push(here, Some(field.field), problem);
+                }
+            }
+        }
+    }
+
+    fn unknown_input(&self, name: &str) -> Option<String> {
+        (!self.workflow.inputs.contains_key(name))
+            .then(|| format!("refers to unknown input `{name}`; declare it under [inputs.{name}]"))
+    }
+
+    fn not_upstream(
+        &self,
+        id: &str,
+        up: &str,
+        ancestors: &std::collections::BTreeSet<&str>,
+    ) -> Option<String> {
+        if up == id {
+            Some("refers to the node's own output".to_owned())
+        } else if self.workflow.node(up).is_none() {
+            Some(format!("refers to unknown node `{up}`"))
+        } else if !ancestors.contains(up) {
+            Some(format!(
+                "refers to node `{up}`, which is not upstream of `{id}`; add it to `after`"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A name a script reads from `inputs` or `nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScriptRef {
+    Input(String),
+    Node(String),
+}
+
+/// Finds `inputs.x`, `nodes.x` (also `?.` and `["x"]`) in rhai source, outside string literals
+/// and comments. A static look, good enough to catch the usual typo or missing `after`.
+fn script_refs(src: &str) -> Vec<ScriptRef> {
+    let bytes = src.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                while i < bytes.len() {
+                    if bytes[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b if is_ident(b) => {
+                let start = i;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+                let word = &src[start..i];
+                let after_dot = start > 0 && bytes[start - 1] == b'.';
+                if !after_dot
+                    && (word == "inputs" || word == "nodes")
+                    && let Some(name) = member_name(&src[i..])
+                {
+                    out.push(if word == "inputs" {
+                        ScriptRef::Input(name)
+                    } else {
+                        ScriptRef::Node(name)
+                    });
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The member read right after a variable: `.name`, `?.name` or `["name"]`.
+fn member_name(rest: &str) -> Option<String> {
+    let rest = rest.trim_start();
+    let ident_end = |s: &str| {
+        s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    if let Some(tail) = rest.strip_prefix("?.").or_else(|| rest.strip_prefix('.')) {
+        let tail = tail.trim_start();
+        let end = ident_end(tail);
+        return (end > 0).then(|| tail[..end].to_owned());
+    }
+    let tail = rest.strip_prefix('[')?.trim_start();
+    let tail = tail.strip_prefix('"')?;
+    let end = tail.find('"')?;
+    let after = tail[end + 1..].trim_start();
+    after.starts_with(']').then(|| tail[..end].to_owned())
+}
+
+/// A TOML or shape error as a workflow error, with the node and key it concerns where the
+/// parsed document can tell, and the line in the message.
+fn parse_error(text: &str, path: &Path, e: &toml::de::Error) -> WorkflowError {
+    let message = e.message().trim().replace('\n', " ");
+    let mut node = None;
+    let mut field = None;
+    let mut line = None;
+    if let Some(span) = e.span() {
+        line = Some(line_at(text, span.start));
+        if let Ok(doc) = toml::de::DeTable::parse(text) {
+            let located = locate(doc.get_ref(), span.start, &message);
+            node = located.node;
+            field = located.field;
+            if let Some(offset) = located.offset {
+                line = Some(line_at(text, offset));
+            }
+        }
+    }
+    let message = match line {
+        Some(line) => format!("{message} (line {line})"),
+        None => message,
+    };
+    WorkflowError {
+        file: path.to_path_buf(),
+        node,
+        field,
+        message,
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |prefix| prefix.matches('\n').count())
+        + 1
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Located {
+    node: Option<String>,
+    field: Option<String>,
+    /// Where the key that is wrong is written, when found.
+    offset: Option<usize>,
+}
+
+/// Finds what an error at `offset` is about: the innermost key whose key or value contains it,
+/// or, when serde only knows the whole table (spans then point at a `[table]` or `[[nodes]]`
+/// header), the key the message names inside that table. Keys inside a `[[nodes]]` entry are
+/// reported relative to the node, with the node's id.
+fn locate(root: &toml::de::DeTable<'_>, offset: usize, message: &str) -> Located {
+    walk(root, "", false, offset, message).unwrap_or_else(|| Located {
+        field: named_key(message),
+        ..Located::default()
+    })
+}
+
+fn walk(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    in_node: bool,
+    offset: usize,
+    message: &str,
+) -> Option<Located> {
+    use toml::de::DeValue;
+
+    let contains = |span: std::ops::Range<usize>| {
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    };
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    // A header names a whole table: the message's key inside it, else the table itself.
+    let header_hit =
+        |inner: &toml::de::DeTable<'_>, path: String, node: Option<String>, at: usize| {
+            let named = named_key(message);
+            let (field, offset) = match named.and_then(|n| find_key(inner, &n)) {
+                Some((key, at)) if path.is_empty() => (Some(key), at),
+                Some((key, at)) => (Some(format!("{path}.{key}")), at),
+                None if path.is_empty() => (named_key(message), at),
+                None => (Some(path), at),
+            };
+            Located {
+                node,
+                field,
+                offset: Some(offset),
+            }
+        };
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        match value.get_ref() {
+            DeValue::Array(items) if prefix.is_empty() && !in_node && name == "nodes" => {
+                for item in items {
+                    let DeValue::Table(inner) = item.get_ref() else {
+                        if contains(item.span()) {
+                            return Some(Located {
+                                field: Some("nodes".to_owned()),
+                                offset: Some(item.span().start),
+                                ..Located::default()
+                            });
+                        }
+                        continue;
+                    };
+                    let id = string_key(inner, "id");
+                    if contains(item.span()) {
+                        return Some(header_hit(inner, String::new(), id, item.span().start));
+                    }
+                    if let Some(found) = walk(inner, "", true, offset, message) {
+                        return Some(Located { node: id, ..found });
+                    }
+                }
+            }
+            DeValue::Table(inner) => {
+                if contains(value.span())
+                    && !contains(key.span())
+                    && !is_inline(inner, value.span())
+                {
+                    return Some(header_hit(inner, join(name), None, value.span().start));
+                }
+                if let Some(found) = walk(inner, &join(name), in_node, offset, message) {
+                    return Some(found);
+                }
+                if contains(key.span()) || contains(value.span()) {
+                    return Some(header_hit(inner, join(name), None, key.span().start));
+                }
+            }
+            _ => {
+                if contains(key.span()) || contains(value.span()) {
+                    return Some(Located {
+                        node: None,
+                        field: Some(join(name)),
+                        offset: Some(key.span().start),
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a table's span covers its keys (an inline table) rather than only a header.
+fn is_inline(table: &toml::de::DeTable<'_>, span: std::ops::Range<usize>) -> bool {
+    table
+        .iter()
+        .next()
+        .is_some_and(|(key, _)| span.start <= key.span().start && key.span().end <= span.end)
+}
+
+/// Where `name` is written in a table, directly or in a nested table (`do.prompt`).
+fn find_key(table: &toml::de::DeTable<'_>, name: &str) -> Option<(String, usize)> {
+    for (key, _) in table.iter() {
+        if key.get_ref() == name {
+            return Some((name.to_owned(), key.span().start));
+        }
+    }
+    for (key, value) in table.iter() {
+        if let toml::de::DeValue::Table(inner) = value.get_ref()
+            && let Some((path, at)) = find_key(inner, name)
+        {
+            return Some((format!("{}.{path}", key.get_ref()), at));
+        }
+    }
+    None
+}
+
+fn string_key(table: &toml::de::DeTable<'_>, name: &str) -> Option<String> {
+    table.iter().find_map(|(key, value)| match value.get_ref() {
+        toml::de::DeValue::String(s) if key.get_ref() == name => Some(s.to_string()),
+        _ => None,
+    })
+}
+
+/// The key serde names in `unknown field `x`` / `missing field `x``; `kind` for an unknown kind.
+fn named_key(message: &str) -> Option<String> {
+    if message.starts_with("unknown variant") {
+        return Some("kind".to_owned());
+    }
+    // serde's own messages, then ours (which start with the key in backquotes).
+    for prefix in [
+        "unknown field `",
+        "missing field `",
+        "duplicate field `",
+        "`",
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some(end) = rest.find('`')
+        {
+            return Some(rest[..end].to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> HashSet<String> {
+        ["current_time", "http_get", "send_message", "run_workflow"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Parses and validates `toml` as `wf.toml` and compares the errors as displayed.
+    fn check(toml: &str, expected: &[&str]) {
+        let got: Vec<String> = match parse(toml, Path::new("wf.toml"), &tools()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        };
+        let expected: Vec<String> = expected.iter().map(|e| format!("wf.toml: {e}")).collect();
+        assert_eq!(got, expected, "\n--- for ---\n{toml}");
+    }
+
+    const HEAD: &str = "name = \"t\"\n[inputs.q]\ntype = \"string\"\n";
+
+    fn wf(nodes: &str) -> String {
+        format!("{HEAD}{nodes}")
+    }
+
+    #[test]
+    fn a_valid_workflow_has_no_errors() {
+        check(
+            &wf(r#"
+[[nodes]]
+id = "fetch"
+kind = "tool"
+tool = "http_get"
+args = { url = "https://example.com/?q={{inputs.q}}" }
+
+[[nodes]]
+id = "check"
+kind = "condition"
+after = ["fetch"]
+expr = 'nodes.fetch.output.status == 200 && inputs.q != ""'
+
+[[nodes]]
+id = "each"
+kind = "foreach"
+after = [{ node = "check", when = true }]
+items = "{{fetch.output.body.items}}"
+concurrency = 2
+[nodes.do]
+kind = "llm"
+prompt = "Item {{index}} for {{inputs.q}}: {{item}} (from {{fetch.output.url}})"
+
+[[nodes]]
+id = "sum"
+kind = "code"
+after = ["each"]
+script = '''
+// nodes.nowhere in a comment is fine
+let all = nodes.each.output;
+`${all.len()} items, "nodes.also_fine" in a string`
+'''
+
+[[nodes]]
+id = "tell"
+kind = "message"
+after = ["sum"]
+text = "{{sum.output}}"
+"#),
+            &[],
+        );
+    }
+
+    #[test]
+    fn each_error_kind_is_reported() {
+        let table: &[(&str, &[&str])] = &[
+            // TOML syntax, with the line.
+            (
+                "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \n",
+                &["string values must be quoted, expected literal string (line 4)"],
+            ),
+            // Unknown keys, with node, key and line.
+            (
+                "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"llm\"\npromt = \"x\"\n",
+                &[
+                    "node `a`, field `promt`: unknown field `promt`, expected one of `prompt`, `system`, `model` (line 5)",
+                ],
+            ),
+            (
+                "name = \"t\"\nnme = 1\n",
+                &[
+                    "field `nme`: unknown field `nme`, expected one of `name`, `description`, `inputs`, `nodes` (line 2)",
+                ],
+            ),
+            (
+                "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"lm\"\n",
+                &[
+                    "node `a`, field `kind`: unknown variant `lm`, expected one of `llm`, `tool`, `code`, `condition`, `foreach`, `message` (line 4)",
+                ],
+            ),
+            (
+                "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\ntimeout = \"5 fortnights\"\n",
+                &[
+                    "node `a`, field `timeout`: unknown duration unit `fortnights` in `5 fortnights`; use ms, s, m, h or d (line 6)",
+                ],
+            ),
+            // The graph.
+            (
+                "name = \"t\"\n",
+                &["field `nodes`: the workflow has no nodes; add at least one [[nodes]]"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\n[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"2\"\n",
+                ),
+                &["node `a`, field `id`: duplicate node id `a`; ids must be unique in the file"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\nafter = [\"ghost\"]\n",
+                ),
+                &["node `a`, field `after`: unknown dependency `ghost`: no node has that id"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\nafter = [\"c\"]\n\
+                     [[nodes]]\nid = \"b\"\nkind = \"code\"\nscript = \"1\"\nafter = [\"a\"]\n\
+                     [[nodes]]\nid = \"c\"\nkind = \"code\"\nscript = \"1\"\nafter = [\"b\"]\n",
+                ),
+                &["cycle: a → b → c → a"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\n[[nodes]]\nid = \"b\"\nkind = \"code\"\nscript = \"1\"\nafter = [{ node = \"a\", when = true }]\n",
+                ),
+                &[
+                    "node `b`, field `after`: `when = true` on the edge from `a`, which is a code node; `when` is only for edges from a condition",
+                ],
+            ),
+            (
+                &wf("[[nodes]]\nid = \"Bad-Id\"\nkind = \"code\"\nscript = \"1\"\n"),
+                &["node `Bad-Id`, field `id`: `Bad-Id` is not a node id; use [a-z0-9_]+"],
+            ),
+            (
+                &wf("[[nodes]]\nid = \"item\"\nkind = \"code\"\nscript = \"1\"\n"),
+                &[
+                    "node `item`, field `id`: `item` is reserved for templates and scripts; choose another id",
+                ],
+            ),
+            // Tools.
+            (
+                &wf("[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"rm_rf\"\n"),
+                &[
+                    "node `a`, field `tool`: unknown tool `rm_rf`; known tools: current_time, http_get, run_workflow, send_message",
+                ],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\ndo = { kind = \"tool\", tool = \"nope\" }\n",
+                ),
+                &[
+                    "node `a`, field `do.tool`: unknown tool `nope`; known tools: current_time, http_get, run_workflow, send_message",
+                ],
+            ),
+            // Templates.
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"llm\"\nprompt = \"{{b.output}}\"\n[[nodes]]\nid = \"b\"\nkind = \"llm\"\nprompt = \"x\"\n",
+                ),
+                &[
+                    "node `a`, field `prompt`: `{{b.output}}` refers to node `b`, which is not upstream of `a`; add it to `after`",
+                ],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"llm\"\nprompt = \"{{zzz.output.x}} {{a.output}}\"\n",
+                ),
+                &[
+                    "node `a`, field `prompt`: `{{zzz.output.x}}` refers to unknown node `zzz`",
+                    "node `a`, field `prompt`: `{{a.output}}` refers to the node's own output",
+                ],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"{{inputs.nope}} {{item}}\"\n",
+                ),
+                &[
+                    "node `a`, field `text`: `{{inputs.nope}}` refers to unknown input `nope`; declare it under [inputs.nope]",
+                    "node `a`, field `text`: `{{item}}` is only available inside a foreach `do` step",
+                ],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = { url = \"{{inputs.q\" }\n",
+                ),
+                &["node `a`, field `args.url`: unclosed `{{` at line 1, column 1"],
+            ),
+            // Scripts.
+            (
+                &wf("[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"let x = ;\"\n"),
+                &["node `a`, field `script`: syntax error at line 1, position 9: Unexpected ';'"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"condition\"\nexpr = 'nodes.b.output == inputs.nope'\n[[nodes]]\nid = \"b\"\nkind = \"code\"\nscript = \"1\"\n",
+                ),
+                &[
+                    "node `a`, field `expr`: `nodes.b` refers to node `b`, which is not upstream of `a`; add it to `after`",
+                    "node `a`, field `expr`: `inputs.nope` refers to unknown input `nope`; declare it under [inputs.nope]",
+                ],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\ndo = { kind = \"code\", script = \"item +\" }\n",
+                ),
+                &[
+                    "node `a`, field `do.script`: syntax error at line 1, position 7: Script is incomplete",
+                ],
+            ),
+            // Foreach bounds.
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"list: {{inputs.q}}\"\nconcurrency = 0\nmax_items = 5000\ndo = { kind = \"code\", script = \"item\" }\n",
+                ),
+                &[
+                    "node `a`, field `concurrency`: must be at least 1",
+                    "node `a`, field `max_items`: must be between 1 and 1000, not 5000",
+                    "node `a`, field `items`: must be exactly one reference to a list, e.g. \"{{fetch.output}}\"",
+                ],
+            ),
+            // Message targets.
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nchannel = \"telegram\"\n",
+                ),
+                &["node `a`, field `to`: `channel` needs `chat_id`"],
+            ),
+            (
+                &wf(
+                    "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nto = \"everyone\"\n",
+                ),
+                &[
+                    "node `a`, field `to`: `to = \"everyone\"` is not a target; the only value is \"origin\" (use `channel` + `chat_id` or `user` for others)",
+                ],
+            ),
+            // Inputs.
+            (
+                "name = \"t\"\n[inputs.n]\ntype = \"number\"\ndefault = \"x\"\nrequired = true\n[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"inputs.n\"\n",
+                &[
+                    "field `inputs.n.default`: the default is a string, but the input's type is number",
+                    "field `inputs.n.required`: a required input cannot have a default; remove one of them",
+                ],
+            ),
+        ];
+        for (toml, expected) in table {
+            check(toml, expected);
+        }
+    }
+
+    #[test]
+    fn four_different_errors_are_reported_together() {
+        check(
+            &wf(r#"
+[[nodes]]
+id = "fetch"
+kind = "tool"
+tool = "wget"
+
+[[nodes]]
+id = "summarize"
+kind = "llm"
+after = ["missing"]
+prompt = "Summarize {{fetch.output}}"
+
+[[nodes]]
+id = "x"
+kind = "code"
+after = ["y"]
+script = "1"
+
+[[nodes]]
+id = "y"
+kind = "code"
+after = ["x"]
+script = "2"
+"#),
+            &[
+                "node `fetch`, field `tool`: unknown tool `wget`; known tools: current_time, http_get, run_workflow, send_message",
+                "node `summarize`, field `after`: unknown dependency `missing`: no node has that id",
+                "node `summarize`, field `prompt`: `{{fetch.output}}` refers to node `fetch`, which is not upstream of `summarize`; add it to `after`",
+                "cycle: x → y → x",
+            ],
+        );
+    }
+
+    #[test]
+    fn script_refs_skip_strings_and_comments() {
+        let refs = script_refs(
+            r#"
+// nodes.comment
+/* nodes.block /* nested */ nodes.still */
+let s = "nodes.string \" nodes.escaped";
+nodes.a.output + nodes ?. b + nodes["c"] + inputs.x + my.nodes.d + mynodes.e
+"#,
+        );
+        assert_eq!(
+            refs,
+            [
+                ScriptRef::Node("a".into()),
+                ScriptRef::Node("b".into()),
+                ScriptRef::Node("c".into()),
+                ScriptRef::Input("x".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn load_dir_skips_bad_files_and_reports_duplicate_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = "name = \"same\"\n[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\n";
+        for (file, text) in [
+            ("a.toml", good),
+            ("b.toml", "name = \"broken\"\n[[nodes]\n"),
+            ("c.toml", good),
+            ("d.toml", &good.replace("same", "other")),
+            ("notes.txt", "not a workflow"),
+        ] {
+            std::fs::write(dir.path().join(file), text).expect("write");
+        }
+        let (workflows, errors) = load_dir(dir.path(), &tools());
+        let names: Vec<_> = workflows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["same", "other"]);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(errors[0].file, dir.path().join("b.toml"));
+        assert_eq!(errors[1].file, dir.path().join("c.toml"));
+        assert_eq!(errors[1].field.as_deref(), Some("name"));
+        assert!(errors[1].message.contains("a.toml"), "{}", errors[1]);
+
+        let (none, errors) = load_dir(&dir.path().join("missing"), &tools());
+        assert!(none.is_empty());
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn the_support_triage_scripts_behave() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workflows");
+        let wf = load_file(&dir.join("support_triage.toml"), &tools()).expect("valid");
+        let sandbox = Sandbox::default();
+        let script = |id: &str| {
+            let node = wf.node(id).expect("node exists");
+            let source = node.scripts()[0].source;
+            sandbox.compile(source).expect("compiles")
+        };
+        let inputs = serde_json::json!({ "ticket": format!("  {}\nmore", "x".repeat(100)) });
+        let summary = sandbox
+            .run(&script("summary"), &inputs, &serde_json::json!({}))
+            .expect("runs");
+        assert_eq!(summary, serde_json::json!(format!("{}...", "x".repeat(77))));
+        for (verdict, urgent) in [("Urgent", true), ("normal", false)] {
+            let nodes = serde_json::json!({ "classify": { "output": verdict } });
+            assert_eq!(
+                sandbox.eval_bool(&script("is_urgent"), &inputs, &nodes),
+                Ok(urgent)
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_workflows_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workflows");
+        let (workflows, errors) = load_dir(&dir, &tools());
+        assert!(
+            errors.is_empty(),
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let mut names: Vec<_> = workflows.iter().map(|w| w.name.as_str()).collect();
+        names.sort_unstable();
+        assert!(names.contains(&"support_triage"), "{names:?}");
+        assert!(names.contains(&"daily_report"), "{names:?}");
+    }
+}
