@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use (none today beyond the Rust toolchain; the console's tmux test
-# will add tmux here). Installed only when missing, and only as root.
+# System packages the tests use: tmux drives the console's end-to-end test. Installed only when
+# missing, and only as root.
 need_apt=()
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then

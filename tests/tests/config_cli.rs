@@ -293,3 +293,38 @@ async fn port_in_use_exits_with_one_clear_line() {
     );
     drop(taken);
 }
+
+#[test]
+fn check_config_reports_every_workflow_error_and_loads_the_rest() {
+    let dir = tempdir();
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir_all(&flows).expect("workflows dir");
+    write(
+        &flows,
+        "good.toml",
+        "name = \"good\"\n[[nodes]]\nid = \"now\"\nkind = \"tool\"\ntool = \"current_time\"\n",
+    );
+    write(
+        &flows,
+        "bad.toml",
+        "name = \"bad\"\n\
+         [[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"teleport\"\nafter = [\"b\"]\n\
+         [[nodes]]\nid = \"b\"\nkind = \"code\"\nafter = [\"a\"]\nscript = \"let x = ;\"\n",
+    );
+    let config = write(
+        dir.path(),
+        "gatewayd.toml",
+        "[gateway]\ndata_dir = \"data\"\n",
+    );
+    let out = check_config(dir.path(), &config);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml"), "names the file: {err}");
+    assert!(err.contains("cycle"), "names the cycle: {err}");
+    assert!(err.contains("teleport"), "names the unknown tool: {err}");
+    assert!(err.contains("`b`"), "names the node with bad rhai: {err}");
+    assert!(
+        !err.contains("good.toml"),
+        "the good file has no error: {err}"
+    );
+}
