@@ -612,8 +612,27 @@ fn parse_listening(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
+/// Location of the `gatewayctl` binary: `$GATEWAYCTL_BIN`, else next to `gatewayd`.
+///
+/// # Panics
+/// When the binary is not there, with a message saying how to build it.
+pub fn gatewayctl_bin() -> PathBuf {
+    let path = match std::env::var_os("GATEWAYCTL_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => gatewayd_bin()
+            .expect("locating gatewayd (gatewayctl is built next to it)")
+            .with_file_name(format!("gatewayctl{}", std::env::consts::EXE_SUFFIX)),
+    };
+    assert!(
+        path.is_file(),
+        "gatewayctl binary not found at {}; run `cargo build --bin gatewayctl` or set GATEWAYCTL_BIN",
+        path.display()
+    );
+    path
+}
+
 /// Removes ANSI CSI escape sequences (`ESC [ ... final-byte`).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {

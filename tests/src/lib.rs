@@ -18,7 +18,9 @@ use std::time::Duration;
 
 pub use fake_callback::{CallbackFault, Delivery, FakeCallback};
 pub use fake_openai::{FakeOpenAi, Fault, last_user_content};
-pub use gateway::{Gateway, GatewayOptions, HttpReply, gatewayd_bin, run_cli};
+pub use gateway::{
+    Gateway, GatewayOptions, HttpReply, gatewayctl_bin, gatewayd_bin, run_cli, strip_ansi,
+};
 pub use webchat::WebChatClient;
 
 /// Default timeout for waits in end-to-end tests.

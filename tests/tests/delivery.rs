@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gateway_tests::{
-    CallbackFault, Delivery, FakeCallback, Gateway, GatewayOptions, TIMEOUT, poll_until,
+    CallbackFault, Delivery, FakeCallback, Gateway, GatewayOptions, TIMEOUT, poll_until, strip_ansi,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
@@ -158,25 +158,6 @@ async fn wait_outbox(
         );
     }
     outbox_rows(gw, chat)
-}
-
-/// Removes ANSI CSI escape sequences (the daemon colours its stderr log).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Formats a Unix time (whole seconds) as an RFC 7231 IMF-fixdate,

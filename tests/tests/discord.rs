@@ -11,7 +11,6 @@
 //! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`). Admin state and
 //! `gatewayctl` output are polled; everything the fakes see is waited for with their waits.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,7 +18,8 @@ use gateway_proto::admin as pb;
 use gateway_proto::admin::admin_client::AdminClient;
 use gateway_tests::fake_discord::{DcFault, FakeDiscord, SentMessage, intents};
 use gateway_tests::{
-    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayd_bin, last_user_content, poll_until_async,
+    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, last_user_content,
+    poll_until_async,
 };
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -141,16 +141,6 @@ impl Setup {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", self.gw.stderr_tail(40)));
-    }
-}
-
-/// Location of the `gatewayctl` binary: `$GATEWAYCTL_BIN`, else next to `gatewayd`.
-fn gatewayctl_bin() -> PathBuf {
-    match std::env::var_os("GATEWAYCTL_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => gatewayd_bin()
-            .expect("locating gatewayd (gatewayctl is built next to it)")
-            .with_file_name(format!("gatewayctl{}", std::env::consts::EXE_SUFFIX)),
     }
 }
 

@@ -4,31 +4,14 @@
 //! and the errors an operator sees (daemon not running, unknown ids, bad arguments).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use gateway_tests::{
-    CallbackFault, FakeCallback, Gateway, GatewayOptions, TIMEOUT, gatewayd_bin, poll_until_async,
+    CallbackFault, FakeCallback, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, poll_until_async,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-
-/// Location of the `gatewayctl` binary: `$GATEWAYCTL_BIN`, else next to `gatewayd`.
-fn gatewayctl_bin() -> PathBuf {
-    let path = match std::env::var_os("GATEWAYCTL_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => gatewayd_bin()
-            .expect("locating gatewayd (gatewayctl is built next to it)")
-            .with_file_name(format!("gatewayctl{}", std::env::consts::EXE_SUFFIX)),
-    };
-    assert!(
-        path.is_file(),
-        "gatewayctl binary not found at {}; run `cargo build --bin gatewayctl` or set GATEWAYCTL_BIN",
-        path.display()
-    );
-    path
-}
 
 /// A `gatewayctl` command with a clean environment (no ambient address or token).
 fn command(args: &[&str]) -> Command {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gateway_tests::{
     CallbackFault, FakeCallback, FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, poll_until,
+    strip_ansi,
 };
 use serde_json::{Value, json};
 
@@ -67,25 +68,6 @@ async fn ask(gw: &Gateway, callback: &FakeCallback, sender: &str, text: &str) ->
 
 fn history(lines: &[&str]) -> String {
     format!("History (oldest first):\n{}", lines.join("\n"))
-}
-
-/// Removes ANSI CSI escape sequences, so log lines can be matched whatever the colouring.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The `Session evicted.` lines of the daemon's stderr with the given reason.

@@ -11,7 +11,6 @@
 //! and `gatewayctl` output have no change notification, so those are polled; everything the fakes
 //! see is waited for with their Notify-based waits.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use gateway_proto::admin as pb;
 use gateway_proto::admin::admin_client::AdminClient;
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram, MAX_TEXT_UTF16, SentMessage, TgFault};
 use gateway_tests::{
-    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayd_bin, last_user_content, poll_until,
+    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, last_user_content, poll_until,
     poll_until_async,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -171,16 +170,6 @@ impl Setup {
         )
         .optional()
         .expect("query the inbox")
-    }
-}
-
-/// Location of the `gatewayctl` binary: `$GATEWAYCTL_BIN`, else next to `gatewayd`.
-fn gatewayctl_bin() -> PathBuf {
-    match std::env::var_os("GATEWAYCTL_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => gatewayd_bin()
-            .expect("locating gatewayd (gatewayctl is built next to it)")
-            .with_file_name(format!("gatewayctl{}", std::env::consts::EXE_SUFFIX)),
     }
 }
 

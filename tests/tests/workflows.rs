@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use gateway_tests::gateway::toml_string;
 use gateway_tests::{
-    FakeCallback, FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayd_bin, last_user_content,
+    FakeCallback, FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, last_user_content,
     poll_until_async,
 };
 use serde_json::{Value, json};
@@ -25,22 +25,6 @@ use tokio::process::Command;
 use tokio::sync::{Notify, watch};
 
 // ---- gatewayctl ------------------------------------------------------------------------------
-
-/// Location of the `gatewayctl` binary: `$GATEWAYCTL_BIN`, else next to `gatewayd`.
-fn gatewayctl_bin() -> PathBuf {
-    let path = match std::env::var_os("GATEWAYCTL_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => gatewayd_bin()
-            .expect("locating gatewayd (gatewayctl is built next to it)")
-            .with_file_name(format!("gatewayctl{}", std::env::consts::EXE_SUFFIX)),
-    };
-    assert!(
-        path.is_file(),
-        "gatewayctl binary not found at {}; run `cargo build --bin gatewayctl` or set GATEWAYCTL_BIN",
-        path.display()
-    );
-    path
-}
 
 /// What one `gatewayctl` run printed and how it ended.
 #[derive(Debug)]
