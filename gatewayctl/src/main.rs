@@ -7,6 +7,7 @@
 
 mod channels;
 mod client;
+mod console;
 mod deadletters;
 mod events;
 mod identities;
@@ -100,6 +101,8 @@ enum Command {
     Runs(runs::Cmd),
     /// Follow the live event stream until interrupted (Ctrl-C).
     Events,
+    /// The live operator console: every tab, actions with confirmation (`?` for keys).
+    Console,
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell.
@@ -148,6 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.command,
         Command::Events | Command::Workflows(workflows::Cmd::Run { wait: true, .. })
     );
+    // The console connects (and reconnects) by itself, and starts even while gatewayd is down.
+    if let Command::Console = cli.command {
+        return console::run(cli.addr, cli.token).await;
+    }
     let api = Api::connect(&cli.addr, cli.token.as_deref(), streaming).await?;
     match cli.command {
         Command::Status => status::run(api, format).await,
@@ -159,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflows(cmd) => workflows::run(api, format, cmd).await,
         Command::Runs(cmd) => runs::run(api, format, cmd).await,
         Command::Events => events::run(api, format, &cli.addr).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Console => Ok(()),
     }
 }
 

@@ -51,7 +51,7 @@ pub struct Input {
 
 /// Parses `KEY=VALUE`: the value is JSON when it is a number, a boolean, a list, an object or a
 /// quoted string, and otherwise the text as it is.
-fn parse_input(s: &str) -> Result<Input, String> {
+pub(crate) fn parse_input(s: &str) -> Result<Input, String> {
     let (key, raw) = s
         .split_once('=')
         .ok_or_else(|| format!("expected KEY=VALUE, e.g. topic=Rust; got `{s}`"))?;
@@ -76,7 +76,7 @@ fn parse_input(s: &str) -> Result<Input, String> {
 }
 
 /// The inputs as one JSON object; a name given twice is an error.
-fn inputs_object(inputs: Vec<Input>) -> anyhow::Result<Value> {
+pub(crate) fn inputs_object(inputs: Vec<Input>) -> anyhow::Result<Value> {
     let mut map = serde_json::Map::new();
     for Input { key, value } in inputs {
         if map.contains_key(&key) {

@@ -1,0 +1,943 @@
+//! Drawing the console: one `impl Widget for &Tab` per tab, the tab bar, the status line and
+//! the popups (help, confirm, form). Views only read state; they never fetch nor mutate, and
+//! they never read the clock (each tab carries the `now_ms` the loop set).
+//!
+//! **Invariant:** tables build rows only for what fits on screen (the window around the
+//! selection), so a console over many thousands of sessions draws as fast as over ten.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Clear, Gauge, LineGauge, Paragraph, Row, Sparkline, StatefulWidget, Table, TableState,
+    Tabs, Widget,
+};
+
+use super::state::{
+    App, ChannelsTab, Conn, DeadLettersTab, IdentitiesTab, Modal, OverviewTab, RateLimitsTab,
+    RunsTab, SessionsTab, Tab, retry_in_secs, scroll_offset,
+};
+use crate::model::{Channel, ChannelInfo, ChannelState, NodeState, RunState};
+use crate::output::{ago, duration};
+
+/// Every key, as the help overlay lists it (also in gatewayctl/README.md).
+pub const KEYS: &[(&str, &str)] = &[
+    ("Tab Shift-Tab", "next / previous tab"),
+    ("1-7", "go to a tab"),
+    ("↑ ↓ j k", "move the selection"),
+    ("PgUp PgDn g G", "page up / down, first / last row"),
+    ("/", "filter the table (Enter keeps it, Esc clears)"),
+    ("Enter", "details: session, dead letter, run"),
+    ("Esc", "close the details or a popup"),
+    ("e", "evict the session (Sessions)"),
+    ("r  d", "retry / drop the dead letter (Dead letters)"),
+    ("c", "reconnect the channel (Channels)"),
+    ("u", "unlink the address (Identities)"),
+    ("l", "link two users (Identities)"),
+    ("w", "run a workflow: name, k=v inputs (Runs)"),
+    ("y  n", "confirm / cancel"),
+    ("?", "this help"),
+    ("q  Ctrl-C", "quit"),
+];
+
+fn selected_style() -> Style {
+    Style::new().add_modifier(Modifier::REVERSED)
+}
+
+fn state_color(s: ChannelState) -> Color {
+    match s {
+        ChannelState::Connected => Color::Green,
+        ChannelState::Starting | ChannelState::Reconnecting => Color::Yellow,
+        ChannelState::ReauthNeeded | ChannelState::Down => Color::Red,
+        ChannelState::Unspecified => Color::Gray,
+    }
+}
+
+impl Widget for &App {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let [bar, body, status] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(0),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        let titles = Tab::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{} {}", i + 1, t.title()));
+        let index = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
+        Tabs::new(titles)
+            .select(index)
+            .divider(" ")
+            .padding("", "")
+            .highlight_style(selected_style().bold())
+            .render(bar, buf);
+        match self.tab {
+            Tab::Overview => self.overview.render(body, buf),
+            Tab::Sessions => self.sessions.render(body, buf),
+            Tab::Channels => self.channels.render(body, buf),
+            Tab::RateLimits => self.rate_limits.render(body, buf),
+            Tab::DeadLetters => self.dead_letters.render(body, buf),
+            Tab::Runs => self.runs.render(body, buf),
+            Tab::Identities => self.identities.render(body, buf),
+        }
+        status_line(self).render(status, buf);
+        match &self.modal {
+            None => {}
+            Some(Modal::Help) => help(area, buf),
+            Some(Modal::Confirm(action)) => {
+                let q = action.question().unwrap_or_default();
+                let text = vec![
+                    Line::from(format!("{q} y/n").bold()),
+                    Line::from("y: do it   n / Esc: cancel".dim()),
+                ];
+                popup(area, buf, "Confirm", text, Color::Yellow);
+            }
+            Some(Modal::Form(form)) => {
+                let title = match form.kind {
+                    super::state::FormKind::Link => "Link two users",
+                    super::state::FormKind::RunWorkflow => "Run a workflow",
+                };
+                let mut text: Vec<Line> = form
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (label, value))| {
+                        let cursor = if i == form.focus { "█" } else { "" };
+                        let style = if i == form.focus {
+                            Style::new().bold()
+                        } else {
+                            Style::new()
+                        };
+                        Line::from(vec![
+                            Span::raw(format!("{label:<15}")),
+                            Span::styled(format!("{value}{cursor}"), style),
+                        ])
+                    })
+                    .collect();
+                if let Some(e) = &form.error {
+                    text.push(Line::from(e.as_str().red()));
+                }
+                text.push(Line::from(
+                    "Tab: next field  Enter: submit  Esc: cancel".dim(),
+                ));
+                popup(area, buf, title, text, Color::Cyan);
+            }
+        }
+    }
+}
+
+fn status_line(app: &App) -> Line<'_> {
+    if app.filtering {
+        return Line::from(format!("/{}█", app.filter().unwrap_or("")));
+    }
+    if let Some(s) = &app.status {
+        let style = if s.error {
+            Style::new().red()
+        } else {
+            Style::new().green()
+        };
+        return Line::from(Span::styled(s.text.clone(), style));
+    }
+    match &app.conn {
+        Conn::Connecting => Line::from(format!("connecting to {}…", app.addr)),
+        Conn::Connected => Line::from(vec![
+            Span::raw(format!("connected to {}", app.addr)).green(),
+            Span::raw("  ? help  q quit").dim(),
+        ]),
+        Conn::Disconnected { error, retry_at_ms } => Line::from(Span::styled(
+            format!(
+                "disconnected, retrying in {}s: {error}",
+                retry_in_secs(*retry_at_ms, app.now_ms)
+            ),
+            Style::new().red().bold(),
+        )),
+    }
+}
+
+/// A centered box of `lines` with a border and a title, over whatever is below.
+fn popup(area: Rect, buf: &mut Buffer, title: &str, lines: Vec<Line>, color: Color) {
+    let width = lines
+        .iter()
+        .map(Line::width)
+        .max()
+        .unwrap_or(0)
+        .max(title.len() + 2)
+        .saturating_add(4)
+        .min(usize::from(area.width)) as u16;
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let rect = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    Clear.render(rect, buf);
+    Paragraph::new(lines)
+        .block(
+            Block::bordered()
+                .title(format!(" {title} "))
+                .border_style(Style::new().fg(color))
+                .padding(ratatui::widgets::Padding::horizontal(1)),
+        )
+        .render(rect, buf);
+}
+
+fn help(area: Rect, buf: &mut Buffer) {
+    let lines = KEYS
+        .iter()
+        .map(|(k, what)| Line::from(vec![format!("{k:<14}").bold(), Span::raw(*what)]))
+        .collect();
+    popup(area, buf, "Keys (any key closes)", lines, Color::Cyan);
+}
+
+/// A bordered table that builds only the rows that fit, keeping `selected` in view.
+fn table(
+    area: Rect,
+    buf: &mut Buffer,
+    title: String,
+    (header, widths): (&[&str], &[Constraint]),
+    len: usize,
+    selected: usize,
+    row: impl Fn(usize) -> Vec<String>,
+) {
+    let block = Block::bordered().title(title);
+    // Borders and the header take three rows.
+    let height = usize::from(area.height.saturating_sub(3));
+    let offset = scroll_offset(selected, height);
+    let rows: Vec<Row> = (offset..len.min(offset + height))
+        .map(|i| Row::new(row(i)))
+        .collect();
+    let mut state = TableState::default().with_selected((len > 0).then(|| selected - offset));
+    StatefulWidget::render(
+        Table::new(rows, widths.to_vec())
+            .header(Row::new(header.to_vec()).bold())
+            .block(block)
+            .column_spacing(1)
+            .highlight_symbol(">")
+            .row_highlight_style(selected_style()),
+        area,
+        buf,
+        &mut state,
+    );
+}
+
+/// "Sessions (40, filter: user:1)" and the like.
+fn title(name: &str, shown: usize, total: usize, filter: &str, loaded: bool) -> String {
+    match (loaded, filter.is_empty()) {
+        (false, _) => format!(" {name} (loading…) "),
+        (true, true) => format!(" {name} ({total}) "),
+        (true, false) => format!(" {name} ({shown} of {total}, filter: {filter}) "),
+    }
+}
+
+/// The table's area and, when a detail is open, the detail's.
+fn split(area: Rect, detail: bool) -> (Rect, Option<Rect>) {
+    if !detail {
+        return (area, None);
+    }
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(area);
+    (top, Some(bottom))
+}
+
+impl Widget for &OverviewTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let block = Block::bordered().title(" Overview ");
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let Some(o) = &self.overview else {
+            Paragraph::new("waiting for gatewayd…").render(inner, buf);
+            return;
+        };
+        let [head, gauge, sparks, queues, channels, errors_area] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(1),
+            Constraint::Length(4),
+            Constraint::Length(1),
+            Constraint::Length(1),
+            Constraint::Min(0),
+        ])
+        .areas(inner);
+        Line::from(format!(
+            "gatewayd {} · up {} · agent {} · in {} · out {}",
+            o.version,
+            duration(o.uptime_seconds),
+            o.agent_provider,
+            o.messages_in,
+            o.messages_out
+        ))
+        .render(head, buf);
+        let ratio = if o.sessions_capacity == 0 {
+            0.0
+        } else {
+            (o.sessions_resident as f64 / o.sessions_capacity as f64).min(1.0)
+        };
+        Gauge::default()
+            .ratio(ratio)
+            .label(format!(
+                "sessions {}/{} resident · {} stored",
+                o.sessions_resident, o.sessions_capacity, o.sessions_stored
+            ))
+            .gauge_style(Style::new().fg(Color::Blue).bg(Color::Black))
+            .render(gauge, buf);
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+                .areas(sparks);
+        for (rect, name, rate, samples, color) in [
+            (left, "in", o.rate_in, &self.rate_in, Color::Green),
+            (right, "out", o.rate_out, &self.rate_out, Color::Cyan),
+        ] {
+            let [label, spark] =
+                Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(rect);
+            Line::from(format!("{name} {rate:.1}/s")).render(label, buf);
+            // The newest samples that fit, right-aligned in time.
+            let width = usize::from(spark.width.saturating_sub(1));
+            let skip = samples.len().saturating_sub(width);
+            let data: Vec<u64> = samples.iter().skip(skip).copied().collect();
+            Sparkline::default()
+                .data(&data)
+                .style(Style::new().fg(color))
+                .render(spark, buf);
+        }
+        Line::from(vec![
+            Span::raw("dead letters "),
+            if o.dead_letters > 0 {
+                o.dead_letters.to_string().red().bold()
+            } else {
+                o.dead_letters.to_string().into()
+            },
+            Span::raw(format!(
+                " · outbox {} · inbox {}",
+                o.outbox_pending, o.inbox_pending
+            )),
+        ])
+        .render(queues, buf);
+        let mut spans = vec![Span::raw("channels ")];
+        for (name, state) in &o.channels {
+            spans.push(Span::raw(format!("{name} ")));
+            spans.push(Span::styled(
+                format!("{}  ", state.name()),
+                Style::new().fg(state_color(*state)),
+            ));
+        }
+        Line::from(spans).render(channels, buf);
+        let mut lines = vec![Line::from("recent errors".bold())];
+        if self.errors.is_empty() {
+            lines.push(Line::from("none".dim()));
+        }
+        lines.extend(self.errors.iter().map(|(at, e)| {
+            Line::from(vec![
+                format!("{:>8}  ", ago(*at, self.now_ms)).dim(),
+                Span::raw(e.as_str()),
+            ])
+        }));
+        Paragraph::new(lines).render(errors_area, buf);
+    }
+}
+
+impl Widget for &SessionsTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let rows = self.list.visible();
+        let (top, bottom) = split(area, self.detail.is_some());
+        let more = if self.next_cursor.is_some() { "+" } else { "" };
+        let name = format!("Sessions{more}");
+        table(
+            top,
+            buf,
+            title(
+                &name,
+                rows.len(),
+                self.list.items.len(),
+                &self.list.filter,
+                self.list.loaded,
+            ),
+            (
+                &[
+                    "KEY", "KIND", "CHANNEL", "TURNS", "RESIDENT", "BUSY", "ACTIVE",
+                ],
+                &[
+                    Constraint::Min(16),
+                    Constraint::Length(6),
+                    Constraint::Length(8),
+                    Constraint::Length(6),
+                    Constraint::Length(8),
+                    Constraint::Length(4),
+                    Constraint::Length(10),
+                ],
+            ),
+            rows.len(),
+            self.list.selected,
+            |i| {
+                let s = rows[i];
+                vec![
+                    s.key.clone(),
+                    if s.group { "group" } else { "direct" }.to_owned(),
+                    s.last_channel.clone(),
+                    s.turns.to_string(),
+                    if s.resident { "yes" } else { "no" }.to_owned(),
+                    s.in_flight.to_string(),
+                    ago(s.last_active_ms.unwrap_or(0), self.now_ms),
+                ]
+            },
+        );
+        let (Some(rect), Some(d)) = (bottom, &self.detail) else {
+            return;
+        };
+        let s = &d.session;
+        let mut lines = vec![Line::from(format!(
+            "{} turns · {} · last on {} · {}",
+            s.turns,
+            if s.resident { "resident" } else { "stored" },
+            s.last_channel,
+            ago(s.last_active_ms.unwrap_or(0), self.now_ms)
+        ))];
+        if d.transcript.is_empty() {
+            lines.push(Line::from("no transcript".dim()));
+        }
+        // The newest entries that fit (two rows go to the border, one to the summary).
+        let fit = usize::from(rect.height.saturating_sub(3));
+        let skip = d.transcript.len().saturating_sub(fit);
+        lines.extend(d.transcript.iter().skip(skip).map(|e| {
+            let role = match e.role {
+                "user" => format!("{:>9} ", e.role).cyan(),
+                "assistant" => format!("{:>9} ", e.role).green(),
+                _ => format!("{:>9} ", e.role).dim(),
+            };
+            Line::from(vec![role, Span::raw(e.text.replace('\n', " "))])
+        }));
+        Paragraph::new(lines)
+            .block(Block::bordered().title(format!(" {} (Esc closes) ", s.key)))
+            .render(rect, buf);
+    }
+}
+
+fn channel_state(c: &ChannelInfo, now: i64) -> String {
+    match (c.state, c.next_attempt_at_ms) {
+        (ChannelState::Reconnecting, Some(next)) => {
+            format!("reconnecting #{} ({})", c.reconnect_attempt, ago(next, now))
+        }
+        (ChannelState::Reconnecting, None) => format!("reconnecting #{}", c.reconnect_attempt),
+        (state, _) => state.name().to_owned(),
+    }
+}
+
+impl Widget for &ChannelsTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let rows = self.list.visible();
+        table(
+            area,
+            buf,
+            title(
+                "Channels",
+                rows.len(),
+                self.list.items.len(),
+                &self.list.filter,
+                self.list.loaded,
+            ),
+            (
+                &[
+                    "CHANNEL",
+                    "STATE",
+                    "SINCE",
+                    "SENT",
+                    "FAIL",
+                    "RECONN",
+                    "LAST ERROR",
+                ],
+                &[
+                    Constraint::Length(8),
+                    Constraint::Length(24),
+                    Constraint::Length(8),
+                    Constraint::Length(6),
+                    Constraint::Length(5),
+                    Constraint::Length(6),
+                    Constraint::Min(10),
+                ],
+            ),
+            rows.len(),
+            self.list.selected,
+            |i| {
+                let c = rows[i];
+                vec![
+                    c.channel.map_or("?", Channel::name).to_owned(),
+                    channel_state(c, self.now_ms),
+                    ago(c.since_at_ms.unwrap_or(0), self.now_ms),
+                    c.sent.to_string(),
+                    c.failed.to_string(),
+                    c.reconnects.to_string(),
+                    c.last_error.clone().unwrap_or_default(),
+                ]
+            },
+        );
+    }
+}
+
+impl Widget for &RateLimitsTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let block = Block::bordered().title(" Rate limits: tokens left of the burst ");
+        let inner = block.inner(area);
+        block.render(area, buf);
+        if !self.loaded {
+            Paragraph::new("loading…").render(inner, buf);
+            return;
+        }
+        Line::from("CHANNEL / CHAT  TOKENS    RATE QUEUE THROTTLED".bold()).render(
+            Rect {
+                height: inner.height.min(1),
+                ..inner
+            },
+            buf,
+        );
+        let mut y = inner.y + 1;
+        let bottom = inner.y + inner.height;
+        let now = self.now_ms;
+        let gauge = |buf: &mut Buffer, label: String, b: &super::state::Bucket, y: u16| {
+            let ratio = if b.burst == 0 {
+                0.0
+            } else {
+                (b.tokens / f64::from(b.burst)).clamp(0.0, 1.0)
+            };
+            let paused = b
+                .paused_until_ms
+                .filter(|until| *until > now)
+                .map(|until| {
+                    let secs = u64::try_from(until - now).unwrap_or(0).div_ceil(1000);
+                    format!(" paused {}", duration(secs))
+                })
+                .unwrap_or_default();
+            let label = format!(
+                "{label:<14}{:>4.1}/{:<3}{:>5}/s {:<5} {:<9}{paused:<12}",
+                b.tokens,
+                b.burst,
+                format!("{:.1}", b.per_second),
+                b.queued,
+                b.throttled,
+            );
+            let color = if paused.is_empty() {
+                Color::Green
+            } else {
+                Color::Red
+            };
+            LineGauge::default()
+                .ratio(ratio)
+                .label(label)
+                .filled_symbol("█")
+                .unfilled_symbol("░")
+                .filled_style(Style::new().fg(color))
+                .render(
+                    Rect {
+                        x: inner.x,
+                        y,
+                        width: inner.width,
+                        height: 1,
+                    },
+                    buf,
+                );
+        };
+        for c in &self.channels {
+            if y >= bottom {
+                break;
+            }
+            match &c.bucket {
+                Some(b) => gauge(buf, c.channel.clone(), b, y),
+                None => Line::from(c.channel.as_str()).render(
+                    Rect {
+                        height: 1,
+                        y,
+                        ..inner
+                    },
+                    buf,
+                ),
+            }
+            y += 1;
+            for chat in &c.chats {
+                if y >= bottom {
+                    break;
+                }
+                gauge(buf, format!("  {}", chat.chat_id), chat, y);
+                y += 1;
+            }
+        }
+    }
+}
+
+impl Widget for &DeadLettersTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let rows = self.list.visible();
+        let (top, bottom) = split(area, self.detail.is_some());
+        table(
+            top,
+            buf,
+            title(
+                "Dead letters",
+                rows.len(),
+                usize::try_from(self.total).unwrap_or(usize::MAX),
+                &self.list.filter,
+                self.list.loaded,
+            ),
+            (
+                &[
+                    "ID",
+                    "CHANNEL",
+                    "CHAT",
+                    "ATT",
+                    "CLASS",
+                    "DEAD",
+                    "LAST ERROR",
+                ],
+                &[
+                    Constraint::Length(6),
+                    Constraint::Length(8),
+                    Constraint::Length(12),
+                    Constraint::Length(3),
+                    Constraint::Length(9),
+                    Constraint::Length(8),
+                    Constraint::Min(10),
+                ],
+            ),
+            rows.len(),
+            self.list.selected,
+            |i| {
+                let d = rows[i];
+                vec![
+                    d.id.to_string(),
+                    d.channel.clone(),
+                    d.chat_id.clone(),
+                    d.attempts.to_string(),
+                    d.class.name().to_owned(),
+                    ago(d.dead_at_ms.unwrap_or(0), self.now_ms),
+                    d.last_error.clone(),
+                ]
+            },
+        );
+        let (Some(rect), Some(d)) = (bottom, &self.detail) else {
+            return;
+        };
+        let mut lines = vec![
+            Line::from(format!(
+                "to {}:{} · {}",
+                d.letter.channel,
+                d.letter.chat_id,
+                d.letter.text.replace('\n', " ")
+            )),
+            Line::from("error history".bold()),
+        ];
+        lines.extend(d.errors.iter().map(|e| {
+            Line::from(format!(
+                "#{:<2} {:>8}  {:<9} {}",
+                e.attempt,
+                ago(e.at_ms, self.now_ms),
+                e.class.name(),
+                e.error
+            ))
+        }));
+        Paragraph::new(lines)
+            .block(Block::bordered().title(format!(
+                " dead letter {} (r retry, d drop, Esc closes) ",
+                d.letter.id
+            )))
+            .render(rect, buf);
+    }
+}
+
+fn took(start: Option<i64>, end: Option<i64>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) if e >= s => format!("{:.1}s", (e - s) as f64 / 1000.0),
+        (Some(_), None) => "…".to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+impl Widget for &RunsTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let rows = self.list.visible();
+        let (top, bottom) = split(area, self.detail.is_some());
+        table(
+            top,
+            buf,
+            title(
+                "Workflow runs",
+                rows.len(),
+                self.list.items.len(),
+                &self.list.filter,
+                self.list.loaded,
+            ),
+            (
+                &[
+                    "ID", "WORKFLOW", "STATE", "TRIGGER", "STARTED", "TOOK", "ERROR",
+                ],
+                &[
+                    Constraint::Length(5),
+                    Constraint::Length(14),
+                    Constraint::Length(9),
+                    Constraint::Length(7),
+                    Constraint::Length(8),
+                    Constraint::Length(6),
+                    Constraint::Min(10),
+                ],
+            ),
+            rows.len(),
+            self.list.selected,
+            |i| {
+                let r = rows[i];
+                vec![
+                    r.id.to_string(),
+                    r.workflow.clone(),
+                    r.state.name().to_owned(),
+                    r.trigger.clone(),
+                    ago(r.created_at_ms.unwrap_or(0), self.now_ms),
+                    took(r.created_at_ms, r.finished_at_ms),
+                    r.error.clone(),
+                ]
+            },
+        );
+        let (Some(rect), Some(r)) = (bottom, &self.detail) else {
+            return;
+        };
+        let color = |s: NodeState| match s {
+            NodeState::Succeeded => Color::Green,
+            NodeState::Failed => Color::Red,
+            NodeState::Running => Color::Yellow,
+            _ => Color::Gray,
+        };
+        let rows: Vec<Row> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                Row::new(vec![
+                    ratatui::widgets::Cell::from(n.id.clone()),
+                    n.kind.clone().into(),
+                    Span::styled(n.state.name(), Style::new().fg(color(n.state))).into(),
+                    n.attempts.to_string().into(),
+                    took(n.started_at_ms, n.finished_at_ms).into(),
+                    n.error.clone().into(),
+                ])
+            })
+            .collect();
+        let state = match r.state {
+            RunState::Failed => format!("failed: {}", r.error),
+            s => s.name().to_owned(),
+        };
+        let nodes = Table::new(
+            rows,
+            [
+                Constraint::Length(14),
+                Constraint::Length(9),
+                Constraint::Length(9),
+                Constraint::Length(3),
+                Constraint::Length(6),
+                Constraint::Min(10),
+            ],
+        )
+        .header(Row::new(["NODE", "KIND", "STATE", "ATT", "TOOK", "ERROR"]).bold())
+        .block(Block::bordered().title(format!(
+            " run {} of {} · {state} (Esc closes) ",
+            r.id, r.workflow
+        )));
+        Widget::render(nodes, rect, buf);
+    }
+}
+
+impl Widget for &IdentitiesTab {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let rows = self.list.visible();
+        table(
+            area,
+            buf,
+            title(
+                "Identities: one row per address (u unlink, l link)",
+                rows.len(),
+                self.list.items.len(),
+                &self.list.filter,
+                self.list.loaded,
+            ),
+            (
+                &["USER", "ADDRESS"],
+                &[Constraint::Length(10), Constraint::Min(10)],
+            ),
+            rows.len(),
+            self.list.selected,
+            |i| {
+                let r = rows[i];
+                vec![
+                    r.user_id.to_string(),
+                    r.address
+                        .as_ref()
+                        .map_or_else(|| "(no address)".to_owned(), ToString::to_string),
+                ]
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::KeyCode;
+
+    use super::super::state::tests::{NOW, fixture, press, typed};
+    use super::super::state::{
+        Action, ApiUpdate, Data, DeadLetterDetail, Entry, Input, SessionDetail, update,
+    };
+    use super::*;
+
+    fn draw(app: &App) -> Terminal<TestBackend> {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test terminal");
+        terminal
+            .draw(|f| f.render_widget(app, f.area()))
+            .expect("draw");
+        terminal
+    }
+
+    #[test]
+    fn every_tab_at_80x24() {
+        let mut app = fixture();
+        for (key, name) in [
+            ('1', "overview"),
+            ('2', "sessions"),
+            ('3', "channels"),
+            ('4', "rate_limits"),
+            ('5', "dead_letters"),
+            ('6', "runs"),
+            ('7', "identities"),
+        ] {
+            press(&mut app, KeyCode::Char(key));
+            insta::assert_snapshot!(name, draw(&app).backend());
+        }
+    }
+
+    #[test]
+    fn help_overlay() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('?'));
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn confirm_modal_for_evict() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('2'));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char('e'));
+        assert!(matches!(
+            app.modal,
+            Some(Modal::Confirm(Action::EvictSession { .. }))
+        ));
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn run_workflow_form() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('6'));
+        press(&mut app, KeyCode::Char('w'));
+        press(&mut app, KeyCode::Tab);
+        typed(&mut app, "topic=Rust");
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn details_of_a_session_a_dead_letter_and_a_run() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('2'));
+        let session = app.sessions.list.items[0].clone();
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::Session(SessionDetail {
+                session,
+                transcript: vec![
+                    Entry {
+                        role: "user",
+                        text: "hello from alice".into(),
+                        at_ms: NOW - 8_000,
+                    },
+                    Entry {
+                        role: "assistant",
+                        text: "hello from alice".into(),
+                        at_ms: NOW - 7_900,
+                    },
+                ],
+            }))),
+        );
+        insta::assert_snapshot!("session_detail", draw(&app).backend());
+
+        press(&mut app, KeyCode::Char('5'));
+        let letter = app.dead_letters.list.items[0].clone();
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::DeadLetter(DeadLetterDetail {
+                letter,
+                errors: vec![
+                    super::super::state::AttemptError {
+                        at_ms: NOW - 70_000,
+                        attempt: 1,
+                        class: crate::model::ErrorClass::Retryable,
+                        error: "connection refused".into(),
+                    },
+                    super::super::state::AttemptError {
+                        at_ms: NOW - 60_000,
+                        attempt: 2,
+                        class: crate::model::ErrorClass::Retryable,
+                        error: "503 Service Unavailable".into(),
+                    },
+                ],
+            }))),
+        );
+        insta::assert_snapshot!("dead_letter_detail", draw(&app).backend());
+
+        press(&mut app, KeyCode::Char('6'));
+        let run = app.runs.list.items[0].clone();
+        update(&mut app, Input::Api(ApiUpdate::Data(Data::Run(run))));
+        insta::assert_snapshot!("run_detail", draw(&app).backend());
+        // Esc closes the detail.
+        press(&mut app, KeyCode::Esc);
+        assert!(app.runs.detail.is_none());
+    }
+
+    #[test]
+    fn disconnected_and_filtered() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('2'));
+        press(&mut app, KeyCode::Char('/'));
+        typed(&mut app, "user:1");
+        press(&mut app, KeyCode::Enter);
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Disconnected {
+                error: "cannot reach gatewayd".into(),
+                retry_in_ms: 4_000,
+            }),
+        );
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn only_visible_rows_are_built_and_the_selection_stays_in_view() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('2'));
+        for _ in 0..30 {
+            press(&mut app, KeyCode::Down);
+        }
+        let terminal = draw(&app);
+        let screen = format!("{}", terminal.backend());
+        assert!(screen.contains("user:31"), "{screen}");
+        assert!(!screen.contains("user:1 "), "{screen}");
+    }
+
+    #[test]
+    fn tiny_terminals_do_not_panic() {
+        let mut app = fixture();
+        for (w, h) in [(10, 3), (1, 1), (40, 8), (200, 60)] {
+            for key in ['1', '2', '3', '4', '5', '6', '7', '?'] {
+                press(&mut app, KeyCode::Char(key));
+                let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+                t.draw(|f| f.render_widget(&app, f.area())).expect("draw");
+            }
+            press(&mut app, KeyCode::Esc);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `gatewayctl console` end to end: the real console in a real terminal (tmux), against a
+//! real gatewayd (HTTP channel to a fake callback, echo agent). A message creates a session,
+//! the Sessions tab shows it, `e` `y` evicts it (the row turns `no` under RESIDENT, and
+//! `sessions show` agrees), stopping gatewayd shows "disconnected, retrying in Ns", and `q`
+//! quits with status 0.
+//!
+//! tmux is required: tests/run.sh installs it. Without it this test fails and says so.
+
+use std::process::{Command, Stdio};
+
+use gateway_tests::{FakeCallback, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, poll_until};
+use serde_json::{Value, json};
+
+/// A tmux session running one command; killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn tmux(args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux runs")
+    }
+
+    fn start(command: &str) -> Tmux {
+        let found = Command::new("tmux")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "tmux is not installed, and the console test drives the console in tmux; \
+             run the tests with tests/run.sh (it installs tmux) or `apt-get install -y tmux`"
+        );
+        let name = format!("gwconsole-{}-{}", std::process::id(), rand_suffix());
+        let out = Self::tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "100",
+            "-y",
+            "30",
+            command,
+        ]);
+        assert!(out.status.success(), "tmux new-session: {out:?}");
+        // Keep the pane after the command exits, so a crash leaves its message to read.
+        Self::tmux(&["set-option", "-t", &name, "remain-on-exit", "on"]);
+        Tmux { name }
+    }
+
+    fn capture(&self) -> String {
+        let out = Self::tmux(&["capture-pane", "-p", "-t", &self.name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.name.as_str()];
+        args.extend_from_slice(keys);
+        let out = Self::tmux(&args);
+        assert!(out.status.success(), "tmux send-keys {keys:?}: {out:?}");
+    }
+
+    /// Whether the console's process has exited (the pane is dead or gone).
+    /// The exit status once the pane's process has exited (the pane stays, `remain-on-exit`).
+    fn exit_status(&self) -> Option<String> {
+        let out = Self::tmux(&[
+            "display-message",
+            "-p",
+            "-t",
+            &self.name,
+            "#{pane_dead} #{pane_dead_status}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match text.split_once(' ') {
+            Some(("1", status)) if out.status.success() => Some(status.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Polls the pane until `check` holds; the failure shows the last screen.
+    async fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let ok = poll_until(TIMEOUT, what, || {
+            last = self.capture();
+            check(&last)
+        })
+        .await;
+        assert!(ok.is_ok(), "{what}; the screen was:\n{last}");
+        last
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        Self::tmux(&["kill-session", "-t", &self.name]);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+}
+
+/// The screen line of the session `key` in the Sessions table.
+fn row<'a>(screen: &'a str, key: &str) -> Option<&'a str> {
+    screen.lines().find(|l| {
+        l.split_whitespace()
+            .any(|w| w.trim_start_matches(['│', '>']) == key)
+    })
+}
+
+/// The RESIDENT cell of a Sessions row: the fifth column.
+fn resident(line: &str) -> Option<&str> {
+    line.trim_matches(|c: char| c == '│' || c.is_whitespace())
+        .trim_start_matches('>')
+        .split_whitespace()
+        .nth(4)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_session_and_evicts_it_with_e_y() {
+    let callback = FakeCallback::start().await;
+    let mut gw = Gateway::start(GatewayOptions::with_config(format!(
+        "[channels.http]\nenabled = true\ncallback_url = \"{}\"\n",
+        callback.url()
+    )))
+    .await
+    .expect("start gatewayd");
+    let reply = gw
+        .post_http_message(
+            &json!({"message_id": "c-1", "chat_id": "carol", "sender_id": "carol", "text": "hello console"}),
+        )
+        .await
+        .expect("post");
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    callback
+        .wait_delivered(|d| !d.is_empty(), TIMEOUT)
+        .await
+        .expect("the echo was delivered");
+
+    // The session's key, from the CLI.
+    let ctl = gatewayctl_bin();
+    let addr = gw.admin_url();
+    let sessions = |args: &[&str]| -> Value {
+        let out = Command::new(&ctl)
+            .args(["--addr", &addr, "--output", "json", "sessions"])
+            .args(args)
+            .env_remove("GATEWAYCTL_ADDR")
+            .env_remove("GATEWAYCTL_TOKEN")
+            .output()
+            .expect("gatewayctl runs");
+        assert!(
+            out.status.success(),
+            "gatewayctl sessions {args:?}: {out:?}"
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let list = sessions(&["list"]);
+    let key = list["sessions"][0]["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("one session in {list}"))
+        .to_owned();
+    assert_eq!(list["sessions"][0]["resident"], true, "{list}");
+
+    let console = Tmux::start(&format!(
+        "env -u GATEWAYCTL_TOKEN TERM=xterm-256color '{}' console --addr '{addr}'",
+        ctl.display()
+    ));
+    console
+        .wait_for("the console connects", |s| s.contains("connected to"))
+        .await;
+    console.keys(&["2"]);
+    let screen = console
+        .wait_for("the Sessions tab lists the session as resident", |s| {
+            row(s, &key).and_then(resident) == Some("yes")
+        })
+        .await;
+    assert!(screen.contains("RESIDENT"), "{screen}");
+    // The screen, for the README (visible with --nocapture).
+    println!("--- Sessions tab ---\n{screen}");
+
+    console.keys(&["e"]);
+    console
+        .wait_for("evict asks for confirmation", |s| {
+            s.contains(&format!("Evict {key}? y/n"))
+        })
+        .await;
+    console.keys(&["y"]);
+    console
+        .wait_for("the row shows resident=no after the eviction", |s| {
+            row(s, &key).and_then(resident) == Some("no")
+        })
+        .await;
+    let shown = sessions(&["show", &key]);
+    assert_eq!(shown["session"]["resident"], false, "{shown}");
+
+    // `?` shows the help, any key closes it; `q` quits.
+    console.keys(&["?"]);
+    console
+        .wait_for("the help overlay", |s| s.contains("reconnect the channel"))
+        .await;
+    console.keys(&["Escape"]);
+    console
+        .wait_for("the help closes", |s| !s.contains("reconnect the channel"))
+        .await;
+    // gatewayd goes away: the console says so and keeps retrying by itself.
+    gw.kill().await;
+    let screen = console
+        .wait_for("the console reports the lost connection", |s| {
+            s.contains("disconnected, retrying in")
+        })
+        .await;
+    println!("--- after gatewayd stopped ---\n{screen}");
+    console.keys(&["q"]);
+    let ok = poll_until(TIMEOUT, "the console exits on q", || {
+        console.exit_status().is_some()
+    })
+    .await;
+    assert!(ok.is_ok(), "still running:\n{}", console.capture());
+    assert_eq!(console.exit_status().as_deref(), Some("0"), "{}", console.capture());
+}
