@@ -11,7 +11,7 @@
 //! and `gatewayctl` output have no change notification, so those are polled; everything the fakes
 //! see is waited for with their Notify-based waits.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gateway_proto::admin as pb;
@@ -668,4 +668,39 @@ async fn a_token_refused_while_polling_stops_polling_instead_of_looping() {
     let id = s.tg.push_text(&chat, 91, "polling again");
     let reply = s.wait_reply(91, id).await;
     assert_eq!(reply.text, "llm: polling again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_errors_never_reveal_the_bot_token() {
+    let setup = start("").await;
+    // Every poll's connection is dropped: teloxide reports a network error whose own text names
+    // the request URL, and with it the token.
+    setup.tg.set_mode("getUpdates", Some(TgFault::Drop));
+    let gw = &setup.gw;
+    poll_until(TIMEOUT, "a polling failure is logged", || {
+        gateway_tests::strip_ansi(&gw.stderr_log()).contains("Telegram polling failed.")
+    })
+    .await
+    .expect("failure logged");
+    let channels = Command::new(gatewayctl_bin())
+        .args([
+            "--addr",
+            &gw.admin_url(),
+            "--output",
+            "json",
+            "channels",
+            "list",
+        ])
+        .output()
+        .expect("gatewayctl");
+    let listed = String::from_utf8_lossy(&channels.stdout).into_owned();
+    assert!(listed.contains("telegram"), "{listed}");
+    let secret_part = TOKEN.split(':').nth(1).expect("token secret part");
+    for (what, text) in [("stderr log", gw.stderr_log()), ("admin API", listed)] {
+        assert!(
+            !text.contains(secret_part),
+            "the token leaked into the {what}:\n{text}"
+        );
+    }
+    setup.tg.set_mode("getUpdates", None);
 }
