@@ -226,5 +226,10 @@ async fn the_console_shows_a_session_and_evicts_it_with_e_y() {
     })
     .await;
     assert!(ok.is_ok(), "still running:\n{}", console.capture());
-    assert_eq!(console.exit_status().as_deref(), Some("0"), "{}", console.capture());
+    assert_eq!(
+        console.exit_status().as_deref(),
+        Some("0"),
+        "{}",
+        console.capture()
+    );
 }

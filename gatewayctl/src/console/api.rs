@@ -14,7 +14,8 @@ use gateway_proto::admin as pb;
 use tokio::sync::mpsc;
 
 use super::state::{
-    Action, ApiUpdate, Data, DeadLetterDetail, Fetch, Identity, SESSION_PAGE, SessionDetail,
+    Action, ApiUpdate, Data, DeadLetterDetail, Fetch, Identity, Letters, LinkOther, SESSION_PAGE,
+    SessionDetail,
 };
 use crate::client::{Api, within};
 use crate::model::ChannelInfo;
@@ -228,8 +229,11 @@ async fn fetch(api: &mut Api, f: Fetch) -> Result<Data, String> {
 async fn act(api: &mut Api, a: Action) -> Result<String, String> {
     use pb::dead_letter_selector::Selector;
     let c = &mut api.client;
-    let ids = |id: i64| pb::DeadLetterSelector {
-        selector: Some(Selector::Ids(pb::Ids { ids: vec![id] })),
+    let selector = |letters: Letters| pb::DeadLetterSelector {
+        selector: Some(match letters {
+            Letters::Ids(ids) => Selector::Ids(pb::Ids { ids }),
+            Letters::Channel(c) => Selector::Channel(c.to_pb()),
+        }),
     };
     let result = match a {
         Action::EvictSession { key } => {
@@ -243,18 +247,20 @@ async fn act(api: &mut Api, a: Action) -> Result<String, String> {
                     }
                 })
         }
-        Action::RetryDeadLetter { id } => {
+        Action::RetryDeadLetters { letters } => {
             within(c.retry_dead_letters(pb::RetryDeadLettersRequest {
-                selector: Some(ids(id)),
+                selector: Some(selector(letters)),
             }))
             .await
-            .map(|r| format!("retried {} dead letter(s)", r.into_inner().retried))
+            .map(|r| format!("retried {}", r.into_inner().retried))
         }
-        Action::DropDeadLetter { id } => within(c.drop_dead_letters(pb::DropDeadLettersRequest {
-            selector: Some(ids(id)),
-        }))
-        .await
-        .map(|r| format!("dropped {} dead letter(s)", r.into_inner().dropped)),
+        Action::DropDeadLetters { letters } => {
+            within(c.drop_dead_letters(pb::DropDeadLettersRequest {
+                selector: Some(selector(letters)),
+            }))
+            .await
+            .map(|r| format!("dropped {}", r.into_inner().dropped))
+        }
         Action::ReconnectChannel { channel } => {
             within(c.reconnect_channel(pb::ReconnectChannelRequest {
                 channel: channel.to_pb(),
@@ -273,17 +279,25 @@ async fn act(api: &mut Api, a: Action) -> Result<String, String> {
                 r.previous_user_id, r.new_user_id
             )
         }),
-        Action::LinkIdentities {
-            user_id,
-            merge_user_id,
-        } => within(c.link_identities(pb::LinkIdentitiesRequest {
-            user_id,
-            other: Some(pb::link_identities_request::Other::MergeUserId(
-                merge_user_id,
-            )),
-        }))
-        .await
-        .map(|_| format!("merged user {merge_user_id} into user {user_id}")),
+        Action::LinkIdentities { user_id, other } => {
+            use pb::link_identities_request::Other;
+            let (other, done) = match other {
+                LinkOther::User(merge) => (
+                    Other::MergeUserId(merge),
+                    format!("merged user {merge} into user {user_id}"),
+                ),
+                LinkOther::Address(a) => (
+                    Other::Address(a.to_pb()),
+                    format!("moved {a} to user {user_id}"),
+                ),
+            };
+            within(c.link_identities(pb::LinkIdentitiesRequest {
+                user_id,
+                other: Some(other),
+            }))
+            .await
+            .map(|_| done)
+        }
         Action::RunWorkflow { name, inputs_json } => {
             within(c.run_workflow(pb::RunWorkflowRequest {
                 name: name.clone(),

@@ -6,7 +6,7 @@
 //! **Invariant:** nothing here does I/O or reads the clock; the loop sets [`App::set_now`]
 //! before each input, so every test (and snapshot) is deterministic.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use gateway_proto::admin as pb;
 use pb::watch_events_response::Event as E;
@@ -116,32 +116,74 @@ pub enum Fetch {
     Identities,
 }
 
+/// Which dead letters an action covers: the DeadLetterSelector of RetryDeadLetters and
+/// DropDeadLetters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Letters {
+    /// These ids, in the table's order.
+    Ids(Vec<i64>),
+    /// Every dead letter of this channel (also those not loaded or hidden by the filter).
+    Channel(Channel),
+}
+
+impl Letters {
+    /// "dead letter 7", "3 dead letters", "all http dead letters".
+    fn describe(&self) -> String {
+        match self {
+            Letters::Ids(ids) => match ids.as_slice() {
+                [id] => format!("dead letter {id}"),
+                ids => format!("{} dead letters", ids.len()),
+            },
+            Letters::Channel(c) => format!("all {} dead letters", c.name()),
+        }
+    }
+}
+
+/// What a link joins to the user that stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOther {
+    /// Another user, merged in (LinkIdentities `merge_user_id`).
+    User(i64),
+    /// One address, moved over (LinkIdentities `address`).
+    Address(Address),
+}
+
 /// An operator action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     EvictSession { key: String },
-    RetryDeadLetter { id: i64 },
-    DropDeadLetter { id: i64 },
+    RetryDeadLetters { letters: Letters },
+    DropDeadLetters { letters: Letters },
     ReconnectChannel { channel: Channel },
     UnlinkAddress { address: Address },
-    LinkIdentities { user_id: i64, merge_user_id: i64 },
+    LinkIdentities { user_id: i64, other: LinkOther },
     RunWorkflow { name: String, inputs_json: String },
 }
 
 impl Action {
-    /// The confirmation question for a destructive action; None when it needs none.
+    /// The confirmation question for a destructive or wide action; None when it needs none.
     pub fn question(&self) -> Option<String> {
         match self {
             Action::EvictSession { key } => Some(format!("Evict {key}?")),
-            Action::DropDeadLetter { id } => Some(format!("Drop dead letter {id}?")),
+            Action::DropDeadLetters { letters } => Some(format!("Drop {}?", letters.describe())),
+            Action::RetryDeadLetters {
+                letters: letters @ Letters::Channel(_),
+            } => Some(format!("Retry {}?", letters.describe())),
             Action::UnlinkAddress { address } => Some(format!("Unlink {address}?")),
             Action::LinkIdentities {
                 user_id,
-                merge_user_id,
-            } => Some(format!("Merge user {merge_user_id} into user {user_id}?")),
+                other: LinkOther::User(merge),
+            } => Some(format!("Merge user {merge} into user {user_id}?")),
+            Action::LinkIdentities {
+                user_id,
+                other: LinkOther::Address(address),
+            } => Some(format!("Move {address} to user {user_id}?")),
             Action::ReconnectChannel { channel } => Some(format!("Reconnect {}?", channel.name())),
-            // Retrying and starting a run destroy nothing: they act at once.
-            Action::RetryDeadLetter { .. } | Action::RunWorkflow { .. } => None,
+            // Retrying chosen letters and starting a run destroy nothing: they act at once.
+            Action::RetryDeadLetters {
+                letters: Letters::Ids(_),
+            }
+            | Action::RunWorkflow { .. } => None,
         }
     }
 }
@@ -226,7 +268,7 @@ pub enum Modal {
 /// What a form is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormKind {
-    /// Two user ids: the one that stays, the one merged into it.
+    /// The user that stays, and a user id to merge into it or an address to move to it.
     Link,
     /// A workflow name and `k=v` inputs.
     RunWorkflow,
@@ -245,7 +287,7 @@ pub struct Form {
 impl Form {
     fn new(kind: FormKind, first: String) -> Self {
         let labels: &[&'static str] = match kind {
-            FormKind::Link => &["keep user id", "merge user id"],
+            FormKind::Link => &["keep user id", "user or address"],
             FormKind::RunWorkflow => &["workflow", "inputs k=v …"],
         };
         let mut fields: Vec<(&'static str, String)> =
@@ -273,14 +315,25 @@ impl Form {
                         .filter(|v| *v > 0)
                         .ok_or_else(|| format!("{} must be a user id", self.fields[i].0))
                 };
-                let (user_id, merge_user_id) = (id(0)?, id(1)?);
-                if user_id == merge_user_id {
-                    return Err("the two user ids are the same".to_owned());
-                }
-                Ok(Action::LinkIdentities {
-                    user_id,
-                    merge_user_id,
-                })
+                let user_id = id(0)?;
+                let other = field(1);
+                // An address always has a colon (`http:alice`); a user id never does.
+                let other =
+                    if other.contains(':') {
+                        LinkOther::Address(other.parse::<Address>()?)
+                    } else {
+                        let merge = other.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(
+                            || {
+                                "give a user id or an address CHANNEL:SENDER_ID, e.g. http:alice"
+                                    .to_owned()
+                            },
+                        )?;
+                        if merge == user_id {
+                            return Err("the two user ids are the same".to_owned());
+                        }
+                        LinkOther::User(merge)
+                    };
+                Ok(Action::LinkIdentities { user_id, other })
             }
             FormKind::RunWorkflow => {
                 let name = field(0);
@@ -341,16 +394,43 @@ pub trait Filterable {
 impl<T: Filterable> List<T> {
     /// The rows that pass the filter.
     pub fn visible(&self) -> Vec<&T> {
+        self.passing().collect()
+    }
+
+    fn passing(&self) -> impl Iterator<Item = &T> {
         let needle = self.filter.to_lowercase();
         self.items
             .iter()
-            .filter(|i| needle.is_empty() || i.haystack().to_lowercase().contains(&needle))
-            .collect()
+            .filter(move |i| needle.is_empty() || i.haystack().to_lowercase().contains(&needle))
+    }
+
+    /// How many rows pass the filter; without a filter this costs nothing.
+    pub fn visible_len(&self) -> usize {
+        if self.filter.is_empty() {
+            self.items.len()
+        } else {
+            self.passing().count()
+        }
+    }
+
+    /// At most `len` rows that pass the filter, from the `offset`th on. Without a filter this
+    /// touches only those rows, so a table over 100 000 items draws as fast as over ten.
+    pub fn window(&self, offset: usize, len: usize) -> Vec<&T> {
+        if self.filter.is_empty() {
+            let end = self.items.len().min(offset.saturating_add(len));
+            self.items
+                .get(offset.min(end)..end)
+                .unwrap_or_default()
+                .iter()
+                .collect()
+        } else {
+            self.passing().skip(offset).take(len).collect()
+        }
     }
 
     /// The selected row.
     pub fn current(&self) -> Option<&T> {
-        self.visible().get(self.selected).copied()
+        self.window(self.selected, 1).first().copied()
     }
 
     fn replace(&mut self, items: Vec<T>) {
@@ -360,12 +440,12 @@ impl<T: Filterable> List<T> {
     }
 
     fn clamp(&mut self) {
-        let n = self.visible().len();
+        let n = self.visible_len();
         self.selected = self.selected.min(n.saturating_sub(1));
     }
 
     fn step(&mut self, delta: isize) {
-        let n = self.visible().len();
+        let n = self.visible_len();
         if n == 0 {
             self.selected = 0;
             return;
@@ -869,7 +949,42 @@ pub struct DeadLettersTab {
     pub list: List<DeadLetter>,
     pub total: u64,
     pub detail: Option<DeadLetterDetail>,
+    /// The ids marked with Space (only ids still in the list; a refresh forgets the others).
+    pub marked: BTreeSet<i64>,
     pub now_ms: i64,
+}
+
+impl DeadLettersTab {
+    /// Marks or unmarks the selected row.
+    fn toggle_mark(&mut self) {
+        let Some(id) = self.list.current().map(|d| d.id) else {
+            return;
+        };
+        if !self.marked.remove(&id) {
+            self.marked.insert(id);
+        }
+    }
+
+    /// The marked rows in the table's order (also those the filter hides), or else the
+    /// selected one.
+    fn chosen(&self) -> Option<Letters> {
+        if self.marked.is_empty() {
+            return self.list.current().map(|d| Letters::Ids(vec![d.id]));
+        }
+        let ids: Vec<i64> = self
+            .list
+            .items
+            .iter()
+            .map(|d| d.id)
+            .filter(|id| self.marked.contains(id))
+            .collect();
+        (!ids.is_empty()).then_some(Letters::Ids(ids))
+    }
+
+    fn replace(&mut self, items: Vec<DeadLetter>) {
+        self.marked.retain(|id| items.iter().any(|d| d.id == *id));
+        self.list.replace(items);
+    }
 }
 
 /// The Workflows/Runs tab.
@@ -985,7 +1100,7 @@ impl App {
         match self.tab {
             Tab::Sessions => {
                 self.sessions.list.step(delta);
-                let at_end = self.sessions.list.selected + 1 >= self.sessions.list.visible().len();
+                let at_end = self.sessions.list.selected + 1 >= self.sessions.list.visible_len();
                 if at_end
                     && delta > 0
                     && !self.sessions.paging
@@ -1028,8 +1143,36 @@ impl App {
             self.modal = Some(Modal::Confirm(action));
             None
         } else {
-            Some(Intent::Rpc(action))
+            Some(self.send(action))
         }
+    }
+
+    /// Sends an (approved) action; the dead letters it names are no longer marked.
+    fn send(&mut self, action: Action) -> Intent {
+        if let Action::RetryDeadLetters {
+            letters: Letters::Ids(ids),
+        }
+        | Action::DropDeadLetters {
+            letters: Letters::Ids(ids),
+        } = &action
+        {
+            self.dead_letters.marked.retain(|id| !ids.contains(id));
+        }
+        Intent::Rpc(action)
+    }
+
+    /// The channel of the selected dead letter, for `R` and `D`.
+    fn selected_letter_channel(&mut self) -> Option<Channel> {
+        let letter = self.dead_letters.list.current()?;
+        let channel = channel_named(&letter.channel);
+        if channel.is_none() {
+            let text = format!(
+                "dead letter {} is on a channel this gatewayctl does not know",
+                letter.id
+            );
+            self.say(text, true);
+        }
+        channel
     }
 
     fn apply(&mut self, data: Data) -> Option<Intent> {
@@ -1058,7 +1201,7 @@ impl App {
                 self.rate_limits.loaded = true;
             }
             Data::DeadLetters { items, total } => {
-                self.dead_letters.list.replace(items);
+                self.dead_letters.replace(items);
                 self.dead_letters.total = total;
             }
             Data::DeadLetter(d) => self.dead_letters.detail = Some(d),
@@ -1162,7 +1305,7 @@ fn key(app: &mut App, k: KeyEvent) -> Option<Intent> {
         }
         Some(Modal::Confirm(action)) => {
             return match k.code {
-                KeyCode::Char('y' | 'Y') => Some(Intent::Rpc(action)),
+                KeyCode::Char('y' | 'Y') => Some(app.send(action)),
                 KeyCode::Char('n' | 'N') | KeyCode::Esc => None,
                 _ => {
                     app.modal = Some(Modal::Confirm(action));
@@ -1256,11 +1399,21 @@ fn action_key(app: &mut App, c: char) -> Option<Intent> {
         (Tab::Sessions, 'e') => Action::EvictSession {
             key: app.sessions.list.current()?.key.clone(),
         },
-        (Tab::DeadLetters, 'r') => Action::RetryDeadLetter {
-            id: app.dead_letters.list.current()?.id,
+        (Tab::DeadLetters, ' ') => {
+            app.dead_letters.toggle_mark();
+            return None;
+        }
+        (Tab::DeadLetters, 'r') => Action::RetryDeadLetters {
+            letters: app.dead_letters.chosen()?,
         },
-        (Tab::DeadLetters, 'd') => Action::DropDeadLetter {
-            id: app.dead_letters.list.current()?.id,
+        (Tab::DeadLetters, 'd') => Action::DropDeadLetters {
+            letters: app.dead_letters.chosen()?,
+        },
+        (Tab::DeadLetters, 'R') => Action::RetryDeadLetters {
+            letters: Letters::Channel(app.selected_letter_channel()?),
+        },
+        (Tab::DeadLetters, 'D') => Action::DropDeadLetters {
+            letters: Letters::Channel(app.selected_letter_channel()?),
         },
         (Tab::Channels, 'c') => Action::ReconnectChannel {
             channel: app.channels.list.current()?.channel?,
@@ -1317,6 +1470,15 @@ fn form_key(app: &mut App, mut form: Form, k: KeyEvent) -> Option<Intent> {
     }
     app.modal = Some(Modal::Form(form));
     None
+}
+
+/// The channel with this name (as in a table cell); None for `-` or an unknown name.
+fn channel_named(name: &str) -> Option<Channel> {
+    use clap::ValueEnum as _;
+    Channel::value_variants()
+        .iter()
+        .copied()
+        .find(|c| c.name() == name)
 }
 
 /// The "retrying in Ns" of a lost connection.
@@ -1564,7 +1726,9 @@ pub(crate) mod tests {
         press(&mut app, KeyCode::Down);
         assert_eq!(
             press(&mut app, KeyCode::Char('r')),
-            rpc(Action::RetryDeadLetter { id: 9 }),
+            rpc(Action::RetryDeadLetters {
+                letters: Letters::Ids(vec![9])
+            }),
             "retrying destroys nothing, so it needs no confirmation"
         );
         press(&mut app, KeyCode::Up);
@@ -1573,9 +1737,188 @@ pub(crate) mod tests {
         assert_eq!(press(&mut app, KeyCode::Char('n')), None);
         press(&mut app, KeyCode::Char('d'));
         assert_eq!(
-            press(&mut app, KeyCode::Char('y')),
-            rpc(Action::DropDeadLetter { id: 7 })
+            app.modal.as_ref().and_then(|m| match m {
+                Modal::Confirm(a) => a.question(),
+                _ => None,
+            }),
+            Some("Drop dead letter 7?".to_owned())
         );
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            rpc(Action::DropDeadLetters {
+                letters: Letters::Ids(vec![7])
+            })
+        );
+    }
+
+    /// The fixture's dead letters (7 and 9 on http) and two more: 11 on webchat, 12 on http.
+    fn four_dead_letters() -> App {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('5'));
+        let mut items = app.dead_letters.list.items.clone();
+        for (id, channel) in [(11, "webchat"), (12, "http")] {
+            items.push(DeadLetter {
+                id,
+                channel: channel.into(),
+                ..items[0].clone()
+            });
+        }
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::DeadLetters { items, total: 4 })),
+        );
+        app
+    }
+
+    fn question(app: &App) -> Option<String> {
+        match &app.modal {
+            Some(Modal::Confirm(a)) => a.question(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn space_marks_rows_and_r_retries_the_marked_ids_in_table_order() {
+        let mut app = four_dead_letters();
+        // Mark 12 (last row), 7 (first), 11 (third); unmark and re-mark 7.
+        press(&mut app, KeyCode::End);
+        assert_eq!(press(&mut app, KeyCode::Char(' ')), None);
+        press(&mut app, KeyCode::Home);
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Char(' '));
+        assert_eq!(app.dead_letters.marked, BTreeSet::from([12]));
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char(' '));
+        assert_eq!(app.dead_letters.marked, BTreeSet::from([7, 11, 12]));
+        // The selection is on 11, but `r` takes the marked rows, at once.
+        assert_eq!(
+            press(&mut app, KeyCode::Char('r')),
+            rpc(Action::RetryDeadLetters {
+                letters: Letters::Ids(vec![7, 11, 12])
+            })
+        );
+        assert!(app.dead_letters.marked.is_empty(), "sent ids are unmarked");
+        // With nothing marked, `r` is back to the selected row.
+        assert_eq!(
+            press(&mut app, KeyCode::Char('r')),
+            rpc(Action::RetryDeadLetters {
+                letters: Letters::Ids(vec![11])
+            })
+        );
+    }
+
+    #[test]
+    fn d_drops_the_marked_ids_after_asking_and_n_keeps_the_marks() {
+        let mut app = four_dead_letters();
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char(' '));
+        assert_eq!(press(&mut app, KeyCode::Char('d')), None);
+        assert_eq!(question(&app).as_deref(), Some("Drop 3 dead letters?"));
+        assert_eq!(press(&mut app, KeyCode::Char('n')), None);
+        assert_eq!(app.modal, None);
+        assert_eq!(app.dead_letters.marked, BTreeSet::from([9, 11, 12]));
+        press(&mut app, KeyCode::Char('d'));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            rpc(Action::DropDeadLetters {
+                letters: Letters::Ids(vec![9, 11, 12])
+            })
+        );
+        assert!(app.dead_letters.marked.is_empty());
+    }
+
+    #[test]
+    fn marks_of_letters_gone_after_a_refresh_are_forgotten() {
+        let mut app = four_dead_letters();
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::End);
+        press(&mut app, KeyCode::Char(' '));
+        let items: Vec<DeadLetter> = app.dead_letters.list.items[1..].to_vec();
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::DeadLetters { items, total: 3 })),
+        );
+        assert_eq!(app.dead_letters.marked, BTreeSet::from([12]));
+        // A filter that hides a marked row does not unmark it: `r` still takes it.
+        press(&mut app, KeyCode::Char('/'));
+        typed(&mut app, "webchat");
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(
+            press(&mut app, KeyCode::Char('r')),
+            rpc(Action::RetryDeadLetters {
+                letters: Letters::Ids(vec![12])
+            })
+        );
+    }
+
+    #[test]
+    fn shift_r_and_shift_d_act_on_the_selected_rows_channel_after_asking() {
+        let mut app = four_dead_letters();
+        // Marks do not matter to the channel-wide forms.
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Down);
+        assert_eq!(press(&mut app, KeyCode::Char('R')), None);
+        assert_eq!(
+            question(&app).as_deref(),
+            Some("Retry all webchat dead letters?")
+        );
+        assert_eq!(press(&mut app, KeyCode::Char('n')), None);
+        assert_eq!(app.modal, None);
+        press(&mut app, KeyCode::Char('R'));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            rpc(Action::RetryDeadLetters {
+                letters: Letters::Channel(Channel::Webchat)
+            })
+        );
+        assert_eq!(app.dead_letters.marked, BTreeSet::from([7]));
+        press(&mut app, KeyCode::Up);
+        assert_eq!(press(&mut app, KeyCode::Char('D')), None);
+        assert_eq!(
+            question(&app).as_deref(),
+            Some("Drop all http dead letters?")
+        );
+        assert_eq!(press(&mut app, KeyCode::Esc), None);
+        press(&mut app, KeyCode::Char('D'));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            rpc(Action::DropDeadLetters {
+                letters: Letters::Channel(Channel::Http)
+            })
+        );
+    }
+
+    #[test]
+    fn channel_wide_forms_refuse_an_unknown_channel() {
+        let mut app = four_dead_letters();
+        app.dead_letters.list.items[0].channel = "-".into();
+        assert_eq!(press(&mut app, KeyCode::Char('R')), None);
+        assert_eq!(app.modal, None);
+        assert!(app.status.as_ref().is_some_and(|s| s.error));
+    }
+
+    #[test]
+    fn dead_letter_keys_on_an_empty_table_do_nothing() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('5'));
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::DeadLetters {
+                items: vec![],
+                total: 0,
+            })),
+        );
+        for c in [' ', 'r', 'd', 'R', 'D'] {
+            assert_eq!(press(&mut app, KeyCode::Char(c)), None);
+            assert_eq!(app.modal, None);
+        }
     }
 
     #[test]
@@ -1616,18 +1959,82 @@ pub(crate) mod tests {
         };
         assert_eq!(
             form.error.as_deref(),
-            Some("merge user id must be a user id")
+            Some("give a user id or an address CHANNEL:SENDER_ID, e.g. http:alice")
         );
         press(&mut app, KeyCode::Backspace);
         typed(&mut app, "3");
         assert_eq!(press(&mut app, KeyCode::Enter), None);
+        assert_eq!(question(&app).as_deref(), Some("Merge user 3 into user 1?"));
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::LinkIdentities {
                 user_id: 1,
-                merge_user_id: 3
+                other: LinkOther::User(3)
             })
         );
+    }
+
+    /// Opens the link form on user 1 and types `other` into the second field.
+    fn link_form(other: &str) -> App {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('7'));
+        press(&mut app, KeyCode::Char('l'));
+        press(&mut app, KeyCode::Tab);
+        typed(&mut app, other);
+        app
+    }
+
+    fn form_error(app: &App) -> Option<String> {
+        match &app.modal {
+            Some(Modal::Form(f)) => f.error.clone(),
+            other => panic!("the form should still be open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn link_takes_an_address_and_moves_it_after_asking() {
+        let mut app = link_form("http:bob");
+        assert_eq!(press(&mut app, KeyCode::Enter), None);
+        assert_eq!(question(&app).as_deref(), Some("Move http:bob to user 1?"));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            rpc(Action::LinkIdentities {
+                user_id: 1,
+                other: LinkOther::Address(Address {
+                    channel: Channel::Http,
+                    sender_id: "bob".into()
+                })
+            })
+        );
+        // `n` cancels an address link too.
+        let mut app = link_form("webchat:a:b");
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(press(&mut app, KeyCode::Char('n')), None);
+        assert_eq!(app.modal, None);
+    }
+
+    #[test]
+    fn link_with_a_bad_second_field_sends_nothing_and_says_why() {
+        for (input, error) in [
+            (
+                "fax:123",
+                "unknown channel `fax`; use one of webchat, http, telegram, discord",
+            ),
+            ("http:", "the sender id after `http:` is empty"),
+            (
+                "-4",
+                "give a user id or an address CHANNEL:SENDER_ID, e.g. http:alice",
+            ),
+            (
+                "",
+                "give a user id or an address CHANNEL:SENDER_ID, e.g. http:alice",
+            ),
+            ("1", "the two user ids are the same"),
+        ] {
+            let mut app = link_form(input);
+            assert_eq!(press(&mut app, KeyCode::Enter), None, "{input}");
+            assert_eq!(form_error(&app).as_deref(), Some(error), "{input}");
+        }
     }
 
     #[test]

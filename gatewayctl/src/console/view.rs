@@ -15,8 +15,8 @@ use ratatui::widgets::{
 };
 
 use super::state::{
-    App, ChannelsTab, Conn, DeadLettersTab, IdentitiesTab, Modal, OverviewTab, RateLimitsTab,
-    RunsTab, SessionsTab, Tab, retry_in_secs, scroll_offset,
+    App, ChannelsTab, Conn, DeadLettersTab, Filterable, IdentitiesTab, List, Modal, OverviewTab,
+    RateLimitsTab, RunsTab, SessionsTab, Tab, retry_in_secs, scroll_offset,
 };
 use crate::model::{Channel, ChannelInfo, ChannelState, NodeState, RunState};
 use crate::output::{ago, duration};
@@ -31,10 +31,15 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Enter", "details: session, dead letter, run"),
     ("Esc", "close the details or a popup"),
     ("e", "evict the session (Sessions)"),
-    ("r  d", "retry / drop the dead letter (Dead letters)"),
+    ("Space", "mark / unmark the dead letter (Dead letters)"),
+    (
+        "r  d",
+        "retry / drop the marked dead letters, else the selected one",
+    ),
+    ("R  D", "retry / drop all dead letters of the row's channel"),
     ("c", "reconnect the channel (Channels)"),
     ("u", "unlink the address (Identities)"),
-    ("l", "link two users (Identities)"),
+    ("l", "link a user or an address to a user (Identities)"),
     ("w", "run a workflow: name, k=v inputs (Runs)"),
     ("y  n", "confirm / cancel"),
     ("?", "this help"),
@@ -96,7 +101,7 @@ impl Widget for &App {
             }
             Some(Modal::Form(form)) => {
                 let title = match form.kind {
-                    super::state::FormKind::Link => "Link two users",
+                    super::state::FormKind::Link => "Link to a user",
                     super::state::FormKind::RunWorkflow => "Run a workflow",
                 };
                 let mut text: Vec<Line> = form
@@ -111,11 +116,16 @@ impl Widget for &App {
                             Style::new()
                         };
                         Line::from(vec![
-                            Span::raw(format!("{label:<15}")),
+                            Span::raw(format!("{label:<16}")),
                             Span::styled(format!("{value}{cursor}"), style),
                         ])
                     })
                     .collect();
+                if form.kind == super::state::FormKind::Link {
+                    text.push(Line::from(
+                        "a user id merges that user; CHANNEL:SENDER_ID moves an address".dim(),
+                    ));
+                }
                 if let Some(e) = &form.error {
                     text.push(Line::from(e.as_str().red()));
                 }
@@ -192,22 +202,36 @@ fn help(area: Rect, buf: &mut Buffer) {
     popup(area, buf, "Keys (any key closes)", lines, Color::Cyan);
 }
 
-/// A bordered table that builds only the rows that fit, keeping `selected` in view.
-fn table(
+#[cfg(test)]
+thread_local! {
+    /// Rows built by [`table`] on this thread (tests check that only what fits is built).
+    pub static ROWS_BUILT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A bordered table of `list`'s `shown` filtered rows that builds only the rows that fit,
+/// keeping the selection in view.
+fn table<T: Filterable>(
     area: Rect,
     buf: &mut Buffer,
     title: String,
     (header, widths): (&[&str], &[Constraint]),
-    len: usize,
-    selected: usize,
-    row: impl Fn(usize) -> Vec<String>,
+    list: &List<T>,
+    shown: usize,
+    row: impl Fn(&T) -> Vec<String>,
 ) {
+    let (len, selected) = (shown, list.selected);
     let block = Block::bordered().title(title);
     // Borders and the header take three rows.
     let height = usize::from(area.height.saturating_sub(3));
     let offset = scroll_offset(selected, height);
-    let rows: Vec<Row> = (offset..len.min(offset + height))
-        .map(|i| Row::new(row(i)))
+    let rows: Vec<Row> = list
+        .window(offset, height)
+        .into_iter()
+        .map(|item| {
+            #[cfg(test)]
+            ROWS_BUILT.with(|n| n.set(n.get() + 1));
+            Row::new(row(item))
+        })
         .collect();
     let mut state = TableState::default().with_selected((len > 0).then(|| selected - offset));
     StatefulWidget::render(
@@ -339,7 +363,7 @@ impl Widget for &OverviewTab {
 
 impl Widget for &SessionsTab {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let rows = self.list.visible();
+        let shown = self.list.visible_len();
         let (top, bottom) = split(area, self.detail.is_some());
         let more = if self.next_cursor.is_some() { "+" } else { "" };
         let name = format!("Sessions{more}");
@@ -348,7 +372,7 @@ impl Widget for &SessionsTab {
             buf,
             title(
                 &name,
-                rows.len(),
+                shown,
                 self.list.items.len(),
                 &self.list.filter,
                 self.list.loaded,
@@ -367,10 +391,9 @@ impl Widget for &SessionsTab {
                     Constraint::Length(10),
                 ],
             ),
-            rows.len(),
-            self.list.selected,
-            |i| {
-                let s = rows[i];
+            &self.list,
+            shown,
+            |s| {
                 vec![
                     s.key.clone(),
                     if s.group { "group" } else { "direct" }.to_owned(),
@@ -425,13 +448,13 @@ fn channel_state(c: &ChannelInfo, now: i64) -> String {
 
 impl Widget for &ChannelsTab {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let rows = self.list.visible();
+        let shown = self.list.visible_len();
         table(
             area,
             buf,
             title(
                 "Channels",
-                rows.len(),
+                shown,
                 self.list.items.len(),
                 &self.list.filter,
                 self.list.loaded,
@@ -456,10 +479,9 @@ impl Widget for &ChannelsTab {
                     Constraint::Min(10),
                 ],
             ),
-            rows.len(),
-            self.list.selected,
-            |i| {
-                let c = rows[i];
+            &self.list,
+            shown,
+            |c| {
                 vec![
                     c.channel.map_or("?", Channel::name).to_owned(),
                     channel_state(c, self.now_ms),
@@ -565,20 +587,25 @@ impl Widget for &RateLimitsTab {
 
 impl Widget for &DeadLettersTab {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let rows = self.list.visible();
+        let shown = self.list.visible_len();
         let (top, bottom) = split(area, self.detail.is_some());
+        let mut heading = title(
+            "Dead letters",
+            shown,
+            usize::try_from(self.total).unwrap_or(usize::MAX),
+            &self.list.filter,
+            self.list.loaded,
+        );
+        if !self.marked.is_empty() {
+            heading.push_str(&format!("· {} marked ", self.marked.len()));
+        }
         table(
             top,
             buf,
-            title(
-                "Dead letters",
-                rows.len(),
-                usize::try_from(self.total).unwrap_or(usize::MAX),
-                &self.list.filter,
-                self.list.loaded,
-            ),
+            heading,
             (
                 &[
+                    "",
                     "ID",
                     "CHANNEL",
                     "CHAT",
@@ -588,6 +615,7 @@ impl Widget for &DeadLettersTab {
                     "LAST ERROR",
                 ],
                 &[
+                    Constraint::Length(1),
                     Constraint::Length(6),
                     Constraint::Length(8),
                     Constraint::Length(12),
@@ -597,11 +625,12 @@ impl Widget for &DeadLettersTab {
                     Constraint::Min(10),
                 ],
             ),
-            rows.len(),
-            self.list.selected,
-            |i| {
-                let d = rows[i];
+            &self.list,
+            shown,
+            |d| {
+                let mark = if self.marked.contains(&d.id) { "*" } else { "" };
                 vec![
+                    mark.to_owned(),
                     d.id.to_string(),
                     d.channel.clone(),
                     d.chat_id.clone(),
@@ -652,14 +681,14 @@ fn took(start: Option<i64>, end: Option<i64>) -> String {
 
 impl Widget for &RunsTab {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let rows = self.list.visible();
+        let shown = self.list.visible_len();
         let (top, bottom) = split(area, self.detail.is_some());
         table(
             top,
             buf,
             title(
                 "Workflow runs",
-                rows.len(),
+                shown,
                 self.list.items.len(),
                 &self.list.filter,
                 self.list.loaded,
@@ -678,10 +707,9 @@ impl Widget for &RunsTab {
                     Constraint::Min(10),
                 ],
             ),
-            rows.len(),
-            self.list.selected,
-            |i| {
-                let r = rows[i];
+            &self.list,
+            shown,
+            |r| {
                 vec![
                     r.id.to_string(),
                     r.workflow.clone(),
@@ -742,13 +770,13 @@ impl Widget for &RunsTab {
 
 impl Widget for &IdentitiesTab {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let rows = self.list.visible();
+        let shown = self.list.visible_len();
         table(
             area,
             buf,
             title(
                 "Identities: one row per address (u unlink, l link)",
-                rows.len(),
+                shown,
                 self.list.items.len(),
                 &self.list.filter,
                 self.list.loaded,
@@ -757,10 +785,9 @@ impl Widget for &IdentitiesTab {
                 &["USER", "ADDRESS"],
                 &[Constraint::Length(10), Constraint::Min(10)],
             ),
-            rows.len(),
-            self.list.selected,
-            |i| {
-                let r = rows[i];
+            &self.list,
+            shown,
+            |r| {
                 vec![
                     r.user_id.to_string(),
                     r.address
@@ -926,6 +953,81 @@ mod tests {
         let screen = format!("{}", terminal.backend());
         assert!(screen.contains("user:31"), "{screen}");
         assert!(!screen.contains("user:1 "), "{screen}");
+    }
+
+    #[test]
+    fn dead_letters_with_marked_rows() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('5'));
+        press(&mut app, KeyCode::Char(' '));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char(' '));
+        assert_eq!(app.dead_letters.marked.len(), 2);
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn confirm_a_channel_wide_retry() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('5'));
+        press(&mut app, KeyCode::Char('R'));
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn link_form_with_an_address() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('7'));
+        press(&mut app, KeyCode::Char('l'));
+        press(&mut app, KeyCode::Tab);
+        typed(&mut app, "fax:1");
+        press(&mut app, KeyCode::Enter);
+        insta::assert_snapshot!(draw(&app).backend());
+    }
+
+    #[test]
+    fn sessions_tab_with_100_000_sessions_builds_only_the_rows_that_fit() {
+        use super::super::state::Session;
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('2'));
+        let sessions = (1..=100_000)
+            .map(|i| Session {
+                key: format!("user:{i}"),
+                group: false,
+                last_channel: "http".into(),
+                last_active_ms: Some(NOW - 1_000),
+                turns: 1,
+                resident: true,
+                in_flight: 0,
+            })
+            .collect();
+        update(
+            &mut app,
+            Input::Api(ApiUpdate::Data(Data::Sessions {
+                after: None,
+                sessions,
+                next_cursor: None,
+            })),
+        );
+        // 24 rows: the tab bar, the status line, two borders and the header leave 19.
+        let fit = 24 - 2 - 3;
+        for (key, first, last) in [
+            (KeyCode::Home, "user:1 ", "user:19 "),
+            (KeyCode::End, "user:99982 ", "user:100000 "),
+        ] {
+            press(&mut app, key);
+            ROWS_BUILT.with(|n| n.set(0));
+            let screen = format!("{}", draw(&app).backend());
+            assert_eq!(ROWS_BUILT.with(std::cell::Cell::get), fit, "{screen}");
+            assert!(screen.contains("Sessions (100000)"), "{screen}");
+            let lines: Vec<&str> = screen.lines().collect();
+            assert_eq!(lines.len(), 24, "{screen}");
+            assert!(lines[3].contains(first), "{screen}");
+            assert!(lines[21].contains(last), "{screen}");
+        }
+        // The last row is the selected one.
+        let screen = format!("{}", draw(&app).backend());
+        assert!(screen.contains(">user:100000 "), "{screen}");
     }
 
     #[test]
