@@ -78,7 +78,13 @@ impl GatewayOptions {
         push_block(&mut out, &self.gateway_extra);
         out.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
         push_block(&mut out, &self.http_extra);
-        out.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        // An `admin_extra` that sets its own `listen` (a fixed port that survives restarts)
+        // replaces the ephemeral default.
+        if self.admin_extra.contains("listen") {
+            out.push_str("\n[admin]\n");
+        } else {
+            out.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
         push_block(&mut out, &self.admin_extra);
         out.push_str(&format!("\n[log]\nlevel = {}\n", toml_string(level)));
         push_block(&mut out, &self.log_extra);

@@ -129,12 +129,17 @@ fn resident(line: &str) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_session_and_evicts_it_with_e_y() {
     let callback = FakeCallback::start().await;
-    let mut gw = Gateway::start(GatewayOptions::with_config(format!(
+    // A fixed admin port, so the restarted gatewayd is where the console keeps looking.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut opts = GatewayOptions::with_config(format!(
         "[channels.http]\nenabled = true\ncallback_url = \"{}\"\n",
         callback.url()
-    )))
-    .await
-    .expect("start gatewayd");
+    ));
+    opts.admin_extra = format!("listen = \"127.0.0.1:{admin_port}\"");
+    let mut gw = Gateway::start(opts).await.expect("start gatewayd");
     let reply = gw
         .post_http_message(
             &json!({"message_id": "c-1", "chat_id": "carol", "sender_id": "carol", "text": "hello console"}),
@@ -220,6 +225,14 @@ async fn the_console_shows_a_session_and_evicts_it_with_e_y() {
         })
         .await;
     println!("--- after gatewayd stopped ---\n{screen}");
+    // It comes back: the console reconnects by itself and shows the session again.
+    gw.restart().await.expect("restart gatewayd");
+    let screen = console
+        .wait_for("the console reconnects", |s| {
+            s.contains("connected to") && !s.contains("disconnected") && s.contains("user:1")
+        })
+        .await;
+    println!("--- after gatewayd came back ---\n{screen}");
     console.keys(&["q"]);
     let ok = poll_until(TIMEOUT, "the console exits on q", || {
         console.exit_status().is_some()
