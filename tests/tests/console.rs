@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 /// A tmux session running one command; killed on drop.
 struct Tmux {
     name: String,
+    /// Where the pane's shell writes the console's exit status when it ends; the file outlives
+    /// the pane, so the status can be read however quickly tmux closes the session.
+    status_file: tempfile::NamedTempFile,
 }
 
 impl Tmux {
@@ -38,6 +41,9 @@ impl Tmux {
              run the tests with tests/run.sh (it installs tmux) or `apt-get install -y tmux`"
         );
         let name = format!("gwconsole-{}-{}", std::process::id(), rand_suffix());
+        let status_file = tempfile::NamedTempFile::new().expect("status file");
+        let command = format!("{command}; echo $? > '{}'", status_file.path().display());
+        let command = command.as_str();
         let out = Self::tmux(&[
             "new-session",
             "-d",
@@ -52,7 +58,7 @@ impl Tmux {
         assert!(out.status.success(), "tmux new-session: {out:?}");
         // Keep the pane after the command exits, so a crash leaves its message to read.
         Self::tmux(&["set-option", "-t", &name, "remain-on-exit", "on"]);
-        Tmux { name }
+        Tmux { name, status_file }
     }
 
     fn capture(&self) -> String {
@@ -68,20 +74,11 @@ impl Tmux {
     }
 
     /// Whether the console's process has exited (the pane is dead or gone).
-    /// The exit status once the pane's process has exited (the pane stays, `remain-on-exit`).
+    /// The console's exit status, once it has exited.
     fn exit_status(&self) -> Option<String> {
-        let out = Self::tmux(&[
-            "display-message",
-            "-p",
-            "-t",
-            &self.name,
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        match text.split_once(' ') {
-            Some(("1", status)) if out.status.success() => Some(status.to_owned()),
-            _ => None,
-        }
+        let text = std::fs::read_to_string(self.status_file.path()).ok()?;
+        let status = text.trim();
+        (!status.is_empty()).then(|| status.to_owned())
     }
 
     /// Polls the pane until `check` holds; the failure shows the last screen.
