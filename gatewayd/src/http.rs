@@ -113,7 +113,11 @@ async fn ws(
     }
     let inbox = state.inbox.clone();
     let max = webchat.max_frame_bytes();
+    // Small buffers: a chat message is small, and thousands of idle browsers must stay cheap
+    // (the 128 KiB defaults cost a quarter of a megabyte per socket).
     upgrade
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| webchat.serve(inbox, chat_id, socket))

@@ -28,8 +28,9 @@ use crate::message::{
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 1024;
-/// Read connections kept open.
-const READ_POOL: usize = 4;
+/// Read connections open at most: reads beyond this many wait for one, so a burst of
+/// concurrent reads never exhausts file descriptors (each connection holds three).
+const READ_POOL: usize = 8;
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -154,6 +155,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    read_slots: tokio::sync::Semaphore,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -193,6 +195,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             readers: Mutex::new(Vec::new()),
+            read_slots: tokio::sync::Semaphore::new(READ_POOL),
         })
     }
 
@@ -223,6 +226,11 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let _slot = self
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
         let path = self.path.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# The benchmark suite (not part of tests/run.sh): P1 throughput with the echo agent and the
+# baseline ratio, P2 gateway-added latency at 1k msg/s, P3 idle RSS and RSS per resident session.
+#
+# Usage: tests/bench.sh [--full] [--runs N]
+#   quick (default): P1 1000 chats flat out for 10 s; P3 10k resident sessions
+#   --full:          P1 10k chats flat out for 30 s;  P3 100k resident sessions (10 batches of 10k)
+#   P2 is the same in both: 100 chats, 1000 msg/s in total, 10 s.
+# Every figure is run N times (default 3), each on a fresh gatewayd with a fresh data dir, and
+# the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3 (medians).
+#
+# Rate limits: WebChat's built-in outbound limit is 10 msg/s per chat, which would cap a flat-out
+# chat, so the generated config raises it (`[rate_limits.webchat] per_chat_per_second = 100000`).
+# `gateway.max_sessions = 200000` so no session is evicted during P3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+MODE=quick
+RUNS=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --full) MODE=full ;;
+    --runs) RUNS="$2"; shift ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$MODE" = full ]; then
+  P1_CHATS=10000; P1_SECS=30; P3_BATCHES=200
+else
+  P1_CHATS=1000; P1_SECS=10; P3_BATCHES=20
+fi
+# P3 creates its sessions in waves of 500 chats (one loadgen run each, sockets closed at its
+# end): gatewayd's memory per open WebSocket is large (~200 KB) and stays in its heap after the
+# socket closes, so 10k sockets at once would measure sockets, not sessions (see BENCHMARKS.md).
+P3_BATCH=500
+P2_CHATS=100; P2_RATE=1000; P2_SECS=10
+
+run() { echo "+ $*" >&2; "$@"; }
+
+run cargo build --release -p gatewayd -p gateway-tests --bin gatewayd --bin loadgen
+GATEWAYD=$ROOT/target/release/gatewayd
+LOADGEN=$ROOT/target/release/loadgen
+
+# 10k WebSockets need 10k descriptors in each process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "bench: mode=$MODE runs=$RUNS nofile=$(ulimit -n) load: $(uptime | sed 's/.*load average: //')"
+
+WORK=$(mktemp -d /tmp/gateway-bench.XXXXXX)
+GW_PID=""
+BL_PID=""
+cleanup() {
+  local rc=$?
+  if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null; wait "$GW_PID" 2>/dev/null || true; fi
+  if [ -n "$BL_PID" ]; then kill "$BL_PID" 2>/dev/null; wait "$BL_PID" 2>/dev/null || true; fi
+  if [ "$rc" = 0 ]; then
+    rm -rf "$WORK"
+  else
+    echo "bench: failed ($rc); kept $WORK (each gatewayd's stdout/stderr are in gw-*/)" >&2
+    for f in "$WORK"/gw-*/stderr; do [ -s "$f" ] && { echo "--- $f (tail)" >&2; tail -n 5 "$f" >&2; }; done
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# Waits (bounded: 30 s) until FILE has a line matching PATTERN, then prints that line.
+wait_line() {
+  local file=$1 pattern=$2 pid=$3
+  for _ in $(seq 300); do
+    if grep -m1 -- "$pattern" "$file" 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { echo "bench: process $pid exited; $file:" >&2; cat "$file" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "bench: no \`$pattern\` in $file within 30 s" >&2
+  return 1
+}
+
+# Starts a fresh gatewayd (echo agent, WebChat) in $WORK/gw-$1; sets GW_PID and GW_ADDR.
+start_gateway() {
+  local dir=$WORK/gw-$1
+  mkdir -p "$dir"
+  cat >"$dir/gatewayd.toml" <<EOF
+[gateway]
+data_dir = "$dir/data"
+max_sessions = 200000
+
+[http]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+level = "warn"
+
+[agent]
+provider = "echo"
+
+[channels.webchat]
+enabled = true
+
+[rate_limits.webchat]
+per_chat_per_second = 100000
+per_chat_burst = 100000
+EOF
+  echo "+ $GATEWAYD --config $dir/gatewayd.toml &" >&2
+  "$GATEWAYD" --config "$dir/gatewayd.toml" >"$dir/stdout" 2>"$dir/stderr" &
+  GW_PID=$!
+  wait_line "$dir/stdout" "gatewayd ready" "$GW_PID" >/dev/null
+  GW_ADDR=$(grep -m1 '^http listening on ' "$dir/stdout" | awk '{print $4}')
+}
+
+stop_gateway() {
+  echo "+ kill -TERM $GW_PID" >&2
+  kill -TERM "$GW_PID"
+  wait "$GW_PID" || true
+  GW_PID=""
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# The baseline echo server: its own process, like gatewayd.
+echo "+ $LOADGEN --serve-baseline --addr 127.0.0.1:0 &" >&2
+"$LOADGEN" --serve-baseline --addr 127.0.0.1:0 >"$WORK/baseline.out" 2>&1 &
+BL_PID=$!
+BL_ADDR=$(wait_line "$WORK/baseline.out" "baseline listening on" "$BL_PID" | awk '{print $4}')
+
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+for r in $(seq "$RUNS"); do
+  # P1: flat out, baseline then gateway in the same loadgen invocation.
+  start_gateway "p1-$r"
+  out=$(run "$LOADGEN" --target webchat --addr "$GW_ADDR" --compare --baseline-addr "$BL_ADDR" \
+    --chats "$P1_CHATS" --rate 0 --duration "$P1_SECS" --json)
+  echo "$out" | grep -v '^{' >&2 || true
+  echo "{\"bench\":\"P1\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
+  stop_gateway
+
+  # P2: fixed 1k msg/s, baseline then gateway at the same rate.
+  start_gateway "p2-$r"
+  out=$(run "$LOADGEN" --target webchat --addr "$GW_ADDR" --compare --baseline-addr "$BL_ADDR" \
+    --chats "$P2_CHATS" --rate "$P2_RATE" --duration "$P2_SECS" --json)
+  echo "$out" | grep -v '^{' >&2 || true
+  echo "{\"bench\":\"P2\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
+  stop_gateway
+
+  # P3: idle RSS right after ready, then one message in each of N new chats (N resident
+  # sessions), RSS once every reply is in (the loadgen's sockets are closed by then).
+  start_gateway "p3-$r"
+  idle=$(rss_kb "$GW_PID")
+  for b in $(seq "$P3_BATCHES"); do
+    # Only the first and last waves' command lines and results are printed.
+    if [ "$b" = 1 ] || [ "$b" = "$P3_BATCHES" ]; then
+      echo "+ $LOADGEN --target webchat --addr $GW_ADDR --chat-prefix p3-$r-$b --chats $P3_BATCH --rate 0 --messages $P3_BATCH --drain-timeout 60 --json   (wave $b of $P3_BATCHES)" >&2
+    fi
+    out=$("$LOADGEN" --target webchat --addr "$GW_ADDR" --chat-prefix "p3-$r-$b" \
+      --chats "$P3_BATCH" --rate 0 --messages "$P3_BATCH" --drain-timeout 60 --json)
+    if [ "$b" = 1 ] || [ "$b" = "$P3_BATCHES" ]; then echo "$out" | grep -v '^{' >&2 || true; fi
+    echo "$out" | tail -n1 | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["received"]==d["sent"] and d["errors"]==0 else 1)' \
+      || { echo "bench: P3 batch $b lost messages" >&2; exit 1; }
+  done
+  after=$(rss_kb "$GW_PID")
+  sessions=$((P3_BATCHES * P3_BATCH))
+  echo "P3 run $r: idle VmRSS ${idle} kB; after $sessions sessions ${after} kB" >&2
+  echo "{\"bench\":\"P3\",\"run\":$r,\"result\":{\"idle_kb\":$idle,\"after_kb\":$after,\"sessions\":$sessions}}" >>"$RESULTS"
+  stop_gateway
+done
+
+echo "bench: load after: $(uptime | sed 's/.*load average: //')"
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(xs): return statistics.median(xs)
+def table(name, cols):
+    rs = [r for r in rows if r["bench"] == name]
+    print(f"\n{name}")
+    print("| run | " + " | ".join(c for c, _ in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    vals = []
+    for r in rs:
+        v = [f(r["result"]) for _, f in cols]
+        vals.append(v)
+        print(f"| {r['run']} | " + " | ".join(f"{x:,.3f}".rstrip("0").rstrip(".") for x in v) + " |")
+    if vals:
+        m = [med([v[i] for v in vals]) for i in range(len(cols))]
+        print("| **median** | " + " | ".join(f"**{x:,.3f}**".replace(".000**", "**") for x in m) + " |")
+g = lambda k: (lambda r: r["gateway"][k])
+b = lambda k: (lambda r: r["baseline"][k])
+table("P1", [("gateway msg/s", g("throughput")), ("baseline msg/s", b("throughput")),
+             ("ratio", lambda r: r["ratio"]), ("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
+             ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
+             ("sent", g("sent")), ("received", g("received")), ("errors", g("errors"))])
+table("P2", [("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
+             ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
+             ("baseline p99 ms", lambda r: r["baseline"]["latency_ms"]["p99"]),
+             ("added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
+             ("added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
+             ("added p99.9 ms", lambda r: r["added_latency_ms"]["p99_9"]),
+             ("gateway msg/s", g("throughput"))])
+table("P3", [("idle MB", lambda r: r["idle_kb"] / 1024), ("after MB", lambda r: r["after_kb"] / 1024),
+             ("sessions", lambda r: r["sessions"]),
+             ("KB/session", lambda r: (r["after_kb"] - r["idle_kb"]) / r["sessions"])])
+PY
