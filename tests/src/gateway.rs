@@ -339,6 +339,35 @@ impl Gateway {
         self.addr
     }
 
+    /// Runs `gatewayctl --addr <this run's admin API> --output json ARGS…` and returns its JSON.
+    ///
+    /// # Panics
+    /// When gatewayctl fails, takes longer than [`crate::TIMEOUT`], or prints no JSON; the panic
+    /// shows its output.
+    pub async fn gatewayctl_json(&self, args: &[&str]) -> Value {
+        let out = tokio::process::Command::new(gatewayctl_bin())
+            .args(["--addr", &self.admin_url(), "--output", "json"])
+            .args(args)
+            .env_remove("GATEWAYCTL_ADDR")
+            .env_remove("GATEWAYCTL_TOKEN")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(crate::TIMEOUT, out)
+            .await
+            .expect("gatewayctl finished in time")
+            .expect("gatewayctl ran");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "gatewayctl {args:?}: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("gatewayctl {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
     /// `http://127.0.0.1:PORT` of the admin API of the current run (for `gatewayctl --addr`).
     ///
     /// # Panics

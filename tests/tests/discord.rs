@@ -11,15 +11,13 @@
 //! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`). Admin state and
 //! `gatewayctl` output are polled; everything the fakes see is waited for with their waits.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use gateway_proto::admin as pb;
 use gateway_proto::admin::admin_client::AdminClient;
 use gateway_tests::fake_discord::{DcFault, FakeDiscord, SentMessage, intents};
 use gateway_tests::{
-    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, last_user_content,
-    poll_until_async,
+    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, last_user_content, poll_until_async,
 };
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -146,27 +144,7 @@ impl Setup {
 
 /// Runs `gatewayctl --addr <admin> --output json ARGS…`, expecting success; returns its JSON.
 async fn gatewayctl(gw: &Gateway, args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(gatewayctl_bin())
-        .args(["--addr", &gw.admin_url(), "--output", "json"])
-        .args(args)
-        .env_remove("GATEWAYCTL_ADDR")
-        .env_remove("GATEWAYCTL_TOKEN")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(TIMEOUT, out)
-        .await
-        .expect("gatewayctl finished in time")
-        .expect("gatewayctl ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "gatewayctl {args:?}: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("gatewayctl {args:?} printed no JSON ({e}): {stdout}"))
+    gw.gatewayctl_json(args).await
 }
 
 fn discord_of(channels: &Value) -> Value {

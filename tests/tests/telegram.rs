@@ -11,7 +11,7 @@
 //! and `gatewayctl` output have no change notification, so those are polled; everything the fakes
 //! see is waited for with their Notify-based waits.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use gateway_proto::admin as pb;
@@ -175,27 +175,7 @@ impl Setup {
 
 /// Runs `gatewayctl --addr <admin> --output json ARGS…`, expecting success; returns its JSON.
 async fn gatewayctl(gw: &Gateway, args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(gatewayctl_bin())
-        .args(["--addr", &gw.admin_url(), "--output", "json"])
-        .args(args)
-        .env_remove("GATEWAYCTL_ADDR")
-        .env_remove("GATEWAYCTL_TOKEN")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(TIMEOUT, out)
-        .await
-        .expect("gatewayctl finished in time")
-        .expect("gatewayctl ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "gatewayctl {args:?}: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("gatewayctl {args:?} printed no JSON ({e}): {stdout}"))
+    gw.gatewayctl_json(args).await
 }
 
 fn telegram_of(channels: &Value) -> Value {
