@@ -252,6 +252,36 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Records a failed send in the row and its error history; `dead` also ends the row as a
+    /// dead letter. Only a pending row changes.
+    async fn record_failure(
+        &self,
+        id: i64,
+        attempts: u32,
+        class: ErrorClass,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            atomic(conn, |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET status = CASE WHEN ?6 THEN 'dead' ELSE status END,
+                     attempts = ?2, last_error = ?3, error_class = ?4, updated_at = ?5
+                     WHERE id = ?1 AND status = 'pending'",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![id, attempts, error, class.as_str(), now_ms(), dead])
+                })
+                .map_err(db)?;
+                record_error(conn, id, attempts, class, &error)
+            })
+        })
+        .await
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
@@ -742,19 +772,7 @@ impl Store for SqliteStore {
         class: ErrorClass,
         error: &str,
     ) -> Result<(), StoreError> {
-        let error = error.to_owned();
-        self.write(move |conn| {
-            atomic(conn, |conn| {
-                conn.prepare_cached(
-                    "UPDATE outbox SET attempts = ?2, last_error = ?3, error_class = ?4, updated_at = ?5
-                     WHERE id = ?1 AND status = 'pending'",
-                )
-                .and_then(|mut s| s.execute(params![id, attempts, error, class.as_str(), now_ms()]))
-                .map_err(db)?;
-                record_error(conn, id, attempts, class, &error)
-            })
-        })
-        .await
+        self.record_failure(id, attempts, class, error, false).await
     }
 
     async fn outbox_dead(
@@ -764,19 +782,7 @@ impl Store for SqliteStore {
         class: ErrorClass,
         error: &str,
     ) -> Result<(), StoreError> {
-        let error = error.to_owned();
-        self.write(move |conn| {
-            atomic(conn, |conn| {
-                conn.prepare_cached(
-                    "UPDATE outbox SET status = 'dead', attempts = ?2, last_error = ?3, error_class = ?4,
-                     updated_at = ?5 WHERE id = ?1 AND status = 'pending'",
-                )
-                .and_then(|mut s| s.execute(params![id, attempts, error, class.as_str(), now_ms()]))
-                .map_err(db)?;
-                record_error(conn, id, attempts, class, &error)
-            })
-        })
-        .await
+        self.record_failure(id, attempts, class, error, true).await
     }
 
     async fn dead_letters(
