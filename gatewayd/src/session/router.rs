@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::Context;
 use super::worker::{self, Job};
 use crate::events::Event;
-use crate::message::{InboundMessage, SessionKey, now_ms};
+use crate::message::{InboundMessage, SessionKey, UserId, now_ms};
 use crate::store::StoreError;
 
 /// Why a message could not be routed (it stays pending in the inbox).
@@ -95,8 +95,7 @@ impl Router {
         inbox_id: i64,
         msg: InboundMessage,
     ) -> Result<(), RouteError> {
-        let user = self.ctx.identity.resolve(&msg.address()).await?;
-        let key = SessionKey::for_message(&msg, user);
+        let (user, key) = self.locate(&msg).await?;
         let (tx, shared) = self.checkout(&key)?;
         let job = Job {
             inbox_id,
@@ -108,6 +107,14 @@ impl Router {
             return Err(RouteError::ShuttingDown);
         }
         Ok(())
+    }
+
+    /// The first half of [`Router::route`]: the sender's user (through the identity cache, or
+    /// the store on a miss, which creates an unknown address's user) and the session key the
+    /// message belongs to. Starts no worker and hands nothing over.
+    pub async fn locate(&self, msg: &InboundMessage) -> Result<(UserId, SessionKey), RouteError> {
+        let user = self.ctx.identity.resolve(&msg.address()).await?;
+        Ok((user, SessionKey::for_message(msg, user)))
     }
 
     /// Finds or starts the worker for `key` and counts one more message in flight.
