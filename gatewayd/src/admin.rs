@@ -18,7 +18,7 @@ use gateway_proto::admin::admin_server::AdminServer;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 pub use service::{AdminService, AdminState};
@@ -83,8 +83,11 @@ pub async fn serve(
         Ok(r) => router = router.add_service(r),
         Err(e) => tracing::warn!(message = "gRPC reflection unavailable.", error = %e),
     }
+    // TCP_NODELAY on every accepted connection: a response is several small HTTP/2 frames,
+    // and with Nagle's algorithm the last ones wait for the client's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
