@@ -1136,19 +1136,26 @@ impl Store for SqliteStore {
                 })
                 .collect()
             } else {
-                let mut stmt = conn
-                    .prepare_cached(&format!(
+                // A filtered page reads `sessions_channel` (last_channel, key) from the cursor
+                // on. One statement with `(? IS NULL OR last_channel = ?)` would keep SQLite on
+                // the key index, walking every key after the cursor until `limit` rows of the
+                // channel turned up (tens of ms over 1M sessions for a rare channel).
+                let sql = match filter.channel {
+                    None => format!(
                         "SELECT {SESSION_COLUMNS} FROM sessions
-                         WHERE key > ?1 AND (?2 IS NULL OR last_channel = ?2)
-                         ORDER BY key LIMIT ?3"
-                    ))
-                    .map_err(db)?;
-                let rows = stmt
-                    .query_map(
-                        params![after, filter.channel.map(ChannelKind::as_str), limit],
-                        session_row,
-                    )
-                    .map_err(db)?;
+                         WHERE key > ?1 ORDER BY key LIMIT ?2"
+                    ),
+                    Some(_) => format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions
+                         WHERE last_channel = ?3 AND key > ?1 ORDER BY key LIMIT ?2"
+                    ),
+                };
+                let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+                let rows = match filter.channel {
+                    None => stmt.query_map(params![after, limit], session_row),
+                    Some(c) => stmt.query_map(params![after, limit, c.as_str()], session_row),
+                }
+                .map_err(db)?;
                 rows.collect::<Result<_, _>>().map_err(db)?
             };
             rows.into_iter().map(to_session).collect()
