@@ -77,8 +77,8 @@ fn key_of(i: usize, channel: &str) -> String {
 }
 
 /// Creates the schema through the store, then inserts `n` sessions in one transaction;
-/// returns their keys, sorted as the store orders them.
-fn populate(db: &Path, n: usize) -> Vec<String> {
+/// returns their keys and last channels, sorted by key as the store orders them.
+fn populate(db: &Path, n: usize) -> Vec<(String, &'static str)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,14 +115,14 @@ fn populate(db: &Path, n: usize) -> Vec<String> {
                     channel
                 ])
                 .expect("insert session");
-            keys.push(key);
+            keys.push((key, channel));
         }
     }
     tx.commit().expect("commit");
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .expect("checkpoint");
     keys.sort_unstable();
-    keys.dedup();
+    keys.dedup_by(|a, b| a.0 == b.0);
     keys
 }
 
@@ -194,7 +194,7 @@ fn main() {
             (0..n)
                 .map(|_| {
                     state += 1;
-                    keys[(mix(state) % keys.len() as u64) as usize].clone()
+                    keys[(mix(state) % keys.len() as u64) as usize].0.clone()
                 })
                 .collect()
         };
@@ -205,7 +205,7 @@ fn main() {
             .collect();
         let last = vec![
             request(
-                &keys[keys.len() - 1 - LIMIT as usize],
+                &keys[keys.len() - 1 - LIMIT as usize].0,
                 PbChannel::Unspecified
             );
             pages
@@ -225,6 +225,29 @@ fn main() {
                 .map(|c| request(c, channel))
                 .collect();
             cases.push((random, requests));
+        }
+
+        // Every case's first request answers exactly what the stored keys say it should.
+        for (name, requests) in &cases {
+            let r = &requests[0];
+            let want: Vec<&str> = keys
+                .iter()
+                .filter(|(k, c)| {
+                    k.as_str() > r.cursor.as_str()
+                        && (r.channel == PbChannel::Unspecified as i32
+                            || PbChannel::from_str_name(&format!("CHANNEL_{}", c.to_uppercase()))
+                                .is_some_and(|pc| pc as i32 == r.channel))
+                })
+                .take(LIMIT as usize)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let got = client
+                .list_sessions(r.clone())
+                .await
+                .expect("check call")
+                .into_inner();
+            let got: Vec<&str> = got.sessions.iter().map(|s| s.key.as_str()).collect();
+            assert_eq!(got, want, "{name}: the page differs from the stored keys");
         }
 
         // The last page really is the last: 100 rows and no next cursor.
