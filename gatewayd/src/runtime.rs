@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
+use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -355,6 +356,13 @@ impl Gateway {
                 stop_server.subscribe(),
             )));
         }
+        // TCP_NODELAY on every accepted connection: a WebChat reply or a small HTTP response
+        // must not wait for the peer's delayed ACK (Nagle; up to ~40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(message = "Cannot set TCP_NODELAY.", error = %e);
+            }
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
