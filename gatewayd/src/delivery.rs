@@ -87,7 +87,9 @@ pub struct ChannelBuckets {
 type LaneKey = (ChannelKind, String);
 
 struct Lane {
-    tx: mpsc::UnboundedSender<OutboundMessage>,
+    /// Rows are boxed: the channel allocates its slots in blocks of 32 up front, so a lane
+    /// costs 32 pointers rather than 32 whole rows until it is busy.
+    tx: mpsc::UnboundedSender<Box<OutboundMessage>>,
     wake: Arc<Notify>,
 }
 
@@ -159,7 +161,7 @@ impl Delivery {
             let lane = lanes
                 .entry(key.clone())
                 .or_insert_with(|| self.spawn_lane(key));
-            if let Err(e) = lane.tx.send(row) {
+            if let Err(e) = lane.tx.send(Box::new(row)) {
                 tracing::error!(
                     message = "Delivery lane closed; row stays pending until restart.",
                     outbox_id = e.0.id
@@ -356,7 +358,7 @@ impl Delivery {
     async fn run_lane(
         &self,
         key: LaneKey,
-        mut rx: mpsc::UnboundedReceiver<OutboundMessage>,
+        mut rx: mpsc::UnboundedReceiver<Box<OutboundMessage>>,
         wake: Arc<Notify>,
     ) {
         let mut shutdown = self.inner.shutdown.clone();
@@ -377,7 +379,8 @@ impl Delivery {
                 _ = shutdown.changed() => return,
             };
             let Some(row) = next else { return };
-            self.deliver(row, &wake, &mut shutdown).await;
+            // Boxed so that an idle lane's task holds only this loop's state.
+            Box::pin(self.deliver(*row, &wake, &mut shutdown)).await;
         }
     }
 

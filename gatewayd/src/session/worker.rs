@@ -55,7 +55,7 @@ const COMMIT_ATTEMPTS: u32 = 5;
 pub async fn run(
     router: Arc<Router>,
     key: SessionKey,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Box<Job>>,
     shared: Arc<Shared>,
     _done: mpsc::Sender<()>,
 ) {
@@ -64,7 +64,9 @@ pub async fn run(
         if shared.stale.swap(false, Ordering::AcqRel) {
             state.window = None;
         }
-        handle(&router, &mut state, job).await;
+        // Boxed so that an idle worker's task holds only this loop's state, not the (larger)
+        // state of a message in progress.
+        Box::pin(handle(&router, &mut state, *job)).await;
         shared.last_active_ms.store(now_ms(), Ordering::Release);
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
