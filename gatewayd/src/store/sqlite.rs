@@ -31,6 +31,11 @@ const MAX_BATCH: usize = 1024;
 /// Read connections open at most: reads beyond this many wait for one, so a burst of
 /// concurrent reads never exhausts file descriptors (each connection holds three).
 const READ_POOL: usize = 8;
+/// The writer's settings beyond [`open_connection`]'s. The WAL is copied back into the database
+/// every 10 000 pages (~40 MiB) rather than SQLite's default 1 000: a page rewritten by many
+/// commits is copied once per checkpoint, so the larger interval copies far less. The writer's
+/// page cache is 8 MiB (default 2 MiB), so the indexes' hot pages are not re-read from the file.
+const WRITER_PRAGMAS: &str = "PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -8192;";
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -168,6 +173,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(db)?;
+    // Room for every statement a connection prepares (rusqlite keeps 16 by default).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
@@ -184,6 +191,7 @@ impl SqliteStore {
             })?;
         }
         let mut conn = open_connection(path)?;
+        conn.execute_batch(WRITER_PRAGMAS).map_err(db)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -353,14 +361,20 @@ fn atomic<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT atomic").map_err(db)?;
+    // Cached statements: these run for nearly every write, and parsing them each time shows.
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(db)
+    };
+    run("SAVEPOINT atomic")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE atomic").map_err(db)?;
+            run("RELEASE atomic")?;
             Ok(v)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO atomic; RELEASE atomic");
+            let _ = run("ROLLBACK TO atomic").and_then(|_| run("RELEASE atomic"));
             Err(e)
         }
     }
