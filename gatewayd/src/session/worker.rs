@@ -113,7 +113,11 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         tracing::error!(message = "Cannot load session history; the message stays pending until restart.", session = %state.key, error = %e);
         return None;
     }
-    let window: Vec<TranscriptEntry> = state.window.iter().flatten().cloned().collect();
+    // Borrowed, not cloned: a full window is `history_window` texts copied for every message.
+    let window: &[TranscriptEntry] = match state.window.as_mut() {
+        Some(w) => w.make_contiguous(),
+        None => &[],
+    };
     let input = job.msg.agent_input();
     let user_entry = TranscriptEntry {
         role: Role::User,
@@ -129,7 +133,7 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
     };
     let (role, reply) = match ctx
         .agent
-        .respond_with_tools(&window, &input, &tool_ctx)
+        .respond_with_tools(window, &input, &tool_ctx)
         .await
     {
         Ok(reply) => (Role::Assistant, reply),
