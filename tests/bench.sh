@@ -212,6 +212,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs): return statistics.median(xs)
 def table(name, cols):
     rs = [r for r in rows if r["bench"] == name]
+    if not rs:
+        return
     print(f"\n{name}")
     print("| run | " + " | ".join(c for c, _ in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
