@@ -39,6 +39,12 @@ else
 fi
 P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for f in ${ONLY//,/ }; do
+  case "$f" in
+    P1|P2|P3|P4|P5|P6) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6)" >&2; exit 2 ;;
+  esac
+done
 # P3 creates its sessions in waves of 500 chats (one loadgen run each, sockets closed at its
 # end): gatewayd's memory per open WebSocket is large (~200 KB) and stays in its heap after the
 # socket closes, so 10k sockets at once would measure sockets, not sessions (see BENCHMARKS.md).
