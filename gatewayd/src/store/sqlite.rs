@@ -665,7 +665,17 @@ impl Store for SqliteStore {
                 }
                 if let Some(first) = turn.entries.first() {
                     let channel = first.channel.map(ChannelKind::as_str);
-                    conn.prepare_cached(
+                    // The common case, a known session on the same channel: an update that leaves
+                    // `last_channel` (and so the `sessions_channel` index) untouched.
+                    let touched = conn
+                        .prepare_cached(
+                            "UPDATE sessions SET last_active = ?2, turns = turns + 1
+                             WHERE key = ?1 AND (?3 IS NULL OR last_channel IS ?3)",
+                        )
+                        .and_then(|mut s| s.execute(params![key, now, channel]))
+                        .map_err(db)?;
+                    if touched == 0 {
+                        conn.prepare_cached(
                         "INSERT INTO sessions (key, created_at, last_active, turns, last_channel)
                          VALUES (?1, ?2, ?2, 1, ?3)
                          ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1,
@@ -673,6 +683,7 @@ impl Store for SqliteStore {
                     )
                     .and_then(|mut s| s.execute(params![key, now, channel]))
                     .map_err(db)?;
+                    }
                 }
                 let mut out = Vec::with_capacity(turn.replies.len());
                 for r in &turn.replies {
@@ -1657,6 +1668,66 @@ mod tests {
             1
         );
         assert!(store.inbox_pending().await.expect("pending").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_row_counts_turns_and_follows_the_last_channel() {
+        let (_dir, store) = open();
+        let key = SessionKey::User(7);
+        // Turns on http, http again, telegram, then a turn with no channel (a workflow's).
+        let channels = [
+            Some(ChannelKind::Http),
+            Some(ChannelKind::Http),
+            Some(ChannelKind::Telegram),
+            None,
+        ];
+        for (i, channel) in channels.into_iter().enumerate() {
+            let InboxOutcome::New(id) = store
+                .inbox_commit(&msg(&format!("m{i}"), "a"))
+                .await
+                .expect("commit")
+            else {
+                panic!("new")
+            };
+            store
+                .commit_turn(TurnRecord {
+                    inbox_id: id,
+                    session: key.clone(),
+                    entries: vec![TranscriptEntry {
+                        role: Role::User,
+                        text: format!("t{i}"),
+                        at_ms: i64::try_from(i).expect("small"),
+                        channel,
+                    }],
+                    replies: Vec::new(),
+                })
+                .await
+                .expect("turn");
+            let row = store.session(&key).await.expect("read").expect("stored");
+            assert_eq!(row.turns, u64::try_from(i + 1).expect("small"));
+            let expected = if i < 2 {
+                ChannelKind::Http
+            } else {
+                ChannelKind::Telegram
+            };
+            assert_eq!(row.last_channel, Some(expected), "after turn {i}");
+        }
+        // The channel index agrees with the row: listed under telegram, no longer under http.
+        let by = |channel| SessionFilter {
+            user: None,
+            channel: Some(channel),
+        };
+        let telegram = store
+            .list_sessions(&by(ChannelKind::Telegram), None, 10)
+            .await
+            .expect("list");
+        assert_eq!(telegram.len(), 1);
+        assert_eq!(telegram[0].key, key);
+        let http = store
+            .list_sessions(&by(ChannelKind::Http), None, 10)
+            .await
+            .expect("list");
+        assert!(http.is_empty(), "{http:?}");
     }
 
     #[tokio::test]
