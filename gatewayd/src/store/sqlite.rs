@@ -510,6 +510,37 @@ fn insert_reply(
     Ok(conn.last_insert_rowid())
 }
 
+/// Counts one more turn in the session row `key` (creating it), and records `channel` as its
+/// last one unless `None`.
+fn count_turn(
+    conn: &Connection,
+    key: &str,
+    now: i64,
+    channel: Option<ChannelKind>,
+) -> Result<(), StoreError> {
+    let channel = channel.map(ChannelKind::as_str);
+    // The common case, a known session on the same channel: an update that leaves
+    // `last_channel`, and so its `sessions_channel` index entry, untouched.
+    let same_channel = conn
+        .prepare_cached(
+            "UPDATE sessions SET last_active = ?2, turns = turns + 1
+             WHERE key = ?1 AND (?3 IS NULL OR last_channel IS ?3)",
+        )
+        .and_then(|mut s| s.execute(params![key, now, channel]))
+        .map_err(db)?;
+    if same_channel == 0 {
+        conn.prepare_cached(
+            "INSERT INTO sessions (key, created_at, last_active, turns, last_channel)
+             VALUES (?1, ?2, ?2, 1, ?3)
+             ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1,
+                last_channel = COALESCE(?3, last_channel)",
+        )
+        .and_then(|mut s| s.execute(params![key, now, channel]))
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
 fn user_exists(conn: &Connection, id: UserId) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT 1 FROM users WHERE id = ?1 AND merged_into IS NULL",
@@ -664,26 +695,7 @@ impl Store for SqliteStore {
                     }
                 }
                 if let Some(first) = turn.entries.first() {
-                    let channel = first.channel.map(ChannelKind::as_str);
-                    // The common case, a known session on the same channel: an update that leaves
-                    // `last_channel` (and so the `sessions_channel` index) untouched.
-                    let touched = conn
-                        .prepare_cached(
-                            "UPDATE sessions SET last_active = ?2, turns = turns + 1
-                             WHERE key = ?1 AND (?3 IS NULL OR last_channel IS ?3)",
-                        )
-                        .and_then(|mut s| s.execute(params![key, now, channel]))
-                        .map_err(db)?;
-                    if touched == 0 {
-                        conn.prepare_cached(
-                        "INSERT INTO sessions (key, created_at, last_active, turns, last_channel)
-                         VALUES (?1, ?2, ?2, 1, ?3)
-                         ON CONFLICT (key) DO UPDATE SET last_active = ?2, turns = turns + 1,
-                            last_channel = COALESCE(?3, last_channel)",
-                    )
-                    .and_then(|mut s| s.execute(params![key, now, channel]))
-                    .map_err(db)?;
-                    }
+                    count_turn(conn, &key, now, first.channel)?;
                 }
                 let mut out = Vec::with_capacity(turn.replies.len());
                 for r in &turn.replies {
@@ -1615,6 +1627,14 @@ mod tests {
         (dir, store)
     }
 
+    /// Commits a message that must be new to the inbox; its row id.
+    async fn new_inbox_row(store: &SqliteStore, id: &str, sender: &str) -> i64 {
+        match store.inbox_commit(&msg(id, sender)).await.expect("commit") {
+            InboxOutcome::New(row) => row,
+            InboxOutcome::Duplicate(row) => panic!("{id} was already in the inbox as row {row}"),
+        }
+    }
+
     #[tokio::test]
     async fn inbox_deduplicates_by_channel_message_id() {
         let (_dir, store) = open();
@@ -1630,10 +1650,7 @@ mod tests {
     #[tokio::test]
     async fn a_turn_commits_once_and_only_once() {
         let (_dir, store) = open();
-        let InboxOutcome::New(id) = store.inbox_commit(&msg("m1", "a")).await.expect("commit")
-        else {
-            panic!("new")
-        };
+        let id = new_inbox_row(&store, "m1", "a").await;
         let turn = TurnRecord {
             inbox_id: id,
             session: SessionKey::User(1),
@@ -1682,13 +1699,7 @@ mod tests {
             None,
         ];
         for (i, channel) in channels.into_iter().enumerate() {
-            let InboxOutcome::New(id) = store
-                .inbox_commit(&msg(&format!("m{i}"), "a"))
-                .await
-                .expect("commit")
-            else {
-                panic!("new")
-            };
+            let id = new_inbox_row(&store, &format!("m{i}"), "a").await;
             store
                 .commit_turn(TurnRecord {
                     inbox_id: id,
@@ -1766,13 +1777,7 @@ mod tests {
             .expect("b");
         assert_ne!(a, b, "unknown addresses are isolated users");
         for (i, (user, at)) in [(a, 10), (b, 20), (a, 30)].into_iter().enumerate() {
-            let InboxOutcome::New(id) = store
-                .inbox_commit(&msg(&format!("m{i}"), "x"))
-                .await
-                .expect("c")
-            else {
-                panic!("new")
-            };
+            let id = new_inbox_row(&store, &format!("m{i}"), "x").await;
             store
                 .commit_turn(TurnRecord {
                     inbox_id: id,
