@@ -188,14 +188,20 @@ impl Delivery {
                 continue;
             };
             if *self.inner.shutdown.borrow() {
-                tracing::debug!(message = "Shutting down; the row stays pending for the next start.", outbox_id = row.id);
+                tracing::debug!(
+                    message = "Shutting down; the row stays pending for the next start.",
+                    outbox_id = row.id
+                );
                 continue;
             }
             // The lane is gone without removing itself: a new one takes the row.
             tracing::error!(message = "A delivery lane was gone; a new one takes its rows.", channel = %key.0, outbox_id = row.id);
             let lane = self.spawn_lane(key.clone());
             if let Err(e) = lane.tx.send(row) {
-                tracing::error!(message = "Delivery lane closed; row stays pending until restart.", outbox_id = e.0.id);
+                tracing::error!(
+                    message = "Delivery lane closed; row stays pending until restart.",
+                    outbox_id = e.0.id
+                );
             }
             lanes.insert(key, lane);
         }

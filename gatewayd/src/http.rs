@@ -224,6 +224,8 @@ async fn telegram_update(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = state.supervisor.ready().is_ok();
+    metrics::gauge!("gateway_ready").set(if ready { 1.0 } else { 0.0 });
     match crate::metrics::render(&state.store, &state.router).await {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "metrics are unavailable\n").into_response(),
@@ -235,7 +237,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
     }
     if let Err(failed) = state.supervisor.ready() {
-        let mut body = String::from("not ready: a part of the gateway failed and cannot be restarted; restart gatewayd\n");
+        let mut body = String::from(
+            "not ready: a part of the gateway failed and cannot be restarted; restart gatewayd\n",
+        );
         for f in failed {
             body.push_str(&format!("failed: {}: {}\n", f.component, f.message));
         }

@@ -303,10 +303,15 @@ impl Gateway {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
             let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-            background.push(every_tick(&supervisor, "session sweeper", every, move || {
-                router.sweep(idle);
-                async {}
-            }));
+            background.push(every_tick(
+                &supervisor,
+                "session sweeper",
+                every,
+                move || {
+                    router.sweep(idle);
+                    async {}
+                },
+            ));
         }
         {
             let delivery = delivery.clone();
@@ -417,32 +422,32 @@ impl Gateway {
                 })
                 .await
         });
-        let admin_addr = match admin_listener {
-            Some(l) => {
-                let addr = l.local_addr().context("cannot read the admin address")?;
-                let state = crate::admin::AdminState {
-                    store: store.clone(),
-                    events: events.clone(),
-                    identity: identity.clone(),
-                    router: router.clone(),
-                    delivery: delivery.clone(),
-                    started_at: Instant::now(),
-                    max_sessions: config.gateway.max_sessions,
-                    provider: config.agent.provider_name(),
-                    workflows: workflows.clone(),
-                    supervisor: supervisor.clone(),
-                };
-                let stop = stop_server.subscribe();
-                background.push(supervisor.spawn_critical(
-                    ADMIN_API,
-                    crate::admin::serve(l, state, admin_token, stop),
-                ));
-                Some(addr)
-            }
-            None => None,
-        };
+        let admin_addr =
+            match admin_listener {
+                Some(l) => {
+                    let addr = l.local_addr().context("cannot read the admin address")?;
+                    let state = crate::admin::AdminState {
+                        store: store.clone(),
+                        events: events.clone(),
+                        identity: identity.clone(),
+                        router: router.clone(),
+                        delivery: delivery.clone(),
+                        started_at: Instant::now(),
+                        max_sessions: config.gateway.max_sessions,
+                        provider: config.agent.provider_name(),
+                        workflows: workflows.clone(),
+                        supervisor: supervisor.clone(),
+                    };
+                    let stop = stop_server.subscribe();
+                    background.push(supervisor.spawn_critical(
+                        ADMIN_API,
+                        crate::admin::serve(l, state, admin_token, stop),
+                    ));
+                    Some(addr)
+                }
+                None => None,
+            };
         ready.store(true, Ordering::Release);
-        metrics::gauge!("gateway_ready").set(if supervisor.ready().is_ok() { 1.0 } else { 0.0 });
         tracing::info!(message = "gatewayd started.", http = %http_addr, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
         Ok(Self {
             store,

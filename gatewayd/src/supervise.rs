@@ -7,8 +7,8 @@
 //! `gateway_task_restarts_total{component}`, and listed as a restartable [`Fault`] with its
 //! restart count. A part that cannot be restarted (the store writer, the HTTP server, the admin
 //! API) is marked failed instead: the gateway is then not ready (`/readyz` answers 503 naming
-//! it, `GetOverview` reports `ready = false`) until the process is restarted, and
-//! `gateway_ready` reads 0.
+//! it, `GetOverview` reports `ready = false`, the `gateway_ready` gauge reads 0) until the
+//! process is restarted.
 //!
 //! Parts that run on their own threads report through a [`Probe`], a function the supervisor
 //! asks whenever readiness is read. [`FaultInjector`] is a test-only way to make chosen parts
@@ -103,15 +103,13 @@ impl Supervisor {
         metrics::counter!("gateway_task_restarts_total", "component" => component.to_owned())
             .increment(1);
         let mut faults = lock(&self.faults);
-        let fault = faults
-            .entry(component.to_owned())
-            .or_insert_with(|| Fault {
-                component: component.to_owned(),
-                message: String::new(),
-                at_ms: 0,
-                restartable: true,
-                restarts: 0,
-            });
+        let fault = faults.entry(component.to_owned()).or_insert_with(|| Fault {
+            component: component.to_owned(),
+            message: String::new(),
+            at_ms: 0,
+            restartable: true,
+            restarts: 0,
+        });
         fault.message = message.to_owned();
         fault.at_ms = now_ms();
         fault.restarts += 1;
@@ -127,7 +125,6 @@ impl Supervisor {
         );
         metrics::counter!("gateway_task_panics_total", "component" => component.to_owned())
             .increment(1);
-        metrics::gauge!("gateway_ready").set(0.0);
         let mut faults = lock(&self.faults);
         let restarts = faults.get(component).map_or(0, |f| f.restarts);
         faults.insert(
@@ -188,18 +185,22 @@ impl Supervisor {
 
     /// Spawns a part that cannot be restarted. A panic, or an `Err` it returns, marks it
     /// failed; an `Ok` end (a shutdown) is not a fault.
-    pub fn spawn_critical<F, E>(self: &Arc<Self>, component: &'static str, task: F) -> JoinHandle<()>
+    pub fn spawn_critical<F, E>(
+        self: &Arc<Self>,
+        component: &'static str,
+        task: F,
+    ) -> JoinHandle<()>
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
         let this = self.clone();
+        let injected = self.injector.notify(component);
         tokio::spawn(async move {
-            let injected = this.injector.wait(component);
             let run = AssertUnwindSafe(async move {
                 tokio::select! {
                     r = task => r,
-                    () = injected => panic!("injected fault: {component}"),
+                    () = injected.notified() => panic!("injected fault: {component}"),
                 }
             });
             match run.catch_unwind().await {
@@ -213,21 +214,26 @@ impl Supervisor {
     /// Spawns a part that is restarted after a panic: `make` builds a fresh run each time. The
     /// delay before a restart doubles with each panic in a row, up to 30 s; a run that ends on
     /// its own ends the part.
-    pub fn spawn_restarting<M, F>(self: &Arc<Self>, component: &'static str, mut make: M) -> JoinHandle<()>
+    pub fn spawn_restarting<M, F>(
+        self: &Arc<Self>,
+        component: &'static str,
+        mut make: M,
+    ) -> JoinHandle<()>
     where
         M: FnMut() -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
         let this = self.clone();
+        let injected = self.injector.notify(component);
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(10);
             loop {
-                let injected = this.injector.wait(component);
                 let task = make();
+                let injected = injected.clone();
                 let run = AssertUnwindSafe(async move {
                     tokio::select! {
                         () = task => {},
-                        () = injected => panic!("injected fault: {component}"),
+                        () = injected.notified() => panic!("injected fault: {component}"),
                     }
                 });
                 match run.catch_unwind().await {
@@ -329,12 +335,11 @@ impl FaultInjector {
         lock(&self.triggers).insert(component.to_owned(), trigger);
     }
 
-    fn wait(&self, component: &str) -> impl Future<Output = ()> + Send + 'static {
-        let notify = lock(&self.components)
+    fn notify(&self, component: &str) -> Arc<Notify> {
+        lock(&self.components)
             .entry(component.to_owned())
             .or_default()
-            .clone();
-        async move { notify.notified().await }
+            .clone()
     }
 
     fn take(&self, counter: &AtomicU32, poison: &Mutex<Option<String>>, text: &str) -> bool {
@@ -395,9 +400,7 @@ mod tests {
         assert!(faults[0].restartable);
         assert!(faults[0].message.contains("first run fails"));
 
-        let critical = sup.spawn_critical("server", async {
-            Err::<(), _>("listener closed")
-        });
+        let critical = sup.spawn_critical("server", async { Err::<(), _>("listener closed") });
         critical.await.expect("joined");
         let failed = sup.ready().expect_err("not ready");
         assert_eq!(failed.len(), 1);
@@ -412,7 +415,6 @@ mod tests {
         let task = sup.spawn_critical("admin api", async {
             std::future::pending::<Result<(), String>>().await
         });
-        tokio::task::yield_now().await;
         assert!(sup.injector().panic_component("admin api"));
         task.await.expect("joined");
         assert!(!sup.injector().panic_component("nothing by that name"));
@@ -443,8 +445,10 @@ mod tests {
     #[test]
     fn injected_turn_panics_are_counted_and_poison_matches_exactly() {
         let inj = FaultInjector::default();
-        let turn = |inj: &FaultInjector, text: &str| inj.take(&inj.turn_panics, &inj.poison_turns, text);
-        let send = |inj: &FaultInjector, text: &str| inj.take(&inj.send_panics, &inj.poison_sends, text);
+        let turn =
+            |inj: &FaultInjector, text: &str| inj.take(&inj.turn_panics, &inj.poison_turns, text);
+        let send =
+            |inj: &FaultInjector, text: &str| inj.take(&inj.send_panics, &inj.poison_sends, text);
         assert!(!turn(&inj, "x"), "disarmed by default");
         inj.panic_next_turn();
         assert!(turn(&inj, "x"));

@@ -133,9 +133,15 @@ pub async fn run(
             reset: false,
         };
         let mut settled = false;
-        let answered = AssertUnwindSafe(commit(&router, &mut state, &held.job, outcome, &mut settled))
-            .catch_unwind()
-            .await;
+        let answered = AssertUnwindSafe(commit(
+            &router,
+            &mut state,
+            &held.job,
+            outcome,
+            &mut settled,
+        ))
+        .catch_unwind()
+        .await;
         if let Err(p) = answered {
             state.window = None;
             tracing::error!(message = "Cannot set aside a message that panics; it stays pending and is replayed at next start.", inbox_id = held.job.inbox_id, panic = %panic_message(&*p));
