@@ -469,7 +469,7 @@ impl Delivery {
         inner.supervisor.injector().send(&row.text);
         let Some(c) = inner.channels.get(&row.channel) else {
             let error = format!("channel {} is not enabled", row.channel);
-            self.dead(&row, ErrorClass::Permanent, &error).await;
+            self.dead(row, ErrorClass::Permanent, &error).await;
             return;
         };
         let chunks = match c.sender.split_limit() {
@@ -491,7 +491,7 @@ impl Delivery {
                 break;
             };
             let chunk = OutgoingChunk {
-                message: &row,
+                message: row,
                 text,
                 index,
                 count,
@@ -516,13 +516,13 @@ impl Delivery {
             match &error {
                 SendError::Permanent(_) => {
                     c.health.failed(class, &text, Duration::ZERO);
-                    self.dead(&row, class, &text).await;
+                    self.dead(row, class, &text).await;
                     return;
                 }
                 SendError::Auth(_) => {
                     // Held, not dead-lettered: the lane waits in `wait_sendable` until reconnect.
                     c.health.failed(class, &text, Duration::ZERO);
-                    self.record_failure(&row, class, &text).await;
+                    self.record_failure(row, class, &text).await;
                 }
                 SendError::Retryable {
                     retry_after,
@@ -536,10 +536,10 @@ impl Delivery {
                         c.health.failed(class, &text, delay);
                     }
                     if row.attempts >= inner.policy.max_attempts {
-                        self.dead(&row, class, &text).await;
+                        self.dead(row, class, &text).await;
                         return;
                     }
-                    self.record_failure(&row, class, &text).await;
+                    self.record_failure(row, class, &text).await;
                     if let Some(pause) = retry_after {
                         // The platform said exactly how long: pause that chat (or the channel),
                         // and `acquire` waits it out before the next attempt.
