@@ -1,12 +1,13 @@
 //! `gatewayctl status`: the gateway at a glance (GetOverview) — version, uptime, traffic,
-//! sessions, queues and every channel's health.
+//! sessions, queues, readiness with the parts that panicked or failed, and every channel's
+//! health.
 
 use gateway_proto::admin as pb;
 use serde::Serialize;
 
 use crate::client::Api;
 use crate::model::{ChannelInfo, channels_table};
-use crate::output::{Format, Out, duration, now_ms};
+use crate::output::{Format, Out, ago, clean, duration, now_ms, truncate};
 
 /// The JSON document of `status`.
 #[derive(Debug, Serialize)]
@@ -24,7 +25,31 @@ pub struct Status {
     inbox_pending: u64,
     outbox_pending: u64,
     dead_letters: u64,
+    ready: bool,
+    faults: Vec<FaultInfo>,
     channels: Vec<ChannelInfo>,
+}
+
+/// A part that panicked or failed, in the JSON document of `status`.
+#[derive(Debug, Serialize)]
+pub struct FaultInfo {
+    component: String,
+    message: String,
+    at_unix_ms: i64,
+    restartable: bool,
+    restarts: u64,
+}
+
+impl FaultInfo {
+    fn from_pb(f: pb::Fault) -> Self {
+        Self {
+            component: f.component,
+            message: f.message,
+            at_unix_ms: f.at_unix_ms,
+            restartable: f.restartable,
+            restarts: f.restarts,
+        }
+    }
 }
 
 impl Status {
@@ -44,6 +69,8 @@ impl Status {
             inbox_pending: o.inbox_pending,
             outbox_pending: o.outbox_pending,
             dead_letters: o.dead_letters,
+            ready: o.ready,
+            faults: o.faults.into_iter().map(FaultInfo::from_pb).collect(),
         }
     }
 }
@@ -79,6 +106,26 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
         "queues     {} inbound pending, {} replies pending, {} dead letter(s)",
         s.inbox_pending, s.outbox_pending, s.dead_letters
     ))?;
+    out.line(if s.ready {
+        "health     ready".to_owned()
+    } else {
+        "health     NOT READY: a part failed and cannot be restarted; restart gatewayd".to_owned()
+    })?;
+    let now = now_ms();
+    for f in &s.faults {
+        let what = if f.restartable {
+            format!("restarted {} time(s)", f.restarts)
+        } else {
+            "FAILED".to_owned()
+        };
+        out.line(format!(
+            "  {}: {}, last {}: {}",
+            f.component,
+            what,
+            ago(f.at_unix_ms, now),
+            truncate(&clean(&f.message), 200)
+        ))?;
+    }
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
 }

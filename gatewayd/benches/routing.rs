@@ -153,6 +153,7 @@ impl Parts {
             events: self.events.clone(),
             history_window: 20,
             workflows: None,
+            supervisor: gatewayd::supervise::Supervisor::new(),
         })
     }
 

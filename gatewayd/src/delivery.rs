@@ -16,6 +16,11 @@
 //! by the operator or automatically when their channel recovers. Every row handed here is already
 //! committed, and ends `delivered` or `dead`; a row still pending at shutdown stays pending and is
 //! sent again at the next start.
+//!
+//! A panic while sending restarts the lane in place: its queue lives outside the restart, so
+//! no row is lost, and the row in hand is sent again (its progress so far is kept). A row that
+//! panics [`MAX_SEND_PANICS`] times becomes a dead letter with an internal-error reason, so it
+//! never holds its chat forever; the operator can retry it.
 
 pub mod dead_letter;
 pub mod health;
@@ -23,9 +28,11 @@ pub mod rate_limit;
 pub mod split;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use rand::Rng;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -33,11 +40,19 @@ use crate::channels::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
 use crate::events::{Event, EventBus};
 use crate::message::{ChannelKind, OutboundMessage};
 use crate::store::{DeadSelector, SharedStore};
+use crate::supervise::{DELIVERY_LANE, Supervisor, panic_message};
 use health::{ChannelHealth, HealthState, HealthStatus};
 use rate_limit::{BucketState, ChannelLimits, RateSettings};
 
 /// How long an empty lane waits for more work before it stops.
 pub const LANE_IDLE: Duration = Duration::from_secs(30);
+
+/// Panics while sending one row after which it becomes a dead letter.
+pub const MAX_SEND_PANICS: u32 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Retry settings.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +116,7 @@ struct Inner {
     lanes: Mutex<HashMap<LaneKey, Lane>>,
     shutdown: watch::Receiver<bool>,
     lanes_done: Mutex<Option<mpsc::Sender<()>>>,
+    supervisor: Arc<Supervisor>,
 }
 
 /// The delivery service. Cloning shares it.
@@ -118,6 +134,17 @@ impl Delivery {
         events: EventBus,
         senders: Vec<(Arc<dyn ChannelSender>, RateSettings)>,
         policy: RetryPolicy,
+    ) -> Self {
+        Self::supervised(store, events, senders, policy, Supervisor::new())
+    }
+
+    /// [`Delivery::new`], reporting lane panics to `supervisor`.
+    pub fn supervised(
+        store: SharedStore,
+        events: EventBus,
+        senders: Vec<(Arc<dyn ChannelSender>, RateSettings)>,
+        policy: RetryPolicy,
+        supervisor: Arc<Supervisor>,
     ) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
@@ -142,6 +169,7 @@ impl Delivery {
                 lanes: Mutex::new(HashMap::new()),
                 shutdown,
                 lanes_done: Mutex::new(Some(done_tx)),
+                supervisor,
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
@@ -150,42 +178,47 @@ impl Delivery {
 
     /// Hands committed outbox rows to their lanes, in order.
     pub fn enqueue(&self, rows: Vec<OutboundMessage>) {
-        let Ok(mut lanes) = self.inner.lanes.lock() else {
-            tracing::error!(
-                message = "Delivery lanes lock poisoned; rows stay pending until restart."
-            );
-            return;
-        };
+        let mut lanes = lock(&self.inner.lanes);
         for row in rows {
             let key = (row.channel, row.chat_id.clone());
             let lane = lanes
                 .entry(key.clone())
-                .or_insert_with(|| self.spawn_lane(key));
-            if let Err(e) = lane.tx.send(Box::new(row)) {
+                .or_insert_with(|| self.spawn_lane(key.clone()));
+            let Err(mpsc::error::SendError(row)) = lane.tx.send(Box::new(row)) else {
+                continue;
+            };
+            if *self.inner.shutdown.borrow() {
+                tracing::debug!(
+                    message = "Shutting down; the row stays pending for the next start.",
+                    outbox_id = row.id
+                );
+                continue;
+            }
+            // The lane is gone without removing itself: a new one takes the row.
+            tracing::error!(message = "A delivery lane was gone; a new one takes its rows.", channel = %key.0, outbox_id = row.id);
+            let lane = self.spawn_lane(key.clone());
+            if let Err(e) = lane.tx.send(row) {
                 tracing::error!(
                     message = "Delivery lane closed; row stays pending until restart.",
                     outbox_id = e.0.id
                 );
             }
+            lanes.insert(key, lane);
         }
     }
 
     /// Cuts short any backoff wait in the lane of `(channel, chat_id)`, e.g. when a WebChat
     /// client reconnects.
     pub fn nudge(&self, channel: ChannelKind, chat_id: &str) {
-        if let Ok(lanes) = self.inner.lanes.lock()
-            && let Some(lane) = lanes.get(&(channel, chat_id.to_owned()))
-        {
+        if let Some(lane) = lock(&self.inner.lanes).get(&(channel, chat_id.to_owned())) {
             lane.wake.notify_one();
         }
     }
 
     fn nudge_channel(&self, channel: ChannelKind) {
-        if let Ok(lanes) = self.inner.lanes.lock() {
-            for ((c, _), lane) in lanes.iter() {
-                if *c == channel {
-                    lane.wake.notify_one();
-                }
+        for ((c, _), lane) in lock(&self.inner.lanes).iter() {
+            if *c == channel {
+                lane.wake.notify_one();
             }
         }
     }
@@ -193,7 +226,7 @@ impl Delivery {
     fn spawn_lane(&self, key: LaneKey) -> Lane {
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
-        let done = self.inner.lanes_done.lock().ok().and_then(|d| d.clone());
+        let done = lock(&self.inner.lanes_done).clone();
         let this = self.clone();
         let lane_wake = wake.clone();
         tokio::spawn(async move {
@@ -344,9 +377,7 @@ impl Delivery {
     /// Stops all lanes: in-flight sends finish, waiting rows stay pending for the next start.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.shutdown_tx.send(true);
-        if let Ok(mut d) = self.inner.lanes_done.lock() {
-            d.take();
-        }
+        lock(&self.inner.lanes_done).take();
         let mut rx = self.lanes_done_rx.lock().await;
         if tokio::time::timeout(grace, rx.recv()).await.is_err() {
             tracing::warn!(
@@ -355,45 +386,90 @@ impl Delivery {
         }
     }
 
+    /// Runs a lane until it is idle, shut down or closed. A panic restarts its loop with the
+    /// same queue and the row in hand; see the module docs.
     async fn run_lane(
         &self,
         key: LaneKey,
         mut rx: mpsc::UnboundedReceiver<Box<OutboundMessage>>,
         wake: Arc<Notify>,
     ) {
+        let mut in_hand: Option<(Box<OutboundMessage>, u32)> = None;
+        loop {
+            let served = AssertUnwindSafe(self.lane_loop(&key, &mut rx, &wake, &mut in_hand))
+                .catch_unwind()
+                .await;
+            let panic = match served {
+                Ok(()) => return,
+                Err(p) => panic_message(&*p),
+            };
+            self.inner.supervisor.restarted(DELIVERY_LANE, &panic);
+            let Some((row, panics)) = in_hand.take() else {
+                continue;
+            };
+            let panics = panics + 1;
+            if panics < MAX_SEND_PANICS {
+                tracing::warn!(message = "Sending the reply again after a panic.", channel = %row.channel, outbox_id = row.id, panics);
+                in_hand = Some((row, panics));
+                continue;
+            }
+            let error = format!("internal error: sending this reply panicked {panics} times");
+            let dead = AssertUnwindSafe(self.dead(&row, ErrorClass::Permanent, &error))
+                .catch_unwind()
+                .await;
+            if let Err(p) = dead {
+                tracing::error!(message = "Cannot dead-letter a reply that panics; it stays pending until restart.", outbox_id = row.id, panic = %panic_message(&*p));
+            }
+        }
+    }
+
+    async fn lane_loop(
+        &self,
+        key: &LaneKey,
+        rx: &mut mpsc::UnboundedReceiver<Box<OutboundMessage>>,
+        wake: &Notify,
+        in_hand: &mut Option<(Box<OutboundMessage>, u32)>,
+    ) {
         let mut shutdown = self.inner.shutdown.clone();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let next = tokio::select! {
-                row = rx.recv() => row,
-                _ = tokio::time::sleep(LANE_IDLE) => {
-                    let Ok(mut lanes) = self.inner.lanes.lock() else { return };
-                    if rx.is_empty() {
-                        lanes.remove(&key);
-                        return;
+            if in_hand.is_none() {
+                let next = tokio::select! {
+                    row = rx.recv() => row,
+                    _ = tokio::time::sleep(LANE_IDLE) => {
+                        let mut lanes = lock(&self.inner.lanes);
+                        if rx.is_empty() {
+                            lanes.remove(key);
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                _ = shutdown.changed() => return,
-            };
-            let Some(row) = next else { return };
-            // Boxed so that an idle lane's task holds only this loop's state.
-            Box::pin(self.deliver(*row, &wake, &mut shutdown)).await;
+                    _ = shutdown.changed() => return,
+                };
+                let Some(row) = next else { return };
+                *in_hand = Some((row, 0));
+            }
+            if let Some((row, _)) = in_hand.as_mut() {
+                // Boxed so that an idle lane's task holds only this loop's state.
+                Box::pin(self.deliver(row, wake, &mut shutdown)).await;
+            }
+            *in_hand = None;
         }
     }
 
     async fn deliver(
         &self,
-        mut row: OutboundMessage,
+        row: &mut OutboundMessage,
         wake: &Notify,
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let inner = &self.inner;
+        inner.supervisor.injector().send(&row.text);
         let Some(c) = inner.channels.get(&row.channel) else {
             let error = format!("channel {} is not enabled", row.channel);
-            self.dead(&row, ErrorClass::Permanent, &error).await;
+            self.dead(row, ErrorClass::Permanent, &error).await;
             return;
         };
         let chunks = match c.sender.split_limit() {
@@ -415,7 +491,7 @@ impl Delivery {
                 break;
             };
             let chunk = OutgoingChunk {
-                message: &row,
+                message: row,
                 text,
                 index,
                 count,
@@ -440,13 +516,13 @@ impl Delivery {
             match &error {
                 SendError::Permanent(_) => {
                     c.health.failed(class, &text, Duration::ZERO);
-                    self.dead(&row, class, &text).await;
+                    self.dead(row, class, &text).await;
                     return;
                 }
                 SendError::Auth(_) => {
                     // Held, not dead-lettered: the lane waits in `wait_sendable` until reconnect.
                     c.health.failed(class, &text, Duration::ZERO);
-                    self.record_failure(&row, class, &text).await;
+                    self.record_failure(row, class, &text).await;
                 }
                 SendError::Retryable {
                     retry_after,
@@ -460,10 +536,10 @@ impl Delivery {
                         c.health.failed(class, &text, delay);
                     }
                     if row.attempts >= inner.policy.max_attempts {
-                        self.dead(&row, class, &text).await;
+                        self.dead(row, class, &text).await;
                         return;
                     }
-                    self.record_failure(&row, class, &text).await;
+                    self.record_failure(row, class, &text).await;
                     if let Some(pause) = retry_after {
                         // The platform said exactly how long: pause that chat (or the channel),
                         // and `acquire` waits it out before the next attempt.

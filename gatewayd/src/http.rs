@@ -3,6 +3,11 @@
 //!
 //! Handlers parse every body themselves, with their own size limits, so malformed, oversized
 //! or non-UTF-8 input gets a JSON error naming what is wrong and never a panic.
+//!
+//! `/healthz` answers 200 `ok` whenever this listener serves: the process is alive. `/readyz`
+//! answers 200 `ready` only when the gateway can take traffic: started and not stopping, the
+//! store readable, and no part that cannot be restarted failed; otherwise 503 with a text body
+//! that says why, naming each failed part.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +41,8 @@ pub struct AppState {
     pub http_channel_max_bytes: Option<usize>,
     /// Set once channels are started; cleared at shutdown.
     pub ready: Arc<AtomicBool>,
+    /// Which parts failed, for readiness.
+    pub supervisor: Arc<crate::supervise::Supervisor>,
     /// Sessions, for the metrics gauges.
     pub router: Arc<SessionRouter>,
     /// The Telegram webhook, in webhook mode.
@@ -217,6 +224,8 @@ async fn telegram_update(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = state.supervisor.ready().is_ok();
+    metrics::gauge!("gateway_ready").set(if ready { 1.0 } else { 0.0 });
     match crate::metrics::render(&state.store, &state.router).await {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "metrics are unavailable\n").into_response(),
@@ -226,6 +235,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
+    }
+    if let Err(failed) = state.supervisor.ready() {
+        let mut body = String::from(
+            "not ready: a part of the gateway failed and cannot be restarted; restart gatewayd\n",
+        );
+        for f in failed {
+            body.push_str(&format!("failed: {}: {}\n", f.component, f.message));
+        }
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     match state.store.counts().await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),

@@ -6,7 +6,7 @@
 //! the turn and its reply are committed to the [`store`], and [`delivery`] sends the reply back
 //! through the adapter. [`events`] carries every state change to whoever watches, [`admin`] serves
 //! the operator's gRPC API, and [`http`] and [`runtime`] wire it all to the network and to the
-//! process's life.
+//! process's life, with [`supervise`] watching every long-lived task.
 
 pub mod admin;
 pub mod agent;
@@ -23,4 +23,5 @@ pub mod outbox;
 pub mod runtime;
 pub mod session;
 pub mod store;
+pub mod supervise;
 pub mod workflow;

@@ -8,6 +8,13 @@
 //! delivery lanes finish their in-flight sends, then close the store. Whatever is unfinished
 //! stays pending for the next run. The handle's fields are the core's services, which the
 //! binary's signal handling and the tests drive the same way.
+//!
+//! Every long-lived task is spawned through the [`Supervisor`]: the periodic loops (session
+//! sweeper, channel prober, rate-limit upkeep) and the Telegram and Discord listeners are
+//! restarted after a panic; the HTTP server and the admin API cannot be, so a panic or an
+//! error end of either marks the gateway not ready, as does a panic of the store's writer
+//! thread (watched through a probe). Session workers and delivery lanes restart themselves in
+//! place and report to the same supervisor.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -44,6 +51,7 @@ use crate::session::router::Router;
 use crate::store::RunOrigin;
 use crate::store::SharedStore;
 use crate::store::sqlite::SqliteStore;
+use crate::supervise::{ADMIN_API, FaultInjector, HTTP_SERVER, STORE_WRITER, Supervisor};
 use crate::workflow::run::{Engine, NodeServices};
 
 /// How often idle per-chat rate-limit buckets are forgotten.
@@ -91,11 +99,13 @@ pub struct Gateway {
     pub channels: Vec<ChannelKind>,
     /// When it started.
     pub started_at: Instant,
+    /// What panicked or failed, and whether the gateway is ready.
+    pub supervisor: Arc<Supervisor>,
     config: Config,
     ready: Arc<AtomicBool>,
     closing: watch::Sender<bool>,
     stop_server: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -104,10 +114,28 @@ impl Gateway {
     /// `config_path` is only used in messages.
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
         let db_path = config.database_path();
-        let store: SharedStore = Arc::new(
+        let supervisor = Supervisor::new();
+        let sqlite = Arc::new(
             SqliteStore::open(&db_path)
                 .with_context(|| format!("cannot open the database {}", db_path.display()))?,
         );
+        {
+            let watched = Arc::downgrade(&sqlite);
+            supervisor.add_probe(
+                STORE_WRITER,
+                Box::new(move || watched.upgrade().and_then(|s| s.writer_failure())),
+            );
+            let target = Arc::downgrade(&sqlite);
+            supervisor.injector().add_trigger(
+                STORE_WRITER,
+                Box::new(move || {
+                    if let Some(s) = target.upgrade() {
+                        s.panic_writer();
+                    }
+                }),
+            );
+        }
+        let store: SharedStore = sqlite;
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
@@ -162,7 +190,7 @@ impl Gateway {
             None
         };
         let channels: Vec<ChannelKind> = senders.iter().map(|(s, _)| s.kind()).collect();
-        let delivery = Delivery::new(
+        let delivery = Delivery::supervised(
             store.clone(),
             events.clone(),
             senders,
@@ -171,6 +199,7 @@ impl Gateway {
                 base: config.delivery.retry_backoff.get(),
                 max: config.delivery.max_backoff.get(),
             },
+            supervisor.clone(),
         );
         if let Some(w) = &webchat {
             w.attach_delivery(delivery.clone());
@@ -211,6 +240,7 @@ impl Gateway {
             delivery: delivery.clone(),
             events: events.clone(),
             history_window: config.gateway.history_window,
+            supervisor: supervisor.clone(),
         });
         let router = Router::new(
             ctx,
@@ -273,14 +303,21 @@ impl Gateway {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
             let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-            background.push(every_tick(every, move || {
-                router.sweep(idle);
-                async {}
-            }));
+            background.push(every_tick(
+                &supervisor,
+                "session sweeper",
+                every,
+                move || {
+                    router.sweep(idle);
+                    async {}
+                },
+            ));
         }
         {
             let delivery = delivery.clone();
             background.push(every_tick(
+                &supervisor,
+                "channel prober",
                 config.delivery.probe_interval.get(),
                 move || {
                     let delivery = delivery.clone();
@@ -290,10 +327,15 @@ impl Gateway {
         }
         {
             let delivery = delivery.clone();
-            background.push(every_tick(RETAIN_EVERY, move || {
-                delivery.retain_recent();
-                async {}
-            }));
+            background.push(every_tick(
+                &supervisor,
+                "rate-limit upkeep",
+                RETAIN_EVERY,
+                move || {
+                    delivery.retain_recent();
+                    async {}
+                },
+            ));
         }
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -307,6 +349,7 @@ impl Gateway {
                 .enabled
                 .then_some(config.channels.http.max_message_bytes),
             ready: ready.clone(),
+            supervisor: supervisor.clone(),
             router: router.clone(),
             telegram_webhook: match (&telegram_secret, tg.enabled, tg.mode) {
                 (Some(secret), true, TelegramMode::Webhook) => Some(crate::http::TelegramWebhook {
@@ -320,13 +363,17 @@ impl Gateway {
         if let Some(bot) = telegram_bot.clone() {
             match tg.mode {
                 TelegramMode::Polling => {
-                    background.push(tokio::spawn(telegram::poll(
-                        bot,
-                        inbox.clone(),
-                        delivery.clone(),
-                        tg.poll_timeout.get(),
-                        stop_server.subscribe(),
-                    )));
+                    let (inbox, delivery) = (inbox.clone(), delivery.clone());
+                    let (timeout, stop) = (tg.poll_timeout.get(), stop_server.subscribe());
+                    background.push(supervisor.spawn_restarting("telegram listener", move || {
+                        telegram::poll(
+                            bot.clone(),
+                            inbox.clone(),
+                            delivery.clone(),
+                            timeout,
+                            stop.clone(),
+                        )
+                    }));
                 }
                 TelegramMode::Webhook => {
                     if let (Some(url), Some(secret)) = (&tg.webhook_url, &telegram_secret) {
@@ -347,14 +394,19 @@ impl Gateway {
             }
         }
         if let Some(token) = discord_token {
-            background.push(tokio::spawn(discord::run(
-                token,
-                dc.api_url.clone(),
-                dc.require_mention_in_guilds,
-                inbox.clone(),
-                delivery.clone(),
-                stop_server.subscribe(),
-            )));
+            let (inbox, delivery) = (inbox.clone(), delivery.clone());
+            let (api_url, mention) = (dc.api_url.clone(), dc.require_mention_in_guilds);
+            let stop = stop_server.subscribe();
+            background.push(supervisor.spawn_restarting("discord listener", move || {
+                discord::run(
+                    token.clone(),
+                    api_url.clone(),
+                    mention,
+                    inbox.clone(),
+                    delivery.clone(),
+                    stop.clone(),
+                )
+            }));
         }
         // TCP_NODELAY on every accepted connection: a WebChat reply or a small HTTP response
         // must not wait for the peer's delayed ACK (Nagle; up to ~40 ms on Linux).
@@ -363,37 +415,38 @@ impl Gateway {
                 tracing::debug!(message = "Cannot set TCP_NODELAY.", error = %e);
             }
         });
-        let server = tokio::spawn(async move {
+        let server = supervisor.spawn_critical(HTTP_SERVER, async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 })
                 .await
         });
-        let admin_addr = match admin_listener {
-            Some(l) => {
-                let addr = l.local_addr().context("cannot read the admin address")?;
-                let state = crate::admin::AdminState {
-                    store: store.clone(),
-                    events: events.clone(),
-                    identity: identity.clone(),
-                    router: router.clone(),
-                    delivery: delivery.clone(),
-                    started_at: Instant::now(),
-                    max_sessions: config.gateway.max_sessions,
-                    provider: config.agent.provider_name(),
-                    workflows: workflows.clone(),
-                };
-                let stop = stop_server.subscribe();
-                background.push(tokio::spawn(async move {
-                    if let Err(e) = crate::admin::serve(l, state, admin_token, stop).await {
-                        tracing::error!(message = "Admin API stopped.", error = %e);
-                    }
-                }));
-                Some(addr)
-            }
-            None => None,
-        };
+        let admin_addr =
+            match admin_listener {
+                Some(l) => {
+                    let addr = l.local_addr().context("cannot read the admin address")?;
+                    let state = crate::admin::AdminState {
+                        store: store.clone(),
+                        events: events.clone(),
+                        identity: identity.clone(),
+                        router: router.clone(),
+                        delivery: delivery.clone(),
+                        started_at: Instant::now(),
+                        max_sessions: config.gateway.max_sessions,
+                        provider: config.agent.provider_name(),
+                        workflows: workflows.clone(),
+                        supervisor: supervisor.clone(),
+                    };
+                    let stop = stop_server.subscribe();
+                    background.push(supervisor.spawn_critical(
+                        ADMIN_API,
+                        crate::admin::serve(l, state, admin_token, stop),
+                    ));
+                    Some(addr)
+                }
+                None => None,
+            };
         ready.store(true, Ordering::Release);
         tracing::info!(message = "gatewayd started.", http = %http_addr, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
         Ok(Self {
@@ -407,6 +460,7 @@ impl Gateway {
             admin_addr,
             channels,
             started_at: Instant::now(),
+            supervisor,
             config,
             ready,
             closing,
@@ -421,6 +475,13 @@ impl Gateway {
         &self.config
     }
 
+    /// The test-only fault injector: makes a session worker, a delivery lane or a named part
+    /// panic. Nothing outside the process can reach it.
+    #[doc(hidden)]
+    pub fn faults(&self) -> &FaultInjector {
+        self.supervisor.injector()
+    }
+
     /// Stops in the order that loses nothing; see the module docs.
     pub async fn shutdown(self) {
         tracing::info!(message = "Shutting down: no new messages are accepted.");
@@ -428,10 +489,7 @@ impl Gateway {
         let _ = self.closing.send(true);
         let _ = self.stop_server.send(true);
         match tokio::time::timeout(Duration::from_secs(5), self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(message = "HTTP server ended with an error.", error = %e)
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
             Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
         }
@@ -573,19 +631,29 @@ async fn bind(
     }
 }
 
-/// Runs `f` every `period` until aborted.
-fn every_tick<F, Fut>(period: Duration, mut f: F) -> JoinHandle<()>
+/// Runs `f` every `period` until aborted, as the restartable part `component`: a panic in `f`
+/// is logged and counted, and the ticking goes on.
+fn every_tick<F, Fut>(
+    supervisor: &Arc<Supervisor>,
+    component: &'static str,
+    period: Duration,
+    f: F,
+) -> JoinHandle<()>
 where
-    F: FnMut() -> Fut + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
+    let f = Arc::new(f);
+    supervisor.spawn_restarting(component, move || {
+        let f = f.clone();
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            f().await;
+            loop {
+                tick.tick().await;
+                f().await;
+            }
         }
     })
 }

@@ -34,4 +34,6 @@ pub struct Context {
     pub history_window: usize,
     /// The workflow engine, for `/run`.
     pub workflows: Option<Arc<crate::workflow::run::Engine>>,
+    /// Where a worker reports a panic it restarted from.
+    pub supervisor: Arc<crate::supervise::Supervisor>,
 }

@@ -29,6 +29,7 @@ async fn a_watcher_that_falls_behind_gets_a_lagged_marker() {
         max_sessions: 10,
         provider: "echo",
         workflows: None,
+        supervisor: gw.supervisor.clone(),
     });
     let mut stream = service
         .watch_events(tonic::Request::new(pb::WatchEventsRequest {}))

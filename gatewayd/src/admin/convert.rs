@@ -13,6 +13,7 @@ use crate::store::{
     AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StoredSession,
     TranscriptEntry, UserRecord,
 };
+use crate::supervise::Fault;
 use crate::workflow::model::{Edge, Workflow};
 use crate::workflow::validate::WorkflowError;
 
@@ -118,6 +119,17 @@ fn state_named(name: &str) -> pb::ChannelState {
         "reauth_needed" => pb::ChannelState::ReauthNeeded,
         "down" => pb::ChannelState::Down,
         _ => pb::ChannelState::Unspecified,
+    }
+}
+
+/// A proto fault.
+pub fn fault(f: &Fault) -> pb::Fault {
+    pb::Fault {
+        component: f.component.clone(),
+        message: f.message.clone(),
+        at_unix_ms: f.at_ms,
+        restartable: f.restartable,
+        restarts: f.restarts,
     }
 }
 

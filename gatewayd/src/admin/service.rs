@@ -49,6 +49,8 @@ pub struct AdminState {
     pub provider: &'static str,
     /// The workflow engine, if workflows are enabled.
     pub workflows: Option<Arc<Engine>>,
+    /// Readiness and the faults since start.
+    pub supervisor: Arc<crate::supervise::Supervisor>,
 }
 
 /// The service.
@@ -165,6 +167,7 @@ impl Admin for AdminService {
         let stored = s.store.count_sessions().await.map_err(store_status)?;
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
+        let faults = s.supervisor.faults();
         Ok(Response::new(pb::GetOverviewResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: s.started_at.elapsed().as_secs(),
@@ -185,6 +188,8 @@ impl Admin for AdminService {
             outbox_pending,
             inbox_pending,
             agent_provider: s.provider.to_owned(),
+            ready: faults.iter().all(|f| f.restartable),
+            faults: faults.iter().map(convert::fault).collect(),
         }))
     }
 

@@ -7,9 +7,13 @@
 //! away. An evicted worker's mailbox is closed and the worker exits; the next message for that
 //! key starts a new worker, which reloads the history from the store. When every resident
 //! session is busy the map may exceed `max_sessions` for a moment rather than block or drop.
+//!
+//! A panic never disables routing: the map's lock is taken through poisoning (the map holds no
+//! invariant a panic can break half way), and a worker found gone (its mailbox closed while
+//! the router is not shutting down) is replaced by a new one for the same key.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -61,6 +65,13 @@ pub struct ResidentSession {
     pub last_active_ms: i64,
 }
 
+/// Largest mailbox a worker gets (tokio's channels refuse more permits than this).
+const MAX_MAILBOX: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Routes messages to session workers.
 pub struct Router {
     ctx: Arc<Context>,
@@ -79,7 +90,7 @@ impl Router {
             ctx,
             sessions: Mutex::new(LruCache::unbounded()),
             max_sessions: max_sessions.max(1),
-            mailbox: mailbox.max(1),
+            mailbox: mailbox.clamp(1, MAX_MAILBOX),
             workers_done: Mutex::new(Some(done_tx)),
             workers_done_rx: tokio::sync::Mutex::new(done_rx),
         })
@@ -98,17 +109,43 @@ impl Router {
         msg: InboundMessage,
     ) -> Result<(), RouteError> {
         let (user, key) = self.locate(&msg).await?;
-        let (tx, shared) = self.checkout(&key)?;
-        let job = Box::new(Job {
+        let mut job = Box::new(Job {
             inbox_id,
             msg,
             user,
         });
-        if tx.send(job).await.is_err() {
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(RouteError::ShuttingDown);
+        // The second try only follows a worker found gone, which the first try removed.
+        for _ in 0..2 {
+            let (tx, shared) = self.checkout(&key)?;
+            match tx.send(job).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => {
+                    job = back;
+                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    if !self.forget_gone(&key, &shared) {
+                        return Err(RouteError::ShuttingDown);
+                    }
+                }
+            }
         }
-        Ok(())
+        Err(RouteError::ShuttingDown)
+    }
+
+    /// Removes `key`'s entry if it is still the worker behind `shared`, whose mailbox is
+    /// closed; returns whether routing may try again (false while shutting down).
+    fn forget_gone(&self, key: &SessionKey, shared: &Arc<Shared>) -> bool {
+        if lock(&self.workers_done).is_none() {
+            return false;
+        }
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .peek(key)
+            .is_some_and(|h| Arc::ptr_eq(&h.shared, shared))
+        {
+            sessions.pop(key);
+            tracing::error!(message = "A session worker was gone; a new one takes its messages.", session = %key);
+        }
+        true
     }
 
     /// The first half of [`Router::route`]: the sender's user (through the identity cache, or
@@ -126,16 +163,13 @@ impl Router {
     ) -> Result<(mpsc::Sender<Box<Job>>, Arc<Shared>), RouteError> {
         let mut evicted = Vec::new();
         let result = {
-            let mut sessions = self.sessions.lock().map_err(|_| RouteError::ShuttingDown)?;
+            let mut sessions = lock(&self.sessions);
             if let Some(h) = sessions.get(key) {
                 h.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 (h.tx.clone(), h.shared.clone())
             } else {
-                let done = self
-                    .workers_done
-                    .lock()
-                    .ok()
-                    .and_then(|d| d.clone())
+                let done = lock(&self.workers_done)
+                    .clone()
                     .ok_or(RouteError::ShuttingDown)?;
                 let (tx, rx) = mpsc::channel(self.mailbox);
                 let shared = Arc::new(Shared::default());
@@ -190,9 +224,7 @@ impl Router {
 
     /// Marks a resident session's window stale so its worker reloads it from the store.
     pub fn invalidate(&self, key: &SessionKey) {
-        if let Ok(sessions) = self.sessions.lock()
-            && let Some(h) = sessions.peek(key)
-        {
+        if let Some(h) = lock(&self.sessions).peek(key) {
             h.shared.stale.store(true, Ordering::Release);
         }
     }
@@ -201,9 +233,7 @@ impl Router {
     pub fn sweep(&self, idle: Duration) -> usize {
         let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
         let evicted: Vec<SessionKey> = {
-            let Ok(mut sessions) = self.sessions.lock() else {
-                return 0;
-            };
+            let mut sessions = lock(&self.sessions);
             let victims: Vec<SessionKey> = sessions
                 .iter()
                 .filter(|(_, h)| {
@@ -231,10 +261,7 @@ impl Router {
     /// Evicts one session if it has nothing in flight. Returns whether it was resident.
     pub fn evict(&self, key: &SessionKey) -> Result<bool, String> {
         let removed = {
-            let mut sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| "router lock poisoned".to_owned())?;
+            let mut sessions = lock(&self.sessions);
             match sessions.peek(key) {
                 None => return Ok(false),
                 Some(h) if h.shared.in_flight.load(Ordering::Acquire) > 0 => {
@@ -256,7 +283,7 @@ impl Router {
 
     /// One resident session, without touching its LRU position.
     pub fn peek(&self, key: &SessionKey) -> Option<ResidentSession> {
-        let sessions = self.sessions.lock().ok()?;
+        let sessions = lock(&self.sessions);
         sessions.peek(key).map(|h| ResidentSession {
             key: key.clone(),
             in_flight: h.shared.in_flight.load(Ordering::Acquire),
@@ -266,9 +293,7 @@ impl Router {
 
     /// The resident sessions, most recently used first.
     pub fn resident(&self) -> Vec<ResidentSession> {
-        let Ok(sessions) = self.sessions.lock() else {
-            return Vec::new();
-        };
+        let sessions = lock(&self.sessions);
         sessions
             .iter()
             .map(|(k, h)| ResidentSession {
@@ -281,18 +306,14 @@ impl Router {
 
     /// How many sessions are resident.
     pub fn resident_count(&self) -> usize {
-        self.sessions.lock().map_or(0, |s| s.len())
+        lock(&self.sessions).len()
     }
 
     /// Closes every mailbox and waits up to `grace` for workers to finish what they hold.
     /// Messages not finished by then stay pending in the inbox and are replayed at next start.
     pub async fn shutdown(&self, grace: Duration) {
-        if let Ok(mut d) = self.workers_done.lock() {
-            d.take();
-        }
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.clear();
-        }
+        lock(&self.workers_done).take();
+        lock(&self.sessions).clear();
         let mut rx = self.workers_done_rx.lock().await;
         if tokio::time::timeout(grace, rx.recv()).await.is_err() {
             tracing::warn!(

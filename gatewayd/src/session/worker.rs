@@ -6,12 +6,18 @@
 //! transcript entries, the reply and the inbox `done` mark in one store transaction, and only
 //! then hand the reply to delivery. If the commit cannot be made the message stays pending in the
 //! inbox and is replayed at the next start, so nothing acknowledged is lost.
+//!
+//! A panic while handling a message restarts the worker in place (see [`run`]): the message is
+//! handled again from its pending inbox row, at most [`MAX_TURN_PANICS`] times, then answered
+//! with a generic error reply; other sessions never notice.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::mpsc;
 
 use super::commands;
@@ -19,6 +25,7 @@ use super::router::{Router, Shared};
 use crate::events::Event;
 use crate::message::{InboundMessage, SessionKey, UserId, now_ms};
 use crate::store::{NewReply, Role, StoreError, TranscriptEntry, TurnRecord};
+use crate::supervise::{SESSION_WORKER, panic_message};
 
 /// One message for a worker.
 #[derive(Debug)]
@@ -51,7 +58,31 @@ pub struct SessionState {
 
 const COMMIT_ATTEMPTS: u32 = 5;
 
+/// Panics on one inbox row after which it is answered with [`SET_ASIDE_REPLY`] and not tried
+/// again.
+pub const MAX_TURN_PANICS: u32 = 3;
+
+/// The reply to a message that made its worker panic [`MAX_TURN_PANICS`] times.
+pub const SET_ASIDE_REPLY: &str = "Sorry, something went wrong inside the gateway while handling this message, so it was set aside. Please try again, or put it another way.";
+
+/// The message a worker is handling.
+struct InHand {
+    job: Box<Job>,
+    /// Panics while handling it.
+    panics: u32,
+    /// Its turn is committed (or it was handed to another session): a panic after this point
+    /// must not handle it again.
+    settled: bool,
+}
+
 /// Runs until the router closes the mailbox (eviction or shutdown) and it is drained.
+///
+/// A panic while handling a message restarts the worker: what it held in memory (the history
+/// window) is dropped and reloaded from the store, and the message is handled again from its
+/// inbox row, which is still pending because a turn commits atomically. A message that panics
+/// [`MAX_TURN_PANICS`] times is answered with [`SET_ASIDE_REPLY`] and marked done, so it cannot
+/// hold its conversation forever. The mailbox lives outside the restart, so no queued message
+/// is lost and their order is kept.
 pub async fn run(
     router: Arc<Router>,
     key: SessionKey,
@@ -60,25 +91,110 @@ pub async fn run(
     _done: mpsc::Sender<()>,
 ) {
     let mut state = SessionState { key, window: None };
-    while let Some(job) = rx.recv().await {
-        if shared.stale.swap(false, Ordering::AcqRel) {
-            state.window = None;
+    let mut in_hand: Option<InHand> = None;
+    loop {
+        let served = AssertUnwindSafe(serve(&router, &mut state, &mut rx, &shared, &mut in_hand))
+            .catch_unwind()
+            .await;
+        let panic = match served {
+            Ok(()) => return,
+            Err(p) => panic_message(&*p),
+        };
+        state.window = None;
+        router
+            .context()
+            .supervisor
+            .restarted(SESSION_WORKER, &panic);
+        let Some(mut held) = in_hand.take() else {
+            continue;
+        };
+        if held.settled {
+            finish(&shared);
+            continue;
         }
-        // Boxed so that an idle worker's task holds only this loop's state, not the (larger)
-        // state of a message in progress.
-        Box::pin(handle(&router, &mut state, *job)).await;
-        shared.last_active_ms.store(now_ms(), Ordering::Release);
-        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        held.panics += 1;
+        if held.panics < MAX_TURN_PANICS {
+            tracing::warn!(message = "Handling the message again after a panic.", session = %state.key, inbox_id = held.job.inbox_id, panics = held.panics);
+            in_hand = Some(held);
+            continue;
+        }
+        tracing::error!(message = "A message made its session worker panic too often; it is answered with an error reply and set aside.", session = %state.key, inbox_id = held.job.inbox_id, panics = held.panics);
+        let outcome = Outcome {
+            entries: vec![
+                user_entry(&held.job),
+                TranscriptEntry {
+                    role: Role::Notice,
+                    text: SET_ASIDE_REPLY.to_owned(),
+                    at_ms: now_ms().max(held.job.msg.received_at_ms),
+                    channel: Some(held.job.msg.channel),
+                },
+            ],
+            reply: SET_ASIDE_REPLY.to_owned(),
+            reset: false,
+        };
+        let mut settled = false;
+        let answered = AssertUnwindSafe(commit(
+            &router,
+            &mut state,
+            &held.job,
+            outcome,
+            &mut settled,
+        ))
+        .catch_unwind()
+        .await;
+        if let Err(p) = answered {
+            state.window = None;
+            tracing::error!(message = "Cannot set aside a message that panics; it stays pending and is replayed at next start.", inbox_id = held.job.inbox_id, panic = %panic_message(&*p));
+        }
+        finish(&shared);
     }
 }
 
-async fn handle(router: &Arc<Router>, state: &mut SessionState, job: Job) {
+/// The worker's loop: the message in hand first (after a restart), then the mailbox.
+async fn serve(
+    router: &Arc<Router>,
+    state: &mut SessionState,
+    rx: &mut mpsc::Receiver<Box<Job>>,
+    shared: &Shared,
+    in_hand: &mut Option<InHand>,
+) {
+    loop {
+        if in_hand.is_none() {
+            let Some(job) = rx.recv().await else { return };
+            *in_hand = Some(InHand {
+                job,
+                panics: 0,
+                settled: false,
+            });
+        }
+        if shared.stale.swap(false, Ordering::AcqRel) {
+            state.window = None;
+        }
+        if let Some(held) = in_hand.as_mut() {
+            // Boxed so that an idle worker's task holds only this loop's state, not the
+            // (larger) state of a message in progress.
+            Box::pin(handle(router, state, &held.job, &mut held.settled)).await;
+        }
+        *in_hand = None;
+        finish(shared);
+    }
+}
+
+/// One message is finished with.
+fn finish(shared: &Shared) {
+    shared.last_active_ms.store(now_ms(), Ordering::Release);
+    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settled: &mut bool) {
     let ctx = router.context().clone();
+    ctx.supervisor.injector().turn(&job.msg.text);
     if let SessionKey::User(owner) = state.key {
         match ctx.identity.resolve(&job.msg.address()).await {
             Ok(current) if current != owner => {
                 // Linked or unlinked since it was routed: it belongs to another session now.
-                if let Err(e) = router.route(job.inbox_id, job.msg).await {
+                *settled = true;
+                if let Err(e) = router.route(job.inbox_id, job.msg.clone()).await {
                     tracing::error!(message = "Cannot re-route a message; it stays pending until restart.", inbox_id = job.inbox_id, error = %e);
                 }
                 return;
@@ -91,13 +207,13 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: Job) {
         }
     }
     let outcome = match commands::parse(&job.msg.text) {
-        Some(cmd) => commands::execute(cmd, router, state, &job).await,
-        None => match agent_turn(&ctx, state, &job).await {
+        Some(cmd) => commands::execute(cmd, router, state, job).await,
+        None => match agent_turn(&ctx, state, job).await {
             Some(o) => o,
             None => return,
         },
     };
-    commit(router, state, job, outcome).await;
+    commit(router, state, job, outcome, settled).await;
 }
 
 async fn load_window(ctx: &super::Context, state: &mut SessionState) -> Result<(), StoreError> {
@@ -118,13 +234,8 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         Some(w) => w.make_contiguous(),
         None => &[],
     };
-    let input = job.msg.agent_input();
-    let user_entry = TranscriptEntry {
-        role: Role::User,
-        text: input.clone(),
-        at_ms: job.msg.received_at_ms,
-        channel: Some(job.msg.channel),
-    };
+    let user_entry = user_entry(job);
+    let input = user_entry.text.clone();
     let started = std::time::Instant::now();
     let tool_ctx = crate::agent::tools::ToolCallContext {
         session: Some(state.key.clone()),
@@ -165,7 +276,25 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
     })
 }
 
-async fn commit(router: &Arc<Router>, state: &mut SessionState, job: Job, outcome: Outcome) {
+/// The transcript entry of what the user said.
+fn user_entry(job: &Job) -> TranscriptEntry {
+    TranscriptEntry {
+        role: Role::User,
+        text: job.msg.agent_input(),
+        at_ms: job.msg.received_at_ms,
+        channel: Some(job.msg.channel),
+    }
+}
+
+/// Commits the turn and hands its reply to delivery; `settled` is set as soon as the turn is
+/// committed (now, or already before).
+async fn commit(
+    router: &Arc<Router>,
+    state: &mut SessionState,
+    job: &Job,
+    outcome: Outcome,
+    settled: &mut bool,
+) {
     let ctx = router.context();
     let record = TurnRecord {
         inbox_id: job.inbox_id,
@@ -181,9 +310,13 @@ async fn commit(router: &Arc<Router>, state: &mut SessionState, job: Job, outcom
     let mut attempt = 1;
     let rows = loop {
         match ctx.store.commit_turn(record.clone()).await {
-            Ok(rows) => break rows,
+            Ok(rows) => {
+                *settled = true;
+                break rows;
+            }
             Err(StoreError::Conflict(e)) => {
                 tracing::warn!(message = "Turn already committed; not answering twice.", inbox_id = job.inbox_id, detail = %e);
+                *settled = true;
                 return;
             }
             Err(e) if attempt < COMMIT_ATTEMPTS && !matches!(e, StoreError::Closed) => {

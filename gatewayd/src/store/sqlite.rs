@@ -9,8 +9,8 @@
 //! Migrations are embedded and applied in order at open, tracked by `PRAGMA user_version`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -159,6 +159,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set if the writer thread panicked; every write then fails with [`StoreError::Closed`].
+    writer_failed: Arc<Mutex<Option<String>>>,
     readers: Mutex<Vec<Connection>>,
     read_slots: tokio::sync::Semaphore,
 }
@@ -194,17 +196,45 @@ impl SqliteStore {
         conn.execute_batch(WRITER_PRAGMAS).map_err(db)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let writer_failed = Arc::new(Mutex::new(None));
+        let failed = writer_failed.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| writer_loop(conn, rx));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let message = crate::supervise::panic_message(&*p);
+                    tracing::error!(message = "The store writer panicked; nothing more can be written until gatewayd is restarted.", panic = %message);
+                    if let Ok(mut f) = failed.lock() {
+                        *f = Some(format!("panicked: {message}"));
+                    }
+                }
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            writer_failed,
             readers: Mutex::new(Vec::new()),
             read_slots: tokio::sync::Semaphore::new(READ_POOL),
         })
+    }
+
+    /// Why the writer thread stopped, if it panicked.
+    pub fn writer_failure(&self) -> Option<String> {
+        self.writer_failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Makes the writer thread panic, for tests of supervision.
+    #[doc(hidden)]
+    pub fn panic_writer(&self) {
+        let job: Job = Box::new(|_| panic!("injected fault: store writer"));
+        if let Ok(guard) = self.writer.lock()
+            && let Some(sender) = guard.as_ref()
+        {
+            let _ = sender.send(job);
+        }
     }
 
     /// Runs `f` in the writer thread inside the next group commit.
