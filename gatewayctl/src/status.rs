@@ -25,6 +25,15 @@ pub struct Status {
     outbox_pending: u64,
     dead_letters: u64,
     channels: Vec<ChannelInfo>,
+    database_bytes: u64,
+    table_rows: Vec<TableRows>,
+}
+
+/// The rows of one database table, as last counted by the gateway.
+#[derive(Debug, Serialize)]
+pub struct TableRows {
+    table: String,
+    rows: u64,
 }
 
 impl Status {
@@ -44,6 +53,15 @@ impl Status {
             inbox_pending: o.inbox_pending,
             outbox_pending: o.outbox_pending,
             dead_letters: o.dead_letters,
+            database_bytes: o.database_bytes,
+            table_rows: o
+                .table_rows
+                .into_iter()
+                .map(|t| TableRows {
+                    table: t.table,
+                    rows: t.rows,
+                })
+                .collect(),
         }
     }
 }
@@ -79,6 +97,36 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
         "queues     {} inbound pending, {} replies pending, {} dead letter(s)",
         s.inbox_pending, s.outbox_pending, s.dead_letters
     ))?;
+    let rows: Vec<String> = s
+        .table_rows
+        .iter()
+        .map(|t| format!("{} {}", t.table, t.rows))
+        .collect();
+    out.line(format!(
+        "database   {} on disk; rows (as last counted): {}",
+        bytes(s.database_bytes),
+        if rows.is_empty() {
+            "not counted yet".to_owned()
+        } else {
+            rows.join(", ")
+        }
+    ))?;
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
+}
+
+/// `1536` → `1.5 KiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

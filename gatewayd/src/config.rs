@@ -901,6 +901,20 @@ impl Config {
         errors
     }
 
+    /// What the store prunes and how often, from `[store]` and `gateway.history_window`.
+    pub fn store_retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            dedupe_window: self.store.dedupe_window.get(),
+            transcript: match self.store.transcript_retention {
+                Retention::Forever => None,
+                Retention::For(d) => Some(d),
+            },
+            history_window: self.gateway.history_window,
+            interval: self.store.prune_interval.get(),
+            ..crate::store::Retention::default()
+        }
+    }
+
     /// The rate settings of `channel`: the built-in defaults with the file's overrides.
     pub fn rate_settings(&self, channel: ChannelKind) -> RateSettings {
         let defaults = RateSettings::default_for(channel);

@@ -105,7 +105,7 @@ impl Gateway {
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
         let db_path = config.database_path();
         let store: SharedStore = Arc::new(
-            SqliteStore::open(&db_path)
+            SqliteStore::open_with(&db_path, config.store_retention())
                 .with_context(|| format!("cannot open the database {}", db_path.display()))?,
         );
         // Record metrics from the first event on, not from the first scrape.
@@ -288,6 +288,7 @@ impl Gateway {
                 },
             ));
         }
+        background.push(tokio::spawn(inbox.clone().recover_stranded()));
         {
             let delivery = delivery.clone();
             background.push(every_tick(RETAIN_EVERY, move || {

@@ -69,6 +69,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::Conflict(m) => Status::failed_precondition(m),
         StoreError::Closed => Status::unavailable("the gateway is shutting down"),
         StoreError::Database(m) => Status::internal(m),
+        StoreError::Full(m) => Status::unavailable(format!("the disk is full: {m}")),
     }
 }
 
@@ -163,6 +164,7 @@ impl Admin for AdminService {
         let s = &self.state;
         let (inbox_pending, outbox_pending, dead) = s.store.counts().await.map_err(store_status)?;
         let stored = s.store.count_sessions().await.map_err(store_status)?;
+        let storage = s.store.storage().await.map_err(store_status)?;
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
         Ok(Response::new(pb::GetOverviewResponse {
@@ -185,6 +187,8 @@ impl Admin for AdminService {
             outbox_pending,
             inbox_pending,
             agent_provider: s.provider.to_owned(),
+            database_bytes: storage.database_bytes,
+            table_rows: convert::table_rows(&storage),
         }))
     }
 
