@@ -329,6 +329,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Test hook: how many turn commits failed on a write (not counting refused repeats).
+    #[doc(hidden)]
+    fn failed_turn_commits(&self) -> u64 {
+        0
+    }
+
     /// Test hook: limits the database to `pages` pages (at least its current size), or lifts
     /// the limit with `None`, to simulate a full disk. Returns the current page count.
     #[doc(hidden)]

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -214,6 +214,8 @@ struct Shared {
     recoveries: tokio::sync::watch::Sender<u64>,
     /// Inbox rows whose handling failed on a write.
     stranded: Mutex<BTreeSet<i64>>,
+    /// Turn commits that failed on a write.
+    failed_turns: AtomicU64,
     /// The last row counts.
     stats: Mutex<(Vec<(String, u64)>, i64)>,
 }
@@ -271,6 +273,7 @@ impl SqliteStore {
             full: AtomicBool::new(false),
             recoveries: tokio::sync::watch::channel(0).0,
             stranded: Mutex::new(BTreeSet::new()),
+            failed_turns: AtomicU64::new(0),
             stats: Mutex::new((Vec::new(), 0)),
         });
         let (tx, rx) = mpsc::channel::<Job>();
@@ -308,8 +311,20 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like [`SqliteStore::write`], and runs `then` on the outcome in the writer thread, before
+    /// the writer takes its next batch (so before any later write, such as a space probe).
+    async fn write_then<T, F, A>(&self, f: F, then: A) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(&Result<T, StoreError>) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job = job(&self.shared, f, move |r| {
+            then(&r);
             let _ = tx.send(r);
         });
         {
@@ -373,12 +388,13 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// [`Store::commit_turn`] without the stranded bookkeeping.
+    /// [`Store::commit_turn`], with `then` run on its outcome in the writer thread.
     async fn commit_turn_once(
         &self,
         turn: TurnRecord,
+        then: impl FnOnce(&Result<Vec<OutboundMessage>, StoreError>) + Send + 'static,
     ) -> Result<Vec<OutboundMessage>, StoreError> {
-        self.write(move |conn| {
+        self.write_then(move |conn| {
             atomic(conn, |conn| {
                 let key = turn.session.to_string();
                 let now = now_ms();
@@ -429,7 +445,7 @@ impl SqliteStore {
                 }
                 Ok(out)
             })
-        })
+        }, then)
         .await
     }
 
@@ -1318,19 +1334,23 @@ impl Store for SqliteStore {
 
     async fn commit_turn(&self, turn: TurnRecord) -> Result<Vec<OutboundMessage>, StoreError> {
         let inbox_id = turn.inbox_id;
-        let result = self.commit_turn_once(turn).await;
-        if let Ok(mut stranded) = self.shared.stranded.lock() {
-            match &result {
-                Ok(_) | Err(StoreError::Conflict(_)) => {
-                    stranded.remove(&inbox_id);
-                }
-                Err(StoreError::Closed) => {}
-                Err(_) => {
-                    stranded.insert(inbox_id);
+        let shared = self.shared.clone();
+        // Noted in the writer thread, so a recovery that follows sees it.
+        let note = move |result: &Result<Vec<OutboundMessage>, StoreError>| {
+            if let Ok(mut stranded) = shared.stranded.lock() {
+                match result {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {
+                        stranded.remove(&inbox_id);
+                    }
+                    Err(StoreError::Closed) => {}
+                    Err(_) => {
+                        stranded.insert(inbox_id);
+                        shared.failed_turns.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
             }
-        }
-        result
+        };
+        self.commit_turn_once(turn, note).await
     }
 
     async fn history(
@@ -2096,6 +2116,10 @@ impl Store for SqliteStore {
 
     fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.recoveries.subscribe()
+    }
+
+    fn failed_turn_commits(&self) -> u64 {
+        self.shared.failed_turns.load(Ordering::Acquire)
     }
 
     fn note_stranded(&self, inbox_id: i64) {
