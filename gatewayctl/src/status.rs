@@ -97,20 +97,28 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
         "queues     {} inbound pending, {} replies pending, {} dead letter(s)",
         s.inbox_pending, s.outbox_pending, s.dead_letters
     ))?;
-    let rows: Vec<String> = s
-        .table_rows
-        .iter()
-        .map(|t| format!("{} {}", t.table, t.rows))
-        .collect();
     out.line(format!(
-        "database   {} on disk; rows (as last counted): {}",
-        bytes(s.database_bytes),
-        if rows.is_empty() {
-            "not counted yet".to_owned()
-        } else {
-            rows.join(", ")
-        }
+        "database   {} on disk; rows as last counted:",
+        bytes(s.database_bytes)
     ))?;
+    if s.table_rows.is_empty() {
+        out.line("           not counted yet")?;
+    }
+    let mut line = String::new();
+    for t in &s.table_rows {
+        let item = format!("{} {}", t.table, t.rows);
+        if !line.is_empty() && 11 + line.len() + 2 + item.len() > 78 {
+            out.line(format!("           {line},"))?;
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&item);
+    }
+    if !line.is_empty() {
+        out.line(format!("           {line}"))?;
+    }
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
 }
