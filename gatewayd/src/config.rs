@@ -53,7 +53,7 @@ pub struct StoreConfig {
     pub dedupe_window: HumanDuration,
     /// Transcript entries older than this are pruned, except each session's last
     /// `gateway.history_window` entries; `"forever"` (the default) keeps them all.
-    pub transcript_retention: Retention,
+    pub transcript_retention: TranscriptRetention,
     /// How often the pruner runs.
     pub prune_interval: HumanDuration,
 }
@@ -62,22 +62,22 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             dedupe_window: HumanDuration(Duration::from_secs(7 * 86_400)),
-            transcript_retention: Retention::Forever,
+            transcript_retention: TranscriptRetention::Forever,
             prune_interval: HumanDuration(Duration::from_secs(5 * 60)),
         }
     }
 }
 
-/// A retention: a duration, or `"forever"`.
+/// How long transcript entries are kept: a duration, or `"forever"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
+pub enum TranscriptRetention {
     /// Never pruned.
     Forever,
     /// Pruned once older than this.
     For(Duration),
 }
 
-impl<'de> Deserialize<'de> for Retention {
+impl<'de> Deserialize<'de> for TranscriptRetention {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -866,12 +866,9 @@ impl Config {
         let store = &self.store;
         let (minute, day) = (Duration::from_secs(60), Duration::from_secs(86_400));
         if !(minute..=day * 3650).contains(&store.dedupe_window.get()) {
-            err(
-                "store.dedupe_window",
-                "must be from 1m to 3650d".to_owned(),
-            );
+            err("store.dedupe_window", "must be from 1m to 3650d".to_owned());
         }
-        if let Retention::For(d) = store.transcript_retention
+        if let TranscriptRetention::For(d) = store.transcript_retention
             && !(Duration::from_secs(3600)..=day * 36500).contains(&d)
         {
             err(
@@ -906,8 +903,8 @@ impl Config {
         crate::store::Retention {
             dedupe_window: self.store.dedupe_window.get(),
             transcript: match self.store.transcript_retention {
-                Retention::Forever => None,
-                Retention::For(d) => Some(d),
+                TranscriptRetention::Forever => None,
+                TranscriptRetention::For(d) => Some(d),
             },
             history_window: self.gateway.history_window,
             interval: self.store.prune_interval.get(),
@@ -1095,7 +1092,7 @@ mod tests {
     fn store_retention_defaults_parse_and_ranges() {
         let c = Config::parse("").expect("defaults");
         assert_eq!(c.store.dedupe_window.get(), Duration::from_secs(7 * 86_400));
-        assert_eq!(c.store.transcript_retention, Retention::Forever);
+        assert_eq!(c.store.transcript_retention, TranscriptRetention::Forever);
         assert_eq!(c.store.prune_interval.get(), Duration::from_secs(300));
         let c = Config::parse(
             "[store]\ndedupe_window = \"2d\"\ntranscript_retention = \"90d\"\nprune_interval = \"30s\"\n",
@@ -1104,19 +1101,22 @@ mod tests {
         assert_eq!(c.store.dedupe_window.get(), Duration::from_secs(2 * 86_400));
         assert_eq!(
             c.store.transcript_retention,
-            Retention::For(Duration::from_secs(90 * 86_400))
+            TranscriptRetention::For(Duration::from_secs(90 * 86_400))
         );
         assert_eq!(
             Config::parse("[store]\ntranscript_retention = \"forever\"\n")
                 .expect("forever")
                 .store
                 .transcript_retention,
-            Retention::Forever
+            TranscriptRetention::Forever
         );
         for (toml, path) in [
             ("dedupe_window = \"10s\"", "store.dedupe_window"),
             ("dedupe_window = \"3651d\"", "store.dedupe_window"),
-            ("transcript_retention = \"5m\"", "store.transcript_retention"),
+            (
+                "transcript_retention = \"5m\"",
+                "store.transcript_retention",
+            ),
             ("prune_interval = \"0s\"", "store.prune_interval"),
             ("prune_interval = \"2d\"", "store.prune_interval"),
         ] {

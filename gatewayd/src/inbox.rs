@@ -96,7 +96,10 @@ impl Inbox {
                 }
             };
             if !stranded.is_empty() {
-                tracing::info!(message = "Routing stranded messages again.", count = stranded.len());
+                tracing::info!(
+                    message = "Routing stranded messages again.",
+                    count = stranded.len()
+                );
             }
             for p in stranded {
                 if let Err(e) = self.router.route(p.inbox_id, p.message).await {

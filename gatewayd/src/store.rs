@@ -339,7 +339,9 @@ pub trait Store: Send + Sync + 'static {
     /// the limit with `None`, to simulate a full disk. Returns the current page count.
     #[doc(hidden)]
     async fn set_page_limit(&self, _pages: Option<u64>) -> Result<u64, StoreError> {
-        Err(StoreError::Conflict("not supported by this store".to_owned()))
+        Err(StoreError::Conflict(
+            "not supported by this store".to_owned(),
+        ))
     }
 
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].

@@ -27,7 +27,8 @@ fn config(data: &Path, callback: &FakeCallback) -> Config {
 
 /// Posts one HTTP-channel message; the status code.
 async fn post(client: &reqwest::Client, gw: &Gateway, id: &str, text: &str) -> u16 {
-    let body = serde_json::json!({"message_id": id, "chat_id": "c", "sender_id": "s", "text": text});
+    let body =
+        serde_json::json!({"message_id": id, "chat_id": "c", "sender_id": "s", "text": text});
     client
         .post(format!("http://{}/channels/http/messages", gw.http_addr))
         .json(&body)
@@ -79,7 +80,10 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         }
     }
     assert!(refused, "no message was refused with 503");
-    assert!(acknowledged.len() > 3, "no message was acknowledged while space ran out");
+    assert!(
+        acknowledged.len() > 3,
+        "no message was acknowledged while space ran out"
+    );
     assert!(gw.store.disk_full(), "the store reports the full disk");
     // WebChat refuses too: frames are acknowledged while a page is free, then `unavailable`.
     let ws_url = format!("ws://{}/ws?chat_id=w1", gw.http_addr);
@@ -113,7 +117,10 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         .iter()
         .filter_map(|d| d.reply_to.clone())
         .collect();
-    let unanswered = acknowledged.iter().filter(|id| !answered.contains(*id)).count();
+    let unanswered = acknowledged
+        .iter()
+        .filter(|id| !answered.contains(*id))
+        .count();
     assert!(
         pending as usize >= unanswered,
         "{pending} pending in the inbox, {unanswered} acknowledged and unanswered"
@@ -140,7 +147,11 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         .recv_until(|f| f["type"] == "ack" || f["type"] == "error", TIMEOUT)
         .await
         .expect("ack");
-    assert_eq!(frames.last().map(|f| f["type"].clone()), Some("ack".into()), "{frames:?}");
+    assert_eq!(
+        frames.last().map(|f| f["type"].clone()),
+        Some("ack".into()),
+        "{frames:?}"
+    );
     let expected: BTreeSet<String> = acknowledged.iter().cloned().collect();
     let delivered = callback
         .wait_delivered(
@@ -158,7 +169,9 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         let frame = chat
             .recv(Duration::from_secs(60))
             .await
-            .unwrap_or_else(|e| panic!("WebChat answers missing: {chat_acknowledged:?} vs {chat_answered:?}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!("WebChat answers missing: {chat_acknowledged:?} vs {chat_answered:?}: {e}")
+            });
         if frame["type"] == "message"
             && let Some(to) = frame["reply_to"].as_str()
         {

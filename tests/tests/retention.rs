@@ -2,7 +2,9 @@
 //! whose pruner runs every second: the rows are counted at start and again after each prune
 //! pass, in table and JSON output.
 
-use gateway_tests::{FakeCallback, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, poll_until_async};
+use gateway_tests::{
+    FakeCallback, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, poll_until_async,
+};
 use serde_json::{Value, json};
 
 fn rows(status: &Value, table: &str) -> Option<u64> {
@@ -49,7 +51,10 @@ async fn status_shows_the_database_size_and_rows_per_table() {
     let on_disk = std::fs::metadata(gw.data_dir().join("gateway.db"))
         .map(|m| m.len())
         .unwrap_or(0);
-    assert!(bytes >= on_disk && on_disk > 0, "{bytes} reported, {on_disk} on disk");
+    assert!(
+        bytes >= on_disk && on_disk > 0,
+        "{bytes} reported, {on_disk} on disk"
+    );
 
     let out = tokio::process::Command::new(gatewayctl_bin())
         .args(["--addr", &gw.admin_url(), "status"])
@@ -65,6 +70,9 @@ async fn status_shows_the_database_size_and_rows_per_table() {
         .position(|l| l.starts_with("database   ") && l.contains("on disk"))
         .unwrap_or_else(|| panic!("no database line: {text}"));
     let listed: String = text.lines().skip(database + 1).take(3).collect();
-    assert!(listed.contains("inbox 3") && listed.contains("transcript 6"), "{text}");
+    assert!(
+        listed.contains("inbox 3") && listed.contains("transcript 6"),
+        "{text}"
+    );
     assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
 }

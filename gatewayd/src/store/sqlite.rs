@@ -336,7 +336,11 @@ impl SqliteStore {
     }
 
     /// Runs one prune pass now, as if the time were `now_ms`; what it deleted.
-    pub async fn prune_now(&self, now_ms: i64, retention: Retention) -> Result<PruneReport, StoreError> {
+    pub async fn prune_now(
+        &self,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<PruneReport, StoreError> {
         let writer = self
             .writer
             .lock()
@@ -394,58 +398,61 @@ impl SqliteStore {
         turn: TurnRecord,
         then: impl FnOnce(&Result<Vec<OutboundMessage>, StoreError>) + Send + 'static,
     ) -> Result<Vec<OutboundMessage>, StoreError> {
-        self.write_then(move |conn| {
-            atomic(conn, |conn| {
-                let key = turn.session.to_string();
-                let now = now_ms();
-                let marked = conn
-                    .prepare_cached("UPDATE inbox SET done = 1 WHERE id = ?1 AND done = 0")
-                    .and_then(|mut s| s.execute([turn.inbox_id]))
-                    .map_err(db)?;
-                if marked == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "inbox message {} already has a finished turn",
-                        turn.inbox_id
-                    )));
-                }
-                {
-                    let mut stmt = conn
+        self.write_then(
+            move |conn| {
+                atomic(conn, |conn| {
+                    let key = turn.session.to_string();
+                    let now = now_ms();
+                    let marked = conn
+                        .prepare_cached("UPDATE inbox SET done = 1 WHERE id = ?1 AND done = 0")
+                        .and_then(|mut s| s.execute([turn.inbox_id]))
+                        .map_err(db)?;
+                    if marked == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "inbox message {} already has a finished turn",
+                            turn.inbox_id
+                        )));
+                    }
+                    {
+                        let mut stmt = conn
                         .prepare_cached(
                             "INSERT INTO transcript (session_key, at, role, text, channel, inbox_id)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )
                         .map_err(db)?;
-                    for e in &turn.entries {
-                        stmt.execute(params![
-                            key,
-                            e.at_ms,
-                            e.role.as_str(),
-                            e.text,
-                            e.channel.map(ChannelKind::as_str),
-                            turn.inbox_id
-                        ])
-                        .map_err(db)?;
+                        for e in &turn.entries {
+                            stmt.execute(params![
+                                key,
+                                e.at_ms,
+                                e.role.as_str(),
+                                e.text,
+                                e.channel.map(ChannelKind::as_str),
+                                turn.inbox_id
+                            ])
+                            .map_err(db)?;
+                        }
                     }
-                }
-                if let Some(first) = turn.entries.first() {
-                    count_turn(conn, &key, now, first.channel)?;
-                }
-                let mut out = Vec::with_capacity(turn.replies.len());
-                for r in &turn.replies {
-                    let id = insert_reply(conn, turn.inbox_id, r, now)?;
-                    out.push(OutboundMessage {
-                        id,
-                        channel: r.channel,
-                        chat_id: r.chat_id.clone(),
-                        text: r.text.clone(),
-                        reply_to: r.reply_to.clone(),
-                        attempts: 0,
-                        chunks_sent: 0,
-                    });
-                }
-                Ok(out)
-            })
-        }, then)
+                    if let Some(first) = turn.entries.first() {
+                        count_turn(conn, &key, now, first.channel)?;
+                    }
+                    let mut out = Vec::with_capacity(turn.replies.len());
+                    for r in &turn.replies {
+                        let id = insert_reply(conn, turn.inbox_id, r, now)?;
+                        out.push(OutboundMessage {
+                            id,
+                            channel: r.channel,
+                            chat_id: r.chat_id.clone(),
+                            text: r.text.clone(),
+                            reply_to: r.reply_to.clone(),
+                            attempts: 0,
+                            chunks_sent: 0,
+                        });
+                    }
+                    Ok(out)
+                })
+            },
+            then,
+        )
         .await
     }
 
@@ -592,7 +599,9 @@ impl Pruner {
             })
         });
         if result.is_ok() && self.shared.full.swap(false, Ordering::AcqRel) {
-            tracing::info!(message = "The disk has space again; inbound messages are accepted and stranded ones handled.");
+            tracing::info!(
+                message = "The disk has space again; inbound messages are accepted and stranded ones handled."
+            );
             self.shared.recoveries.send_modify(|n| *n += 1);
         }
     }
@@ -2411,7 +2420,10 @@ mod tests {
     async fn pruning_keeps_pending_rows_dead_letters_and_the_window_and_drops_the_rest() {
         let (_dir, store) = open();
         let delivered = answered(&store, "done-1", 1, "a").await;
-        store.outbox_delivered(delivered.id).await.expect("delivered");
+        store
+            .outbox_delivered(delivered.id)
+            .await
+            .expect("delivered");
         let dead = answered(&store, "done-2", 2, "b").await;
         store
             .outbox_dead(dead.id, 3, ErrorClass::Permanent, "gone")
@@ -2427,7 +2439,10 @@ mod tests {
             .expect("prune");
         assert_eq!(report.inbox + report.outbox, 0, "{report:?}");
         assert!(matches!(
-            store.inbox_commit(&msg("done-1", "s1")).await.expect("commit"),
+            store
+                .inbox_commit(&msg("done-1", "s1"))
+                .await
+                .expect("commit"),
             InboxOutcome::Duplicate(_)
         ));
 
@@ -2453,12 +2468,19 @@ mod tests {
         assert_eq!(history.len(), 1);
         // The transcript is kept forever by default.
         assert_eq!(
-            store.history(&SessionKey::User(1), 10).await.expect("h").len(),
+            store
+                .history(&SessionKey::User(1), 10)
+                .await
+                .expect("h")
+                .len(),
             1
         );
         // A redelivery older than the window is new: documented.
         assert!(matches!(
-            store.inbox_commit(&msg("done-1", "s1")).await.expect("commit"),
+            store
+                .inbox_commit(&msg("done-1", "s1"))
+                .await
+                .expect("commit"),
             InboxOutcome::New(_)
         ));
     }
@@ -2496,7 +2518,10 @@ mod tests {
         assert_eq!(rows("inbox"), Some(0), "{stats:?}");
         assert_eq!(rows("outbox"), Some(0), "{stats:?}");
         assert_eq!(rows("transcript"), Some(250), "{stats:?}");
-        assert!(stats.counted_at_ms > 0 && stats.database_bytes > 0, "{stats:?}");
+        assert!(
+            stats.counted_at_ms > 0 && stats.database_bytes > 0,
+            "{stats:?}"
+        );
     }
 
     #[tokio::test]
@@ -2541,11 +2566,19 @@ mod tests {
             ["t25", "t26", "t27", "t28", "t29"]
         );
         assert_eq!(
-            store.history(&SessionKey::User(2), 100).await.expect("h").len(),
+            store
+                .history(&SessionKey::User(2), 100)
+                .await
+                .expect("h")
+                .len(),
             3
         );
         assert_eq!(
-            store.history(&SessionKey::User(3), 100).await.expect("h").len(),
+            store
+                .history(&SessionKey::User(3), 100)
+                .await
+                .expect("h")
+                .len(),
             12
         );
     }
