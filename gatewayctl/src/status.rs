@@ -28,6 +28,15 @@ pub struct Status {
     ready: bool,
     faults: Vec<FaultInfo>,
     channels: Vec<ChannelInfo>,
+    database_bytes: u64,
+    table_rows: Vec<TableRows>,
+}
+
+/// The rows of one database table, as last counted by the gateway.
+#[derive(Debug, Serialize)]
+pub struct TableRows {
+    table: String,
+    rows: u64,
 }
 
 /// A part that panicked or failed, in the JSON document of `status`.
@@ -71,6 +80,15 @@ impl Status {
             dead_letters: o.dead_letters,
             ready: o.ready,
             faults: o.faults.into_iter().map(FaultInfo::from_pb).collect(),
+            database_bytes: o.database_bytes,
+            table_rows: o
+                .table_rows
+                .into_iter()
+                .map(|t| TableRows {
+                    table: t.table,
+                    rows: t.rows,
+                })
+                .collect(),
         }
     }
 }
@@ -126,6 +144,44 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
             truncate(&clean(&f.message), 200)
         ))?;
     }
+    out.line(format!(
+        "database   {} on disk; rows as last counted:",
+        bytes(s.database_bytes)
+    ))?;
+    if s.table_rows.is_empty() {
+        out.line("           not counted yet")?;
+    }
+    let mut line = String::new();
+    for t in &s.table_rows {
+        let item = format!("{} {}", t.table, t.rows);
+        if !line.is_empty() && 11 + line.len() + 2 + item.len() > 78 {
+            out.line(format!("           {line},"))?;
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&item);
+    }
+    if !line.is_empty() {
+        out.line(format!("           {line}"))?;
+    }
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
+}
+
+/// `1536` → `1.5 KiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -40,6 +40,64 @@ pub struct Config {
     pub workflows: WorkflowsConfig,
     /// `[tools]`: settings of the built-in tools.
     pub tools: ToolsConfig,
+    /// `[store]`: retention of the database's rows.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: how long the database keeps what it no longer needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Done inbox rows and delivered outbox rows older than this are pruned; a redelivery of
+    /// a message older than this is treated as new.
+    pub dedupe_window: HumanDuration,
+    /// Transcript entries older than this are pruned, except each session's last
+    /// `gateway.history_window` entries; `"forever"` (the default) keeps them all.
+    pub transcript_retention: TranscriptRetention,
+    /// How often the pruner runs.
+    pub prune_interval: HumanDuration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            dedupe_window: HumanDuration(Duration::from_secs(7 * 86_400)),
+            transcript_retention: TranscriptRetention::Forever,
+            prune_interval: HumanDuration(Duration::from_secs(5 * 60)),
+        }
+    }
+}
+
+/// How long transcript entries are kept: a duration, or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranscriptRetention {
+    /// Never pruned.
+    Forever,
+    /// Pruned once older than this.
+    For(Duration),
+}
+
+impl<'de> Deserialize<'de> for TranscriptRetention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        let raw = Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected \"forever\" or a duration such as \"30d\", \"12h\" or a whole number of seconds",
+            )
+        })?;
+        match raw {
+            Raw::Seconds(s) => Ok(Self::For(Duration::from_secs(s))),
+            Raw::Text(t) if t.trim() == "forever" => Ok(Self::Forever),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Self::For)
+                .map_err(|e| serde::de::Error::custom(format!("{e}, or \"forever\""))),
+        }
+    }
 }
 
 /// `[workflows]`.
@@ -805,6 +863,22 @@ impl Config {
         if self.tools.http_max_bytes == 0 {
             err("tools.http_max_bytes", "must be at least 1".to_owned());
         }
+        let store = &self.store;
+        let (minute, day) = (Duration::from_secs(60), Duration::from_secs(86_400));
+        if !(minute..=day * 3650).contains(&store.dedupe_window.get()) {
+            err("store.dedupe_window", "must be from 1m to 3650d".to_owned());
+        }
+        if let TranscriptRetention::For(d) = store.transcript_retention
+            && !(Duration::from_secs(3600)..=day * 36500).contains(&d)
+        {
+            err(
+                "store.transcript_retention",
+                "must be from 1h to 36500d, or \"forever\"".to_owned(),
+            );
+        }
+        if !(Duration::from_secs(1)..=day).contains(&store.prune_interval.get()) {
+            err("store.prune_interval", "must be from 1s to 1d".to_owned());
+        }
         for (name, settings) in &self.rate_limits {
             let prefix = format!("rate_limits.{name}");
             if name.parse::<ChannelKind>().is_err() {
@@ -822,6 +896,20 @@ impl Config {
             }
         }
         errors
+    }
+
+    /// What the store prunes and how often, from `[store]` and `gateway.history_window`.
+    pub fn store_retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            dedupe_window: self.store.dedupe_window.get(),
+            transcript: match self.store.transcript_retention {
+                TranscriptRetention::Forever => None,
+                TranscriptRetention::For(d) => Some(d),
+            },
+            history_window: self.gateway.history_window,
+            interval: self.store.prune_interval.get(),
+            ..crate::store::Retention::default()
+        }
     }
 
     /// The rate settings of `channel`: the built-in defaults with the file's overrides.
@@ -998,6 +1086,50 @@ mod tests {
         }
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn store_retention_defaults_parse_and_ranges() {
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.store.dedupe_window.get(), Duration::from_secs(7 * 86_400));
+        assert_eq!(c.store.transcript_retention, TranscriptRetention::Forever);
+        assert_eq!(c.store.prune_interval.get(), Duration::from_secs(300));
+        let c = Config::parse(
+            "[store]\ndedupe_window = \"2d\"\ntranscript_retention = \"90d\"\nprune_interval = \"30s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.store.dedupe_window.get(), Duration::from_secs(2 * 86_400));
+        assert_eq!(
+            c.store.transcript_retention,
+            TranscriptRetention::For(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(
+            Config::parse("[store]\ntranscript_retention = \"forever\"\n")
+                .expect("forever")
+                .store
+                .transcript_retention,
+            TranscriptRetention::Forever
+        );
+        for (toml, path) in [
+            ("dedupe_window = \"10s\"", "store.dedupe_window"),
+            ("dedupe_window = \"3651d\"", "store.dedupe_window"),
+            (
+                "transcript_retention = \"5m\"",
+                "store.transcript_retention",
+            ),
+            ("prune_interval = \"0s\"", "store.prune_interval"),
+            ("prune_interval = \"2d\"", "store.prune_interval"),
+        ] {
+            let errs = Config::parse(&format!("[store]\n{toml}\n")).expect_err(toml);
+            assert!(errs.iter().any(|e| e.path == path), "{toml}: {errs:?}");
+        }
+        let errs = Config::parse("[store]\ntranscript_retention = \"always\"\n")
+            .expect_err("not a retention");
+        assert!(
+            errs.iter().any(|e| e.message.contains("forever")),
+            "{errs:?}"
+        );
+        assert!(Config::parse("[store]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! 2xx, a WebChat `ack`). [`Inbox::dispatch`] then hands a new message to the router. A message
 //! that is committed but not finished — the daemon stopped, or routing failed — is replayed by
 //! [`Inbox::replay`] at the next start, so an acknowledged message is never lost.
+//!
+//! While the disk is full the commit fails, so the adapter refuses the message (503, a WebChat
+//! `unavailable` frame, a Telegram offset left where it was) and the sender tries again. A
+//! message that was committed before the disk filled but whose routing or turn could not be
+//! written is remembered as stranded; [`Inbox::recover_stranded`] routes it again as soon as
+//! the store reports that writes succeed again, without a restart.
 
 use std::sync::Arc;
 
@@ -71,7 +77,36 @@ impl Inbox {
     pub async fn dispatch(&self, committed: Committed) {
         let Some(msg) = committed.message else { return };
         if let Err(e) = self.router.route(committed.inbox_id, msg).await {
-            tracing::error!(message = "Message committed but not routed; it is replayed at next start.", inbox_id = committed.inbox_id, error = %e);
+            self.store.note_stranded(committed.inbox_id);
+            tracing::error!(message = "Message committed but not routed; it is routed again once the store recovers, or at next start.", inbox_id = committed.inbox_id, error = %e);
+        }
+    }
+
+    /// Runs until the store closes: after each recovery from a full disk, routes again every
+    /// pending message whose handling failed on a write. A turn that was committed meanwhile
+    /// is not committed twice (the store refuses a second turn for one inbox row).
+    pub async fn recover_stranded(self: Arc<Self>) {
+        let mut recoveries = self.store.recoveries();
+        while recoveries.changed().await.is_ok() {
+            let stranded = match self.store.take_stranded().await {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(message = "Cannot read the stranded messages; they are replayed at next start.", %error);
+                    continue;
+                }
+            };
+            if !stranded.is_empty() {
+                tracing::info!(
+                    message = "Routing stranded messages again.",
+                    count = stranded.len()
+                );
+            }
+            for p in stranded {
+                if let Err(e) = self.router.route(p.inbox_id, p.message).await {
+                    self.store.note_stranded(p.inbox_id);
+                    tracing::error!(message = "Cannot route a stranded message.", inbox_id = p.inbox_id, error = %e);
+                }
+            }
         }
     }
 

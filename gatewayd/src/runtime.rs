@@ -116,7 +116,7 @@ impl Gateway {
         let db_path = config.database_path();
         let supervisor = Supervisor::new();
         let sqlite = Arc::new(
-            SqliteStore::open(&db_path)
+            SqliteStore::open_with(&db_path, config.store_retention())
                 .with_context(|| format!("cannot open the database {}", db_path.display()))?,
         );
         {
@@ -325,6 +325,7 @@ impl Gateway {
                 },
             ));
         }
+        background.push(tokio::spawn(inbox.clone().recover_stranded()));
         {
             let delivery = delivery.clone();
             background.push(every_tick(

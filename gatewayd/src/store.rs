@@ -7,6 +7,12 @@
 //!   `done` mark are committed together or not at all. So a message gets at most one committed
 //!   agent turn, and a reply is in the outbox before anything tries to send it.
 //! - Outbox rows only ever move `pending → delivered` or `pending → dead`.
+//! - A write that fails for lack of disk space ([`StoreError::Full`]) changes nothing; the
+//!   store keeps serving reads, and [`Store::recoveries`] ticks once writes succeed again.
+//!
+//! Retention: done inbox rows and delivered (or dropped) outbox rows are pruned once older
+//! than the dedupe window, transcript entries once older than the transcript retention except
+//! each session's last history window; pending rows and dead letters are never pruned.
 //!
 //! The embedded backend is [`sqlite::SqliteStore`]; the trait is shaped so that a shared backend
 //! (Redis) can implement the same operations for several instances.
@@ -19,8 +25,11 @@ use crate::channels::ErrorClass;
 use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
 
 /// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The disk (or the database's size limit) is full; nothing of the write was kept.
+    #[error("the disk is full: {0}")]
+    Full(String),
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(String),
@@ -297,8 +306,85 @@ pub trait Store: Send + Sync + 'static {
     /// Every run still `running` (to resume after a restart), oldest first.
     async fn runs_unfinished(&self) -> Result<Vec<RunRecord>, StoreError>;
 
+    /// The database's size on disk and its rows per table (counted by the pruner, not live).
+    async fn storage(&self) -> Result<StorageStats, StoreError>;
+
+    /// Whether writes are failing for lack of disk space.
+    fn disk_full(&self) -> bool {
+        false
+    }
+
+    /// A counter that ticks each time writes succeed again after the disk was full.
+    fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+
+    /// Remembers that the inbound message `inbox_id` could not be handled because a write
+    /// failed; it is handed out again by [`Store::take_stranded`] after a recovery.
+    fn note_stranded(&self, _inbox_id: i64) {}
+
+    /// The inbound messages noted as stranded (by [`Store::note_stranded`] or a failed
+    /// [`Store::commit_turn`]) that are still pending, oldest first; the list is cleared.
+    async fn take_stranded(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Test hook: how many turn commits failed on a write (not counting refused repeats).
+    #[doc(hidden)]
+    fn failed_turn_commits(&self) -> u64 {
+        0
+    }
+
+    /// Test hook: limits the database to `pages` pages (at least its current size), or lifts
+    /// the limit with `None`, to simulate a full disk. Returns the current page count.
+    #[doc(hidden)]
+    async fn set_page_limit(&self, _pages: Option<u64>) -> Result<u64, StoreError> {
+        Err(StoreError::Conflict(
+            "not supported by this store".to_owned(),
+        ))
+    }
+
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].
     async fn close(&self);
+}
+
+/// The database's size and contents, as `gatewayctl status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Bytes on disk: the database file and its write-ahead log.
+    pub database_bytes: u64,
+    /// Rows per table, as counted by the last prune pass (or at start), in table order.
+    pub table_rows: Vec<(String, u64)>,
+    /// When those rows were counted, ms since the epoch (0: not yet).
+    pub counted_at_ms: i64,
+}
+
+/// What the store prunes, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Done inbox rows and delivered or dropped outbox rows older than this are pruned.
+    pub dedupe_window: std::time::Duration,
+    /// Transcript entries older than this are pruned (`None`: kept forever), except each
+    /// session's last `history_window` entries.
+    pub transcript: Option<std::time::Duration>,
+    /// Entries of each session that are never pruned (`gateway.history_window`).
+    pub history_window: usize,
+    /// How often a prune pass runs.
+    pub interval: std::time::Duration,
+    /// Most rows one prune transaction deletes.
+    pub batch: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            dedupe_window: std::time::Duration::from_secs(7 * 86_400),
+            transcript: None,
+            history_window: 20,
+            interval: std::time::Duration::from_secs(300),
+            batch: 1000,
+        }
+    }
 }
 
 /// A reply that could not be delivered.

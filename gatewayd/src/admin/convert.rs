@@ -10,12 +10,24 @@ use crate::delivery::rate_limit::BucketState;
 use crate::events::Event;
 use crate::message::{Address, ChannelKind, SessionKey, now_ms};
 use crate::store::{
-    AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StoredSession,
-    TranscriptEntry, UserRecord,
+    AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StorageStats,
+    StoredSession, TranscriptEntry, UserRecord,
 };
 use crate::supervise::Fault;
 use crate::workflow::model::{Edge, Workflow};
 use crate::workflow::validate::WorkflowError;
+
+/// The rows per table of the database, as proto.
+pub fn table_rows(stats: &StorageStats) -> Vec<pb::TableRows> {
+    stats
+        .table_rows
+        .iter()
+        .map(|(table, rows)| pb::TableRows {
+            table: table.clone(),
+            rows: *rows,
+        })
+        .collect()
+}
 
 /// A proto channel from a domain channel.
 pub fn channel(c: ChannelKind) -> pb::Channel {

@@ -71,6 +71,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::Conflict(m) => Status::failed_precondition(m),
         StoreError::Closed => Status::unavailable("the gateway is shutting down"),
         StoreError::Database(m) => Status::internal(m),
+        StoreError::Full(m) => Status::unavailable(format!("the disk is full: {m}")),
     }
 }
 
@@ -165,6 +166,7 @@ impl Admin for AdminService {
         let s = &self.state;
         let (inbox_pending, outbox_pending, dead) = s.store.counts().await.map_err(store_status)?;
         let stored = s.store.count_sessions().await.map_err(store_status)?;
+        let storage = s.store.storage().await.map_err(store_status)?;
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
         let faults = s.supervisor.faults();
@@ -190,6 +192,8 @@ impl Admin for AdminService {
             agent_provider: s.provider.to_owned(),
             ready: faults.iter().all(|f| f.restartable),
             faults: faults.iter().map(convert::fault).collect(),
+            database_bytes: storage.database_bytes,
+            table_rows: convert::table_rows(&storage),
         }))
     }
 

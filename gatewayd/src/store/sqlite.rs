@@ -7,10 +7,25 @@
 //! (`synchronous = FULL`, so a commit survives a power cut, not only a crash).
 //! Reads use a small pool of separate connections, which WAL lets run beside the writer.
 //! Migrations are embedded and applied in order at open, tracked by `PRAGMA user_version`.
+//!
+//! A second thread, the pruner, deletes what the [`Retention`] no longer keeps: each batch of at
+//! most [`Retention::batch`] rows is one job through the writer, and the pruner waits for it
+//! before sending the next, so ordinary writes are committed between batches. After a pass it
+//! returns freed pages to the file system with `PRAGMA incremental_vacuum` in small steps (the
+//! database uses `auto_vacuum = INCREMENTAL`; a file made without it is converted once, with a
+//! `VACUUM`, at open) and counts the rows of every table for [`Store::storage`].
+//!
+//! A write that fails with `SQLITE_FULL` is rolled back like any failed write and reported as
+//! [`StoreError::Full`]; the writer keeps running. While the disk is full the pruner probes
+//! every second with a small write of its own, and when that succeeds it ticks
+//! [`Store::recoveries`] so stranded messages are handled again.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -18,8 +33,8 @@ use tokio::sync::oneshot;
 
 use super::{
     AttemptError, DeadLetter, DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus,
-    PendingInbound, Role, RunOrigin, RunRecord, RunStatus, SessionFilter, Store, StoreError,
-    StoredSession, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
+    PendingInbound, Retention, Role, RunOrigin, RunRecord, RunStatus, SessionFilter, StorageStats,
+    Store, StoreError, StoredSession, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
 };
 use crate::channels::ErrorClass;
 use crate::message::{
@@ -36,6 +51,25 @@ const READ_POOL: usize = 8;
 /// commits is copied once per checkpoint, so the larger interval copies far less. The writer's
 /// page cache is 8 MiB (default 2 MiB), so the indexes' hot pages are not re-read from the file.
 const WRITER_PRAGMAS: &str = "PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -8192;";
+/// How often the pruner probes for space while the disk is full.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pages one incremental-vacuum step returns to the file system (1 MiB of 4 KiB pages).
+const VACUUM_STEP: i64 = 256;
+/// Sessions one transcript-prune batch looks at, at most.
+const SESSIONS_PER_BATCH: i64 = 200;
+/// The tables whose rows `storage` reports, in this order.
+const TABLES: &[&str] = &[
+    "inbox",
+    "transcript",
+    "outbox",
+    "delivery_errors",
+    "sessions",
+    "users",
+    "addresses",
+    "link_codes",
+    "workflow_runs",
+    "workflow_nodes",
+];
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -149,10 +183,17 @@ CREATE TABLE workflow_nodes (
     PRIMARY KEY (run_id, node)
 );
 "#,
+    r#"
+ALTER TABLE addresses ADD COLUMN last_chat_id TEXT;
+ALTER TABLE addresses ADD COLUMN last_chat_inbox INTEGER;
+CREATE TABLE space_probe (id INTEGER PRIMARY KEY, filler BLOB);
+"#,
 ];
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+/// A write: given the connection it runs and returns how to answer its caller once the batch
+/// is committed; given `None` (the batch failed before it ran) it runs nothing.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -161,12 +202,40 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set if the writer thread panicked; every write then fails with [`StoreError::Closed`].
     writer_failed: Arc<Mutex<Option<String>>>,
+    pruner: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
     read_slots: tokio::sync::Semaphore,
+    shared: Arc<Shared>,
+}
+
+/// State shared by the store's handle, its writer and its pruner.
+struct Shared {
+    /// Writes are failing for lack of space.
+    full: AtomicBool,
+    /// Ticks on each recovery from a full disk.
+    recoveries: tokio::sync::watch::Sender<u64>,
+    /// Inbox rows whose handling failed on a write.
+    stranded: Mutex<BTreeSet<i64>>,
+    /// Turn commits that failed on a write.
+    failed_turns: AtomicU64,
+    /// The last row counts.
+    stats: Mutex<(Vec<(String, u64)>, i64)>,
+}
+
+impl Shared {
+    fn mark_full(&self, error: &StoreError) {
+        if matches!(error, StoreError::Full(_)) && !self.full.swap(true, Ordering::AcqRel) {
+            tracing::error!(message = "The disk is full; writes fail and inbound messages are refused until space returns.", %error);
+        }
+    }
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Database(e.to_string())
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -185,8 +254,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path` with the default [`Retention`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Retention::default())
+    }
+
+    /// Opens (creating if needed) the database at `path`, applies pending migrations, and
+    /// starts the writer and the pruner.
+    pub fn open_with(path: &Path, retention: Retention) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
@@ -194,14 +269,23 @@ impl SqliteStore {
         }
         let mut conn = open_connection(path)?;
         conn.execute_batch(WRITER_PRAGMAS).map_err(db)?;
+        incremental_vacuum_mode(&conn, path)?;
         migrate(&mut conn)?;
+        let shared = Arc::new(Shared {
+            full: AtomicBool::new(false),
+            recoveries: tokio::sync::watch::channel(0).0,
+            stranded: Mutex::new(BTreeSet::new()),
+            failed_turns: AtomicU64::new(0),
+            stats: Mutex::new((Vec::new(), 0)),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_failed = Arc::new(Mutex::new(None));
         let failed = writer_failed.clone();
+        let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| writer_loop(conn, rx));
+                let run = std::panic::AssertUnwindSafe(|| writer_loop(conn, rx, &writer_shared));
                 if let Err(p) = std::panic::catch_unwind(run) {
                     let message = crate::supervise::panic_message(&*p);
                     tracing::error!(message = "The store writer panicked; nothing more can be written until gatewayd is restarted.", panic = %message);
@@ -211,13 +295,27 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let pruner = Pruner {
+            writer: tx.clone(),
+            shared: shared.clone(),
+            path: path.to_path_buf(),
+            retention,
+            stop: Some(stop_rx),
+        };
+        let pruner_thread = std::thread::Builder::new()
+            .name("store-pruner".to_owned())
+            .spawn(move || pruner.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the pruner thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             writer_failed,
+            pruner: Mutex::new(Some((stop_tx, pruner_thread))),
             readers: Mutex::new(Vec::new()),
             read_slots: tokio::sync::Semaphore::new(READ_POOL),
+            shared,
         })
     }
 
@@ -243,12 +341,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like [`SqliteStore::write`], and runs `then` on the outcome in the writer thread, before
+    /// the writer takes its next batch (so before any later write, such as a space probe).
+    async fn write_then<T, F, A>(&self, f: F, then: A) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(&Result<T, StoreError>) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            Box::new(move |commit: Result<(), StoreError>| {
-                let _ = tx.send(commit.and(result));
-            })
+        let job = job(&self.shared, f, move |r| {
+            then(&r);
+            let _ = tx.send(r);
         });
         {
             let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
@@ -256,6 +363,30 @@ impl SqliteStore {
             sender.send(job).map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs one prune pass now, as if the time were `now_ms`; what it deleted.
+    pub async fn prune_now(
+        &self,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<PruneReport, StoreError> {
+        let writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let pruner = Pruner {
+            writer,
+            shared: self.shared.clone(),
+            path: self.path.clone(),
+            retention,
+            stop: None,
+        };
+        tokio::task::spawn_blocking(move || pruner.pass(now_ms))
+            .await
+            .map_err(|e| StoreError::Database(format!("prune task failed: {e}")))?
     }
 
     /// Runs `f` on a pooled read connection in the blocking pool.
@@ -291,6 +422,70 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// [`Store::commit_turn`], with `then` run on its outcome in the writer thread.
+    async fn commit_turn_once(
+        &self,
+        turn: TurnRecord,
+        then: impl FnOnce(&Result<Vec<OutboundMessage>, StoreError>) + Send + 'static,
+    ) -> Result<Vec<OutboundMessage>, StoreError> {
+        self.write_then(
+            move |conn| {
+                atomic(conn, |conn| {
+                    let key = turn.session.to_string();
+                    let now = now_ms();
+                    let marked = conn
+                        .prepare_cached("UPDATE inbox SET done = 1 WHERE id = ?1 AND done = 0")
+                        .and_then(|mut s| s.execute([turn.inbox_id]))
+                        .map_err(db)?;
+                    if marked == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "inbox message {} already has a finished turn",
+                            turn.inbox_id
+                        )));
+                    }
+                    {
+                        let mut stmt = conn
+                        .prepare_cached(
+                            "INSERT INTO transcript (session_key, at, role, text, channel, inbox_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )
+                        .map_err(db)?;
+                        for e in &turn.entries {
+                            stmt.execute(params![
+                                key,
+                                e.at_ms,
+                                e.role.as_str(),
+                                e.text,
+                                e.channel.map(ChannelKind::as_str),
+                                turn.inbox_id
+                            ])
+                            .map_err(db)?;
+                        }
+                    }
+                    if let Some(first) = turn.entries.first() {
+                        count_turn(conn, &key, now, first.channel)?;
+                    }
+                    let mut out = Vec::with_capacity(turn.replies.len());
+                    for r in &turn.replies {
+                        let id = insert_reply(conn, turn.inbox_id, r, now)?;
+                        out.push(OutboundMessage {
+                            id,
+                            channel: r.channel,
+                            chat_id: r.chat_id.clone(),
+                            text: r.text.clone(),
+                            reply_to: r.reply_to.clone(),
+                            attempts: 0,
+                            chunks_sent: 0,
+                        });
+                    }
+                    Ok(out)
+                })
+            },
+            then,
+        )
+        .await
+    }
+
     /// Records a failed send in the row and its error history; `dead` also ends the row as a
     /// dead letter. Only a pending row changes.
     async fn record_failure(
@@ -320,6 +515,448 @@ impl SqliteStore {
     }
 }
 
+/// What one prune pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Done inbox rows.
+    pub inbox: u64,
+    /// Delivered or dropped outbox rows (with their error histories).
+    pub outbox: u64,
+    /// Transcript entries.
+    pub transcript: u64,
+    /// Expired link codes.
+    pub link_codes: u64,
+    /// Pages returned to the file system by incremental vacuum.
+    pub pages_freed: u64,
+    /// Write jobs (transactions) the pass took.
+    pub batches: u64,
+    /// Most rows one of those transactions deleted.
+    pub largest_batch: u64,
+}
+
+impl PruneReport {
+    fn rows(&self) -> u64 {
+        self.inbox + self.outbox + self.transcript + self.link_codes
+    }
+}
+
+/// The pruner thread: prune passes on an interval, space probes while the disk is full.
+struct Pruner {
+    writer: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    path: PathBuf,
+    retention: Retention,
+    /// Closed when the store closes; `None` for a pass run on demand.
+    stop: Option<mpsc::Receiver<()>>,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Pruner {
+    fn run(self) {
+        let Some(stop) = &self.stop else { return };
+        self.count_rows();
+        let mut next_pass = Instant::now() + self.retention.interval;
+        loop {
+            match stop.recv_timeout(PROBE_INTERVAL) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if self.shared.full.load(Ordering::Acquire) {
+                self.probe();
+            }
+            if Instant::now() < next_pass {
+                continue;
+            }
+            let started = Instant::now();
+            match self.pass(now_ms()) {
+                Ok(report) if report.rows() > 0 || report.pages_freed > 0 => {
+                    tracing::info!(
+                        message = "Pruned the database.",
+                        inbox = report.inbox,
+                        outbox = report.outbox,
+                        transcript = report.transcript,
+                        link_codes = report.link_codes,
+                        pages_freed = report.pages_freed,
+                        batches = report.batches,
+                        elapsed_ms = started.elapsed().as_millis() as u64
+                    );
+                }
+                Ok(_) => {}
+                Err(StoreError::Closed) => return,
+                Err(error) => {
+                    tracing::warn!(message = "Prune pass failed; it runs again at the next interval.", %error);
+                }
+            }
+            next_pass = Instant::now() + self.retention.interval;
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| matches!(s.try_recv(), Err(mpsc::TryRecvError::Disconnected)))
+    }
+
+    /// Runs `f` through the writer and waits for its commit.
+    fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let job = job(&self.shared, f, move |r| {
+            let _ = tx.send(r);
+        });
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A write that needs new pages (64 KiB, removed again in the same transaction): when it
+    /// commits, there is space again.
+    fn probe(&self) {
+        let result = self.write(|conn| {
+            atomic(conn, |conn| {
+                conn.execute(
+                    "INSERT INTO space_probe (filler) VALUES (zeroblob(65536))",
+                    [],
+                )
+                .map_err(db)?;
+                conn.execute("DELETE FROM space_probe", []).map_err(db)?;
+                Ok(())
+            })
+        });
+        if result.is_ok() && self.shared.full.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                message = "The disk has space again; inbound messages are accepted and stranded ones handled."
+            );
+            self.shared.recoveries.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// One pass: every kind of row the retention lets go, in batches, then vacuum and count.
+    fn pass(&self, now: i64) -> Result<PruneReport, StoreError> {
+        let retention = self.retention;
+        let limit = i64::try_from(retention.batch.max(1)).unwrap_or(1000);
+        let mut report = PruneReport::default();
+        let dedupe_cutoff = now.saturating_sub(millis(retention.dedupe_window));
+        let mut cursor = 0;
+        loop {
+            if self.stopped() {
+                return Ok(report);
+            }
+            let (n, next, finished) =
+                self.write(move |c| atomic(c, |c| prune_inbox(c, dedupe_cutoff, cursor, limit)))?;
+            report.inbox += n;
+            report.batches += 1;
+            report.largest_batch = report.largest_batch.max(n);
+            cursor = next;
+            if finished {
+                break;
+            }
+        }
+        let mut cursor = 0;
+        loop {
+            if self.stopped() {
+                return Ok(report);
+            }
+            let (n, next, finished) =
+                self.write(move |c| atomic(c, |c| prune_outbox(c, dedupe_cutoff, cursor, limit)))?;
+            report.outbox += n;
+            report.batches += 1;
+            report.largest_batch = report.largest_batch.max(n);
+            cursor = next;
+            if finished {
+                break;
+            }
+        }
+        if let Some(keep) = retention.transcript {
+            let cutoff = now.saturating_sub(millis(keep));
+            let window = i64::try_from(retention.history_window.max(1)).unwrap_or(i64::MAX);
+            let mut cursor = String::new();
+            loop {
+                if self.stopped() {
+                    return Ok(report);
+                }
+                let after = cursor.clone();
+                let (n, next, finished) = self.write(move |c| {
+                    atomic(c, |c| prune_transcript(c, cutoff, &after, window, limit))
+                })?;
+                report.transcript += n;
+                report.batches += 1;
+                report.largest_batch = report.largest_batch.max(n);
+                cursor = next;
+                if finished {
+                    break;
+                }
+            }
+        }
+        loop {
+            let n = self.write(move |c| {
+                c.execute(
+                    "DELETE FROM link_codes WHERE code IN
+                     (SELECT code FROM link_codes WHERE expires_at < ?1 LIMIT ?2)",
+                    params![now, limit],
+                )
+                .map_err(db)
+            })?;
+            report.link_codes += n as u64;
+            report.batches += 1;
+            report.largest_batch = report.largest_batch.max(n as u64);
+            if (n as i64) < limit {
+                break;
+            }
+        }
+        loop {
+            if self.stopped() {
+                return Ok(report);
+            }
+            let freed = self.write(vacuum_step)?;
+            report.batches += 1;
+            report.pages_freed += freed;
+            if freed == 0 {
+                break;
+            }
+        }
+        self.count_rows();
+        Ok(report)
+    }
+
+    /// Counts the rows of every table on a connection of its own, for [`Store::storage`].
+    fn count_rows(&self) {
+        let counted = open_connection(&self.path).and_then(|conn| {
+            TABLES
+                .iter()
+                .map(|t| {
+                    conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| ((*t).to_owned(), n.unsigned_abs()))
+                    .map_err(db)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match counted {
+            Ok(rows) => {
+                if let Ok(mut stats) = self.shared.stats.lock() {
+                    *stats = (rows, now_ms());
+                }
+            }
+            Err(error) => tracing::warn!(message = "Cannot count the database's rows.", %error),
+        }
+    }
+}
+
+/// Deletes done inbox rows received before `cutoff`, looking at `limit` rows after id `after`
+/// in arrival order and stopping at the first one younger than the cutoff. Remembers each
+/// deleted direct message's chat in its address, for [`Store::last_direct_chat`].
+/// Returns (deleted, last id looked at, whether the pass is finished).
+fn prune_inbox(
+    conn: &Connection,
+    cutoff: i64,
+    after: i64,
+    limit: i64,
+) -> Result<(u64, i64, bool), StoreError> {
+    type Row = (i64, i64, i64, String, String, String, String);
+    let rows: Vec<Row> = conn
+        .prepare_cached(
+            "SELECT id, done, received_at, chat_type, channel, sender_id, chat_id FROM inbox
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    let finished = (rows.len() as i64) < limit;
+    let mut deleted = 0;
+    let mut last = after;
+    for (id, done, received_at, chat_type, channel, sender, chat) in rows {
+        if received_at >= cutoff {
+            return Ok((deleted, last, true));
+        }
+        last = id;
+        if done == 0 {
+            continue;
+        }
+        if chat_type == ChatType::Direct.as_str() {
+            conn.prepare_cached(
+                "UPDATE addresses SET last_chat_id = ?1, last_chat_inbox = ?2
+                 WHERE channel = ?3 AND sender_id = ?4 AND COALESCE(last_chat_inbox, 0) < ?2",
+            )
+            .and_then(|mut s| s.execute(params![chat, id, channel, sender]))
+            .map_err(db)?;
+        }
+        conn.prepare_cached("DELETE FROM inbox WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(db)?;
+        deleted += 1;
+    }
+    Ok((deleted, last, finished))
+}
+
+/// Deletes delivered and dropped outbox rows (and their error histories) last changed before
+/// `cutoff`, looking at `limit` rows after id `after` and stopping at the first one committed
+/// after the cutoff. Pending rows and dead letters stay. Returns as [`prune_inbox`].
+fn prune_outbox(
+    conn: &Connection,
+    cutoff: i64,
+    after: i64,
+    limit: i64,
+) -> Result<(u64, i64, bool), StoreError> {
+    let rows: Vec<(i64, String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, status, created_at, updated_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    let finished = (rows.len() as i64) < limit;
+    let mut deleted = 0;
+    let mut last = after;
+    for (id, status, created_at, updated_at) in rows {
+        if created_at >= cutoff {
+            return Ok((deleted, last, true));
+        }
+        last = id;
+        if !(status == "delivered" || status == "dropped") || updated_at >= cutoff {
+            continue;
+        }
+        conn.prepare_cached("DELETE FROM delivery_errors WHERE outbox_id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(db)?;
+        conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(db)?;
+        deleted += 1;
+    }
+    Ok((deleted, last, finished))
+}
+
+/// Deletes transcript entries older than `cutoff` of the sessions after key `after`, except
+/// each session's newest `window` entries, at most `limit` entries. Returns (deleted, the last
+/// session finished, whether the pass is finished).
+fn prune_transcript(
+    conn: &Connection,
+    cutoff: i64,
+    after: &str,
+    window: i64,
+    limit: i64,
+) -> Result<(u64, String, bool), StoreError> {
+    let keys: Vec<String> = conn
+        .prepare_cached("SELECT key FROM sessions WHERE key > ?1 ORDER BY key LIMIT ?2")
+        .and_then(|mut s| {
+            s.query_map(params![after, SESSIONS_PER_BATCH], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(db)?;
+    let finished = (keys.len() as i64) < SESSIONS_PER_BATCH;
+    let mut deleted: i64 = 0;
+    let mut last = after.to_owned();
+    for key in keys {
+        let remaining = limit - deleted;
+        if remaining <= 0 {
+            return Ok((deleted.unsigned_abs(), last, false));
+        }
+        // The oldest entry of the window that is kept whatever its age.
+        let boundary: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT at, id FROM transcript WHERE session_key = ?1
+                 ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, window - 1], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        if let Some((at, id)) = boundary {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM transcript WHERE id IN (
+                        SELECT id FROM transcript WHERE session_key = ?1 AND (at, id) < (?2, ?3)
+                          AND at < ?4 ORDER BY at, id LIMIT ?5)",
+                )
+                .and_then(|mut s| s.execute(params![key, at, id, cutoff, remaining]))
+                .map_err(db)?;
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            deleted += n;
+            if n >= remaining {
+                // The session may have more: the next batch starts with it again.
+                return Ok((deleted.unsigned_abs(), last, false));
+            }
+        }
+        last = key;
+    }
+    Ok((deleted.unsigned_abs(), last, finished))
+}
+
+/// Returns up to [`VACUUM_STEP`] free pages to the file system; how many it returned.
+fn vacuum_step(conn: &Connection) -> Result<u64, StoreError> {
+    let free = |conn: &Connection| {
+        conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+            .map_err(db)
+    };
+    let before = free(conn)?;
+    if before == 0 {
+        return Ok(0);
+    }
+    conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
+        .map_err(db)?;
+    Ok((before - free(conn)?).unsigned_abs())
+}
+
+/// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to
+/// the file system. A new database takes the mode at once; an existing one made without it is
+/// rewritten once with `VACUUM` (which needs free disk space about the size of the file). If
+/// that fails the store still opens: pruned pages are reused, but the file does not shrink.
+fn incremental_vacuum_mode(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .map_err(db)?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let objects: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(db)?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+        .map_err(db)?;
+    // Even a new, empty file needs the VACUUM: switching to WAL has already written its header.
+    let started = Instant::now();
+    if objects > 0 {
+        tracing::info!(message = "Converting the database to incremental vacuum with a one-time VACUUM.", path = %path.display());
+    }
+    match conn.execute_batch("VACUUM") {
+        Ok(()) if objects > 0 => tracing::info!(
+            message = "Database converted to incremental vacuum.",
+            elapsed_ms = started.elapsed().as_millis() as u64
+        ),
+        Ok(()) => {}
+        Err(e) => {
+            let error = db(e);
+            tracing::warn!(message = "Cannot convert the database to incremental vacuum; pruned space is reused but the file does not shrink. It is tried again at the next start.", %error);
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
@@ -346,7 +983,31 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+/// A job running `f`, whose caller is answered through `answer` once the batch is committed
+/// (or with the batch's error). A `Full` result marks the store full.
+fn job<T, F, A>(shared: &Arc<Shared>, f: F, answer: A) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    A: FnOnce(Result<T, StoreError>) + Send + 'static,
+{
+    let shared = shared.clone();
+    Box::new(move |conn: Option<&Connection>| {
+        let result = conn.map(f);
+        if let Some(Err(e)) = &result {
+            shared.mark_full(e);
+        }
+        Box::new(move |commit: Result<(), StoreError>| {
+            answer(match (commit, result) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Some(r)) => r,
+                (Ok(()), None) => Err(StoreError::Database("the write did not run".to_owned())),
+            });
+        })
+    })
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, shared: &Shared) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
@@ -358,30 +1019,50 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
+            let error = db(e);
+            shared.mark_full(&error);
+            tracing::error!(message = "Store writer cannot begin a transaction.", %error);
+            // No job may run outside a transaction: each is answered with the error instead.
             for job in batch.drain(..) {
-                // The job must not run outside a transaction: answer with the error instead.
-                drop(job);
+                job(None)(Err(error.clone()));
             }
-            tracing::error!(message = "Store writer cannot begin a transaction.", error = %msg);
             continue;
         }
         // Each job that writes more than one statement wraps them in `atomic`, so a failed job
-        // leaves nothing behind and the rest of the batch still commits.
+        // leaves nothing behind and the rest of the batch still commits. But SQLite may roll
+        // back the whole transaction on some errors (`SQLITE_FULL` among them): then the jobs
+        // before it are lost too, and none after it may run, so the whole batch fails.
+        let mut lost: Option<StoreError> = None;
         for job in batch.drain(..) {
-            replies.push(job(&conn));
+            if lost.is_some() {
+                replies.push(job(None));
+                continue;
+            }
+            replies.push(job(Some(&conn)));
+            if conn.is_autocommit() {
+                let text = "the database rolled back the transaction".to_owned();
+                lost = Some(if shared.full.load(Ordering::Acquire) {
+                    StoreError::Full(text)
+                } else {
+                    StoreError::Database(text)
+                });
+            }
         }
-        let commit = conn
-            .execute_batch("COMMIT")
-            .map_err(|e| StoreError::Database(format!("commit failed: {e}")));
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        let commit = match lost {
+            Some(e) => Err(e),
+            None => conn.execute_batch("COMMIT").map_err(|e| match db(e) {
+                StoreError::Full(m) => StoreError::Full(format!("commit failed: {m}")),
+                other => StoreError::Database(format!("commit failed: {other}")),
+            }),
+        };
+        if let Err(error) = &commit {
+            shared.mark_full(error);
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         for reply in replies.drain(..) {
-            reply(match &commit {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            });
+            reply(commit.clone());
         }
     }
 }
@@ -691,59 +1372,24 @@ impl Store for SqliteStore {
     }
 
     async fn commit_turn(&self, turn: TurnRecord) -> Result<Vec<OutboundMessage>, StoreError> {
-        self.write(move |conn| {
-            atomic(conn, |conn| {
-                let key = turn.session.to_string();
-                let now = now_ms();
-                let marked = conn
-                    .prepare_cached("UPDATE inbox SET done = 1 WHERE id = ?1 AND done = 0")
-                    .and_then(|mut s| s.execute([turn.inbox_id]))
-                    .map_err(db)?;
-                if marked == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "inbox message {} already has a finished turn",
-                        turn.inbox_id
-                    )));
-                }
-                {
-                    let mut stmt = conn
-                        .prepare_cached(
-                            "INSERT INTO transcript (session_key, at, role, text, channel, inbox_id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )
-                        .map_err(db)?;
-                    for e in &turn.entries {
-                        stmt.execute(params![
-                            key,
-                            e.at_ms,
-                            e.role.as_str(),
-                            e.text,
-                            e.channel.map(ChannelKind::as_str),
-                            turn.inbox_id
-                        ])
-                        .map_err(db)?;
+        let inbox_id = turn.inbox_id;
+        let shared = self.shared.clone();
+        // Noted in the writer thread, so a recovery that follows sees it.
+        let note = move |result: &Result<Vec<OutboundMessage>, StoreError>| {
+            if let Ok(mut stranded) = shared.stranded.lock() {
+                match result {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {
+                        stranded.remove(&inbox_id);
+                    }
+                    Err(StoreError::Closed) => {}
+                    Err(_) => {
+                        stranded.insert(inbox_id);
+                        shared.failed_turns.fetch_add(1, Ordering::AcqRel);
                     }
                 }
-                if let Some(first) = turn.entries.first() {
-                    count_turn(conn, &key, now, first.channel)?;
-                }
-                let mut out = Vec::with_capacity(turn.replies.len());
-                for r in &turn.replies {
-                    let id = insert_reply(conn, turn.inbox_id, r, now)?;
-                    out.push(OutboundMessage {
-                        id,
-                        channel: r.channel,
-                        chat_id: r.chat_id.clone(),
-                        text: r.text.clone(),
-                        reply_to: r.reply_to.clone(),
-                        attempts: 0,
-                        chunks_sent: 0,
-                    });
-                }
-                Ok(out)
-            })
-        })
-        .await
+            }
+        };
+        self.commit_turn_once(turn, note).await
     }
 
     async fn history(
@@ -1309,18 +1955,34 @@ impl Store for SqliteStore {
         user: UserId,
     ) -> Result<Option<(ChannelKind, String)>, StoreError> {
         self.read(move |conn| {
-            let row: Option<(String, String)> = conn
+            let row: Option<(String, String, i64)> = conn
                 .query_row(
-                    "SELECT i.channel, i.chat_id FROM inbox i
+                    "SELECT i.channel, i.chat_id, i.id FROM inbox i
                      JOIN addresses a ON a.channel = i.channel AND a.sender_id = i.sender_id
                      WHERE a.user_id = ?1 AND i.chat_type = 'direct'
                      ORDER BY i.id DESC LIMIT 1",
                     [user],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(db)?;
-            row.map(|(c, chat)| Ok((parse_channel(&c)?, chat)))
+            // The chat of a direct message pruned from the inbox is kept in its address.
+            let pruned: Option<(String, String, i64)> = conn
+                .query_row(
+                    "SELECT channel, last_chat_id, last_chat_inbox FROM addresses
+                     WHERE user_id = ?1 AND last_chat_id IS NOT NULL
+                     ORDER BY last_chat_inbox DESC LIMIT 1",
+                    [user],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let newest = match (row, pruned) {
+                (Some(a), Some(b)) => Some(if a.2 >= b.2 { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            newest
+                .map(|(c, chat, _)| Ok((parse_channel(&c)?, chat)))
                 .transpose()
         })
         .await
@@ -1469,7 +2131,79 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn storage(&self) -> Result<StorageStats, StoreError> {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let database_bytes = size(&self.path) + size(Path::new(&wal));
+        let (table_rows, counted_at_ms) = self
+            .shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        Ok(StorageStats {
+            database_bytes,
+            table_rows,
+            counted_at_ms,
+        })
+    }
+
+    fn disk_full(&self) -> bool {
+        self.shared.full.load(Ordering::Acquire)
+    }
+
+    fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.recoveries.subscribe()
+    }
+
+    fn failed_turn_commits(&self) -> u64 {
+        self.shared.failed_turns.load(Ordering::Acquire)
+    }
+
+    fn note_stranded(&self, inbox_id: i64) {
+        if let Ok(mut stranded) = self.shared.stranded.lock() {
+            stranded.insert(inbox_id);
+        }
+    }
+
+    async fn take_stranded(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        let ids = self
+            .shared
+            .stranded
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pending = self.inbox_pending().await?;
+        Ok(pending
+            .into_iter()
+            .filter(|p| ids.contains(&p.inbox_id))
+            .collect())
+    }
+
+    async fn set_page_limit(&self, pages: Option<u64>) -> Result<u64, StoreError> {
+        // SQLite's own ceiling; a limit below the current size is raised to the current size.
+        let pages = i64::try_from(pages.unwrap_or(4_294_967_294)).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(db)?;
+            conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+                .map(i64::unsigned_abs)
+                .map_err(db)
+        })
+        .await
+    }
+
     async fn close(&self) {
+        // The pruner first: it holds a sender of the writer's channel.
+        let pruner = self.pruner.lock().ok().and_then(|mut p| p.take());
+        if let Some((stop, thread)) = pruner {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         if let Ok(mut w) = self.writer.lock() {
             w.take();
         }
@@ -1663,6 +2397,365 @@ mod tests {
             InboxOutcome::New(row) => row,
             InboxOutcome::Duplicate(row) => panic!("{id} was already in the inbox as row {row}"),
         }
+    }
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn retention(batch: usize, transcript: Option<Duration>, window: usize) -> Retention {
+        Retention {
+            dedupe_window: Duration::from_secs(7 * 86_400),
+            transcript,
+            history_window: window,
+            interval: Duration::from_secs(300),
+            batch,
+        }
+    }
+
+    fn entry(text: &str, at_ms: i64) -> TranscriptEntry {
+        TranscriptEntry {
+            role: Role::User,
+            text: text.to_owned(),
+            at_ms,
+            channel: Some(ChannelKind::Http),
+        }
+    }
+
+    /// Commits a new inbox row and a turn for it with one reply; the reply's outbox row.
+    async fn answered(store: &SqliteStore, id: &str, session: i64, text: &str) -> OutboundMessage {
+        let inbox_id = new_inbox_row(store, id, &format!("s{session}")).await;
+        let mut rows = store
+            .commit_turn(TurnRecord {
+                inbox_id,
+                session: SessionKey::User(session),
+                entries: vec![entry(text, now_ms())],
+                replies: vec![NewReply {
+                    channel: ChannelKind::Http,
+                    chat_id: format!("chat-s{session}"),
+                    text: text.to_owned(),
+                    reply_to: Some(id.to_owned()),
+                }],
+            })
+            .await
+            .expect("turn");
+        rows.pop().expect("one reply")
+    }
+
+    fn pragma(path: &Path, name: &str) -> i64 {
+        let conn = Connection::open(path).expect("open");
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .expect("pragma")
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_pending_rows_dead_letters_and_the_window_and_drops_the_rest() {
+        let (_dir, store) = open();
+        let delivered = answered(&store, "done-1", 1, "a").await;
+        store
+            .outbox_delivered(delivered.id)
+            .await
+            .expect("delivered");
+        let dead = answered(&store, "done-2", 2, "b").await;
+        store
+            .outbox_dead(dead.id, 3, ErrorClass::Permanent, "gone")
+            .await
+            .expect("dead");
+        let _pending_reply = answered(&store, "done-3", 3, "c").await;
+        let pending_in = new_inbox_row(&store, "pending-1", "p").await;
+
+        // Inside the dedupe window nothing goes, and a redelivery is still a duplicate.
+        let report = store
+            .prune_now(now_ms(), retention(1000, None, 20))
+            .await
+            .expect("prune");
+        assert_eq!(report.inbox + report.outbox, 0, "{report:?}");
+        assert!(matches!(
+            store
+                .inbox_commit(&msg("done-1", "s1"))
+                .await
+                .expect("commit"),
+            InboxOutcome::Duplicate(_)
+        ));
+
+        // Eight days later: done inbox rows and the delivered reply go; the rest stays.
+        let report = store
+            .prune_now(now_ms() + 8 * DAY_MS, retention(1000, None, 20))
+            .await
+            .expect("prune");
+        assert_eq!(report.inbox, 3, "{report:?}");
+        assert_eq!(report.outbox, 1, "{report:?}");
+        let pending: Vec<i64> = store
+            .inbox_pending()
+            .await
+            .expect("pending")
+            .iter()
+            .map(|p| p.inbox_id)
+            .collect();
+        assert_eq!(pending, vec![pending_in]);
+        let (inbox_pending, outbox_pending, dead_letters) = store.counts().await.expect("counts");
+        assert_eq!((inbox_pending, outbox_pending, dead_letters), (1, 1, 1));
+        let (letter, history) = store.dead_letter(dead.id).await.expect("dead letter kept");
+        assert_eq!(letter.last_error, "gone");
+        assert_eq!(history.len(), 1);
+        // The transcript is kept forever by default.
+        assert_eq!(
+            store
+                .history(&SessionKey::User(1), 10)
+                .await
+                .expect("h")
+                .len(),
+            1
+        );
+        // A redelivery older than the window is new: documented.
+        assert!(matches!(
+            store
+                .inbox_commit(&msg("done-1", "s1"))
+                .await
+                .expect("commit"),
+            InboxOutcome::New(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn pruning_deletes_in_batches_of_at_most_the_configured_size() {
+        let (_dir, store) = open();
+        let store = std::sync::Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..250 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                answered(&store, &format!("m{i}"), i % 7, "x").await
+            }));
+        }
+        for t in tasks {
+            let row = t.await.expect("join");
+            store.outbox_delivered(row.id).await.expect("delivered");
+        }
+        let report = store
+            .prune_now(now_ms() + 8 * DAY_MS, retention(100, None, 20))
+            .await
+            .expect("prune");
+        assert_eq!((report.inbox, report.outbox), (250, 250), "{report:?}");
+        assert!(report.largest_batch <= 100, "{report:?}");
+        assert!(report.batches >= 6, "{report:?}");
+        let stats = store.storage().await.expect("storage");
+        let rows = |t: &str| {
+            stats
+                .table_rows
+                .iter()
+                .find(|(name, _)| name == t)
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(rows("inbox"), Some(0), "{stats:?}");
+        assert_eq!(rows("outbox"), Some(0), "{stats:?}");
+        assert_eq!(rows("transcript"), Some(250), "{stats:?}");
+        assert!(
+            stats.counted_at_ms > 0 && stats.database_bytes > 0,
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transcript_pruning_keeps_each_sessions_last_history_window() {
+        let (_dir, store) = open();
+        let old = now_ms() - 10 * DAY_MS;
+        let sessions = [(1, 30, old), (2, 3, old), (3, 12, now_ms())];
+        for (user, entries, at) in sessions {
+            for i in 0..entries {
+                let id = new_inbox_row(&store, &format!("u{user}-{i}"), "x").await;
+                store
+                    .commit_turn(TurnRecord {
+                        inbox_id: id,
+                        session: SessionKey::User(user),
+                        entries: vec![entry(&format!("t{i}"), at + i)],
+                        replies: Vec::new(),
+                    })
+                    .await
+                    .expect("turn");
+            }
+        }
+        // Forever (the default): nothing.
+        let report = store
+            .prune_now(now_ms(), retention(1000, None, 5))
+            .await
+            .expect("prune");
+        assert_eq!(report.transcript, 0);
+        // One day, window 5, batches of 10: the old session keeps its last 5, the short
+        // one keeps all 3, the recent one keeps all 12.
+        let report = store
+            .prune_now(
+                now_ms(),
+                retention(10, Some(Duration::from_secs(86_400)), 5),
+            )
+            .await
+            .expect("prune");
+        assert_eq!(report.transcript, 25, "{report:?}");
+        assert!(report.largest_batch <= 10, "{report:?}");
+        let texts = |h: Vec<TranscriptEntry>| h.into_iter().map(|e| e.text).collect::<Vec<_>>();
+        assert_eq!(
+            texts(store.history(&SessionKey::User(1), 100).await.expect("h")),
+            ["t25", "t26", "t27", "t28", "t29"]
+        );
+        assert_eq!(
+            store
+                .history(&SessionKey::User(2), 100)
+                .await
+                .expect("h")
+                .len(),
+            3
+        );
+        assert_eq!(
+            store
+                .history(&SessionKey::User(3), 100)
+                .await
+                .expect("h")
+                .len(),
+            12
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_direct_chat_outlives_its_pruned_inbox_row() {
+        let (_dir, store) = open();
+        let user = store
+            .resolve_address(&Address {
+                channel: ChannelKind::Http,
+                sender_id: "s4".into(),
+            })
+            .await
+            .expect("user");
+        let row = answered(&store, "hello", 4, "hi").await;
+        store.outbox_delivered(row.id).await.expect("delivered");
+        let before = store.last_direct_chat(user).await.expect("read");
+        assert_eq!(before, Some((ChannelKind::Http, "chat-s4".to_owned())));
+        let report = store
+            .prune_now(now_ms() + 8 * DAY_MS, retention(1000, None, 20))
+            .await
+            .expect("prune");
+        assert_eq!(report.inbox, 1);
+        assert_eq!(store.last_direct_chat(user).await.expect("read"), before);
+    }
+
+    #[tokio::test]
+    async fn pruning_returns_the_freed_pages_to_the_file_system() {
+        let (dir, store) = open();
+        let path = dir.path().join("g.db");
+        assert_eq!(pragma(&path, "auto_vacuum"), 2, "incremental");
+        let store = std::sync::Arc::new(store);
+        let big = "x".repeat(4000);
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let (store, big) = (store.clone(), big.clone());
+            tasks.push(tokio::spawn(async move {
+                answered(&store, &format!("m{i}"), i % 5, &big).await
+            }));
+        }
+        for t in tasks {
+            let row = t.await.expect("join");
+            store.outbox_delivered(row.id).await.expect("delivered");
+        }
+        let before = pragma(&path, "page_count");
+        let report = store
+            .prune_now(
+                now_ms() + 8 * DAY_MS,
+                retention(1000, Some(Duration::from_secs(3600)), 2),
+            )
+            .await
+            .expect("prune");
+        assert_eq!(report.inbox, 400, "{report:?}");
+        assert_eq!(report.transcript, 400 - 5 * 2, "{report:?}");
+        let after = pragma(&path, "page_count");
+        assert!(report.pages_freed > 0, "{report:?}");
+        assert_eq!(pragma(&path, "freelist_count"), 0);
+        assert!(
+            after * 4 < before,
+            "pages: {before} before pruning, {after} after"
+        );
+    }
+
+    #[test]
+    fn an_existing_database_is_converted_to_incremental_vacuum_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch("CREATE TABLE legacy (a); INSERT INTO legacy VALUES (1);")
+                .expect("legacy table");
+        }
+        assert_eq!(pragma(&path, "auto_vacuum"), 0);
+        let store = SqliteStore::open(&path).expect("open");
+        drop(store);
+        assert_eq!(pragma(&path, "auto_vacuum"), 2);
+        let conn = Connection::open(&path).expect("open");
+        let kept: i64 = conn
+            .query_row("SELECT a FROM legacy", [], |r| r.get(0))
+            .expect("data kept by the VACUUM");
+        assert_eq!(kept, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_writes_keeps_committed_ones_and_recovers_by_itself() {
+        let (_dir, store) = open();
+        let first = new_inbox_row(&store, "before", "a").await;
+        let mut recoveries = store.recoveries();
+        let pages = store.set_page_limit(Some(1)).await.expect("limit");
+        assert!(pages > 1);
+        // Fill what is left until a commit fails.
+        let mut acknowledged = vec![first];
+        let mut refused = None;
+        for i in 0..10_000 {
+            let mut m = msg(&format!("fill-{i}"), "a");
+            m.text = "y".repeat(3000);
+            match store.inbox_commit(&m).await {
+                Ok(InboxOutcome::New(id)) => acknowledged.push(id),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let refused = refused.expect("the limit was reached");
+        assert!(matches!(refused, StoreError::Full(_)), "{refused}");
+        assert!(store.disk_full());
+        // A turn that needs space fails, changes nothing, and is remembered.
+        let turn = TurnRecord {
+            inbox_id: first,
+            session: SessionKey::User(1),
+            entries: vec![entry(&"z".repeat(100_000), now_ms())],
+            replies: Vec::new(),
+        };
+        let failed = store.commit_turn(turn.clone()).await.expect_err("no space");
+        assert!(matches!(failed, StoreError::Full(_)), "{failed}");
+        // Reads still work, and every acknowledged message is still pending.
+        let pending: Vec<i64> = store
+            .inbox_pending()
+            .await
+            .expect("reads work")
+            .iter()
+            .map(|p| p.inbox_id)
+            .collect();
+        assert_eq!(pending, acknowledged);
+        // Space returns: the pruner's probe notices within a few seconds.
+        store.set_page_limit(None).await.expect("lift");
+        tokio::time::timeout(Duration::from_secs(10), recoveries.changed())
+            .await
+            .expect("recovered in time")
+            .expect("store open");
+        assert!(!store.disk_full());
+        let stranded: Vec<i64> = store
+            .take_stranded()
+            .await
+            .expect("stranded")
+            .iter()
+            .map(|p| p.inbox_id)
+            .collect();
+        assert_eq!(stranded, vec![first]);
+        store.commit_turn(turn).await.expect("turn commits now");
+        assert!(matches!(
+            store.inbox_commit(&msg("after", "a")).await,
+            Ok(InboxOutcome::New(_))
+        ));
+        store.close().await;
     }
 
     #[tokio::test]

@@ -1,0 +1,192 @@
+//! The store under a full disk, in process: the database is capped at its current size (the
+//! store's test hook sets SQLite's `max_page_count` on the writer), so commits fail with
+//! `SQLITE_FULL` as on a full file system. New messages are refused (HTTP 503, WebChat
+//! `unavailable`), every message acknowledged before is answered once space returns, and the
+//! gateway takes new messages again, all without a restart.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use gateway_tests::webchat::WebChatClient;
+use gateway_tests::{FakeCallback, TIMEOUT, poll_until};
+use gatewayd::config::Config;
+use gatewayd::runtime::Gateway;
+
+fn config(data: &Path, callback: &FakeCallback) -> Config {
+    Config::parse(&format!(
+        "[gateway]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [channels.webchat]\nenabled = true\n\
+         [channels.http]\nenabled = true\ncallback_url = \"{}\"\n\
+         [delivery]\nretry_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n",
+        data.display(),
+        callback.url()
+    ))
+    .expect("valid config")
+}
+
+/// Posts one HTTP-channel message; the status code.
+async fn post(client: &reqwest::Client, gw: &Gateway, id: &str, text: &str) -> u16 {
+    let body =
+        serde_json::json!({"message_id": id, "chat_id": "c", "sender_id": "s", "text": text});
+    client
+        .post(format!("http://{}/channels/http/messages", gw.http_addr))
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let callback = FakeCallback::start().await;
+    let gw = Gateway::start(config(dir.path(), &callback), "test")
+        .await
+        .expect("start");
+    let client = reqwest::Client::new();
+    let mut acknowledged: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let id = format!("early-{i}");
+        assert_eq!(post(&client, &gw, &id, "hello").await, 202);
+        acknowledged.push(id);
+    }
+    callback
+        .wait_delivered(|d| d.len() >= 3, TIMEOUT)
+        .await
+        .expect("early messages answered");
+
+    // The disk is nearly full: the database may grow by a few pages only. Each text needs
+    // new (overflow) pages, so a few messages are committed and acknowledged, their turns
+    // (which store the text twice more) do not fit, and then commits fail.
+    let pages = gw.store.set_page_limit(Some(1)).await.expect("limit");
+    gw.store
+        .set_page_limit(Some(pages + 12))
+        .await
+        .expect("limit");
+    let big = "f".repeat(9000);
+    let mut refused = false;
+    for i in 0..5000 {
+        let id = format!("fill-{i}");
+        match post(&client, &gw, &id, &big).await {
+            202 => acknowledged.push(id),
+            503 => {
+                refused = true;
+                break;
+            }
+            other => panic!("{id}: unexpected status {other}"),
+        }
+    }
+    assert!(refused, "no message was refused with 503");
+    assert!(
+        acknowledged.len() > 3,
+        "no message was acknowledged while space ran out"
+    );
+    assert!(gw.store.disk_full(), "the store reports the full disk");
+    // WebChat refuses too: frames are acknowledged while a page is free, then `unavailable`.
+    let ws_url = format!("ws://{}/ws?chat_id=w1", gw.http_addr);
+    let mut chat = WebChatClient::connect(&ws_url).await.expect("connect");
+    let mut chat_acknowledged: BTreeSet<String> = BTreeSet::new();
+    let mut chat_refused = false;
+    for i in 0..200 {
+        let id = format!("w-{i}");
+        chat.send_message(&id, &big).await.expect("send");
+        let frames = chat
+            .recv_until(
+                |f| (f["type"] == "error" || f["type"] == "ack") && f["id"] == id.as_str(),
+                TIMEOUT,
+            )
+            .await
+            .expect("an answer to the frame");
+        let last = frames.last().expect("a frame");
+        if last["type"] == "ack" {
+            chat_acknowledged.insert(id);
+            continue;
+        }
+        assert_eq!(last["code"], "unavailable", "{frames:?}");
+        chat_refused = true;
+        break;
+    }
+    assert!(chat_refused, "WebChat never answered `unavailable`");
+    // Reads still work: every acknowledged message is answered or still pending.
+    let (pending, _, _) = gw.store.counts().await.expect("reads work");
+    let answered: BTreeSet<String> = callback
+        .delivered()
+        .iter()
+        .filter_map(|d| d.reply_to.clone())
+        .collect();
+    let unanswered = acknowledged
+        .iter()
+        .filter(|id| !answered.contains(*id))
+        .count();
+    assert!(
+        pending as usize >= unanswered,
+        "{pending} pending in the inbox, {unanswered} acknowledged and unanswered"
+    );
+
+    // Hold the disk full until the gateway has given up on at least one turn (a session
+    // worker tries a commit five times): that message is left to the recovery.
+    poll_until(TIMEOUT, "a turn commit failed five times", || {
+        gw.store.failed_turn_commits() >= 5
+    })
+    .await
+    .expect("the gateway gave up on a turn");
+    let mut recoveries = gw.store.recoveries();
+
+    // Space returns. Without a restart: every acknowledged message is answered, and new
+    // messages are accepted and answered.
+    gw.store.set_page_limit(None).await.expect("lift the limit");
+    assert_eq!(post(&client, &gw, "after", "back").await, 202);
+    acknowledged.push("after".to_owned());
+    chat.send_message("w-after", "back on webchat")
+        .await
+        .expect("send");
+    let frames = chat
+        .recv_until(|f| f["type"] == "ack" || f["type"] == "error", TIMEOUT)
+        .await
+        .expect("ack");
+    assert_eq!(
+        frames.last().map(|f| f["type"].clone()),
+        Some("ack".into()),
+        "{frames:?}"
+    );
+    let expected: BTreeSet<String> = acknowledged.iter().cloned().collect();
+    let delivered = callback
+        .wait_delivered(
+            |d| {
+                let got: BTreeSet<String> = d.iter().filter_map(|d| d.reply_to.clone()).collect();
+                expected.is_subset(&got)
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("every acknowledged message answered");
+    chat_acknowledged.insert("w-after".to_owned());
+    let mut chat_answered: BTreeSet<String> = BTreeSet::new();
+    while !chat_acknowledged.is_subset(&chat_answered) {
+        let frame = chat
+            .recv(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("WebChat answers missing: {chat_acknowledged:?} vs {chat_answered:?}: {e}")
+            });
+        if frame["type"] == "message"
+            && let Some(to) = frame["reply_to"].as_str()
+        {
+            chat_answered.insert(to.to_owned());
+        }
+    }
+    let (pending, _, _) = gw.store.counts().await.expect("counts");
+    assert_eq!(pending, 0, "nothing left pending");
+    if gw.store.disk_full() {
+        tokio::time::timeout(TIMEOUT, recoveries.changed())
+            .await
+            .expect("the store notices the space")
+            .expect("store open");
+    }
+    assert!(!gw.store.disk_full());
+    assert!(delivered.len() >= expected.len());
+    gw.shutdown().await;
+}
