@@ -79,7 +79,7 @@ impl Router {
             ctx,
             sessions: Mutex::new(LruCache::unbounded()),
             max_sessions: max_sessions.max(1),
-            mailbox: mailbox.max(1),
+            mailbox: mailbox.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             workers_done: Mutex::new(Some(done_tx)),
             workers_done_rx: tokio::sync::Mutex::new(done_rx),
         })
