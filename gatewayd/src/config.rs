@@ -464,7 +464,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
                 u64::try_from(secs)
                     .map(|s| HumanDuration(Duration::from_secs(s)))
-                    .map_err(|_| E::custom(format!("`{secs}` is negative; expected {DURATION_FORMS}")))
+                    .map_err(|_| {
+                        E::custom(format!("`{secs}` is negative; expected {DURATION_FORMS}"))
+                    })
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
@@ -756,8 +758,18 @@ impl Config {
             );
         }
         for (prefix, enabled, token_env, token_file) in [
-            ("channels.telegram", tg.enabled, &tg.token_env, &tg.token_file),
-            ("channels.discord", dc.enabled, &dc.token_env, &dc.token_file),
+            (
+                "channels.telegram",
+                tg.enabled,
+                &tg.token_env,
+                &tg.token_file,
+            ),
+            (
+                "channels.discord",
+                dc.enabled,
+                &dc.token_env,
+                &dc.token_file,
+            ),
         ] {
             if !enabled {
                 continue;
@@ -983,8 +995,13 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_owned();
     }
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -1135,31 +1152,83 @@ fn dur(d: HumanDuration) -> Option<Number> {
 /// Every numeric key and its range: what `validate()` checks and README.md's Configuration
 /// section lists. A new numeric key is one line here (a unit test fails until it is).
 pub static NUMERIC_KEYS: &[NumericKey] = &[
-    key("gateway.max_sessions", ints(1, 10_000_000), |c| int(c.gateway.max_sessions)),
-    key("gateway.idle_timeout", millis(100, 30 * DAY), |c| dur(c.gateway.idle_timeout)),
-    key("gateway.history_window", ints(1, 10_000), |c| int(c.gateway.history_window)),
-    key("gateway.mailbox_capacity", ints(1, 65_536), |c| int(c.gateway.mailbox_capacity)),
-    key("gateway.shutdown_grace", millis(0, HOUR), |c| dur(c.gateway.shutdown_grace)),
-    key("agent.max_concurrent", ints(1, 10_000), |c| int(c.agent.max_concurrent)),
+    key("gateway.max_sessions", ints(1, 10_000_000), |c| {
+        int(c.gateway.max_sessions)
+    }),
+    key("gateway.idle_timeout", millis(100, 30 * DAY), |c| {
+        dur(c.gateway.idle_timeout)
+    }),
+    key("gateway.history_window", ints(1, 10_000), |c| {
+        int(c.gateway.history_window)
+    }),
+    key("gateway.mailbox_capacity", ints(1, 65_536), |c| {
+        int(c.gateway.mailbox_capacity)
+    }),
+    key("gateway.shutdown_grace", millis(0, HOUR), |c| {
+        dur(c.gateway.shutdown_grace)
+    }),
+    key("agent.max_concurrent", ints(1, 10_000), |c| {
+        int(c.agent.max_concurrent)
+    }),
     key("agent.timeout", millis(100, HOUR), |c| dur(c.agent.timeout)),
-    key("agent.max_attempts", ints(1, 100), |c| int(c.agent.max_attempts)),
-    key("agent.retry_backoff", millis(0, 10 * MIN), |c| dur(c.agent.retry_backoff)),
-    key("agent.max_tool_steps", ints(1, 100), |c| int(c.agent.max_tool_steps)),
-    key("channels.webchat.max_message_bytes", ints(1, 16 * MIB), |c| int(c.channels.webchat.max_message_bytes)),
-    key("channels.http.max_message_bytes", ints(1, 16 * MIB), |c| int(c.channels.http.max_message_bytes)),
-    key("channels.http.timeout", millis(100, 10 * MIN), |c| dur(c.channels.http.timeout)),
-    key("channels.http.max_reply_chars", ints(64, 1_000_000), |c| c.channels.http.max_reply_chars.and_then(int)),
-    key("channels.telegram.poll_timeout", millis(SEC, HOUR), |c| dur(c.channels.telegram.poll_timeout)),
-    key("delivery.max_attempts", ints(1, 1_000), |c| int(c.delivery.max_attempts)),
-    key("delivery.retry_backoff", millis(0, HOUR), |c| dur(c.delivery.retry_backoff)),
-    key("delivery.max_backoff", millis(1, DAY), |c| dur(c.delivery.max_backoff)),
-    key("delivery.probe_interval", millis(10, DAY), |c| dur(c.delivery.probe_interval)),
-    key("tools.http_max_bytes", ints(1, 64 * MIB), |c| int(c.tools.http_max_bytes)),
+    key("agent.max_attempts", ints(1, 100), |c| {
+        int(c.agent.max_attempts)
+    }),
+    key("agent.retry_backoff", millis(0, 10 * MIN), |c| {
+        dur(c.agent.retry_backoff)
+    }),
+    key("agent.max_tool_steps", ints(1, 100), |c| {
+        int(c.agent.max_tool_steps)
+    }),
+    key(
+        "channels.webchat.max_message_bytes",
+        ints(1, 16 * MIB),
+        |c| int(c.channels.webchat.max_message_bytes),
+    ),
+    key("channels.http.max_message_bytes", ints(1, 16 * MIB), |c| {
+        int(c.channels.http.max_message_bytes)
+    }),
+    key("channels.http.timeout", millis(100, 10 * MIN), |c| {
+        dur(c.channels.http.timeout)
+    }),
+    key("channels.http.max_reply_chars", ints(64, 1_000_000), |c| {
+        c.channels.http.max_reply_chars.and_then(int)
+    }),
+    key("channels.telegram.poll_timeout", millis(SEC, HOUR), |c| {
+        dur(c.channels.telegram.poll_timeout)
+    }),
+    key("delivery.max_attempts", ints(1, 1_000), |c| {
+        int(c.delivery.max_attempts)
+    }),
+    key("delivery.retry_backoff", millis(0, HOUR), |c| {
+        dur(c.delivery.retry_backoff)
+    }),
+    key("delivery.max_backoff", millis(1, DAY), |c| {
+        dur(c.delivery.max_backoff)
+    }),
+    key("delivery.probe_interval", millis(10, DAY), |c| {
+        dur(c.delivery.probe_interval)
+    }),
+    key("tools.http_max_bytes", ints(1, 64 * MIB), |c| {
+        int(c.tools.http_max_bytes)
+    }),
     key("tools.timeout", millis(10, HOUR), |c| dur(c.tools.timeout)),
-    rate("rate_limits.*.per_second", Range::Float(0.001, 1_000_000.0), |r| r.per_second.map(Number::Float)),
-    rate("rate_limits.*.burst", ints(1, 1_000_000), |r| r.burst.and_then(int)),
-    rate("rate_limits.*.per_chat_per_second", Range::Float(0.001, 1_000_000.0), |r| r.per_chat_per_second.map(Number::Float)),
-    rate("rate_limits.*.per_chat_burst", ints(1, 1_000_000), |r| r.per_chat_burst.and_then(int)),
+    rate(
+        "rate_limits.*.per_second",
+        Range::Float(0.001, 1_000_000.0),
+        |r| r.per_second.map(Number::Float),
+    ),
+    rate("rate_limits.*.burst", ints(1, 1_000_000), |r| {
+        r.burst.and_then(int)
+    }),
+    rate(
+        "rate_limits.*.per_chat_per_second",
+        Range::Float(0.001, 1_000_000.0),
+        |r| r.per_chat_per_second.map(Number::Float),
+    ),
+    rate("rate_limits.*.per_chat_burst", ints(1, 1_000_000), |r| {
+        r.per_chat_burst.and_then(int)
+    }),
 ];
 
 fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
@@ -1526,8 +1595,12 @@ mod tests {
     fn every_default_is_inside_its_range_and_every_range_is_ordered() {
         for key in NUMERIC_KEYS {
             let (lo, hi) = key.range.ends();
-            key.range.check(lo).unwrap_or_else(|e| panic!("{}: {e}", key.path));
-            key.range.check(hi).unwrap_or_else(|e| panic!("{}: {e}", key.path));
+            key.range
+                .check(lo)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.path));
+            key.range
+                .check(hi)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.path));
             for value in key.default_values() {
                 key.range
                     .check(value)
@@ -1551,17 +1624,61 @@ mod tests {
     #[test]
     fn out_of_range_values_name_the_key_line_and_range() {
         for (text, path, line) in [
-            ("[rate_limits.http]\nper_second = 1e-12\n", "rate_limits.http.per_second", 2),
-            ("[rate_limits.http]\nper_chat_per_second = 1e-300\n", "rate_limits.http.per_chat_per_second", 2),
-            ("[rate_limits.webchat]\nper_chat_per_second = nan\n", "rate_limits.webchat.per_chat_per_second", 2),
-            ("[rate_limits.webchat]\nper_second = inf\n", "rate_limits.webchat.per_second", 2),
-            ("[rate_limits.webchat]\nper_second = -1.0\n", "rate_limits.webchat.per_second", 2),
-            ("[agent]\nmax_concurrent = 2305843009213693952\n", "agent.max_concurrent", 2),
-            ("[gateway]\n\nmailbox_capacity = 2305843009213693952\n", "gateway.mailbox_capacity", 3),
-            ("[delivery]\nprobe_interval = 0\n", "delivery.probe_interval", 2),
-            ("[gateway]\nidle_timeout = \"0ms\"\n", "gateway.idle_timeout", 2),
-            ("[channels.telegram]\npoll_timeout = 18446744073709551615\n", "channels.telegram.poll_timeout", 2),
-            ("[channels.telegram]\npoll_timeout = \"999999999999d\"\n", "channels.telegram.poll_timeout", 2),
+            (
+                "[rate_limits.http]\nper_second = 1e-12\n",
+                "rate_limits.http.per_second",
+                2,
+            ),
+            (
+                "[rate_limits.http]\nper_chat_per_second = 1e-300\n",
+                "rate_limits.http.per_chat_per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_chat_per_second = nan\n",
+                "rate_limits.webchat.per_chat_per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_second = inf\n",
+                "rate_limits.webchat.per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_second = -1.0\n",
+                "rate_limits.webchat.per_second",
+                2,
+            ),
+            (
+                "[agent]\nmax_concurrent = 2305843009213693952\n",
+                "agent.max_concurrent",
+                2,
+            ),
+            (
+                "[gateway]\n\nmailbox_capacity = 2305843009213693952\n",
+                "gateway.mailbox_capacity",
+                3,
+            ),
+            (
+                "[delivery]\nprobe_interval = 0\n",
+                "delivery.probe_interval",
+                2,
+            ),
+            (
+                "[gateway]\nidle_timeout = \"0ms\"\n",
+                "gateway.idle_timeout",
+                2,
+            ),
+            (
+                "[channels.telegram]\npoll_timeout = 18446744073709551615\n",
+                "channels.telegram.poll_timeout",
+                2,
+            ),
+            (
+                "[channels.telegram]\npoll_timeout = \"999999999999d\"\n",
+                "channels.telegram.poll_timeout",
+                2,
+            ),
         ] {
             let errs = Config::parse(text).expect_err(text);
             assert_eq!(errs.len(), 1, "{text}: {errs:?}");
@@ -1571,7 +1688,10 @@ mod tests {
         let errs = Config::parse("[agent]\nmax_concurrent = 0\n").expect_err("0");
         assert_eq!(errs[0].message, "must be from 1 to 10000; got 0");
         let errs = Config::parse("[gateway]\nidle_timeout = \"50ms\"\n").expect_err("50ms");
-        assert_eq!(errs[0].message, "must be from \"100ms\" to \"30d\"; got 50ms");
+        assert_eq!(
+            errs[0].message,
+            "must be from \"100ms\" to \"30d\"; got 50ms"
+        );
     }
 
     #[test]
@@ -1593,7 +1713,10 @@ mod tests {
             ],
             "{errs:#?}"
         );
-        assert!(errs[0].message.contains("unknown field `bogus`"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("unknown field `bogus`"),
+            "{errs:?}"
+        );
         assert!(errs[1].message.contains(DURATION_FORMS), "{errs:?}");
         assert!(errs[3].message.contains("foo"), "{errs:?}");
         assert!(errs[5].message.contains(DURATION_FORMS), "{errs:?}");
@@ -1625,13 +1748,24 @@ mod tests {
 
     #[test]
     fn every_url_key_is_checked_the_same_way() {
-        let bad = ["ftp://x", "not a url", "", "http://", "file:///etc/passwd", "mailto:a@b.c"];
+        let bad = [
+            "ftp://x",
+            "not a url",
+            "",
+            "http://",
+            "file:///etc/passwd",
+            "mailto:a@b.c",
+        ];
         let good = ["http://127.0.0.1:9/x", "https://example.com"];
         for (key, table, extra) in [
             ("agent.base_url", "[agent]", ""),
             ("channels.telegram.api_url", "[channels.telegram]", ""),
             ("channels.discord.api_url", "[channels.discord]", ""),
-            ("channels.http.callback_url", "[channels.http]", "enabled = true\n"),
+            (
+                "channels.http.callback_url",
+                "[channels.http]",
+                "enabled = true\n",
+            ),
             ("channels.telegram.webhook_url", "[channels.telegram]", ""),
         ] {
             let leaf = key.rsplit('.').next().expect("a leaf");
@@ -1655,9 +1789,42 @@ mod tests {
         let text = "[channels.telegram]\nenabled = true\ntoken_file = \"/nonexistent\"\nmode = \"webhook\"\n";
         let errs = Config::parse(text).expect_err("invalid");
         assert!(
-            errs.iter().any(|e| e.path == "channels.telegram.webhook_url"),
+            errs.iter()
+                .any(|e| e.path == "channels.telegram.webhook_url"),
             "{errs:?}"
         );
+    }
+
+    /// What the daemon builds from a value that never went through `validate()` (a
+    /// `Config` made in code) degrades instead of panicking.
+    #[tokio::test]
+    async fn values_past_validation_degrade_without_panicking() {
+        use crate::delivery::rate_limit::ChannelLimits;
+        for (rate, burst) in [(1e-300, u32::MAX), (1e-12, 1), (1e300, 0), (f64::NAN, 5)] {
+            let limits = ChannelLimits::new(
+                ChannelKind::Http,
+                RateSettings {
+                    per_second: Some(rate),
+                    burst: Some(burst),
+                    per_chat_per_second: Some(rate),
+                    per_chat_burst: Some(burst),
+                },
+            );
+            // The first send of a bucket is never held.
+            tokio::time::timeout(Duration::from_secs(5), limits.acquire("c"))
+                .await
+                .unwrap_or_else(|_| panic!("rate {rate}, burst {burst}: the first send waits"));
+        }
+        crate::agent::llm::OpenAi::new(
+            "http://127.0.0.1:9/v1",
+            "m",
+            None,
+            Duration::MAX,
+            usize::MAX,
+        )
+        .expect("a client with the largest limits");
+        let _bot = crate::channels::telegram::bot("1:x", "http://127.0.0.1:9", Duration::MAX)
+            .expect("a bot with the longest poll");
     }
 
     proptest::proptest! {
@@ -1683,18 +1850,42 @@ mod tests {
     fn garbled_config() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let tables = prop::sample::select(vec![
-            "[gateway]", "[http]", "[admin]", "[log]", "[agent]", "[channels.webchat]",
-            "[channels.http]", "[channels.telegram]", "[channels.discord]", "[delivery]",
-            "[rate_limits.http]", "[rate_limits.nope]", "[tools]", "[workflows]", "[[gateway]]",
-            "[channels]", "[rate_limits]", "",
+            "[gateway]",
+            "[http]",
+            "[admin]",
+            "[log]",
+            "[agent]",
+            "[channels.webchat]",
+            "[channels.http]",
+            "[channels.telegram]",
+            "[channels.discord]",
+            "[delivery]",
+            "[rate_limits.http]",
+            "[rate_limits.nope]",
+            "[tools]",
+            "[workflows]",
+            "[[gateway]]",
+            "[channels]",
+            "[rate_limits]",
+            "",
         ]);
         let keys = prop::sample::select(
             NUMERIC_KEYS
                 .iter()
                 .map(|k| k.path.rsplit('.').next().unwrap_or(k.path))
                 .chain([
-                    "enabled", "listen", "callback_url", "base_url", "provider", "mode",
-                    "webhook_url", "data_dir", "level", "bogus", "api_url", "http_allowlist",
+                    "enabled",
+                    "listen",
+                    "callback_url",
+                    "base_url",
+                    "provider",
+                    "mode",
+                    "webhook_url",
+                    "data_dir",
+                    "level",
+                    "bogus",
+                    "api_url",
+                    "http_allowlist",
                 ])
                 .collect::<Vec<_>>(),
         );

@@ -55,7 +55,10 @@ fn edges(range: Range) -> (Vec<Value>, Vec<Value>) {
         ),
         Range::Float(lo, hi) => (
             vec![ok(format!("{lo:?}")), ok(format!("{hi:?}"))],
-            vec![bad(format!("{:?}", lo / 2.0)), bad(format!("{:?}", hi * 2.0))],
+            vec![
+                bad(format!("{:?}", lo / 2.0)),
+                bad(format!("{:?}", hi * 2.0)),
+            ],
         ),
         Range::Duration(lo, hi) => (
             vec![
@@ -258,18 +261,15 @@ async fn run(dir: &Path, config: &Path, check_config: bool) -> Output {
 /// Starts the daemon and has the echo agent answer one WebChat message (of one byte, which
 /// every `max_message_bytes` admits).
 async fn answers_a_message(opts: GatewayOptions, config: &str) {
-    let mut gw = Gateway::start(opts)
-        .await
-        .unwrap_or_else(|e| panic!("an accepted config must start: {e:#}\n--- config ---\n{config}"));
+    let mut gw = Gateway::start(opts).await.unwrap_or_else(|e| {
+        panic!("an accepted config must start: {e:#}\n--- config ---\n{config}")
+    });
     let mut ws = WebChatClient::connect(&gw.ws_url("ranges"))
         .await
         .expect("connect WebChat");
     ws.send_message("m1", "x").await.expect("send");
     let frames = ws
-        .recv_until(
-            |f| f["type"] == "message" && f["reply_to"] == "m1",
-            TIMEOUT,
-        )
+        .recv_until(|f| f["type"] == "message" && f["reply_to"] == "m1", TIMEOUT)
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -324,16 +324,18 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(64)
 }
 
 /// A few keys, each with a generated value (inside, at the ends of, or outside its range).
 fn generated_keys() -> impl Strategy<Value = Keys> {
-    let one = (0..NUMERIC_KEYS.len(), prop::sample::select(CHANNELS.to_vec())).prop_flat_map(
-        |(index, channel)| {
+    let one = (
+        0..NUMERIC_KEYS.len(),
+        prop::sample::select(CHANNELS.to_vec()),
+    )
+        .prop_flat_map(|(index, channel)| {
             values(NUMERIC_KEYS[index].range).prop_map(move |v| (full_path(index, channel), v))
-        },
-    );
+        });
     prop::collection::vec(one, 1..6).prop_map(|pairs| {
         let mut keys = Keys::new();
         for (path, value) in pairs {

@@ -353,13 +353,26 @@ fn an_unknown_key_a_bad_duration_and_a_bad_provider_are_three_errors_in_one_run(
         err.contains(&format!("{} has 3 error(s):", config.display())),
         "three errors:\n{err}"
     );
-    assert_eq!(err.lines().filter(|l| l.starts_with("  ")).count(), 3, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("  ")).count(),
+        3,
+        "{err}"
+    );
     let bogus = error_line(&err, "gateway.bogus");
-    assert!(bogus.contains("(line 2)") && bogus.contains("unknown field"), "{bogus}");
+    assert!(
+        bogus.contains("(line 2)") && bogus.contains("unknown field"),
+        "{bogus}"
+    );
     let idle = error_line(&err, "gateway.idle_timeout");
-    assert!(idle.contains("(line 3)") && idle.contains("`abc`"), "{idle}");
+    assert!(
+        idle.contains("(line 3)") && idle.contains("`abc`"),
+        "{idle}"
+    );
     let provider = error_line(&err, "agent.provider");
-    assert!(provider.contains("(line 6)") && provider.contains("foo"), "{provider}");
+    assert!(
+        provider.contains("(line 6)") && provider.contains("foo"),
+        "{provider}"
+    );
 }
 
 #[test]
@@ -382,12 +395,18 @@ fn a_negative_duration_says_what_a_duration_looks_like() {
 fn values_that_used_to_panic_the_daemon_are_refused_with_their_key() {
     let dir = tempdir();
     for (text, path) in [
-        ("[rate_limits.http]\nper_second = 1e-12\n", "rate_limits.http.per_second (line 2)"),
+        (
+            "[rate_limits.http]\nper_second = 1e-12\n",
+            "rate_limits.http.per_second (line 2)",
+        ),
         (
             "[rate_limits.http]\nper_chat_per_second = 1e-300\n",
             "rate_limits.http.per_chat_per_second (line 2)",
         ),
-        ("[agent]\nmax_concurrent = 2305843009213693952\n", "agent.max_concurrent (line 2)"),
+        (
+            "[agent]\nmax_concurrent = 2305843009213693952\n",
+            "agent.max_concurrent (line 2)",
+        ),
         (
             "[gateway]\nmailbox_capacity = 2305843009213693952\n",
             "gateway.mailbox_capacity (line 2)",
@@ -407,8 +426,14 @@ fn every_url_key_refuses_what_is_not_an_http_url() {
     for (key, prefix) in [
         ("agent.base_url", "[agent]\nprovider = \"openai\"\n"),
         ("channels.telegram.api_url", telegram),
-        ("channels.discord.api_url", "[channels.discord]\nenabled = true\ntoken_env = \"PATH\"\n"),
-        ("channels.http.callback_url", "[channels.http]\nenabled = true\n"),
+        (
+            "channels.discord.api_url",
+            "[channels.discord]\nenabled = true\ntoken_env = \"PATH\"\n",
+        ),
+        (
+            "channels.http.callback_url",
+            "[channels.http]\nenabled = true\n",
+        ),
         ("channels.telegram.webhook_url", webhook),
     ] {
         let leaf = key.rsplit('.').next().expect("leaf");
@@ -426,5 +451,9 @@ fn every_url_key_refuses_what_is_not_an_http_url() {
     // Webhook mode without a webhook_url would sit in `starting` for ever.
     let config = write(dir.path(), "no-webhook.toml", webhook);
     let out = check_config(dir.path(), &config);
-    assert_single_error(&out, &config, &["channels.telegram.webhook_url", "required"]);
+    assert_single_error(
+        &out,
+        &config,
+        &["channels.telegram.webhook_url", "required"],
+    );
 }
