@@ -340,7 +340,7 @@ pub struct TelegramConfig {
     /// Long-poll timeout of one `getUpdates`.
     pub poll_timeout: HumanDuration,
     /// Webhook mode: the public HTTPS URL Telegram should POST to (registered with
-    /// `setWebhook` at start); leave unset to register it yourself.
+    /// `setWebhook` at start); required in webhook mode.
     pub webhook_url: Option<String>,
     /// Webhook mode: the path on the HTTP listener that receives updates.
     pub webhook_path: String,
@@ -476,6 +476,10 @@ impl HumanDuration {
     }
 }
 
+/// What a duration looks like, for error messages.
+pub const DURATION_FORMS: &str =
+    "a duration such as \"250ms\", \"30s\", \"5m\", \"2h\" or a whole number of seconds";
+
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` into a duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -483,9 +487,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write e.g. \"500ms\", \"30s\", \"5m\"")
-    })?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; expected {DURATION_FORMS}"))?;
     let unit_ms = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1_000,
@@ -503,18 +507,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(u64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DURATION_FORMS)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Self::Value, E> {
+                Ok(HumanDuration(Duration::from_secs(secs)))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
+                u64::try_from(secs)
+                    .map(|s| HumanDuration(Duration::from_secs(s)))
+                    .map_err(|_| {
+                        E::custom(format!("`{secs}` is negative; expected {DURATION_FORMS}"))
+                    })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                parse_duration(text).map(HumanDuration).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t)
-                .map(Self)
-                .map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -589,26 +606,104 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates configuration text.
+    /// Parses and validates configuration text, returning every problem at once: a TOML
+    /// syntax error alone (nothing after it can be read), otherwise every key of the wrong type
+    /// or unknown, then every value out of its range or inconsistent with another.
     pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
-        let config: Config = match toml::from_str(text) {
-            Ok(c) => c,
+        let mut doc: toml::Table = match toml::from_str(text) {
+            Ok(doc) => doc,
             Err(e) => return Err(vec![parse_error(text, &e)]),
         };
-        let mut errors = config.validate();
-        for e in &mut errors {
-            e.line = line_of_key(text, &e.path);
+        let mut errors = Vec::new();
+        // Each pass reports the first key serde refuses, removes it (its default takes its
+        // place) and tries again, so one run names every bad key.
+        let mut removed: Vec<String> = Vec::new();
+        let mut parsed = None;
+        for _ in 0..MAX_PARSE_PASSES {
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(doc.clone())) {
+                Ok(config) => {
+                    parsed = Some(config);
+                    break;
+                }
+                Err(e) => {
+                    let keys: Vec<String> = e
+                        .path()
+                        .iter()
+                        .map_while(|segment| match segment {
+                            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let path = keys.join(".");
+                    errors.push(ConfigError {
+                        line: line_of_key(text, &path),
+                        path: if path.is_empty() {
+                            "(file)".to_owned()
+                        } else {
+                            path.clone()
+                        },
+                        message: e.into_inner().message().trim().replace('\n', " "),
+                    });
+                    if !remove_key(&mut doc, &keys) {
+                        break;
+                    }
+                    removed.push(path);
+                }
+            }
         }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
+        if let Some(config) = &parsed {
+            let under_removed = |path: &str| {
+                removed.iter().any(|r| {
+                    path == r
+                        || path
+                            .strip_prefix(r.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+            };
+            for mut e in config.validate() {
+                if !under_removed(&e.path) {
+                    e.line = line_of_key(text, &e.path);
+                    errors.push(e);
+                }
+            }
+        }
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        match parsed {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(errors),
         }
     }
 
-    /// Checks values that parse but make no sense, returning every problem found.
+    /// Checks values that parse but make no sense, returning every problem found: every
+    /// numeric key against its range in [`NUMERIC_KEYS`], every URL key with [`check_url`],
+    /// and the rules that tie keys together.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        for key in NUMERIC_KEYS {
+            for (path, value) in key.read(self) {
+                if let Err(message) = key.range.check(value) {
+                    errors.push(ConfigError {
+                        path,
+                        line: None,
+                        message,
+                    });
+                }
+            }
+        }
+        let mut url = |key: &str, value: &str| {
+            if let Err(e) = check_url(key, value) {
+                errors.push(e);
+            }
+        };
+        url("agent.base_url", &self.agent.base_url);
+        url("channels.telegram.api_url", &self.channels.telegram.api_url);
+        url("channels.discord.api_url", &self.channels.discord.api_url);
+        if let Some(callback) = &self.channels.http.callback_url {
+            url("channels.http.callback_url", callback);
+        }
+        if let Some(webhook) = &self.channels.telegram.webhook_url {
+            url("channels.telegram.webhook_url", webhook);
+        }
         let mut err = |path: &str, message: String| {
             errors.push(ConfigError {
                 path: path.to_owned(),
@@ -616,18 +711,6 @@ impl Config {
                 message,
             })
         };
-        if self.gateway.max_sessions == 0 {
-            err("gateway.max_sessions", "must be at least 1".to_owned());
-        }
-        if self.gateway.idle_timeout.get() < Duration::from_millis(100) {
-            err("gateway.idle_timeout", "must be at least 100ms".to_owned());
-        }
-        if self.gateway.history_window == 0 {
-            err("gateway.history_window", "must be at least 1".to_owned());
-        }
-        if self.gateway.mailbox_capacity == 0 {
-            err("gateway.mailbox_capacity", "must be at least 1".to_owned());
-        }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             err(
                 "http.listen",
@@ -691,16 +774,8 @@ impl Config {
             );
         }
         let agent = &self.agent;
-        if agent.provider == ProviderKind::Openai {
-            if let Err(e) = reqwest::Url::parse(&agent.base_url) {
-                err(
-                    "agent.base_url",
-                    format!("`{}` is not a URL: {e}", agent.base_url),
-                );
-            }
-            if agent.model.trim().is_empty() {
-                err("agent.model", "must name a model".to_owned());
-            }
+        if agent.provider == ProviderKind::Openai && agent.model.trim().is_empty() {
+            err("agent.model", "must name a model".to_owned());
         }
         if agent.api_key_env.is_some() && agent.api_key_file.is_some() {
             err(
@@ -724,46 +799,12 @@ impl Config {
                 format!("`{}` is not a readable file", file.display()),
             );
         }
-        if agent.max_concurrent == 0 {
-            err("agent.max_concurrent", "must be at least 1".to_owned());
-        }
-        if agent.max_attempts == 0 {
-            err("agent.max_attempts", "must be at least 1".to_owned());
-        }
-        if agent.timeout.get().is_zero() {
-            err("agent.timeout", "must be more than 0".to_owned());
-        }
         let http = &self.channels.http;
-        if http.enabled {
-            match &http.callback_url {
-                None => err(
-                    "channels.http.callback_url",
-                    "required when channels.http.enabled = true; replies are POSTed there"
-                        .to_owned(),
-                ),
-                Some(url) => match reqwest::Url::parse(url) {
-                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    Ok(_) => err(
-                        "channels.http.callback_url",
-                        format!("`{url}` must be an http:// or https:// URL"),
-                    ),
-                    Err(e) => err(
-                        "channels.http.callback_url",
-                        format!("`{url}` is not a URL: {e}"),
-                    ),
-                },
-            }
-        }
-        for (path, bytes) in [
-            (
-                "channels.webchat.max_message_bytes",
-                self.channels.webchat.max_message_bytes,
-            ),
-            ("channels.http.max_message_bytes", http.max_message_bytes),
-        ] {
-            if bytes == 0 {
-                err(path, "must be at least 1".to_owned());
-            }
+        if http.enabled && http.callback_url.is_none() {
+            err(
+                "channels.http.callback_url",
+                "required when channels.http.enabled = true; replies are POSTed there".to_owned(),
+            );
         }
         let tg = &self.channels.telegram;
         let dc = &self.channels.discord;
@@ -774,20 +815,18 @@ impl Config {
                     .to_owned(),
             );
         }
-        for (prefix, enabled, token_env, token_file, api_url) in [
+        for (prefix, enabled, token_env, token_file) in [
             (
                 "channels.telegram",
                 tg.enabled,
                 &tg.token_env,
                 &tg.token_file,
-                &tg.api_url,
             ),
             (
                 "channels.discord",
                 dc.enabled,
                 &dc.token_env,
                 &dc.token_file,
-                &dc.api_url,
             ),
         ] {
             if !enabled {
@@ -812,14 +851,14 @@ impl Config {
                 ),
                 _ => {}
             }
-            if let Err(e) = reqwest::Url::parse(api_url) {
-                err(
-                    &format!("{prefix}.api_url"),
-                    format!("`{api_url}` is not a URL: {e}"),
-                );
-            }
         }
         if tg.enabled && tg.mode == TelegramMode::Webhook {
+            if tg.webhook_url.is_none() {
+                err(
+                    "channels.telegram.webhook_url",
+                    "required in webhook mode: the public https:// URL that reaches webhook_path, registered with setWebhook at start".to_owned(),
+                );
+            }
             if !tg.webhook_path.starts_with('/') {
                 err(
                     "channels.telegram.webhook_path",
@@ -838,21 +877,6 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.delivery.max_attempts == 0 {
-            err("delivery.max_attempts", "must be at least 1".to_owned());
-        }
-        if self.delivery.probe_interval.get() < Duration::from_millis(10) {
-            err(
-                "delivery.probe_interval",
-                "must be at least 10ms".to_owned(),
-            );
-        }
-        if http.max_reply_chars.is_some_and(|n| n < 64) {
-            err(
-                "channels.http.max_reply_chars",
-                "must be at least 64 characters".to_owned(),
-            );
-        }
         if let Err(e) = crate::agent::tools::HttpGet::new(
             &self.tools.http_allowlist,
             self.tools.http_max_bytes.max(1),
@@ -860,39 +884,16 @@ impl Config {
         ) {
             err("tools.http_allowlist", e);
         }
-        if self.tools.http_max_bytes == 0 {
-            err("tools.http_max_bytes", "must be at least 1".to_owned());
-        }
-        let store = &self.store;
-        let (minute, day) = (Duration::from_secs(60), Duration::from_secs(86_400));
-        if !(minute..=day * 3650).contains(&store.dedupe_window.get()) {
-            err("store.dedupe_window", "must be from 1m to 3650d".to_owned());
-        }
-        if let TranscriptRetention::For(d) = store.transcript_retention
-            && !(Duration::from_secs(3600)..=day * 36500).contains(&d)
-        {
-            err(
-                "store.transcript_retention",
-                "must be from 1h to 36500d, or \"forever\"".to_owned(),
-            );
-        }
-        if !(Duration::from_secs(1)..=day).contains(&store.prune_interval.get()) {
-            err("store.prune_interval", "must be from 1s to 1d".to_owned());
-        }
-        for (name, settings) in &self.rate_limits {
-            let prefix = format!("rate_limits.{name}");
+        for name in self.rate_limits.keys() {
             if name.parse::<ChannelKind>().is_err() {
                 let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
                 err(
-                    &prefix,
+                    &format!("rate_limits.{name}"),
                     format!(
                         "unknown channel `{name}`; known channels: {}",
                         known.join(", ")
                     ),
                 );
-            }
-            for (path, message) in settings.validate(&prefix) {
-                err(&path, message);
             }
         }
         errors
@@ -984,6 +985,335 @@ impl Config {
         Ok(None)
     }
 }
+
+/// Most passes [`Config::parse`] makes to collect type errors (each pass removes one key).
+const MAX_PARSE_PASSES: usize = 256;
+
+/// Removes the key at `keys` from `doc`; false if there is nothing to remove there.
+fn remove_key(doc: &mut toml::Table, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
+        return false;
+    };
+    let mut table = doc;
+    for key in parents {
+        match table.get_mut(key) {
+            Some(toml::Value::Table(inner)) => table = inner,
+            _ => return false,
+        }
+    }
+    table.remove(last).is_some()
+}
+
+/// Checks the URL key `key`: an `http://` or `https://` URL with a host. Every URL key of the
+/// configuration goes through this one check, so each says the same thing.
+pub fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let fail = |message: String| ConfigError {
+        path: key.to_owned(),
+        line: None,
+        message,
+    };
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| {
+        fail(format!(
+            "`{value}` is not a URL ({e}); write e.g. \"https://example.com\""
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(fail(format!(
+            "`{value}` must be an http:// or https:// URL, not {}://",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(fail(format!("`{value}` has no host")));
+    }
+    Ok(())
+}
+
+/// The allowed values of one numeric key, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Range {
+    /// A whole number.
+    Int(u64, u64),
+    /// A finite number (NaN and infinities are refused).
+    Float(f64, f64),
+    /// A duration.
+    Duration(Duration, Duration),
+}
+
+/// One numeric value read from a configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// A whole number.
+    Int(u64),
+    /// A decimal number.
+    Float(f64),
+    /// A duration.
+    Duration(Duration),
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Int(n) => write!(f, "{n}"),
+            Number::Float(x) => write!(f, "{x}"),
+            Number::Duration(d) => f.write_str(&format_duration(*d)),
+        }
+    }
+}
+
+/// `d` in the largest unit that writes it exactly: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+impl Range {
+    /// The lower and upper end, as written in the README.
+    pub fn ends(&self) -> (Number, Number) {
+        match *self {
+            Range::Int(lo, hi) => (Number::Int(lo), Number::Int(hi)),
+            Range::Float(lo, hi) => (Number::Float(lo), Number::Float(hi)),
+            Range::Duration(lo, hi) => (Number::Duration(lo), Number::Duration(hi)),
+        }
+    }
+
+    /// Whether `value` is allowed; the error says the range and the value.
+    pub fn check(&self, value: Number) -> Result<(), String> {
+        let inside = match (*self, value) {
+            (Range::Int(lo, hi), Number::Int(v)) => (lo..=hi).contains(&v),
+            (Range::Float(lo, hi), Number::Float(v)) => v.is_finite() && (lo..=hi).contains(&v),
+            (Range::Duration(lo, hi), Number::Duration(v)) => (lo..=hi).contains(&v),
+            _ => false,
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(format!("must be from {self}; got {value}"))
+        }
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (lo, hi) = self.ends();
+        match self {
+            Range::Duration(..) => write!(f, "\"{lo}\" to \"{hi}\""),
+            _ => write!(f, "{lo} to {hi}"),
+        }
+    }
+}
+
+/// Where a numeric key's value is read from.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// A key with one value in the configuration.
+    Config(fn(&Config) -> Option<Number>),
+    /// A key of every `[rate_limits.<channel>]` table.
+    Rate(fn(&RateSettings) -> Option<Number>),
+}
+
+/// A numeric key and its range. `path` writes `*` for a table name of the operator's choice
+/// (`rate_limits.*.per_second`).
+#[derive(Clone, Copy)]
+pub struct NumericKey {
+    /// The dotted key path.
+    pub path: &'static str,
+    /// The values `validate()` accepts.
+    pub range: Range,
+    reader: Reader,
+}
+
+impl fmt::Debug for NumericKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NumericKey")
+            .field("path", &self.path)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+impl NumericKey {
+    /// The values this key has in `config`, each with its full key path (none for an unset
+    /// optional key, one per table for `rate_limits.*`).
+    pub fn read(&self, config: &Config) -> Vec<(String, Number)> {
+        match self.reader {
+            Reader::Config(read) => read(config)
+                .map(|v| (self.path.to_owned(), v))
+                .into_iter()
+                .collect(),
+            Reader::Rate(read) => {
+                let leaf = self.path.rsplit('.').next().unwrap_or(self.path);
+                config
+                    .rate_limits
+                    .iter()
+                    .filter_map(|(name, settings)| {
+                        read(settings).map(|v| (format!("rate_limits.{name}.{leaf}"), v))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The built-in default of this key for `channel`'s rate limits, or of the key itself.
+    pub fn default_values(&self) -> Vec<Number> {
+        match self.reader {
+            Reader::Config(read) => read(&Config::default()).into_iter().collect(),
+            Reader::Rate(read) => ChannelKind::ALL
+                .iter()
+                .filter_map(|c| read(&RateSettings::default_for(*c)))
+                .collect(),
+        }
+    }
+}
+
+const SEC: u64 = 1_000;
+const MIN: u64 = 60 * SEC;
+const HOUR: u64 = 60 * MIN;
+const DAY: u64 = 24 * HOUR;
+const MIB: u64 = 1024 * 1024;
+
+const fn ints(lo: u64, hi: u64) -> Range {
+    Range::Int(lo, hi)
+}
+
+const fn millis(lo: u64, hi: u64) -> Range {
+    Range::Duration(Duration::from_millis(lo), Duration::from_millis(hi))
+}
+
+const fn key(path: &'static str, range: Range, read: fn(&Config) -> Option<Number>) -> NumericKey {
+    NumericKey {
+        path,
+        range,
+        reader: Reader::Config(read),
+    }
+}
+
+const fn rate(
+    path: &'static str,
+    range: Range,
+    read: fn(&RateSettings) -> Option<Number>,
+) -> NumericKey {
+    NumericKey {
+        path,
+        range,
+        reader: Reader::Rate(read),
+    }
+}
+
+fn int(n: impl TryInto<u64>) -> Option<Number> {
+    Some(Number::Int(n.try_into().unwrap_or(u64::MAX)))
+}
+
+fn dur(d: HumanDuration) -> Option<Number> {
+    Some(Number::Duration(d.get()))
+}
+
+/// Every numeric key and its range: what `validate()` checks and README.md's Configuration
+/// section lists. A new numeric key is one line here (a unit test fails until it is).
+pub static NUMERIC_KEYS: &[NumericKey] = &[
+    key("gateway.max_sessions", ints(1, 10_000_000), |c| {
+        int(c.gateway.max_sessions)
+    }),
+    key("gateway.idle_timeout", millis(100, 30 * DAY), |c| {
+        dur(c.gateway.idle_timeout)
+    }),
+    key("gateway.history_window", ints(1, 10_000), |c| {
+        int(c.gateway.history_window)
+    }),
+    key("gateway.mailbox_capacity", ints(1, 65_536), |c| {
+        int(c.gateway.mailbox_capacity)
+    }),
+    key("gateway.shutdown_grace", millis(0, HOUR), |c| {
+        dur(c.gateway.shutdown_grace)
+    }),
+    key("agent.max_concurrent", ints(1, 10_000), |c| {
+        int(c.agent.max_concurrent)
+    }),
+    key("agent.timeout", millis(100, HOUR), |c| dur(c.agent.timeout)),
+    key("agent.max_attempts", ints(1, 100), |c| {
+        int(c.agent.max_attempts)
+    }),
+    key("agent.retry_backoff", millis(0, 10 * MIN), |c| {
+        dur(c.agent.retry_backoff)
+    }),
+    key("agent.max_tool_steps", ints(1, 100), |c| {
+        int(c.agent.max_tool_steps)
+    }),
+    key(
+        "channels.webchat.max_message_bytes",
+        ints(1, 16 * MIB),
+        |c| int(c.channels.webchat.max_message_bytes),
+    ),
+    key("channels.http.max_message_bytes", ints(1, 16 * MIB), |c| {
+        int(c.channels.http.max_message_bytes)
+    }),
+    key("channels.http.timeout", millis(100, 10 * MIN), |c| {
+        dur(c.channels.http.timeout)
+    }),
+    key("channels.http.max_reply_chars", ints(64, 1_000_000), |c| {
+        c.channels.http.max_reply_chars.and_then(int)
+    }),
+    key("channels.telegram.poll_timeout", millis(SEC, HOUR), |c| {
+        dur(c.channels.telegram.poll_timeout)
+    }),
+    key("delivery.max_attempts", ints(1, 1_000), |c| {
+        int(c.delivery.max_attempts)
+    }),
+    key("delivery.retry_backoff", millis(0, HOUR), |c| {
+        dur(c.delivery.retry_backoff)
+    }),
+    key("delivery.max_backoff", millis(1, DAY), |c| {
+        dur(c.delivery.max_backoff)
+    }),
+    key("delivery.probe_interval", millis(10, DAY), |c| {
+        dur(c.delivery.probe_interval)
+    }),
+    key("tools.http_max_bytes", ints(1, 64 * MIB), |c| {
+        int(c.tools.http_max_bytes)
+    }),
+    key("tools.timeout", millis(10, HOUR), |c| dur(c.tools.timeout)),
+    key("store.dedupe_window", millis(MIN, 3650 * DAY), |c| {
+        dur(c.store.dedupe_window)
+    }),
+    key("store.transcript_retention", millis(HOUR, 36_500 * DAY), |c| {
+        match c.store.transcript_retention {
+            TranscriptRetention::Forever => None,
+            TranscriptRetention::For(d) => Some(Number::Duration(d)),
+        }
+    }),
+    key("store.prune_interval", millis(SEC, DAY), |c| {
+        dur(c.store.prune_interval)
+    }),
+    rate(
+        "rate_limits.*.per_second",
+        Range::Float(0.001, 1_000_000.0),
+        |r| r.per_second.map(Number::Float),
+    ),
+    rate("rate_limits.*.burst", ints(1, 1_000_000), |r| {
+        r.burst.and_then(int)
+    }),
+    rate(
+        "rate_limits.*.per_chat_per_second",
+        Range::Float(0.001, 1_000_000.0),
+        |r| r.per_chat_per_second.map(Number::Float),
+    ),
+    rate("rate_limits.*.per_chat_burst", ints(1, 1_000_000), |r| {
+        r.per_chat_burst.and_then(int)
+    }),
+];
 
 fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|span| line_at(text, span.start));
@@ -1170,5 +1500,540 @@ mod tests {
         let errs = Config::parse("[gateway]\nmax_sessions = \"many\"\n").expect_err("invalid");
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].path.contains("max_sessions"), "{errs:?}");
+    }
+
+    /// Every numeric key serde reads in [`Config`], found by deserializing it from a tracing
+    /// deserializer that answers every struct field, optional value and map entry: so a key
+    /// added to any section, with or without a default, shows up here.
+    mod trace {
+        use std::cell::RefCell;
+
+        use serde::de::value::{Error, SeqDeserializer, StrDeserializer};
+        use serde::de::{DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+        use serde::forward_to_deserialize_any;
+
+        /// What kind of value a key was asked as.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kind {
+            Int,
+            Float,
+            /// `deserialize_any`: a duration (the only such key in the file).
+            Any,
+        }
+
+        pub type Found = RefCell<Vec<(String, Kind)>>;
+
+        pub struct Tracer<'a> {
+            pub path: String,
+            pub found: &'a Found,
+        }
+
+        impl Tracer<'_> {
+            fn note(&self, kind: Kind) {
+                self.found.borrow_mut().push((self.path.clone(), kind));
+            }
+        }
+
+        struct Fields<'a> {
+            path: String,
+            keys: Vec<&'static str>,
+            next: usize,
+            found: &'a Found,
+        }
+
+        impl<'de> MapAccess<'de> for Fields<'_> {
+            type Error = Error;
+
+            fn next_key_seed<K: DeserializeSeed<'de>>(
+                &mut self,
+                seed: K,
+            ) -> Result<Option<K::Value>, Error> {
+                match self.keys.get(self.next) {
+                    Some(key) => {
+                        let key: StrDeserializer<'_, Error> = key.into_deserializer();
+                        seed.deserialize(key).map(Some)
+                    }
+                    None => Ok(None),
+                }
+            }
+
+            fn next_value_seed<V: DeserializeSeed<'de>>(
+                &mut self,
+                seed: V,
+            ) -> Result<V::Value, Error> {
+                let key = self.keys.get(self.next).copied().unwrap_or("?");
+                self.next += 1;
+                let path = if self.path.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                seed.deserialize(Tracer {
+                    path,
+                    found: self.found,
+                })
+            }
+        }
+
+        macro_rules! ints {
+            ($($method:ident),*) => {$(
+                fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                    self.note(Kind::Int);
+                    visitor.visit_u8(1)
+                }
+            )*};
+        }
+
+        impl<'de> serde::Deserializer<'de> for Tracer<'_> {
+            type Error = Error;
+
+            fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                self.note(Kind::Any);
+                visitor.visit_u64(1)
+            }
+
+            ints!(
+                deserialize_u8,
+                deserialize_u16,
+                deserialize_u32,
+                deserialize_u64,
+                deserialize_i8,
+                deserialize_i16,
+                deserialize_i32,
+                deserialize_i64
+            );
+
+            fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                self.note(Kind::Float);
+                visitor.visit_f64(1.0)
+            }
+
+            fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                self.note(Kind::Float);
+                visitor.visit_f64(1.0)
+            }
+
+            fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_bool(false)
+            }
+
+            fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_str("x")
+            }
+
+            fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_str("x")
+            }
+
+            fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_some(self)
+            }
+
+            fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_seq(SeqDeserializer::<_, Error>::new(std::iter::empty::<u8>()))
+            }
+
+            fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_map(Fields {
+                    path: self.path,
+                    keys: vec!["*"],
+                    next: 0,
+                    found: self.found,
+                })
+            }
+
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, Error> {
+                visitor.visit_map(Fields {
+                    path: self.path,
+                    keys: fields.to_vec(),
+                    next: 0,
+                    found: self.found,
+                })
+            }
+
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                variants: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, Error> {
+                let first: StrDeserializer<'_, Error> =
+                    variants.first().copied().unwrap_or("x").into_deserializer();
+                visitor.visit_enum(first)
+            }
+
+            fn deserialize_newtype_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                visitor: V,
+            ) -> Result<V::Value, Error> {
+                visitor.visit_newtype_struct(self)
+            }
+
+            forward_to_deserialize_any! {
+                i128 u128 char bytes byte_buf unit unit_struct tuple tuple_struct identifier
+                ignored_any
+            }
+        }
+    }
+
+    fn traced_numeric_keys() -> Vec<(String, trace::Kind)> {
+        let found = trace::Found::default();
+        Config::deserialize(trace::Tracer {
+            path: String::new(),
+            found: &found,
+        })
+        .expect("the tracer answers every key");
+        found.into_inner()
+    }
+
+    #[test]
+    fn the_range_table_covers_every_numeric_key() {
+        let traced = traced_numeric_keys();
+        assert!(traced.len() >= 20, "the tracer found the keys: {traced:?}");
+        for (path, kind) in &traced {
+            let entry = NUMERIC_KEYS
+                .iter()
+                .find(|k| k.path == path)
+                .unwrap_or_else(|| {
+                    panic!("numeric key `{path}` has no range in NUMERIC_KEYS; add one line there")
+                });
+            let expected = match entry.range {
+                Range::Int(..) => trace::Kind::Int,
+                Range::Float(..) => trace::Kind::Float,
+                Range::Duration(..) => trace::Kind::Any,
+            };
+            assert_eq!(*kind, expected, "{path}: its range is of the wrong kind");
+        }
+        for key in NUMERIC_KEYS {
+            assert!(
+                traced.iter().any(|(p, _)| p == key.path),
+                "NUMERIC_KEYS lists `{}`, which is not a key of the file",
+                key.path
+            );
+        }
+    }
+
+    #[test]
+    fn every_default_is_inside_its_range_and_every_range_is_ordered() {
+        for key in NUMERIC_KEYS {
+            let (lo, hi) = key.range.ends();
+            key.range
+                .check(lo)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.path));
+            key.range
+                .check(hi)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.path));
+            for value in key.default_values() {
+                key.range
+                    .check(value)
+                    .unwrap_or_else(|e| panic!("the default of {}: {e}", key.path));
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_numeric_range() {
+        let readme = include_str!("../../README.md");
+        for key in NUMERIC_KEYS {
+            let row = format!("| `{}` | {} |", key.path, key.range);
+            assert!(
+                readme.contains(&row),
+                "README.md's Configuration section must have the row\n{row}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_line_and_range() {
+        for (text, path, line) in [
+            (
+                "[rate_limits.http]\nper_second = 1e-12\n",
+                "rate_limits.http.per_second",
+                2,
+            ),
+            (
+                "[rate_limits.http]\nper_chat_per_second = 1e-300\n",
+                "rate_limits.http.per_chat_per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_chat_per_second = nan\n",
+                "rate_limits.webchat.per_chat_per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_second = inf\n",
+                "rate_limits.webchat.per_second",
+                2,
+            ),
+            (
+                "[rate_limits.webchat]\nper_second = -1.0\n",
+                "rate_limits.webchat.per_second",
+                2,
+            ),
+            (
+                "[agent]\nmax_concurrent = 2305843009213693952\n",
+                "agent.max_concurrent",
+                2,
+            ),
+            (
+                "[gateway]\n\nmailbox_capacity = 2305843009213693952\n",
+                "gateway.mailbox_capacity",
+                3,
+            ),
+            (
+                "[delivery]\nprobe_interval = 0\n",
+                "delivery.probe_interval",
+                2,
+            ),
+            (
+                "[gateway]\nidle_timeout = \"0ms\"\n",
+                "gateway.idle_timeout",
+                2,
+            ),
+            (
+                "[channels.telegram]\npoll_timeout = 18446744073709551615\n",
+                "channels.telegram.poll_timeout",
+                2,
+            ),
+            (
+                "[channels.telegram]\npoll_timeout = \"999999999999d\"\n",
+                "channels.telegram.poll_timeout",
+                2,
+            ),
+        ] {
+            let errs = Config::parse(text).expect_err(text);
+            assert_eq!(errs.len(), 1, "{text}: {errs:?}");
+            assert_eq!(errs[0].path, path, "{text}: {errs:?}");
+            assert_eq!(errs[0].line, Some(line), "{text}: {errs:?}");
+        }
+        let errs = Config::parse("[agent]\nmax_concurrent = 0\n").expect_err("0");
+        assert_eq!(errs[0].message, "must be from 1 to 10000; got 0");
+        let errs = Config::parse("[gateway]\nidle_timeout = \"50ms\"\n").expect_err("50ms");
+        assert_eq!(
+            errs[0].message,
+            "must be from \"100ms\" to \"30d\"; got 50ms"
+        );
+    }
+
+    #[test]
+    fn every_type_error_and_every_semantic_error_is_reported_in_one_pass() {
+        let text = "[gateway]\nbogus = 1\nidle_timeout = \"abc\"\nmax_sessions = 0\n[agent]\nprovider = \"foo\"\n[channels.http]\nenabled = true\ntimeout = -5\n";
+        let errs = Config::parse(text).expect_err("invalid");
+        let found: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            found,
+            vec![
+                ("gateway.bogus", Some(2)),
+                ("gateway.idle_timeout", Some(3)),
+                ("gateway.max_sessions", Some(4)),
+                ("agent.provider", Some(6)),
+                // The missing callback_url points at its table.
+                ("channels.http.callback_url", Some(7)),
+                ("channels.http.timeout", Some(9)),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[0].message.contains("unknown field `bogus`"),
+            "{errs:?}"
+        );
+        assert!(errs[1].message.contains(DURATION_FORMS), "{errs:?}");
+        assert!(errs[3].message.contains("foo"), "{errs:?}");
+        assert!(errs[5].message.contains(DURATION_FORMS), "{errs:?}");
+        assert!(!errs[5].message.contains("untagged"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_removed_key_takes_its_default_and_is_not_reported_twice() {
+        // The bad callback_url is reported for its type, not again as missing.
+        let errs = Config::parse("[channels.http]\nenabled = true\ncallback_url = 5\n")
+            .expect_err("invalid");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "channels.http.callback_url");
+        let errs = Config::parse("rate_limits = 5\n[agent]\nmax_attempts = 0\n").expect_err("x");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["rate_limits", "agent.max_attempts"], "{errs:?}");
+    }
+
+    #[test]
+    fn durations_of_every_wrong_shape_say_what_a_duration_looks_like() {
+        for value in ["-5", "\"abc\"", "1.5", "true", "\"\"", "[1]", "\"-5s\""] {
+            let text = format!("[agent]\ntimeout = {value}\n");
+            let errs = Config::parse(&text).expect_err(&text);
+            assert_eq!(errs.len(), 1, "{text}: {errs:?}");
+            assert_eq!(errs[0].path, "agent.timeout", "{text}: {errs:?}");
+            assert!(errs[0].message.contains(DURATION_FORMS), "{text}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn every_url_key_is_checked_the_same_way() {
+        let bad = [
+            "ftp://x",
+            "not a url",
+            "",
+            "http://",
+            "file:///etc/passwd",
+            "mailto:a@b.c",
+        ];
+        let good = ["http://127.0.0.1:9/x", "https://example.com"];
+        for (key, table, extra) in [
+            ("agent.base_url", "[agent]", ""),
+            ("channels.telegram.api_url", "[channels.telegram]", ""),
+            ("channels.discord.api_url", "[channels.discord]", ""),
+            (
+                "channels.http.callback_url",
+                "[channels.http]",
+                "enabled = true\n",
+            ),
+            ("channels.telegram.webhook_url", "[channels.telegram]", ""),
+        ] {
+            let leaf = key.rsplit('.').next().expect("a leaf");
+            for value in bad {
+                let text = format!("{table}\n{extra}{leaf} = {value:?}\n");
+                let errs = Config::parse(&text).expect_err(&text);
+                assert_eq!(errs.len(), 1, "{text}: {errs:?}");
+                assert_eq!(errs[0].path, key, "{text}: {errs:?}");
+                assert!(errs[0].line.is_some(), "{text}: {errs:?}");
+                assert!(check_url(key, value).is_err(), "{key} = {value:?}");
+            }
+            for value in good {
+                let text = format!("{table}\n{extra}{leaf} = {value:?}\n");
+                Config::parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn telegram_webhook_mode_needs_a_webhook_url() {
+        let text = "[channels.telegram]\nenabled = true\ntoken_file = \"/nonexistent\"\nmode = \"webhook\"\n";
+        let errs = Config::parse(text).expect_err("invalid");
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "channels.telegram.webhook_url"),
+            "{errs:?}"
+        );
+    }
+
+    /// What the daemon builds from a value that never went through `validate()` (a
+    /// `Config` made in code) degrades instead of panicking.
+    #[tokio::test]
+    async fn values_past_validation_degrade_without_panicking() {
+        use crate::delivery::rate_limit::ChannelLimits;
+        for (rate, burst) in [(1e-300, u32::MAX), (1e-12, 1), (1e300, 0), (f64::NAN, 5)] {
+            let limits = ChannelLimits::new(
+                ChannelKind::Http,
+                RateSettings {
+                    per_second: Some(rate),
+                    burst: Some(burst),
+                    per_chat_per_second: Some(rate),
+                    per_chat_burst: Some(burst),
+                },
+            );
+            // The first send of a bucket is never held.
+            tokio::time::timeout(Duration::from_secs(5), limits.acquire("c"))
+                .await
+                .unwrap_or_else(|_| panic!("rate {rate}, burst {burst}: the first send waits"));
+        }
+        crate::agent::llm::OpenAi::new(
+            "http://127.0.0.1:9/v1",
+            "m",
+            None,
+            Duration::MAX,
+            usize::MAX,
+        )
+        .expect("a client with the largest limits");
+        let _bot = crate::channels::telegram::bot("1:x", "http://127.0.0.1:9", Duration::MAX)
+            .expect("a bot with the longest poll");
+    }
+
+    proptest::proptest! {
+        /// Garbled and generated TOML never panics the parser, and every error names a key or a
+        /// line.
+        #[test]
+        fn prop_config_text_never_panics_and_errors_are_located(
+            text in garbled_config(),
+        ) {
+            if let Err(errors) = Config::parse(&text) {
+                proptest::prop_assert!(!errors.is_empty());
+                for e in &errors {
+                    proptest::prop_assert!(
+                        e.line.is_some() || (!e.path.is_empty() && !e.path.starts_with('(')),
+                        "{e:?} in {text:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Config text from fragments of real keys, values of every type, and raw noise.
+    fn garbled_config() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let tables = prop::sample::select(vec![
+            "[gateway]",
+            "[http]",
+            "[admin]",
+            "[log]",
+            "[agent]",
+            "[channels.webchat]",
+            "[channels.http]",
+            "[channels.telegram]",
+            "[channels.discord]",
+            "[delivery]",
+            "[rate_limits.http]",
+            "[rate_limits.nope]",
+            "[tools]",
+            "[workflows]",
+            "[[gateway]]",
+            "[channels]",
+            "[rate_limits]",
+            "",
+        ]);
+        let keys = prop::sample::select(
+            NUMERIC_KEYS
+                .iter()
+                .map(|k| k.path.rsplit('.').next().unwrap_or(k.path))
+                .chain([
+                    "enabled",
+                    "listen",
+                    "callback_url",
+                    "base_url",
+                    "provider",
+                    "mode",
+                    "webhook_url",
+                    "data_dir",
+                    "level",
+                    "bogus",
+                    "api_url",
+                    "http_allowlist",
+                ])
+                .collect::<Vec<_>>(),
+        );
+        let values = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| format!("{x:?}")),
+            Just("nan".to_owned()),
+            Just("-inf".to_owned()),
+            Just("true".to_owned()),
+            "[a-z0-9 :/.]{0,12}".prop_map(|s| format!("{s:?}")),
+            "[0-9]{1,25}(ms|s|m|h|d|x)?".prop_map(|s| format!("{s:?}")),
+            Just("[1, \"a\"]".to_owned()),
+            Just("{ a = 1 }".to_owned()),
+            "\\PC{0,8}",
+        ];
+        let line = prop_oneof![
+            tables.prop_map(str::to_owned),
+            (keys, values).prop_map(|(k, v)| format!("{k} = {v}")),
+            "\\PC{0,20}",
+        ];
+        prop::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
     }
 }

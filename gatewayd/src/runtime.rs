@@ -648,7 +648,7 @@ where
     supervisor.spawn_restarting(component, move || {
         let f = f.clone();
         async move {
-            let mut tick = tokio::time::interval(period);
+            let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {

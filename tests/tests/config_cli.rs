@@ -328,3 +328,132 @@ fn check_config_reports_every_workflow_error_and_loads_the_rest() {
         "the good file has no error: {err}"
     );
 }
+
+/// The error line for `path` in a refused check, or a panic listing them all.
+fn error_line<'a>(err: &'a str, path: &str) -> &'a str {
+    err.lines()
+        .filter(|l| l.starts_with("  "))
+        .find(|l| {
+            l.trim_start()
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with([' ', ':']))
+        })
+        .unwrap_or_else(|| panic!("no error line for {path}:\n{err}"))
+}
+
+#[test]
+fn an_unknown_key_a_bad_duration_and_a_bad_provider_are_three_errors_in_one_run() {
+    let dir = tempdir();
+    let text = "[gateway]\nbogus = 1\nidle_timeout = \"abc\"\n\n[agent]\nprovider = \"foo\"\n";
+    let config = write(dir.path(), "three.toml", text);
+    let out = check_config(dir.path(), &config);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} has 3 error(s):", config.display())),
+        "three errors:\n{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("  ")).count(),
+        3,
+        "{err}"
+    );
+    let bogus = error_line(&err, "gateway.bogus");
+    assert!(
+        bogus.contains("(line 2)") && bogus.contains("unknown field"),
+        "{bogus}"
+    );
+    let idle = error_line(&err, "gateway.idle_timeout");
+    assert!(
+        idle.contains("(line 3)") && idle.contains("`abc`"),
+        "{idle}"
+    );
+    let provider = error_line(&err, "agent.provider");
+    assert!(
+        provider.contains("(line 6)") && provider.contains("foo"),
+        "{provider}"
+    );
+}
+
+#[test]
+fn a_negative_duration_says_what_a_duration_looks_like() {
+    let dir = tempdir();
+    let config = write(dir.path(), "neg.toml", "[agent]\ntimeout = -5\n");
+    let out = check_config(dir.path(), &config);
+    assert_single_error(
+        &out,
+        &config,
+        &[
+            "agent.timeout (line 2)",
+            "expected a duration such as \"250ms\", \"30s\", \"5m\", \"2h\" or a whole number of seconds",
+        ],
+    );
+    assert!(!stderr(&out).contains("untagged"), "{}", stderr(&out));
+}
+
+#[test]
+fn values_that_used_to_panic_the_daemon_are_refused_with_their_key() {
+    let dir = tempdir();
+    for (text, path) in [
+        (
+            "[rate_limits.http]\nper_second = 1e-12\n",
+            "rate_limits.http.per_second (line 2)",
+        ),
+        (
+            "[rate_limits.http]\nper_chat_per_second = 1e-300\n",
+            "rate_limits.http.per_chat_per_second (line 2)",
+        ),
+        (
+            "[agent]\nmax_concurrent = 2305843009213693952\n",
+            "agent.max_concurrent (line 2)",
+        ),
+        (
+            "[gateway]\nmailbox_capacity = 2305843009213693952\n",
+            "gateway.mailbox_capacity (line 2)",
+        ),
+    ] {
+        let config = write(dir.path(), "panic.toml", text);
+        let out = check_config(dir.path(), &config);
+        assert_single_error(&out, &config, &[path, "must be from"]);
+    }
+}
+
+#[test]
+fn every_url_key_refuses_what_is_not_an_http_url() {
+    let dir = tempdir();
+    let telegram = "[channels.telegram]\nenabled = true\ntoken_env = \"PATH\"\n";
+    let webhook = "[channels.telegram]\nenabled = true\ntoken_env = \"PATH\"\nmode = \"webhook\"\nwebhook_secret_env = \"PATH\"\n";
+    for (key, prefix) in [
+        ("agent.base_url", "[agent]\nprovider = \"openai\"\n"),
+        ("channels.telegram.api_url", telegram),
+        (
+            "channels.discord.api_url",
+            "[channels.discord]\nenabled = true\ntoken_env = \"PATH\"\n",
+        ),
+        (
+            "channels.http.callback_url",
+            "[channels.http]\nenabled = true\n",
+        ),
+        ("channels.telegram.webhook_url", webhook),
+    ] {
+        let leaf = key.rsplit('.').next().expect("leaf");
+        for value in ["ftp://x", "not a url", "", "http://"] {
+            let text = format!("{prefix}{leaf} = {value:?}\n");
+            let config = write(dir.path(), "url.toml", &text);
+            let out = check_config(dir.path(), &config);
+            assert_single_error(&out, &config, &[&format!("{key} (line ")]);
+        }
+        let text = format!("{prefix}{leaf} = \"https://example.com\"\n");
+        let config = write(dir.path(), "url.toml", &text);
+        let out = check_config(dir.path(), &config);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    }
+    // Webhook mode without a webhook_url would sit in `starting` for ever.
+    let config = write(dir.path(), "no-webhook.toml", webhook);
+    let out = check_config(dir.path(), &config);
+    assert_single_error(
+        &out,
+        &config,
+        &["channels.telegram.webhook_url", "required"],
+    );
+}

@@ -82,7 +82,7 @@ impl OpenAi {
             model: model.to_owned(),
             api_key,
             timeout,
-            limit: Semaphore::new(max_concurrent.max(1)),
+            limit: Semaphore::new(max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
         })
     }
 }

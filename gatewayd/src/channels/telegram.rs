@@ -42,7 +42,7 @@ pub fn bot(token: &str, api_url: &str, poll_timeout: Duration) -> Result<Bot, St
     let url = reqwest::Url::parse(api_url)
         .map_err(|e| format!("channels.telegram.api_url `{api_url}` is not a URL: {e}"))?;
     let client = teloxide::net::default_reqwest_settings()
-        .timeout(poll_timeout + Duration::from_secs(15))
+        .timeout(poll_timeout.saturating_add(Duration::from_secs(15)))
         .build()
         .map_err(|e| format!("cannot build the Telegram HTTP client: {e}"))?;
     Ok(Bot::with_client(token, client).set_api_url(url))

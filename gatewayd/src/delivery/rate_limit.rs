@@ -106,12 +106,19 @@ impl RateSettings {
     }
 }
 
+/// Longest period between two sends (0.001/s) and largest burst a bucket is built with, so
+/// that governor's nanosecond arithmetic cannot overflow whatever the settings say.
+const MAX_PERIOD: Duration = Duration::from_secs(1000);
+const MAX_BURST: u32 = 1_000_000;
+
 fn quota(per_second: f64, burst: u32) -> Option<Quota> {
     if !(per_second.is_finite() && per_second > 0.0) {
         return None;
     }
-    let period = Duration::from_secs_f64(1.0 / per_second);
-    let burst = NonZeroU32::new(burst.max(1))?;
+    let period = Duration::try_from_secs_f64(1.0 / per_second)
+        .unwrap_or(MAX_PERIOD)
+        .min(MAX_PERIOD);
+    let burst = NonZeroU32::new(burst.clamp(1, MAX_BURST))?;
     Quota::with_period(period).map(|q| q.allow_burst(burst))
 }
 
