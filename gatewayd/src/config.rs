@@ -121,12 +121,23 @@ impl Default for GatewayConfig {
 pub struct HttpConfig {
     /// Address of the HTTP listener.
     pub listen: String,
+    /// How long a connection may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open. 100ms to 1h.
+    pub header_timeout: HumanDuration,
+    /// How long a client may take to send a request body. 100ms to 1h.
+    pub body_timeout: HumanDuration,
+    /// Connections served at once (WebSockets included); more are answered 503 and closed.
+    /// 1 to 1000000.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(30)),
+            max_connections: 16_384,
         }
     }
 }
@@ -577,6 +588,20 @@ impl Config {
                     "`{}` is not an address: {e}; write e.g. \"127.0.0.1:8080\"",
                     self.http.listen
                 ),
+            );
+        }
+        for (path, value) in [
+            ("http.header_timeout", self.http.header_timeout.get()),
+            ("http.body_timeout", self.http.body_timeout.get()),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
+                err(path, "must be from 100ms to 1h".to_owned());
+            }
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            err(
+                "http.max_connections",
+                "must be from 1 to 1000000".to_owned(),
             );
         }
         match self.admin.listen.parse::<SocketAddr>() {

@@ -150,8 +150,7 @@ fn classify_rest(
             retry_after: body
                 .get("retry_after")
                 .and_then(serde_json::Value::as_f64)
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(super::platform_delay_secs)
                 .or(header_retry),
             global: global_header
                 || body.get("global").and_then(serde_json::Value::as_bool) == Some(true),
@@ -216,68 +215,70 @@ struct Handler {
     bot_id: AtomicU64,
 }
 
-impl Handler {
-    /// Turns a gateway message into an inbound message; `None` for what is not answered.
-    fn normalize(&self, msg: &Message) -> Option<InboundMessage> {
-        if msg.author.bot {
-            return None;
-        }
-        let bot = self.bot_id.load(Ordering::Acquire);
-        let guild = msg.guild_id.is_some();
-        let mut text = msg.content.clone();
-        if guild {
-            let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
-            if self.require_mention && !mentioned {
-                return None;
-            }
-            text = text
-                .replace(&format!("<@{bot}>"), "")
-                .replace(&format!("<@!{bot}>"), "")
-                .trim()
-                .to_owned();
-        }
-        let attachments: Vec<Attachment> = msg
-            .attachments
-            .iter()
-            .map(|a| Attachment {
-                kind: a
-                    .content_type
-                    .as_deref()
-                    .and_then(|t| t.split('/').next())
-                    .map_or("file", |t| match t {
-                        "image" => "photo",
-                        "video" => "video",
-                        "audio" => "audio",
-                        _ => "document",
-                    })
-                    .to_owned(),
-                file_id: a.url.clone(),
-                name: Some(a.filename.clone()),
-            })
-            .collect();
-        if text.trim().is_empty() && attachments.is_empty() {
-            return None;
-        }
-        Some(InboundMessage {
-            channel: ChannelKind::Discord,
-            channel_message_id: msg.id.get().to_string(),
-            chat_id: msg.channel_id.get().to_string(),
-            chat_type: if guild {
-                ChatType::Group
-            } else {
-                ChatType::Direct
-            },
-            sender_id: msg.author.id.get().to_string(),
-            text,
-            reply_to: msg
-                .message_reference
-                .as_ref()
-                .and_then(|r| r.message_id)
-                .map(|id| id.get().to_string()),
-            attachments,
-            received_at_ms: now_ms(),
-        })
+/// Turns a gateway message into an inbound message for the bot `bot` (its user id); `None` for
+/// what is not answered. With `require_mention`, guild messages must mention the bot.
+pub(crate) fn normalize_message(
+    msg: &Message,
+    bot: u64,
+    require_mention: bool,
+) -> Option<InboundMessage> {
+    if msg.author.bot {
+        return None;
     }
+    let guild = msg.guild_id.is_some();
+    let mut text = msg.content.clone();
+    if guild {
+        let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
+        if require_mention && !mentioned {
+            return None;
+        }
+        text = text
+            .replace(&format!("<@{bot}>"), "")
+            .replace(&format!("<@!{bot}>"), "")
+            .trim()
+            .to_owned();
+    }
+    let attachments: Vec<Attachment> = msg
+        .attachments
+        .iter()
+        .map(|a| Attachment {
+            kind: a
+                .content_type
+                .as_deref()
+                .and_then(|t| t.split('/').next())
+                .map_or("file", |t| match t {
+                    "image" => "photo",
+                    "video" => "video",
+                    "audio" => "audio",
+                    _ => "document",
+                })
+                .to_owned(),
+            file_id: a.url.clone(),
+            name: Some(a.filename.clone()),
+        })
+        .collect();
+    if text.trim().is_empty() && attachments.is_empty() {
+        return None;
+    }
+    Some(InboundMessage {
+        channel: ChannelKind::Discord,
+        channel_message_id: msg.id.get().to_string(),
+        chat_id: msg.channel_id.get().to_string(),
+        chat_type: if guild {
+            ChatType::Group
+        } else {
+            ChatType::Direct
+        },
+        sender_id: msg.author.id.get().to_string(),
+        text,
+        reply_to: msg
+            .message_reference
+            .as_ref()
+            .and_then(|r| r.message_id)
+            .map(|id| id.get().to_string()),
+        attachments,
+        received_at_ms: now_ms(),
+    })
 }
 
 #[async_trait]
@@ -309,7 +310,8 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, _: Context, msg: Message) {
-        let Some(inbound) = self.normalize(&msg) else {
+        let bot = self.bot_id.load(Ordering::Acquire);
+        let Some(inbound) = normalize_message(&msg, bot, self.require_mention) else {
             return;
         };
         if let Err(e) = self.inbox.accept(inbound).await {

@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after};
 use crate::delivery::split::{Limit, Unit};
@@ -18,44 +21,89 @@ use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
 /// Longest accepted id (message, chat or sender), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// One field of an inbound body: a number stays the exact text it was sent as.
+enum Field {
+    Absent,
+    Number(String),
+    Other(Value),
+}
+
 /// Parses and checks an inbound body; the error names the offending field.
+///
+/// Ids may be strings or JSON integers; an integer is kept as its exact decimal text (however
+/// many digits), never converted to a float. A fraction or an exponent (`1.5`, `1e3`) is refused.
 pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessage, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("body is not valid UTF-8: {e}"))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("body is not valid JSON: {e}"))?;
-    let obj = value
-        .as_object()
-        .ok_or("body must be a JSON object with message_id, chat_id, sender_id and text")?;
-    let id_field = |name: &str| -> Result<String, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Err(format!("field `{name}` is required")),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(format!("field `{name}` must not be empty"))
-            }
-            Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(format!(
-                "field `{name}` is longer than {MAX_ID_BYTES} bytes"
-            )),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => Err(format!(
-                "field `{name}` must not contain control characters"
-            )),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            Some(other) => Err(format!(
-                "field `{name}` must be a string, not {}",
-                json_type(other)
-            )),
+    // Each field stays raw JSON text until it is read, so numbers keep their exact digits.
+    let raw: HashMap<String, Box<RawValue>> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(_) => format!("body is not valid JSON: {e}"),
+                Ok(_) => "body must be a JSON object with message_id, chat_id, sender_id and text"
+                    .to_owned(),
+            });
         }
+    };
+    let field = |name: &str| -> Result<Field, String> {
+        let Some(r) = raw.get(name) else {
+            return Ok(Field::Absent);
+        };
+        let r = r.get().trim();
+        if r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Ok(Field::Number(r.to_owned()));
+        }
+        serde_json::from_str::<Value>(r)
+            .map(|v| match v {
+                Value::Null => Field::Absent,
+                v => Field::Other(v),
+            })
+            .map_err(|e| format!("field `{name}` is not valid JSON: {e}"))
+    };
+    let id_field = |name: &str| -> Result<String, String> {
+        let id = match field(name)? {
+            Field::Absent => return Err(format!("field `{name}` is required")),
+            Field::Other(Value::String(s)) => s,
+            Field::Number(digits) if is_json_integer(&digits) => digits,
+            Field::Number(digits) => {
+                return Err(format!(
+                    "field `{name}` must be a string or a whole number without fraction or exponent, not `{}`",
+                    digits.chars().take(40).collect::<String>()
+                ));
+            }
+            Field::Other(other) => {
+                return Err(format!(
+                    "field `{name}` must be a string, not {}",
+                    json_type(&other)
+                ));
+            }
+        };
+        if id.trim().is_empty() {
+            return Err(format!("field `{name}` must not be empty"));
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "field `{name}` is longer than {MAX_ID_BYTES} bytes"
+            ));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(format!(
+                "field `{name}` must not contain control characters"
+            ));
+        }
+        Ok(id)
     };
     let message_id = id_field("message_id")?;
     let chat_id = id_field("chat_id")?;
     let sender_id = id_field("sender_id")?;
-    let text = match obj.get("text") {
-        None | Some(Value::Null) => return Err("field `text` is required".to_owned()),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
+    let text = match field("text")? {
+        Field::Absent => return Err("field `text` is required".to_owned()),
+        Field::Other(Value::String(s)) => s,
+        Field::Number(_) => return Err("field `text` must be a string, not a number".to_owned()),
+        Field::Other(other) => {
             return Err(format!(
                 "field `text` must be a string, not {}",
-                json_type(other)
+                json_type(&other)
             ));
         }
     };
@@ -68,15 +116,20 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
             text.len()
         ));
     }
-    let chat_type = match obj.get("chat_type") {
-        None | Some(Value::Null) => ChatType::Direct,
-        Some(Value::String(s)) => s.parse().map_err(|_| {
+    let chat_type = match field("chat_type")? {
+        Field::Absent => ChatType::Direct,
+        Field::Other(Value::String(s)) => s.parse().map_err(|_| {
             format!("field `chat_type` must be \"direct\" or \"group\", not \"{s}\"")
         })?,
-        Some(other) => {
+        Field::Number(_) => {
+            return Err(
+                "field `chat_type` must be \"direct\" or \"group\", not a number".to_owned(),
+            );
+        }
+        Field::Other(other) => {
             return Err(format!(
                 "field `chat_type` must be \"direct\" or \"group\", not {}",
-                json_type(other)
+                json_type(&other)
             ));
         }
     };
@@ -91,6 +144,14 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         attachments: Vec::new(),
         received_at_ms: now_ms(),
     })
+}
+
+/// Whether `s` is a JSON integer literal: an optional `-`, then `0` or digits not starting with `0`.
+fn is_json_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
 }
 
 fn json_type(v: &Value) -> &'static str {

@@ -54,7 +54,7 @@ pub fn classify(e: &RequestError) -> SendError {
     match e {
         RequestError::RetryAfter(secs) => SendError::Retryable {
             message: text,
-            retry_after: Some(secs.duration()),
+            retry_after: Some(secs.duration().min(super::MAX_PLATFORM_DELAY)),
             global: false,
         },
         RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_) => {
