@@ -164,6 +164,9 @@ pub fn platform_delay_secs(secs: f64) -> Option<Duration> {
     if !secs.is_finite() || secs < 0.0 {
         return None;
     }
+    if secs == 0.0 {
+        return Some(Duration::ZERO);
+    }
     let capped = secs.min(MAX_PLATFORM_DELAY.as_secs_f64());
     Some(Duration::try_from_secs_f64(capped).map_or(MAX_PLATFORM_DELAY, |d| d.min(MAX_PLATFORM_DELAY)))
 }

@@ -4,7 +4,9 @@
 //! [`Delivery`], and can inject faults globally, per chat (FIFO), or as a
 //! sticky per-chat mode ("this chat hangs forever"). `HEAD` requests are the
 //! gateway's health probes: counted and answered (200, or the status set with
-//! `set_probe_status`), never recorded as deliveries.
+//! `set_probe_status`), never recorded as deliveries. With `set_post_only(true)` it behaves like
+//! a minimal server that implements only POST (Python's `http.server` with `do_POST`): every
+//! other method, `HEAD` included, gets `501 Not Implemented`.
 //!
 //! Fault precedence for a request of chat C: the sticky mode of C, else the
 //! oldest fault queued for C, else the oldest global fault, else `200 OK`.
@@ -85,6 +87,8 @@ struct Recorded {
     probes: usize,
     /// Status answered to probes; 200 unless set.
     probe_status: Option<u16>,
+    /// Answer every method but POST with 501.
+    post_only: bool,
 }
 
 #[derive(Debug)]
@@ -232,6 +236,11 @@ impl FakeCallback {
         lock(&self.shared.state).probe_status = status;
     }
 
+    /// Answers every method but POST (`HEAD` included) with `501 Not Implemented`.
+    pub fn set_post_only(&self, on: bool) {
+        lock(&self.shared.state).post_only = on;
+    }
+
     /// How many `HEAD` probes arrived.
     pub fn probes(&self) -> usize {
         lock(&self.shared.state).probes
@@ -282,12 +291,19 @@ async fn receive(
         let status = {
             let mut st = lock(&shared.state);
             st.probes += 1;
-            st.probe_status.unwrap_or(200)
+            if st.post_only {
+                501
+            } else {
+                st.probe_status.unwrap_or(200)
+            }
         };
         shared.changed.notify_waiters();
         return StatusCode::from_u16(status)
             .unwrap_or(StatusCode::OK)
             .into_response();
+    }
+    if method != Method::POST && lock(&shared.state).post_only {
+        return StatusCode::NOT_IMPLEMENTED.into_response();
     }
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let json_body = parsed
