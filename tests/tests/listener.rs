@@ -397,7 +397,7 @@ async fn reconnect_reports_down_while_the_callback_is_unreachable() {
     .expect("start");
     post_ok(&gw, "lost").await;
     poll_until_async(TIMEOUT, "the channel is down", || async {
-        http_state(&channel_state(&gw, &["channels"]).await) == "down"
+        http_state(&channel_state(&gw, &["channels", "list"]).await) == "down"
     })
     .await
     .expect("down after five refused connections");
