@@ -168,7 +168,10 @@ pub fn platform_delay_secs(secs: f64) -> Option<Duration> {
         return Some(Duration::ZERO);
     }
     let capped = secs.min(MAX_PLATFORM_DELAY.as_secs_f64());
-    Some(Duration::try_from_secs_f64(capped).map_or(MAX_PLATFORM_DELAY, |d| d.min(MAX_PLATFORM_DELAY)))
+    Some(
+        Duration::try_from_secs_f64(capped)
+            .map_or(MAX_PLATFORM_DELAY, |d| d.min(MAX_PLATFORM_DELAY)),
+    )
 }
 
 /// Parses a `Retry-After` header: delay-seconds (a decimal fraction is accepted too) or an HTTP

@@ -216,8 +216,14 @@ async fn telegram_update(
         );
     }
     let too_large = || format!("body is larger than {TELEGRAM_BODY_LIMIT} bytes");
-    let body = match read_body(&headers, body, TELEGRAM_BODY_LIMIT, state.body_timeout, too_large)
-        .await
+    let body = match read_body(
+        &headers,
+        body,
+        TELEGRAM_BODY_LIMIT,
+        state.body_timeout,
+        too_large,
+    )
+    .await
     {
         Ok(b) => b,
         Err(response) => return response,
@@ -325,7 +331,8 @@ pub struct ServeLimits {
 }
 
 /// What a connection beyond `http.max_connections` gets before it is closed.
-const BUSY: &str = "{\"accepted\":false,\"error\":\"too many connections (http.max_connections); retry later\"}";
+const BUSY: &str =
+    "{\"accepted\":false,\"error\":\"too many connections (http.max_connections); retry later\"}";
 
 /// Serves `app` on `listener` until `stop` turns true, then lets open requests finish (each
 /// connection is told to close after its current request) and returns once every connection

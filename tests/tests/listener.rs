@@ -276,7 +276,10 @@ async fn big_integer_ids_are_kept_exactly() {
             .expect("post");
         assert_eq!(reply.status, 202, "{id}: {}", reply.text);
         let json: Value = serde_json::from_str(&reply.text).expect("json");
-        assert_eq!(json["duplicate"], false, "{id} is not a duplicate of the other");
+        assert_eq!(
+            json["duplicate"], false,
+            "{id} is not a duplicate of the other"
+        );
     }
     let delivered = callback
         .wait_delivered(|d| d.len() >= 2, TIMEOUT)
@@ -295,8 +298,7 @@ async fn big_integer_ids_are_kept_exactly() {
         "{delivered:?}"
     );
     for bad in ["1.5", "1e3"] {
-        let body =
-            format!(r#"{{"message_id":"m","chat_id":"c","sender_id":{bad},"text":"hi"}}"#);
+        let body = format!(r#"{{"message_id":"m","chat_id":"c","sender_id":{bad},"text":"hi"}}"#);
         let reply = gw
             .post_raw("/channels/http/messages", Some("application/json"), body)
             .await

@@ -469,7 +469,11 @@ mod props {
             .expect("the generated shape is a Discord message");
         let n = normalize_message(&m, 99, true).expect("a direct message is answered");
         assert_eq!(
-            (n.channel_message_id.as_str(), n.chat_id.as_str(), n.text.as_str()),
+            (
+                n.channel_message_id.as_str(),
+                n.chat_id.as_str(),
+                n.text.as_str()
+            ),
             ("1", "2", "hi")
         );
     }
@@ -536,7 +540,8 @@ mod props {
                 return Err(TestCaseError::fail(format!("not a message: {raw}")));
             };
             let got = normalize_message(&m, 42, require_mention);
-            let answerable = !bot && !content.trim().is_empty() && !(guild.is_some() && require_mention);
+            let mention_missing = guild.is_some() && require_mention;
+            let answerable = !(bot || content.trim().is_empty() || mention_missing);
             match got {
                 None => prop_assert!(!answerable, "{raw} was not normalized"),
                 Some(n) => {

@@ -347,10 +347,8 @@ mod props {
     /// A valid id as JSON text and the id it must become: a string, or an integer of any length.
     fn id() -> impl Strategy<Value = (String, String)> {
         prop_oneof![
-            "[a-zA-Z0-9 _:./é-]{0,40}[a-zA-Z0-9]".prop_map(|s| (
-                serde_json::to_string(&s).unwrap_or_default(),
-                s
-            )),
+            "[a-zA-Z0-9 _:./é-]{0,40}[a-zA-Z0-9]"
+                .prop_map(|s| (serde_json::to_string(&s).unwrap_or_default(), s)),
             "-?[1-9][0-9]{0,80}".prop_map(|d| (d.clone(), d)),
             Just(("0".to_owned(), "0".to_owned())),
         ]
@@ -408,7 +406,7 @@ mod props {
 
         #[test]
         fn prop_http_bad_field_is_named(which in 0..4usize, bad in bad_value()) {
-            let mut parts = vec![
+            let mut parts = [
                 ("message_id", "\"m\"".to_owned()),
                 ("chat_id", "\"c\"".to_owned()),
                 ("sender_id", "\"s\"".to_owned()),
@@ -431,9 +429,8 @@ mod props {
 
     #[test]
     fn big_integer_ids_stay_exact_and_distinct() {
-        let body = |id: &str| {
-            format!(r#"{{"message_id":{id},"chat_id":{id},"sender_id":1,"text":"hi"}}"#)
-        };
+        let body =
+            |id: &str| format!(r#"{{"message_id":{id},"chat_id":{id},"sender_id":1,"text":"hi"}}"#);
         let a = parse_inbound(body("123456789012345678901234567890").as_bytes(), 64);
         let b = parse_inbound(body("123456789012345678901234567891").as_bytes(), 64);
         let (a, b) = (a.expect("a"), b.expect("b"));
