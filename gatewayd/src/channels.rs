@@ -153,16 +153,42 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>, detail: &str)
     }
 }
 
-/// Parses a `Retry-After` header: delay-seconds or an HTTP date.
+/// The longest wait a platform can impose through `retry_after` or `Retry-After`: a longer
+/// request is cut to this, so a hostile or broken answer cannot park a chat or a channel for days
+/// (or overflow a clock). The send is tried again then, and a platform still limiting says so again.
+pub const MAX_PLATFORM_DELAY: Duration = Duration::from_secs(3600);
+
+/// A platform-supplied wait in seconds as a [`Duration`], capped at [`MAX_PLATFORM_DELAY`].
+/// `None` for a negative, NaN or infinite number: the caller then uses its own backoff.
+pub fn platform_delay_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    if secs == 0.0 {
+        return Some(Duration::ZERO);
+    }
+    let capped = secs.min(MAX_PLATFORM_DELAY.as_secs_f64());
+    Some(
+        Duration::try_from_secs_f64(capped)
+            .map_or(MAX_PLATFORM_DELAY, |d| d.min(MAX_PLATFORM_DELAY)),
+    )
+}
+
+/// Parses a `Retry-After` header: delay-seconds (a decimal fraction is accepted too) or an HTTP
+/// date; capped at [`MAX_PLATFORM_DELAY`], and `None` for anything else.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_PLATFORM_DELAY));
+    }
+    if value.starts_with(|c: char| c.is_ascii_digit()) {
+        return value.parse::<f64>().ok().and_then(platform_delay_secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_PLATFORM_DELAY),
     )
 }
 

@@ -179,12 +179,23 @@ impl Default for GatewayConfig {
 pub struct HttpConfig {
     /// Address of the HTTP listener.
     pub listen: String,
+    /// How long a connection may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open. 100ms to 1h.
+    pub header_timeout: HumanDuration,
+    /// How long a client may take to send a request body. 100ms to 1h.
+    pub body_timeout: HumanDuration,
+    /// Connections served at once (WebSockets included); more are answered 503 and closed.
+    /// 1 to 1000000.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(30)),
+            max_connections: 16_384,
         }
     }
 }
@@ -1239,6 +1250,15 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("gateway.shutdown_grace", millis(0, HOUR), |c| {
         dur(c.gateway.shutdown_grace)
     }),
+    key("http.header_timeout", millis(100, HOUR), |c| {
+        dur(c.http.header_timeout)
+    }),
+    key("http.body_timeout", millis(100, HOUR), |c| {
+        dur(c.http.body_timeout)
+    }),
+    key("http.max_connections", ints(1, 1_000_000), |c| {
+        int(c.http.max_connections)
+    }),
     key("agent.max_concurrent", ints(1, 10_000), |c| {
         int(c.agent.max_concurrent)
     }),
@@ -1288,12 +1308,14 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("store.dedupe_window", millis(MIN, 3650 * DAY), |c| {
         dur(c.store.dedupe_window)
     }),
-    key("store.transcript_retention", millis(HOUR, 36_500 * DAY), |c| {
-        match c.store.transcript_retention {
+    key(
+        "store.transcript_retention",
+        millis(HOUR, 36_500 * DAY),
+        |c| match c.store.transcript_retention {
             TranscriptRetention::Forever => None,
             TranscriptRetention::For(d) => Some(Number::Duration(d)),
-        }
-    }),
+        },
+    ),
     key("store.prune_interval", millis(SEC, DAY), |c| {
         dur(c.store.prune_interval)
     }),

@@ -2,7 +2,14 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Handlers parse every body themselves, with their own size limits, so malformed, oversized
-//! or non-UTF-8 input gets a JSON error naming what is wrong and never a panic.
+//! or non-UTF-8 input gets a JSON error naming what is wrong and never a panic. A declared
+//! `Content-Length` above a route's limit is refused with 413 before any of the body is read, and
+//! a body that does not arrive within `http.body_timeout` gets 408.
+//!
+//! [`serve`] is the accept loop (HTTP/1.1, with upgrades for the WebChat socket): every connection
+//! holds one of `http.max_connections` slots for as long as it is open (a WebSocket keeps its slot
+//! until it closes); a connection beyond that is answered 503 and closed at once. Request headers
+//! must arrive within `http.header_timeout`, which also closes idle keep-alive connections.
 //!
 //! `/healthz` answers 200 `ok` whenever this listener serves: the process is alive. `/readyz`
 //! answers 200 `ready` only when the gateway can take traffic: started and not stopping, the
@@ -12,14 +19,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Query, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::channels::{http as http_channel, webchat};
 use crate::inbox::Inbox;
@@ -27,6 +40,8 @@ use crate::session::router::Router as SessionRouter;
 use crate::store::SharedStore;
 
 const PAGE: &str = include_str!("../assets/webchat.html");
+/// Largest Telegram webhook body accepted.
+pub const TELEGRAM_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +62,8 @@ pub struct AppState {
     pub router: Arc<SessionRouter>,
     /// The Telegram webhook, in webhook mode.
     pub telegram_webhook: Option<TelegramWebhook>,
+    /// How long a client may take to send a request body (`http.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 /// Where Telegram POSTs updates, and the secret it must present.
@@ -62,7 +79,10 @@ pub struct TelegramWebhook {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     if let Some(hook) = &state.telegram_webhook {
-        router = router.route(&hook.path, post(telegram_update));
+        router = router.route(
+            &hook.path,
+            post(telegram_update).layer(DefaultBodyLimit::disable()),
+        );
     }
     router
         .route("/", get(page))
@@ -101,6 +121,7 @@ async fn page(State(state): State<AppState>) -> Response {
 async fn ws(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let Some(webchat) = state.webchat.clone() else {
@@ -127,10 +148,14 @@ async fn ws(
         .write_buffer_size(8 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| webchat.serve(inbox, chat_id, socket))
+        .on_upgrade(move |socket| async move {
+            // The socket keeps its connection slot until it closes.
+            let _slot = slot;
+            webchat.serve(inbox, chat_id, socket).await;
+        })
 }
 
-async fn http_message(State(state): State<AppState>, body: Body) -> Response {
+async fn http_message(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let Some(max_text) = state.http_channel_max_bytes else {
         return error(
             StatusCode::NOT_FOUND,
@@ -139,16 +164,14 @@ async fn http_message(State(state): State<AppState>, body: Body) -> Response {
     };
     // JSON escapes can make a text up to six times longer on the wire.
     let limit = max_text.saturating_mul(6).saturating_add(16 * 1024);
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let too_large = || {
+        format!(
+            "body is larger than {limit} bytes; texts are limited to {max_text} bytes (channels.http.max_message_bytes)"
+        )
+    };
+    let bytes = match read_body(&headers, body, limit, state.body_timeout, too_large).await {
         Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "body is larger than {limit} bytes; texts are limited to {max_text} bytes (channels.http.max_message_bytes)"
-                ),
-            );
-        }
+        Err(response) => return response,
     };
     let msg = match http_channel::parse_inbound(&bytes, max_text) {
         Ok(m) => m,
@@ -179,8 +202,8 @@ async fn http_message(State(state): State<AppState>, body: Body) -> Response {
 
 async fn telegram_update(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     use subtle::ConstantTimeEq;
     let Some(hook) = &state.telegram_webhook else {
@@ -199,6 +222,19 @@ async fn telegram_update(
             "missing or wrong X-Telegram-Bot-Api-Secret-Token".to_owned(),
         );
     }
+    let too_large = || format!("body is larger than {TELEGRAM_BODY_LIMIT} bytes");
+    let body = match read_body(
+        &headers,
+        body,
+        TELEGRAM_BODY_LIMIT,
+        state.body_timeout,
+        too_large,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
     let update: teloxide::types::Update = match serde_json::from_slice(&body) {
         Ok(u) => u,
         Err(e) => {
@@ -253,4 +289,174 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`. A declared `Content-Length`
+/// over the limit is refused with 413 before any of the body is read; a body that grows over it
+/// gets 413 too (`too_large` says why), and one that does not arrive in time gets 408. Both close
+/// the connection, since the rest of the body is not read.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    too_large: impl Fn() -> String,
+) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return Err(closing(error(StatusCode::PAYLOAD_TOO_LARGE, too_large())));
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(closing(error(StatusCode::PAYLOAD_TOO_LARGE, too_large()))),
+        Err(_) => Err(closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (http.body_timeout)",
+                timeout.as_millis()
+            ),
+        ))),
+    }
+}
+
+/// Marks a response as the connection's last.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// One of the listener's `http.max_connections` slots, held while its connection is open. The
+/// accept loop puts it in each request's extensions, so an upgraded WebSocket can keep it.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// The listener's limits on connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// How long a connection may take to send a request's headers (and stay idle between
+    /// requests).
+    pub header_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+/// What a connection beyond `http.max_connections` gets before it is closed.
+const BUSY: &str =
+    "{\"accepted\":false,\"error\":\"too many connections (http.max_connections); retry later\"}";
+
+/// Serves `app` on `listener` until `stop` turns true, then lets open requests finish (each
+/// connection is told to close after its current request) and returns once every connection
+/// task has ended. Sets `TCP_NODELAY` on every accepted connection: a WebChat reply or a small
+/// HTTP response must not wait for the peer's delayed ACK (Nagle; up to ~40 ms on Linux).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if !is_connection_error(&e) {
+                    // Out of descriptors, most likely: pause instead of spinning.
+                    tracing::error!(message = "Cannot accept an HTTP connection.", error = %e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(message = "Too many HTTP connections; refusing one.", %peer, max_connections = limits.max_connections);
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(message = "Cannot set TCP_NODELAY.", error = %e);
+        }
+        let slot = ConnectionSlot {
+            _permit: Arc::new(permit),
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(slot.clone());
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, request.map(Body::new)).await }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let finished = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let result = match finished {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(message = "HTTP connection ended with an error.", %peer, error = %e);
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Errors of one connection that `accept` reports; the listener itself is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Answers a connection beyond the limit with 503 and closes it, within a second.
+async fn refuse(mut tcp: TcpStream) {
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BUSY}",
+        BUSY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await?;
+        // Read what the client sent, so closing does not reset the connection before the
+        // client has read the answer.
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }

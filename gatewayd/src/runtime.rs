@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
-use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -359,8 +358,9 @@ impl Gateway {
                 }),
                 _ => None,
             },
+            body_timeout: config.http.body_timeout.get(),
         });
-        let (stop_server, mut stop_rx) = watch::channel(false);
+        let (stop_server, stop_rx) = watch::channel(false);
         if let Some(bot) = telegram_bot.clone() {
             match tg.mode {
                 TelegramMode::Polling => {
@@ -409,20 +409,14 @@ impl Gateway {
                 )
             }));
         }
-        // TCP_NODELAY on every accepted connection: a WebChat reply or a small HTTP response
-        // must not wait for the peer's delayed ACK (Nagle; up to ~40 ms on Linux).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(message = "Cannot set TCP_NODELAY.", error = %e);
-            }
-        });
-        let server = supervisor.spawn_critical(HTTP_SERVER, async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let limits = crate::http::ServeLimits {
+            header_timeout: config.http.header_timeout.get(),
+            max_connections: config.http.max_connections,
+        };
+        let server = supervisor.spawn_critical(
+            HTTP_SERVER,
+            crate::http::serve(listener, app, limits, stop_rx),
+        );
         let admin_addr =
             match admin_listener {
                 Some(l) => {

@@ -4,7 +4,10 @@
 //! [`Delivery`], and can inject faults globally, per chat (FIFO), or as a
 //! sticky per-chat mode ("this chat hangs forever"). `HEAD` requests are the
 //! gateway's health probes: counted and answered (200, or the status set with
-//! `set_probe_status`), never recorded as deliveries.
+//! `set_probe_status`; with `set_probe_drop(true)` the connection is closed unanswered), never
+//! recorded as deliveries. With `set_post_only(true)` it behaves like
+//! a minimal server that implements only POST (Python's `http.server` with `do_POST`): every
+//! other method, `HEAD` included, gets `501 Not Implemented`.
 //!
 //! Fault precedence for a request of chat C: the sticky mode of C, else the
 //! oldest fault queued for C, else the oldest global fault, else `200 OK`.
@@ -85,6 +88,10 @@ struct Recorded {
     probes: usize,
     /// Status answered to probes; 200 unless set.
     probe_status: Option<u16>,
+    /// Answer every method but POST with 501.
+    post_only: bool,
+    /// Close probe connections without an answer (an unreachable endpoint, as the probe sees it).
+    probe_drop: bool,
 }
 
 #[derive(Debug)]
@@ -232,6 +239,17 @@ impl FakeCallback {
         lock(&self.shared.state).probe_status = status;
     }
 
+    /// Answers every method but POST (`HEAD` included) with `501 Not Implemented`.
+    pub fn set_post_only(&self, on: bool) {
+        lock(&self.shared.state).post_only = on;
+    }
+
+    /// Closes every `HEAD` probe's connection without an answer while `on`, so the probe sees an
+    /// unreachable endpoint (any HTTP answer would prove it reachable).
+    pub fn set_probe_drop(&self, on: bool) {
+        lock(&self.shared.state).probe_drop = on;
+    }
+
     /// How many `HEAD` probes arrived.
     pub fn probes(&self) -> usize {
         lock(&self.shared.state).probes
@@ -279,15 +297,28 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     if method == Method::HEAD {
-        let status = {
+        let (status, drop) = {
             let mut st = lock(&shared.state);
             st.probes += 1;
-            st.probe_status.unwrap_or(200)
+            let drop = st.probe_drop;
+            let status = if st.post_only {
+                501
+            } else {
+                st.probe_status.unwrap_or(200)
+            };
+            (status, drop)
         };
         shared.changed.notify_waiters();
+        if drop {
+            conn.kill();
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
         return StatusCode::from_u16(status)
             .unwrap_or(StatusCode::OK)
             .into_response();
+    }
+    if method != Method::POST && lock(&shared.state).post_only {
+        return StatusCode::NOT_IMPLEMENTED.into_response();
     }
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let json_body = parsed

@@ -382,6 +382,56 @@ async fn a_rest_429_retry_after_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_429_retry_after_pauses_that_chat_at_most_an_hour_and_breaks_nothing() {
+    let s = start_identified("").await;
+    // 1e300 s: a Duration overflow if taken as it is. The chat is paused (capped at an hour);
+    // the daemon and the other chats go on.
+    s.dc.push_fault(DcFault::RateLimited {
+        retry_after: 1e300,
+        global: false,
+    });
+    let held = s.dc.push_dm(5402, 6402, "wait forever?");
+    // The fake's wait sees accepted sends only; the refused attempt is polled for.
+    gateway_tests::poll_until(TIMEOUT, "the first attempt", || {
+        !s.attempts_for(held).is_empty()
+    })
+    .await
+    .expect("the first attempt");
+    let other = s.dc.push_dm(5403, 6403, "meanwhile");
+    let reply = s.wait_reply(5403, other).await;
+    assert_eq!(reply.content, "llm: meanwhile");
+    assert_eq!(s.attempts_for(held).len(), 1, "the limited chat waits");
+    // The chat's pause is there, and ends within the hour.
+    let hour_from_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+        + 3_600_000
+        + 60_000;
+    poll_until_async(TIMEOUT, "the chat's pause is listed", || async {
+        let limits = gatewayctl(&s.gw, &["ratelimits"]).await;
+        paused_until(&limits, "5402").is_some_and(|until| until <= hour_from_now)
+    })
+    .await
+    .expect("paused for at most an hour");
+}
+
+/// `paused_until_at_ms` of the bucket of `chat` anywhere in `v`.
+fn paused_until(v: &Value, chat: &str) -> Option<i64> {
+    match v {
+        Value::Object(m) => {
+            if m.get("chat_id").and_then(Value::as_str) == Some(chat)
+                && let Some(p) = m.get("paused_until_at_ms").and_then(Value::as_i64)
+            {
+                return Some(p);
+            }
+            m.values().find_map(|x| paused_until(x, chat))
+        }
+        Value::Array(a) => a.iter().find_map(|x| paused_until(x, chat)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_ends_as_reauth_needed_not_a_reconnect_loop() {
     let s = start("", |dc| dc.set_reject_token(true)).await;
     s.wait_state(pb::ChannelState::ReauthNeeded, "discord is reauth_needed")

@@ -321,6 +321,24 @@ async fn webhook_mode_registers_the_webhook_and_checks_the_secret() {
     s.wait_reply(77, next_id).await;
     assert_eq!(s.attempts_for(77, message_id).len(), 1, "answered once");
     assert_eq!(s.tg.get_updates_calls(), 0, "still no polling");
+
+    // A declared body over the webhook's limit is refused before any of it is sent.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-telegram-bot-api-secret-token: {SECRET}\r\ncontent-length: 1000000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write headers");
+    let mut answer = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed without the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -150,8 +150,7 @@ fn classify_rest(
             retry_after: body
                 .get("retry_after")
                 .and_then(serde_json::Value::as_f64)
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(super::platform_delay_secs)
                 .or(header_retry),
             global: global_header
                 || body.get("global").and_then(serde_json::Value::as_bool) == Some(true),
@@ -216,68 +215,70 @@ struct Handler {
     bot_id: AtomicU64,
 }
 
-impl Handler {
-    /// Turns a gateway message into an inbound message; `None` for what is not answered.
-    fn normalize(&self, msg: &Message) -> Option<InboundMessage> {
-        if msg.author.bot {
-            return None;
-        }
-        let bot = self.bot_id.load(Ordering::Acquire);
-        let guild = msg.guild_id.is_some();
-        let mut text = msg.content.clone();
-        if guild {
-            let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
-            if self.require_mention && !mentioned {
-                return None;
-            }
-            text = text
-                .replace(&format!("<@{bot}>"), "")
-                .replace(&format!("<@!{bot}>"), "")
-                .trim()
-                .to_owned();
-        }
-        let attachments: Vec<Attachment> = msg
-            .attachments
-            .iter()
-            .map(|a| Attachment {
-                kind: a
-                    .content_type
-                    .as_deref()
-                    .and_then(|t| t.split('/').next())
-                    .map_or("file", |t| match t {
-                        "image" => "photo",
-                        "video" => "video",
-                        "audio" => "audio",
-                        _ => "document",
-                    })
-                    .to_owned(),
-                file_id: a.url.clone(),
-                name: Some(a.filename.clone()),
-            })
-            .collect();
-        if text.trim().is_empty() && attachments.is_empty() {
-            return None;
-        }
-        Some(InboundMessage {
-            channel: ChannelKind::Discord,
-            channel_message_id: msg.id.get().to_string(),
-            chat_id: msg.channel_id.get().to_string(),
-            chat_type: if guild {
-                ChatType::Group
-            } else {
-                ChatType::Direct
-            },
-            sender_id: msg.author.id.get().to_string(),
-            text,
-            reply_to: msg
-                .message_reference
-                .as_ref()
-                .and_then(|r| r.message_id)
-                .map(|id| id.get().to_string()),
-            attachments,
-            received_at_ms: now_ms(),
-        })
+/// Turns a gateway message into an inbound message for the bot `bot` (its user id); `None` for
+/// what is not answered. With `require_mention`, guild messages must mention the bot.
+pub(crate) fn normalize_message(
+    msg: &Message,
+    bot: u64,
+    require_mention: bool,
+) -> Option<InboundMessage> {
+    if msg.author.bot {
+        return None;
     }
+    let guild = msg.guild_id.is_some();
+    let mut text = msg.content.clone();
+    if guild {
+        let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
+        if require_mention && !mentioned {
+            return None;
+        }
+        text = text
+            .replace(&format!("<@{bot}>"), "")
+            .replace(&format!("<@!{bot}>"), "")
+            .trim()
+            .to_owned();
+    }
+    let attachments: Vec<Attachment> = msg
+        .attachments
+        .iter()
+        .map(|a| Attachment {
+            kind: a
+                .content_type
+                .as_deref()
+                .and_then(|t| t.split('/').next())
+                .map_or("file", |t| match t {
+                    "image" => "photo",
+                    "video" => "video",
+                    "audio" => "audio",
+                    _ => "document",
+                })
+                .to_owned(),
+            file_id: a.url.clone(),
+            name: Some(a.filename.clone()),
+        })
+        .collect();
+    if text.trim().is_empty() && attachments.is_empty() {
+        return None;
+    }
+    Some(InboundMessage {
+        channel: ChannelKind::Discord,
+        channel_message_id: msg.id.get().to_string(),
+        chat_id: msg.channel_id.get().to_string(),
+        chat_type: if guild {
+            ChatType::Group
+        } else {
+            ChatType::Direct
+        },
+        sender_id: msg.author.id.get().to_string(),
+        text,
+        reply_to: msg
+            .message_reference
+            .as_ref()
+            .and_then(|r| r.message_id)
+            .map(|id| id.get().to_string()),
+        attachments,
+        received_at_ms: now_ms(),
+    })
 }
 
 #[async_trait]
@@ -309,7 +310,8 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, _: Context, msg: Message) {
-        let Some(inbound) = self.normalize(&msg) else {
+        let bot = self.bot_id.load(Ordering::Acquire);
+        let Some(inbound) = normalize_message(&msg, bot, self.require_mention) else {
             return;
         };
         if let Err(e) = self.inbox.accept(inbound).await {
@@ -423,6 +425,135 @@ mod tests {
                 class,
                 "{status}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Generated Discord payloads: a 429 body's `retry_after` of any value (negative, NaN, huge,
+    //! not a number) never panics and never asks for more than the cap; gateway messages
+    //! normalize exactly. Cases: `PROPTEST_CASES`.
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::channels::MAX_PLATFORM_DELAY;
+
+    fn message(
+        id: u64,
+        channel: u64,
+        author: u64,
+        bot: bool,
+        content: &str,
+        guild: Option<u64>,
+    ) -> serde_json::Value {
+        let mut m = json!({
+            "id": id.to_string(), "channel_id": channel.to_string(),
+            "author": {"id": author.to_string(), "username": "ada", "discriminator": "0000",
+                       "avatar": null, "bot": bot, "global_name": null},
+            "content": content, "timestamp": "2024-01-01T00:00:00.000000+00:00",
+            "edited_timestamp": null, "tts": false, "mention_everyone": false,
+            "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
+            "pinned": false, "type": 0,
+        });
+        if let Some(g) = guild {
+            m["guild_id"] = json!(g.to_string());
+        }
+        m
+    }
+
+    #[test]
+    fn a_gateway_message_parses() {
+        let m: Message = serde_json::from_value(message(1, 2, 3, false, "hi", None))
+            .expect("the generated shape is a Discord message");
+        let n = normalize_message(&m, 99, true).expect("a direct message is answered");
+        assert_eq!(
+            (
+                n.channel_message_id.as_str(),
+                n.chat_id.as_str(),
+                n.text.as_str()
+            ),
+            ("1", "2", "hi")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn prop_discord_429_retry_after_is_bounded(
+            secs in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), Just(1e300), Just(-0.0)],
+            header in proptest::option::of(0..100_000u64),
+            global in any::<bool>(),
+        ) {
+            let body = json!({"message": "You are being rate limited.", "retry_after": secs, "global": global});
+            let header = header.map(Duration::from_secs);
+            match classify_rest(429, &body, header, false, "limited") {
+                SendError::Retryable { retry_after, global: g, .. } => {
+                    prop_assert_eq!(g, global);
+                    if let Some(d) = retry_after {
+                        prop_assert!(d <= MAX_PLATFORM_DELAY.max(header.unwrap_or_default()));
+                    }
+                    if secs.is_finite() && secs >= 0.0 {
+                        prop_assert!(retry_after.is_some());
+                    }
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+
+        #[test]
+        fn prop_discord_error_body_never_panics(
+            status in 400..600u16,
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let _ = classify_rest(status, &body, None, false, "x");
+        }
+
+        #[test]
+        fn prop_retry_after_header_never_panics(value in any::<String>()) {
+            if let Some(d) = crate::channels::parse_retry_after(&value) {
+                prop_assert!(d <= MAX_PLATFORM_DELAY);
+            }
+        }
+
+        #[test]
+        fn prop_retry_after_header_numbers(secs in any::<u64>(), frac in proptest::option::of(0..1000u32)) {
+            let value = match frac {
+                Some(f) => format!("{secs}.{f:03}"),
+                None => secs.to_string(),
+            };
+            let d = crate::channels::parse_retry_after(&value);
+            prop_assert!(d.is_some_and(|d| d <= MAX_PLATFORM_DELAY), "{value}: {d:?}");
+        }
+
+        #[test]
+        fn prop_discord_message_normalizes_exactly(
+            id in 1..u64::MAX, channel in 1..u64::MAX, author in 1..u64::MAX,
+            bot in any::<bool>(),
+            content in "[^\u{0}]{0,30}",
+            guild in proptest::option::of(1..u64::MAX),
+            require_mention in any::<bool>(),
+        ) {
+            let raw = message(id, channel, author, bot, &content, guild);
+            let Ok(m) = serde_json::from_value::<Message>(raw.clone()) else {
+                return Err(TestCaseError::fail(format!("not a message: {raw}")));
+            };
+            let got = normalize_message(&m, 42, require_mention);
+            let mention_missing = guild.is_some() && require_mention;
+            let answerable = !(bot || content.trim().is_empty() || mention_missing);
+            match got {
+                None => prop_assert!(!answerable, "{raw} was not normalized"),
+                Some(n) => {
+                    prop_assert!(answerable, "{raw} normalized as {n:?}");
+                    prop_assert_eq!(n.channel_message_id, id.to_string());
+                    prop_assert_eq!(n.chat_id, channel.to_string());
+                    prop_assert_eq!(n.sender_id, author.to_string());
+                    prop_assert_eq!(n.chat_type, if guild.is_some() { ChatType::Group } else { ChatType::Direct });
+                    let expected = if guild.is_some() { content.trim().to_owned() } else { content.clone() };
+                    prop_assert_eq!(n.text, expected);
+                }
+            }
         }
     }
 }

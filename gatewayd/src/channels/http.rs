@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after};
 use crate::delivery::split::{Limit, Unit};
@@ -18,44 +21,89 @@ use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
 /// Longest accepted id (message, chat or sender), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// One field of an inbound body: a number stays the exact text it was sent as.
+enum Field {
+    Absent,
+    Number(String),
+    Other(Value),
+}
+
 /// Parses and checks an inbound body; the error names the offending field.
+///
+/// Ids may be strings or JSON integers; an integer is kept as its exact decimal text (however
+/// many digits), never converted to a float. A fraction or an exponent (`1.5`, `1e3`) is refused.
 pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessage, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("body is not valid UTF-8: {e}"))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("body is not valid JSON: {e}"))?;
-    let obj = value
-        .as_object()
-        .ok_or("body must be a JSON object with message_id, chat_id, sender_id and text")?;
-    let id_field = |name: &str| -> Result<String, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Err(format!("field `{name}` is required")),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(format!("field `{name}` must not be empty"))
-            }
-            Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(format!(
-                "field `{name}` is longer than {MAX_ID_BYTES} bytes"
-            )),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => Err(format!(
-                "field `{name}` must not contain control characters"
-            )),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            Some(other) => Err(format!(
-                "field `{name}` must be a string, not {}",
-                json_type(other)
-            )),
+    // Each field stays raw JSON text until it is read, so numbers keep their exact digits.
+    let raw: HashMap<String, Box<RawValue>> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(_) => format!("body is not valid JSON: {e}"),
+                Ok(_) => "body must be a JSON object with message_id, chat_id, sender_id and text"
+                    .to_owned(),
+            });
         }
+    };
+    let field = |name: &str| -> Result<Field, String> {
+        let Some(r) = raw.get(name) else {
+            return Ok(Field::Absent);
+        };
+        let r = r.get().trim();
+        if r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Ok(Field::Number(r.to_owned()));
+        }
+        serde_json::from_str::<Value>(r)
+            .map(|v| match v {
+                Value::Null => Field::Absent,
+                v => Field::Other(v),
+            })
+            .map_err(|e| format!("field `{name}` is not valid JSON: {e}"))
+    };
+    let id_field = |name: &str| -> Result<String, String> {
+        let id = match field(name)? {
+            Field::Absent => return Err(format!("field `{name}` is required")),
+            Field::Other(Value::String(s)) => s,
+            Field::Number(digits) if is_json_integer(&digits) => digits,
+            Field::Number(digits) => {
+                return Err(format!(
+                    "field `{name}` must be a string or a whole number without fraction or exponent, not `{}`",
+                    digits.chars().take(40).collect::<String>()
+                ));
+            }
+            Field::Other(other) => {
+                return Err(format!(
+                    "field `{name}` must be a string, not {}",
+                    json_type(&other)
+                ));
+            }
+        };
+        if id.trim().is_empty() {
+            return Err(format!("field `{name}` must not be empty"));
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "field `{name}` is longer than {MAX_ID_BYTES} bytes"
+            ));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(format!(
+                "field `{name}` must not contain control characters"
+            ));
+        }
+        Ok(id)
     };
     let message_id = id_field("message_id")?;
     let chat_id = id_field("chat_id")?;
     let sender_id = id_field("sender_id")?;
-    let text = match obj.get("text") {
-        None | Some(Value::Null) => return Err("field `text` is required".to_owned()),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
+    let text = match field("text")? {
+        Field::Absent => return Err("field `text` is required".to_owned()),
+        Field::Other(Value::String(s)) => s,
+        Field::Number(_) => return Err("field `text` must be a string, not a number".to_owned()),
+        Field::Other(other) => {
             return Err(format!(
                 "field `text` must be a string, not {}",
-                json_type(other)
+                json_type(&other)
             ));
         }
     };
@@ -68,15 +116,20 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
             text.len()
         ));
     }
-    let chat_type = match obj.get("chat_type") {
-        None | Some(Value::Null) => ChatType::Direct,
-        Some(Value::String(s)) => s.parse().map_err(|_| {
+    let chat_type = match field("chat_type")? {
+        Field::Absent => ChatType::Direct,
+        Field::Other(Value::String(s)) => s.parse().map_err(|_| {
             format!("field `chat_type` must be \"direct\" or \"group\", not \"{s}\"")
         })?,
-        Some(other) => {
+        Field::Number(_) => {
+            return Err(
+                "field `chat_type` must be \"direct\" or \"group\", not a number".to_owned(),
+            );
+        }
+        Field::Other(other) => {
             return Err(format!(
                 "field `chat_type` must be \"direct\" or \"group\", not {}",
-                json_type(other)
+                json_type(&other)
             ));
         }
     };
@@ -91,6 +144,14 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         attachments: Vec::new(),
         received_at_ms: now_ms(),
     })
+}
+
+/// Whether `s` is a JSON integer literal: an optional `-`, then `0` or digits not starting with `0`.
+fn is_json_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -190,7 +251,9 @@ impl ChannelSender for HttpSender {
         Err(classify_status(status.as_u16(), retry_after, &detail))
     }
 
-    /// A `HEAD` of the callback URL: any answer below 500 other than 401/403 means reachable.
+    /// A `HEAD` of the callback URL. Any HTTP answer proves the endpoint reachable (a server
+    /// that answers only POST says 405 or 501, and that is fine); only 401/403 count, as refused
+    /// credentials. No answer (refused, reset, timed out) is a retryable failure.
     async fn probe(&self) -> Result<(), SendError> {
         let resp = self
             .client
@@ -198,11 +261,15 @@ impl ChannelSender for HttpSender {
             .send()
             .await
             .map_err(transport_error)?;
-        match resp.status().as_u16() {
-            s @ (401 | 403) => Err(classify_status(s, None, "probe refused")),
-            s if s >= 500 => Err(classify_status(s, None, "probe failed")),
-            _ => Ok(()),
-        }
+        probe_verdict(resp.status().as_u16())
+    }
+}
+
+/// What a probe's answer says about the callback endpoint.
+fn probe_verdict(status: u16) -> Result<(), SendError> {
+    match status {
+        401 | 403 => Err(classify_status(status, None, "probe refused")),
+        _ => Ok(()),
     }
 }
 
@@ -264,5 +331,128 @@ mod tests {
                 .expect_err("utf8")
                 .contains("UTF-8")
         );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Generated bodies: the parser never panics, names the field it refuses, and keeps every
+    //! accepted field exactly. Cases: `PROPTEST_CASES` (default 256).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FIELDS: [&str; 4] = ["message_id", "chat_id", "sender_id", "text"];
+
+    /// A valid id as JSON text and the id it must become: a string, or an integer of any length.
+    fn id() -> impl Strategy<Value = (String, String)> {
+        prop_oneof![
+            "[a-zA-Z0-9 _:./é-]{0,40}[a-zA-Z0-9]"
+                .prop_map(|s| (serde_json::to_string(&s).unwrap_or_default(), s)),
+            "-?[1-9][0-9]{0,80}".prop_map(|d| (d.clone(), d)),
+            Just(("0".to_owned(), "0".to_owned())),
+        ]
+    }
+
+    /// A JSON value no id field accepts, as text.
+    fn bad_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?[1-9][0-9]{0,29}\\.[0-9]{1,10}",
+            "-?[1-9][0-9]{0,5}[eE][+-]?[0-9]{1,4}",
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("\"  \"".to_owned()),
+            Just("\"a\\u0000b\"".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn prop_http_body_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(e) = parse_inbound(&body, 64) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn prop_http_json_like_body_never_panics(body in "[{}\\[\\]\",:0-9a-z_ .eE+-]{0,120}") {
+            if let Err(e) = parse_inbound(body.as_bytes(), 64) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn prop_http_valid_body_is_kept_exactly(
+            (mid_json, mid) in id(),
+            (chat_json, chat) in id(),
+            (sender_json, sender) in id(),
+            text in "[^\u{0}]{0,30}[a-z]",
+            group in any::<bool>(),
+        ) {
+            let body = format!(
+                r#"{{"message_id":{mid_json},"chat_id":{chat_json},"sender_id":{sender_json},"text":{},"chat_type":"{}"}}"#,
+                serde_json::to_string(&text).unwrap_or_default(),
+                if group { "group" } else { "direct" }
+            );
+            let m = parse_inbound(body.as_bytes(), 4096).map_err(|e| TestCaseError::fail(format!("{body}: {e}")))?;
+            prop_assert_eq!(&m.channel_message_id, &mid);
+            prop_assert_eq!(&m.chat_id, &chat);
+            prop_assert_eq!(&m.sender_id, &sender);
+            prop_assert_eq!(&m.text, &text);
+            prop_assert_eq!(m.chat_type, if group { ChatType::Group } else { ChatType::Direct });
+        }
+
+        #[test]
+        fn prop_http_bad_field_is_named(which in 0..4usize, bad in bad_value()) {
+            let mut parts = [
+                ("message_id", "\"m\"".to_owned()),
+                ("chat_id", "\"c\"".to_owned()),
+                ("sender_id", "\"s\"".to_owned()),
+                ("text", "\"hi\"".to_owned()),
+            ];
+            // A text may hold control characters; ids may not.
+            prop_assume!(!(which == 3 && bad.contains("\\u0000")));
+            parts[which].1 = bad.clone();
+            let body = format!(
+                "{{{}}}",
+                parts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+            );
+            let field = FIELDS[which];
+            match parse_inbound(body.as_bytes(), 64) {
+                Ok(m) => prop_assert!(false, "{body} accepted as {m:?}"),
+                Err(e) => prop_assert!(e.contains(&format!("`{field}`")), "{body}: `{e}` does not name `{field}`"),
+            }
+        }
+    }
+
+    #[test]
+    fn big_integer_ids_stay_exact_and_distinct() {
+        let body =
+            |id: &str| format!(r#"{{"message_id":{id},"chat_id":{id},"sender_id":1,"text":"hi"}}"#);
+        let a = parse_inbound(body("123456789012345678901234567890").as_bytes(), 64);
+        let b = parse_inbound(body("123456789012345678901234567891").as_bytes(), 64);
+        let (a, b) = (a.expect("a"), b.expect("b"));
+        assert_eq!(a.channel_message_id, "123456789012345678901234567890");
+        assert_eq!(b.channel_message_id, "123456789012345678901234567891");
+        assert_eq!(a.chat_id, "123456789012345678901234567890");
+        for bad in ["1.5", "1e3", "-2E-1", "18446744073709551616.0"] {
+            let e = parse_inbound(body(bad).as_bytes(), 64).expect_err(bad);
+            assert!(e.contains("`message_id`"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn any_probe_answer_but_401_403_is_reachable() {
+        for status in [200, 204, 404, 405, 500, 501, 503] {
+            assert!(probe_verdict(status).is_ok(), "{status}");
+        }
+        for status in [401, 403] {
+            assert_eq!(
+                probe_verdict(status).map_err(|e| e.class()),
+                Err(super::super::ErrorClass::Auth)
+            );
+        }
     }
 }

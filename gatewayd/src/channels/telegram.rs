@@ -54,7 +54,7 @@ pub fn classify(e: &RequestError) -> SendError {
     match e {
         RequestError::RetryAfter(secs) => SendError::Retryable {
             message: text,
-            retry_after: Some(secs.duration()),
+            retry_after: Some(secs.duration().min(super::MAX_PLATFORM_DELAY)),
             global: false,
         },
         RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_) => {
@@ -392,5 +392,101 @@ mod tests {
             .class(),
             ErrorClass::Permanent
         );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Generated updates, as Telegram (or a forger of its webhook) could send them: parsing and
+    //! normalizing never panic, and a text message is normalized exactly. Cases: `PROPTEST_CASES`.
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn chat() -> impl Strategy<Value = (serde_json::Value, Option<ChatType>, i64)> {
+        (any::<i64>(), 0..4usize).prop_map(|(id, kind)| match kind {
+            0 => (
+                json!({"id": id, "type": "private", "first_name": "A"}),
+                Some(ChatType::Direct),
+                id,
+            ),
+            1 => (
+                json!({"id": id, "type": "group", "title": "G"}),
+                Some(ChatType::Group),
+                id,
+            ),
+            2 => (
+                json!({"id": id, "type": "supergroup", "title": "S"}),
+                Some(ChatType::Group),
+                id,
+            ),
+            _ => (json!({"id": id, "type": "channel", "title": "C"}), None, id),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_telegram_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(update) = serde_json::from_slice::<Update>(&body) {
+                let _ = normalize(&update);
+            }
+        }
+
+        #[test]
+        fn prop_telegram_update_normalizes_exactly(
+            update_id in any::<u32>(),
+            message_id in any::<i32>(),
+            (chat, chat_type, chat_id) in chat(),
+            sender in 1..i64::MAX,
+            is_bot in any::<bool>(),
+            text in proptest::option::of("[^\u{0}]{0,30}"),
+            reply_to in proptest::option::of(any::<i32>()),
+        ) {
+            let mut message = json!({
+                "message_id": message_id, "date": 1_700_000_000,
+                "chat": chat,
+                "from": {"id": sender, "is_bot": is_bot, "first_name": "Ada"},
+            });
+            if let Some(t) = &text {
+                message["text"] = json!(t);
+            }
+            if let Some(r) = reply_to {
+                message["reply_to_message"] = json!({
+                    "message_id": r, "date": 1_700_000_000, "chat": message["chat"].clone(), "text": "q"
+                });
+            }
+            let raw = json!({"update_id": update_id, "message": message}).to_string();
+            let update = serde_json::from_str::<Update>(&raw)
+                .map_err(|e| TestCaseError::fail(format!("not an update ({e}): {raw}")))?;
+            let got = normalize(&update);
+            let answerable = !is_bot
+                && chat_type.is_some()
+                && text.as_deref().is_some_and(|t| !t.trim().is_empty());
+            match got {
+                None => prop_assert!(!answerable, "{raw} was not normalized"),
+                Some(m) => {
+                    prop_assert!(answerable, "{raw} normalized as {m:?}");
+                    prop_assert_eq!(m.channel_message_id, format!("{chat_id}:{message_id}"));
+                    prop_assert_eq!(m.chat_id, chat_id.to_string());
+                    prop_assert_eq!(Some(m.chat_type), chat_type);
+                    prop_assert_eq!(m.sender_id, sender.to_string());
+                    prop_assert_eq!(Some(m.text), text);
+                    prop_assert_eq!(m.reply_to, reply_to.map(|r| format!("{chat_id}:{r}")));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_telegram_retry_after_is_bounded(secs in any::<u32>()) {
+            let e = classify(&RequestError::RetryAfter(teloxide::types::Seconds::from_seconds(secs)));
+            match e {
+                SendError::Retryable { retry_after: Some(d), .. } => {
+                    prop_assert!(d <= super::super::MAX_PLATFORM_DELAY);
+                    prop_assert_eq!(d, Duration::from_secs(u64::from(secs)).min(super::super::MAX_PLATFORM_DELAY));
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Client frames: `{"type":"message","id":"<client id>","text":"..."}`. The server answers
 //! `{"type":"ack","id":..}` only after the inbox commit, then later
 //! `{"type":"message","id":"<reply id>","text":..,"reply_to":"<client id>"}`. Problems are
-//! `{"type":"error","code":..,"message":..}` and the connection stays open. The chat id is the
+//! `{"type":"error","code":..,"message":..}` and the connection stays open; only a message over
+//! the transport limit ([`WebChat::max_frame_bytes`]) closes it, with code 1009 and a reason. The chat id is the
 //! person's address on this channel; a message's dedupe key is `<chat_id>/<client id>`, so a
 //! client that re-sends after a reconnect gets one agent turn.
 
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -163,10 +164,28 @@ impl WebChat {
         let _ = self.delivery.set(delivery);
     }
 
-    /// Largest WebSocket frame accepted before the connection is closed outright; frames below
-    /// it but over the text limit get an error frame and the connection stays open.
+    /// Largest WebSocket message (and frame) read: room for a text at the limit even if every
+    /// character is a six-byte JSON escape, and at least 1 MiB. A message below it but over the
+    /// text limit gets a `too_large` error frame and the connection stays open; a larger one
+    /// closes the connection with code 1009 and a reason.
     pub fn max_frame_bytes(&self) -> usize {
-        self.max_message_bytes.saturating_mul(2).max(1 << 20) + 64 * 1024
+        self.max_message_bytes
+            .saturating_mul(6)
+            .max(1 << 20)
+            .saturating_add(64 * 1024)
+    }
+
+    /// The close frame for a message over [`Self::max_frame_bytes`] (1009: message too big).
+    fn too_large_close(&self) -> CloseFrame {
+        CloseFrame {
+            code: close_code::SIZE,
+            reason: format!(
+                "too_large: frame over {} bytes; texts are limited to {} bytes",
+                self.max_frame_bytes(),
+                self.max_message_bytes
+            )
+            .into(),
+        }
     }
 
     /// Serves one WebSocket for `chat_id` until either side closes it.
@@ -203,7 +222,15 @@ impl WebChat {
                         Some(Ok(Message::Close(_))) | None => break,
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => {
-                            tracing::debug!(message = "WebChat socket error.", chat_id = %chat_id, error = %e);
+                            let error = e.to_string();
+                            if error.contains("Space limit exceeded") {
+                                // Over the transport limit: the frame was not read, so the
+                                // socket cannot go on; say why in the close frame.
+                                tracing::debug!(message = "WebChat frame over the transport limit; closing with 1009.", chat_id = %chat_id, %error);
+                                let _ = sink.send(Message::Close(Some(self.too_large_close()))).await;
+                            } else {
+                                tracing::debug!(message = "WebChat socket error.", chat_id = %chat_id, %error);
+                            }
                             break;
                         }
                     };
@@ -366,5 +393,65 @@ mod tests {
         assert!(valid_chat_id("").is_err());
         assert!(valid_chat_id("a b").is_err());
         assert!(valid_chat_id(&"x".repeat(129)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Generated frames: the parser never panics, answers the documented code for each kind of
+    //! bad frame, and keeps an accepted id and text exactly. Cases: `PROPTEST_CASES`.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMIT: usize = 64;
+
+    proptest! {
+        #[test]
+        fn prop_webchat_frame_never_panics(raw in any::<String>()) {
+            if let Err((code, message, _)) = parse_frame(&raw, LIMIT) {
+                prop_assert!(!code.is_empty() && !message.is_empty());
+            }
+        }
+
+        #[test]
+        fn prop_webchat_json_like_frame_never_panics(raw in "[{}\\[\\]\",:0-9a-z_ .-]{0,120}") {
+            if let Err((code, _, _)) = parse_frame(&raw, LIMIT) {
+                prop_assert!(["invalid_json", "unknown_type", "invalid_id", "invalid_text", "empty_text", "too_large"].contains(&code));
+            }
+        }
+
+        #[test]
+        fn prop_webchat_valid_frame_is_kept_exactly(
+            id in "[a-zA-Z0-9 _.:é-]{0,40}[a-z]",
+            text in "[^\u{0}]{0,20}[a-z]",
+        ) {
+            let raw = json!({"type": "message", "id": id, "text": text}).to_string();
+            match parse_frame(&raw, 4096) {
+                Ok(Frame::Message { id: got_id, text: got_text }) => {
+                    prop_assert_eq!(got_id, id);
+                    prop_assert_eq!(got_text, text);
+                }
+                Err(e) => prop_assert!(false, "{raw}: {e:?}"),
+            }
+        }
+
+        #[test]
+        fn prop_webchat_bad_frame_gets_its_code(kind in 0..6usize, filler in "[a-z]{1,10}") {
+            let (raw, code) = match kind {
+                0 => (format!("{{\"type\":\"message\",\"id\":\"{filler}\""), "invalid_json"),
+                1 => (json!({"type": filler, "id": "a", "text": "hi"}).to_string(), "unknown_type"),
+                2 => (json!({"type": "message", "id": filler.len(), "text": "hi"}).to_string(), "invalid_id"),
+                3 => (json!({"type": "message", "id": "a", "text": [filler]}).to_string(), "invalid_text"),
+                4 => (json!({"type": "message", "id": "a", "text": " \n\t "}).to_string(), "empty_text"),
+                _ => (json!({"type": "message", "id": "a", "text": filler.repeat(LIMIT) + "x"}).to_string(), "too_large"),
+            };
+            // `message` itself is a known type.
+            prop_assume!(!(kind == 1 && filler == "message"));
+            match parse_frame(&raw, LIMIT) {
+                Err((got, _, _)) => prop_assert_eq!(got, code, "{}", raw),
+                Ok(f) => prop_assert!(false, "{raw} accepted as {f:?}"),
+            }
+        }
     }
 }
