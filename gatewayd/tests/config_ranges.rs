@@ -131,16 +131,19 @@ fn values(range: Range) -> BoxedStrategy<Value> {
 /// A configuration: full key path to value.
 type Keys = BTreeMap<String, Value>;
 
-/// Renders `keys` into the test harness's options: `[gateway]` keys inside its own table,
-/// every other key in a table of its own.
+/// Renders `keys` into the test harness's options: `[gateway]` and `[http]` keys inside the
+/// harness's own tables, every other key in a table of its own.
 fn options(keys: &Keys) -> GatewayOptions {
     let mut gateway = String::new();
+    let mut http = String::new();
     let mut tables: BTreeMap<&str, String> = BTreeMap::new();
     for (path, value) in keys {
         let (table, leaf) = path.rsplit_once('.').unwrap_or(("", path));
         let line = format!("{leaf} = {}\n", value.toml);
         if table == "gateway" {
             gateway.push_str(&line);
+        } else if table == "http" {
+            http.push_str(&line);
         } else {
             tables.entry(table).or_default().push_str(&line);
         }
@@ -152,6 +155,7 @@ fn options(keys: &Keys) -> GatewayOptions {
         .join("\n");
     GatewayOptions {
         gateway_extra: gateway,
+        http_extra: http,
         extra_config: extra,
         ..GatewayOptions::default()
     }
