@@ -24,6 +24,8 @@ pub struct Status {
     inbox_pending: u64,
     outbox_pending: u64,
     dead_letters: u64,
+    identity_cache_entries: u64,
+    identity_cache_capacity: u64,
     channels: Vec<ChannelInfo>,
 }
 
@@ -44,6 +46,8 @@ impl Status {
             inbox_pending: o.inbox_pending,
             outbox_pending: o.outbox_pending,
             dead_letters: o.dead_letters,
+            identity_cache_entries: o.identity_cache_entries,
+            identity_cache_capacity: o.identity_cache_capacity,
         }
     }
 }
@@ -78,6 +82,10 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
     out.line(format!(
         "queues     {} inbound pending, {} replies pending, {} dead letter(s)",
         s.inbox_pending, s.outbox_pending, s.dead_letters
+    ))?;
+    out.line(format!(
+        "identity   {} cached address(es) of {}",
+        s.identity_cache_entries, s.identity_cache_capacity
     ))?;
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))

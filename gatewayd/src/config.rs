@@ -100,7 +100,12 @@ pub struct GatewayConfig {
     /// At shutdown, how long session workers may take to finish the messages they hold; what
     /// is unfinished then stays pending and is replayed at the next start.
     pub shutdown_grace: HumanDuration,
+    /// Most addresses whose user is cached in memory (least recently resolved evicted first).
+    pub identity_cache_size: usize,
 }
+
+/// The largest `gateway.identity_cache_size` (about 12 GB of cache at ~122 bytes an address).
+pub const MAX_IDENTITY_CACHE_SIZE: usize = 100_000_000;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -111,6 +116,7 @@ impl Default for GatewayConfig {
             history_window: 20,
             mailbox_capacity: 64,
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            identity_cache_size: crate::identity::DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -569,6 +575,12 @@ impl Config {
         }
         if self.gateway.mailbox_capacity == 0 {
             err("gateway.mailbox_capacity", "must be at least 1".to_owned());
+        }
+        if !(1..=MAX_IDENTITY_CACHE_SIZE).contains(&self.gateway.identity_cache_size) {
+            err(
+                "gateway.identity_cache_size",
+                format!("must be from 1 to {MAX_IDENTITY_CACHE_SIZE}"),
+            );
         }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             err(
@@ -1038,5 +1050,20 @@ mod tests {
         let errs = Config::parse("[gateway]\nmax_sessions = \"many\"\n").expect_err("invalid");
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].path.contains("max_sessions"), "{errs:?}");
+    }
+
+    #[test]
+    fn identity_cache_size_is_range_checked() {
+        for bad in ["0", "100000001"] {
+            let text = format!("[gateway]\nidentity_cache_size = {bad}\n");
+            let errs = Config::parse(&text).expect_err("out of range");
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "gateway.identity_cache_size");
+            assert!(errs[0].message.contains("1 to 100000000"), "{errs:?}");
+        }
+        let ok = Config::parse("[gateway]\nidentity_cache_size = 1\n").expect("valid");
+        assert_eq!(ok.gateway.identity_cache_size, 1);
+        let default = Config::parse("").expect("valid");
+        assert_eq!(default.gateway.identity_cache_size, 100_000);
     }
 }

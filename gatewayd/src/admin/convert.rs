@@ -16,6 +16,11 @@ use crate::store::{
 use crate::workflow::model::{Edge, Workflow};
 use crate::workflow::validate::WorkflowError;
 
+/// A proto count from an in-memory size.
+pub fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 /// A proto channel from a domain channel.
 pub fn channel(c: ChannelKind) -> pb::Channel {
     match c {

@@ -165,6 +165,7 @@ impl Admin for AdminService {
         let stored = s.store.count_sessions().await.map_err(store_status)?;
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
+        let (cache_entries, cache_capacity) = s.identity.cache_stats();
         Ok(Response::new(pb::GetOverviewResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: s.started_at.elapsed().as_secs(),
@@ -185,6 +186,8 @@ impl Admin for AdminService {
             outbox_pending,
             inbox_pending,
             agent_provider: s.provider.to_owned(),
+            identity_cache_entries: convert::count(cache_entries),
+            identity_cache_capacity: convert::count(cache_capacity),
         }))
     }
 
