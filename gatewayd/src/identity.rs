@@ -370,7 +370,11 @@ mod tests {
         id.link(a, b).await.expect("link");
         assert_eq!(id.cached(&web), None);
         assert_eq!(id.cached(&http), None);
-        assert_eq!(id.cached(&other), Some(c), "an unrelated entry stays cached");
+        assert_eq!(
+            id.cached(&other),
+            Some(c),
+            "an unrelated entry stays cached"
+        );
         assert_eq!(id.resolve(&http).await.expect("merged"), a);
         assert_eq!(id.resolve(&web).await.expect("kept"), a);
 
@@ -382,7 +386,11 @@ mod tests {
         assert_eq!(id.resolve(&tg).await.expect("t1"), t);
         assert_eq!(id.attach(a, &tg2).await.expect("attach"), t);
         assert_eq!(id.cached(&tg2), None);
-        assert_eq!(id.cached(&tg), Some(t), "the address left behind stays cached");
+        assert_eq!(
+            id.cached(&tg),
+            Some(t),
+            "the address left behind stays cached"
+        );
         assert_eq!(id.cached(&web), Some(a));
         assert_eq!(id.resolve(&tg2).await.expect("moved"), a);
 

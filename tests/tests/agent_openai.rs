@@ -408,7 +408,8 @@ async fn sessions_run_in_parallel_and_each_stays_in_order() {
 
 /// `gatewayctl events --output json` running against `gw`, its lines collected as they come.
 struct EventLines {
-    child: tokio::process::Child,
+    /// Held so that dropping this ends the watcher (`kill_on_drop`).
+    _child: tokio::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -425,8 +426,7 @@ impl EventLines {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn gatewayctl events");
-        let mut stderr =
-            tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
         let notice = tokio::time::timeout(TIMEOUT, stderr.next_line())
             .await
             .expect("the watcher starts in time")
@@ -443,7 +443,10 @@ impl EventLines {
                 }
             }
         });
-        EventLines { child, lines }
+        EventLines {
+            _child: child,
+            lines,
+        }
     }
 
     fn lines(&self) -> Vec<String> {
@@ -491,7 +494,12 @@ async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_event
     let history = ask(&gw, &callback, "gus", "/history").await;
 
     // Nothing of the echoed body in what the chat user got.
-    for text in callback.received().iter().map(|d| d.text.clone()).chain([history.clone()]) {
+    for text in callback
+        .received()
+        .iter()
+        .map(|d| d.text.clone())
+        .chain([history.clone()])
+    {
         for bad in [KEY, "Bearer", "request was", "authorization"] {
             assert!(!text.contains(bad), "{bad:?} reached the chat: {text:?}");
         }
@@ -506,20 +514,33 @@ async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_event
         .collect();
     assert!(!keys.is_empty(), "{sessions}");
     for key in &keys {
-        let shown = gw.gatewayctl_json(&["sessions", "show", key]).await.to_string();
-        assert!(shown.contains("leak it"), "the user's message is kept: {shown}");
+        let shown = gw
+            .gatewayctl_json(&["sessions", "show", key])
+            .await
+            .to_string();
+        assert!(
+            shown.contains("leak it"),
+            "the user's message is kept: {shown}"
+        );
         assert!(!shown.contains(KEY), "key in the transcript: {shown}");
-        assert!(!shown.contains("request was"), "body in the transcript: {shown}");
+        assert!(
+            !shown.contains("request was"),
+            "body in the transcript: {shown}"
+        );
     }
     // ...nor in the events (waited for until the /history reply went out).
-    poll_until_async(TIMEOUT, "the /history reply's message_out event", || async {
-        events
-            .lines()
-            .iter()
-            .filter(|l| l.contains("\"message_out\""))
-            .count()
-            >= 3
-    })
+    poll_until_async(
+        TIMEOUT,
+        "the /history reply's message_out event",
+        || async {
+            events
+                .lines()
+                .iter()
+                .filter(|l| l.contains("\"message_out\""))
+                .count()
+                >= 3
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", events.lines()));
     for line in events.lines() {
@@ -534,7 +555,11 @@ async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_event
     let stderr = gw.stderr_log();
     let stdout = gw.stdout_lines().join("\n");
     let file = log_files(&gw);
-    for (name, text) in [("stderr", &stderr), ("stdout", &stdout), ("log file", &file)] {
+    for (name, text) in [
+        ("stderr", &stderr),
+        ("stdout", &stdout),
+        ("log file", &file),
+    ] {
         assert!(!text.contains(KEY), "API key leaked to {name}:\n{text}");
     }
     for (name, text) in [("stderr", &stderr), ("log file", &file)] {
@@ -542,7 +567,11 @@ async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_event
             .lines()
             .filter(|l| l.contains("The model server answered an error."))
             .collect();
-        assert_eq!(excerpts.len(), 2, "one line per error answer in {name}:\n{text}");
+        assert_eq!(
+            excerpts.len(),
+            2,
+            "one line per error answer in {name}:\n{text}"
+        );
         for line in &excerpts {
             assert!(line.contains("status=500"), "{line}");
             assert!(
@@ -555,9 +584,10 @@ async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_event
             );
         }
         assert!(
-            text.lines()
-                .any(|l| l.contains("The model server's response is not a completion.")
-                    && l.contains("[redacted]")),
+            text.lines().any(
+                |l| l.contains("The model server's response is not a completion.")
+                    && l.contains("[redacted]")
+            ),
             "the malformed response is logged, redacted:\n{text}"
         );
     }

@@ -155,7 +155,10 @@ async fn status_shows_the_bounded_identity_cache_and_a_link_drops_only_its_users
     }
     let s = json(&gw, &["status"]).await;
     assert_eq!(s["identity_cache_capacity"], 3, "{s}");
-    assert_eq!(s["identity_cache_entries"], 3, "five users, three cached: {s}");
+    assert_eq!(
+        s["identity_cache_entries"], 3,
+        "five users, three cached: {s}"
+    );
     let t = table(&gw, &["status"]).await;
     assert!(t.contains("identity   3 cached address(es) of 3"), "{t}");
 
@@ -164,7 +167,13 @@ async fn status_shows_the_bounded_identity_cache_and_a_link_drops_only_its_users
     let eve = user_of(&gw, "http", "eve").await;
     json(
         &gw,
-        &["identities", "link", &dan.to_string(), "--user", &eve.to_string()],
+        &[
+            "identities",
+            "link",
+            &dan.to_string(),
+            "--user",
+            &eve.to_string(),
+        ],
     )
     .await;
     let s = json(&gw, &["status"]).await;

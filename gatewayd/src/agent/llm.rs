@@ -407,12 +407,18 @@ mod tests {
         assert!(out.contains("bad auth"), "the rest stays readable: {out}");
         assert!(out.contains("[redacted]"), "{out}");
         // A key-like token is redacted even when it is not the configured key.
-        let out = log_excerpt("token sk-abcdefgh123 and AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!", &[]);
+        let out = log_excerpt(
+            "token sk-abcdefgh123 and AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!",
+            &[],
+        );
         assert_eq!(out, "token [redacted] and [redacted]!");
         let out = log_excerpt("Authorization: Basic dXNlcjpwYXNz\nnext", &[]);
         assert_eq!(out, "Authorization: [redacted]\\nnext");
         // Plain words and short ids stay.
-        assert_eq!(log_excerpt("model overloaded (id req-42)", &[]), "model overloaded (id req-42)");
+        assert_eq!(
+            log_excerpt("model overloaded (id req-42)", &[]),
+            "model overloaded (id req-42)"
+        );
     }
 
     #[test]
