@@ -272,22 +272,24 @@ if want SOAK; then
     echo "SOAK minute $minute: $(echo "$out" | grep -v '^{' | grep -m1 -i 'throughput' || echo "$line")" >&2
     minute=$((minute + 1))
   done
-  # One last sample after the load, then the sampler stops.
+  load_end=$(( $(date +%s) - soak_start ))
+  # One more sample after the load (shown, not fitted), then the sampler stops.
   sleep 10
   kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true
   SAMPLER_PID=""
-  python3 - "$SAMPLES" "$soak_received" "$soak_errors" "$SOAK_SECS" >>"$RESULTS" <<'PY'
+  python3 - "$SAMPLES" "$soak_received" "$soak_errors" "$SOAK_SECS" "$load_end" >>"$RESULTS" <<'PY'
 import json, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l.strip()]
 samples = [[int(t), int(kb), int(s)] for t, kb, s in rows]
-half = [r for r in samples if r[0] >= int(sys.argv[4]) / 2]
+# The fit: the samples of the second half of the load, up to its end.
+half = [r for r in samples if int(sys.argv[4]) / 2 <= r[0] <= int(sys.argv[5])]
 n = len(half)
 xs = [r[0] / 60 for r in half]
 ys = [r[1] / 1024 for r in half]
 mx, my = sum(xs) / n, sum(ys) / n
 slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 print(json.dumps({"bench": "SOAK", "run": 1, "result": {
-    "secs": int(sys.argv[4]), "received": int(sys.argv[2]), "errors": int(sys.argv[3]),
+    "secs": int(sys.argv[4]), "load_end_s": int(sys.argv[5]), "received": int(sys.argv[2]), "errors": int(sys.argv[3]),
     "samples": samples, "slope_mib_per_min": slope,
     "first_mib": samples[0][1] / 1024, "half_mib": half[0][1] / 1024,
     "last_mib": samples[-1][1] / 1024, "max_mib": max(r[1] for r in samples) / 1024}}))
