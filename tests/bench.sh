@@ -16,7 +16,8 @@
 #   scraper. gatewayd's idle_timeout is 2m, so the resident sessions stop growing after about 3
 #   minutes. Its VmRSS (and its resident sessions, through `gatewayctl status`, which is not a
 #   scrape) is sampled every 10 s; the slope is a least-squares fit over the second half, in MiB
-#   per minute. BENCH_GATEWAYD=PATH runs another gatewayd binary (e.g. one built from older code).
+#   per minute. BENCH_GATEWAYD=PATH runs another gatewayd binary (e.g. one built from older code);
+#   BENCH_BIN_DIR=DIR takes gatewayd, gatewayctl and loadgen from DIR and builds nothing.
 # Every figure is run N times (default 3), P1-P3 each on a fresh gatewayd with a fresh data dir,
 # and the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3.
 #
@@ -66,14 +67,17 @@ P2_CHATS=100; P2_RATE=1000; P2_SECS=10
 
 run() { echo "+ $*" >&2; "$@"; }
 
-run cargo build --release -p gatewayd -p gatewayctl -p gateway-tests --bin gatewayd --bin gatewayctl --bin loadgen
+BIN_DIR=${BENCH_BIN_DIR:-$ROOT/target/release}
+if [ -z "${BENCH_BIN_DIR:-}" ]; then
+  run cargo build --release -p gatewayd -p gatewayctl -p gateway-tests --bin gatewayd --bin gatewayctl --bin loadgen
+fi
 if want P4 || want P5 || want P6; then
   # Built before anything is timed, so no bench waits for the compiler.
   run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions
 fi
-GATEWAYD=${BENCH_GATEWAYD:-$ROOT/target/release/gatewayd}
-GATEWAYCTL=$ROOT/target/release/gatewayctl
-LOADGEN=$ROOT/target/release/loadgen
+GATEWAYD=${BENCH_GATEWAYD:-$BIN_DIR/gatewayd}
+GATEWAYCTL=$BIN_DIR/gatewayctl
+LOADGEN=$BIN_DIR/loadgen
 
 # 10k WebSockets need 10k descriptors in each process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
