@@ -3,13 +3,21 @@
 # baseline ratio, P2 gateway-added latency at 1k msg/s, P3 idle RSS and RSS per resident session
 # (through the release gatewayd binary and the loadgen), then P4 identity + session routing with
 # 1M known users, P5 10k concurrent workflow runs and P6 ListSessions pages out of 1M sessions
-# (the gatewayd crate's `cargo bench` targets).
+# (the gatewayd crate's `cargo bench` targets), and SOAK, gatewayd's RSS over a long steady load.
 #
-# Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,...]
+# Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,...,SOAK] [--soak-secs S]
 #   quick (default): P1 1000 chats flat out for 10 s
 #   --full:          P1 10k chats flat out for 30 s
 #   The rest is the same in both: P2 100 chats, 1000 msg/s in total, 10 s; P3 100k resident
 #   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions.
+#   SOAK (only with --only SOAK, and run once whatever --runs says): 200 WebChat chats flat out
+#   with 2 in flight each, for --soak-secs seconds (default 600, at least 120), a new set of 200
+#   chats every minute (one loadgen run per minute, each with its own chat prefix), no /metrics
+#   scraper. gatewayd's idle_timeout is 2m, so the resident sessions stop growing after about 3
+#   minutes. Its VmRSS (and its resident sessions, through `gatewayctl status`, which is not a
+#   scrape) is sampled every 10 s; the slope is a least-squares fit over the second half, in MiB
+#   per minute. BENCH_GATEWAYD=PATH runs another gatewayd binary (e.g. one built from older code);
+#   BENCH_BIN_DIR=DIR takes gatewayd, gatewayctl and loadgen from DIR and builds nothing.
 # Every figure is run N times (default 3), P1-P3 each on a fresh gatewayd with a fresh data dir,
 # and the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3.
 #
@@ -23,12 +31,14 @@ ROOT=$(pwd)
 MODE=quick
 RUNS=3
 ONLY=P1,P2,P3,P4,P5,P6
+SOAK_SECS=600
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) MODE=full ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6]" >&2; exit 2 ;;
+    --soak-secs) SOAK_SECS="$2"; shift ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6,SOAK] [--soak-secs S]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -41,10 +51,14 @@ P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for f in ${ONLY//,/ }; do
   case "$f" in
-    P1|P2|P3|P4|P5|P6) ;;
-    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6)" >&2; exit 2 ;;
+    P1|P2|P3|P4|P5|P6|SOAK) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, SOAK)" >&2; exit 2 ;;
   esac
 done
+case "$SOAK_SECS" in
+  ''|*[!0-9]*) echo "bench: --soak-secs must be a whole number of seconds" >&2; exit 2 ;;
+esac
+if [ "$SOAK_SECS" -lt 120 ]; then echo "bench: --soak-secs must be at least 120" >&2; exit 2; fi
 # P3 creates its sessions in waves of 500 chats (one loadgen run each, sockets closed at its
 # end): gatewayd's memory per open WebSocket is large (~200 KB) and stays in its heap after the
 # socket closes, so 10k sockets at once would measure sockets, not sessions (see BENCHMARKS.md).
@@ -53,13 +67,17 @@ P2_CHATS=100; P2_RATE=1000; P2_SECS=10
 
 run() { echo "+ $*" >&2; "$@"; }
 
-run cargo build --release -p gatewayd -p gateway-tests --bin gatewayd --bin loadgen
+BIN_DIR=${BENCH_BIN_DIR:-$ROOT/target/release}
+if [ -z "${BENCH_BIN_DIR:-}" ]; then
+  run cargo build --release -p gatewayd -p gatewayctl -p gateway-tests --bin gatewayd --bin gatewayctl --bin loadgen
+fi
 if want P4 || want P5 || want P6; then
   # Built before anything is timed, so no bench waits for the compiler.
   run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions
 fi
-GATEWAYD=$ROOT/target/release/gatewayd
-LOADGEN=$ROOT/target/release/loadgen
+GATEWAYD=${BENCH_GATEWAYD:-$BIN_DIR/gatewayd}
+GATEWAYCTL=$BIN_DIR/gatewayctl
+LOADGEN=$BIN_DIR/loadgen
 
 # 10k WebSockets need 10k descriptors in each process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -68,8 +86,10 @@ echo "bench: mode=$MODE runs=$RUNS nofile=$(ulimit -n) load: $(uptime | sed 's/.
 WORK=$(mktemp -d /tmp/gateway-bench.XXXXXX)
 GW_PID=""
 BL_PID=""
+SAMPLER_PID=""
 cleanup() {
   local rc=$?
+  if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true; fi
   if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null; wait "$GW_PID" 2>/dev/null || true; fi
   if [ -n "$BL_PID" ]; then kill "$BL_PID" 2>/dev/null; wait "$BL_PID" 2>/dev/null || true; fi
   if [ "$rc" = 0 ]; then
@@ -94,7 +114,9 @@ wait_line() {
   return 1
 }
 
-# Starts a fresh gatewayd (echo agent, WebChat) in $WORK/gw-$1; sets GW_PID and GW_ADDR.
+# Starts a fresh gatewayd (echo agent, WebChat) in $WORK/gw-$1; sets GW_PID, GW_ADDR and
+# ADMIN_ADDR. GW_IDLE is its gateway.idle_timeout (default: the built-in 30m).
+GW_IDLE=30m
 start_gateway() {
   local dir=$WORK/gw-$1
   mkdir -p "$dir"
@@ -102,6 +124,7 @@ start_gateway() {
 [gateway]
 data_dir = "$dir/data"
 max_sessions = 200000
+idle_timeout = "$GW_IDLE"
 
 [http]
 listen = "127.0.0.1:0"
@@ -127,6 +150,7 @@ EOF
   GW_PID=$!
   wait_line "$dir/stdout" "gatewayd ready" "$GW_PID" >/dev/null
   GW_ADDR=$(grep -m1 '^http listening on ' "$dir/stdout" | awk '{print $4}')
+  ADMIN_ADDR=$(grep -m1 '^admin listening on ' "$dir/stdout" | awk '{print $4}')
 }
 
 stop_gateway() {
@@ -211,6 +235,72 @@ for r in $(seq "$RUNS"); do
   if want P6; then cargo_bench list_sessions P6 "$r" SESSIONS=1000000; fi
 done
 
+if want SOAK; then
+  # SOAK: one gatewayd, a new set of 200 chats every minute, RSS sampled every 10 s.
+  GW_IDLE=2m start_gateway soak
+  GW_IDLE=30m
+  SAMPLES=$WORK/soak-samples.tsv
+  : >"$SAMPLES"
+  soak_start=$(date +%s)
+  (
+    i=0
+    while kill -0 "$GW_PID" 2>/dev/null; do
+      # Samples at fixed offsets from the start (0, 10, 20, ... s), not 10 s after the last one.
+      now=$(date +%s)
+      target=$((soak_start + 10 * i))
+      [ "$now" -lt "$target" ] && sleep $((target - now))
+      rss=$(rss_kb "$GW_PID" 2>/dev/null) || break
+      resident=$("$GATEWAYCTL" --addr "http://$ADMIN_ADDR" status --output json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["sessions_resident"])' 2>/dev/null || echo -1)
+      printf '%s\t%s\t%s\n' "$(($(date +%s) - soak_start))" "$rss" "$resident" >>"$SAMPLES"
+      i=$((i + 1))
+    done
+  ) &
+  SAMPLER_PID=$!
+  soak_received=0
+  soak_errors=0
+  minute=0
+  echo "SOAK: ${SOAK_SECS} s, 200 chats x 2 in flight, new chats every minute, no scraper ($GATEWAYD)" >&2
+  while [ $(( $(date +%s) - soak_start )) -lt "$SOAK_SECS" ]; do
+    left=$(( SOAK_SECS - ($(date +%s) - soak_start) ))
+    secs=$(( left < 60 ? left : 60 ))
+    [ "$secs" -lt 5 ] && break
+    if [ "$minute" = 0 ]; then
+      echo "+ $LOADGEN --target webchat --addr $GW_ADDR --chat-prefix soak-$minute --chats 200 --rate 0 --inflight 2 --duration $secs --json   (once a minute, a new prefix each time)" >&2
+    fi
+    out=$("$LOADGEN" --target webchat --addr "$GW_ADDR" --chat-prefix "soak-$minute" \
+      --chats 200 --rate 0 --inflight 2 --duration "$secs" --json)
+    line=$(echo "$out" | tail -n1)
+    soak_received=$((soak_received + $(echo "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"])')))
+    soak_errors=$((soak_errors + $(echo "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["errors"] + d["unanswered"])')))
+    echo "SOAK minute $minute: $(echo "$out" | grep -v '^{' | grep -m1 -i 'throughput' || echo "$line")" >&2
+    minute=$((minute + 1))
+  done
+  load_end=$(( $(date +%s) - soak_start ))
+  # One more sample after the load (shown, not fitted), then the sampler stops.
+  sleep 10
+  kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true
+  SAMPLER_PID=""
+  python3 - "$SAMPLES" "$soak_received" "$soak_errors" "$SOAK_SECS" "$load_end" >>"$RESULTS" <<'PY'
+import json, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+samples = [[int(t), int(kb), int(s)] for t, kb, s in rows]
+# The fit: the samples of the second half of the load, up to its end.
+half = [r for r in samples if int(sys.argv[4]) / 2 <= r[0] <= int(sys.argv[5])]
+n = len(half)
+xs = [r[0] / 60 for r in half]
+ys = [r[1] / 1024 for r in half]
+mx, my = sum(xs) / n, sum(ys) / n
+slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+print(json.dumps({"bench": "SOAK", "run": 1, "result": {
+    "secs": int(sys.argv[4]), "load_end_s": int(sys.argv[5]), "received": int(sys.argv[2]), "errors": int(sys.argv[3]),
+    "samples": samples, "slope_mib_per_min": slope,
+    "first_mib": samples[0][1] / 1024, "half_mib": half[0][1] / 1024,
+    "last_mib": samples[-1][1] / 1024, "max_mib": max(r[1] for r in samples) / 1024}}))
+PY
+  stop_gateway
+fi
+
 echo "bench: load after: $(uptime | sed 's/.*load average: //')"
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
@@ -257,4 +347,17 @@ case = lambda name, k: (lambda r: next(c[k] for c in r["cases"] if c["case"] == 
 table("P6", [(f"{n} {k.split('_')[0]} us", case(n, k))
              for n in ["first", "random", "last", "channel=telegram random", "channel=http random"]
              for k in ["median_us", "p99_us"]])
+for r in rows:
+    if r["bench"] != "SOAK":
+        continue
+    d = r["result"]
+    print(f"\nSOAK ({d['secs']} s, {d['received']:,} replies, {d['errors']} errors/unanswered)")
+    print("| t s | VmRSS MiB | resident sessions |")
+    print("|---|---|---|")
+    for t, kb, s in d["samples"]:
+        print(f"| {t} | {kb / 1024:.1f} | {s} |")
+    print(f"RSS: {d['first_mib']:.1f} MiB at start, {d['half_mib']:.1f} at half time, "
+          f"{d['last_mib']:.1f} at the end, {d['max_mib']:.1f} at most; "
+          f"slope over the second half: {d['slope_mib_per_min']:+.3f} MiB/min")
+    print("SOAK_JSON " + json.dumps(d))
 PY

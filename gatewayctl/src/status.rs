@@ -27,6 +27,8 @@ pub struct Status {
     dead_letters: u64,
     ready: bool,
     faults: Vec<FaultInfo>,
+    identity_cache_entries: u64,
+    identity_cache_capacity: u64,
     channels: Vec<ChannelInfo>,
     database_bytes: u64,
     table_rows: Vec<TableRows>,
@@ -89,6 +91,8 @@ impl Status {
                     rows: t.rows,
                 })
                 .collect(),
+            identity_cache_entries: o.identity_cache_entries,
+            identity_cache_capacity: o.identity_cache_capacity,
         }
     }
 }
@@ -166,6 +170,10 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
     if !line.is_empty() {
         out.line(format!("           {line}"))?;
     }
+    out.line(format!(
+        "identity   {} cached address(es) of {}",
+        s.identity_cache_entries, s.identity_cache_capacity
+    ))?;
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
 }

@@ -20,7 +20,8 @@
 //! Criterion prints a mean per case. Because the target is a p99, the bench then times
 //! `SAMPLES` (default 1 000 000) single calls of each case with `Instant` into an HdrHistogram
 //! and prints p50/p90/p99/p99.9/max, and the resident-set size before and after the identity
-//! cache was filled with every user. Run with `cargo bench -p gatewayd --bench routing`;
+//! cache was filled with every user (the cache is sized to hold them all,
+//! `gateway.identity_cache_size = USERS`). Run with `cargo bench -p gatewayd --bench routing`;
 //! `USERS=n`, `RESIDENT=n` and `SAMPLES=n` shrink it.
 
 use std::path::Path;
@@ -141,6 +142,8 @@ struct Parts {
     events: EventBus,
     agent: Arc<Agent>,
     delivery: Delivery,
+    /// The identity cache's size: every user, so the warm cases find all of them cached.
+    users: usize,
 }
 
 impl Parts {
@@ -158,7 +161,11 @@ impl Parts {
     }
 
     fn fresh_identity(&self) -> Arc<Identity> {
-        Arc::new(Identity::new(self.store.clone(), self.events.clone()))
+        Arc::new(Identity::with_cache_size(
+            self.store.clone(),
+            self.events.clone(),
+            self.users,
+        ))
     }
 }
 
@@ -289,6 +296,7 @@ fn main() {
         )),
         store,
         events,
+        users,
     };
     let rt = current_thread();
     let mut rng = Rng(42);

@@ -87,25 +87,28 @@ pub enum Step {
 }
 
 /// Why a completion failed.
+///
+/// Nothing the model server sent is kept here: its error bodies and malformed responses are
+/// logged once, bounded and redacted, where they arrive (`agent::llm`), so these errors (and
+/// what is built from them: replies, transcripts, workflow runs, events) never carry them.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
     /// The request took longer than the configured timeout.
     #[error("the model did not answer within {0:?}")]
     Timeout(Duration),
-    /// The server could not be reached.
+    /// The server could not be reached (the transport's own error, without the URL).
     #[error("cannot reach the model server: {0}")]
     Connect(String),
     /// The server answered with an error status.
-    #[error("the model server answered HTTP {status}: {detail}")]
+    #[error("the model server answered HTTP {status}")]
     Status {
         /// HTTP status code.
         status: u16,
-        /// The error message from the body, shortened.
-        detail: String,
     },
-    /// The server answered something that is not a completion.
+    /// The server answered something that is not a completion; the reason is the gateway's
+    /// own words, never the server's.
     #[error("the model server sent an unexpected response: {0}")]
-    BadResponse(String),
+    BadResponse(&'static str),
 }
 
 impl LlmError {
@@ -113,8 +116,20 @@ impl LlmError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::Connect(_) => true,
-            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            Self::Status { status } => *status == 429 || *status >= 500,
             Self::BadResponse(_) => false,
+        }
+    }
+
+    /// What a chat user is told: the class of the failure only, no detail from the server.
+    pub fn user_reason(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "the model did not answer in time",
+            Self::Connect(_) => "cannot reach the model server",
+            Self::Status { status: 429 } => "the model server is busy",
+            Self::Status { status } if *status >= 500 => "the model server had an internal error",
+            Self::Status { .. } => "the model server refused the request",
+            Self::BadResponse(_) => "the model server sent an unexpected response",
         }
     }
 }

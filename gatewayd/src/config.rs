@@ -158,7 +158,12 @@ pub struct GatewayConfig {
     /// At shutdown, how long session workers may take to finish the messages they hold; what
     /// is unfinished then stays pending and is replayed at the next start.
     pub shutdown_grace: HumanDuration,
+    /// Most addresses whose user is cached in memory (least recently resolved evicted first).
+    pub identity_cache_size: usize,
 }
+
+/// The largest `gateway.identity_cache_size` (about 12 GB of cache at ~122 bytes an address).
+pub const MAX_IDENTITY_CACHE_SIZE: usize = 100_000_000;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -169,6 +174,7 @@ impl Default for GatewayConfig {
             history_window: 20,
             mailbox_capacity: 64,
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            identity_cache_size: crate::identity::DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -1247,6 +1253,11 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("gateway.mailbox_capacity", ints(1, 65_536), |c| {
         int(c.gateway.mailbox_capacity)
     }),
+    key(
+        "gateway.identity_cache_size",
+        ints(1, MAX_IDENTITY_CACHE_SIZE as u64),
+        |c| int(c.gateway.identity_cache_size),
+    ),
     key("gateway.shutdown_grace", millis(0, HOUR), |c| {
         dur(c.gateway.shutdown_grace)
     }),
@@ -2057,5 +2068,20 @@ mod tests {
             "\\PC{0,20}",
         ];
         prop::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    #[test]
+    fn identity_cache_size_is_range_checked() {
+        for bad in ["0", "100000001"] {
+            let text = format!("[gateway]\nidentity_cache_size = {bad}\n");
+            let errs = Config::parse(&text).expect_err("out of range");
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "gateway.identity_cache_size");
+            assert!(errs[0].message.contains("1 to 100000000"), "{errs:?}");
+        }
+        let ok = Config::parse("[gateway]\nidentity_cache_size = 1\n").expect("valid");
+        assert_eq!(ok.gateway.identity_cache_size, 1);
+        let default = Config::parse("").expect("valid");
+        assert_eq!(default.gateway.identity_cache_size, 100_000);
     }
 }

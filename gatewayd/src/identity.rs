@@ -5,13 +5,20 @@
 //! addresses: `/link` on one channel issues a one-time code, `/link CODE` on the other redeems it.
 //! Codes are 8 characters from a 32-letter alphabet (no 0/O, 1/I), expire after
 //! [`CODE_TTL`], work once, and an address that guesses wrong [`MAX_FAILURES`] times is locked
-//! out for [`FAILURE_WINDOW`]. Resolution is cached in memory; a link or unlink clears the cache.
+//! out for [`FAILURE_WINDOW`].
+//!
+//! Resolution is cached in memory in a bounded LRU (`gateway.identity_cache_size` addresses,
+//! least recently resolved evicted first). A link, attach or unlink drops only the addresses it
+//! touched: every address of the user that remains after a link (both sides, since the merged
+//! user's addresses are now its own), or the address that moved; everything else stays cached.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use rand::Rng;
 
 use crate::events::{Event, EventBus};
@@ -26,6 +33,10 @@ pub const MAX_FAILURES: u32 = 5;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10 * 60);
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 const CODE_LEN: usize = 8;
+/// The default of `gateway.identity_cache_size`.
+pub const DEFAULT_CACHE_SIZE: usize = 100_000;
+/// Wrong-code records kept before expired ones are pruned.
+const FAILURES_PRUNE_AT: usize = 1024;
 
 /// Why an identity operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -59,34 +70,54 @@ pub struct Linked {
 pub struct Identity {
     store: SharedStore,
     events: EventBus,
-    cache: Mutex<HashMap<Address, UserId>>,
+    cache: Mutex<LruCache<Address, UserId>>,
+    capacity: NonZeroUsize,
     generation: AtomicU64,
     failures: Mutex<HashMap<Address, (u32, Instant)>>,
 }
 
 impl Identity {
-    /// Identity service over `store`.
+    /// Identity service over `store`, caching up to [`DEFAULT_CACHE_SIZE`] addresses.
     pub fn new(store: SharedStore, events: EventBus) -> Self {
+        Self::with_cache_size(store, events, DEFAULT_CACHE_SIZE)
+    }
+
+    /// Identity service over `store`, caching up to `cache_size` addresses (at least 1).
+    pub fn with_cache_size(store: SharedStore, events: EventBus, cache_size: usize) -> Self {
+        let capacity = NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN);
         Self {
             store,
             events,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(capacity)),
+            capacity,
             generation: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Addresses in the resolution cache now, and the most it holds.
+    pub fn cache_stats(&self) -> (usize, usize) {
+        let entries = self.cache.lock().map_or(0, |c| c.len());
+        (entries, self.capacity.get())
+    }
+
     /// The user `address` belongs to; an unknown address becomes a new user.
     pub async fn resolve(&self, address: &Address) -> Result<UserId, StoreError> {
-        if let Some(id) = self.cache.lock().ok().and_then(|c| c.get(address).copied()) {
+        if let Some(id) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(address).copied())
+        {
             return Ok(id);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let id = self.store.resolve_address(address).await?;
         if let Ok(mut cache) = self.cache.lock() {
             // A link or unlink that ran meanwhile may have made `id` stale: do not cache it.
+            // (The generation only moves under this lock, so the check and the insert agree.)
             if self.generation.load(Ordering::Acquire) == generation {
-                cache.insert(address.clone(), id);
+                cache.put(address.clone(), id);
             }
         }
         Ok(id)
@@ -140,7 +171,7 @@ impl Identity {
     /// Merges user `merge` into `keep` (operator action, or a redeemed code).
     pub async fn link(&self, keep: UserId, merge: UserId) -> Result<(), StoreError> {
         self.store.link_users(keep, merge).await?;
-        self.invalidate();
+        self.invalidate_user(keep).await;
         self.events.publish(Event::IdentityLinked {
             user: keep,
             merged: merge,
@@ -162,7 +193,7 @@ impl Identity {
             return Ok(current);
         }
         self.store.attach_address(user, address).await?;
-        self.invalidate();
+        self.invalidate(std::slice::from_ref(address));
         self.events.publish(Event::IdentityLinked {
             user,
             merged: current,
@@ -174,7 +205,7 @@ impl Identity {
     pub async fn unlink(&self, address: &Address) -> Result<(UserId, UserId), StoreError> {
         let previous = self.resolve(address).await?;
         let new_user = self.store.unlink_address(address).await?;
-        self.invalidate();
+        self.invalidate(std::slice::from_ref(address));
         self.events.publish(Event::IdentityUnlinked {
             user: previous,
             new_user,
@@ -182,11 +213,36 @@ impl Identity {
         Ok((previous, new_user))
     }
 
-    fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// Drops `addresses` from the cache, and stops resolutions already under way from caching
+    /// what they read before the change.
+    fn invalidate(&self, addresses: &[Address]) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            for a in addresses {
+                cache.pop(a);
+            }
         }
+    }
+
+    /// Drops every address of `user` (read from the store after a change) from the cache; if
+    /// they cannot be read, the whole cache.
+    async fn invalidate_user(&self, user: UserId) {
+        match self.store.user(user).await {
+            Ok(record) => self.invalidate(&record.addresses),
+            Err(error) => {
+                tracing::warn!(%error, user = %user, "Cannot read a linked user's addresses; clearing the identity cache.");
+                if let Ok(mut cache) = self.cache.lock() {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    cache.clear();
+                }
+            }
+        }
+    }
+
+    /// The cached user of `address`, without touching its recency.
+    #[cfg(test)]
+    fn cached(&self, address: &Address) -> Option<UserId> {
+        self.cache.lock().ok()?.peek(address).copied()
     }
 
     fn locked_out(&self, address: &Address) -> Option<u64> {
@@ -206,6 +262,11 @@ impl Identity {
                 *entry = (0, Instant::now());
             }
             entry.0 += 1;
+            // Records older than the window count for nothing: forget them now and then, so
+            // wrong guesses from ever new addresses do not pile up.
+            if failures.len() > FAILURES_PRUNE_AT {
+                failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            }
         }
     }
 }
@@ -257,5 +318,106 @@ mod tests {
             id.redeem(&stranger, &fresh).await,
             Err(IdentityError::TooManyAttempts(_))
         ));
+    }
+
+    fn open(dir: &tempfile::TempDir, cache_size: usize) -> Identity {
+        let store = Arc::new(SqliteStore::open(&dir.path().join("g.db")).expect("open"));
+        Identity::with_cache_size(store, EventBus::new(16), cache_size)
+    }
+
+    #[tokio::test]
+    async fn cache_is_bounded_and_evicts_the_least_recently_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = open(&dir, 3);
+        let a: Vec<Address> = (0..5)
+            .map(|i| addr(ChannelKind::Http, &format!("u{i}")))
+            .collect();
+        let mut users = Vec::new();
+        for x in &a[..3] {
+            users.push(id.resolve(x).await.expect("resolve"));
+        }
+        assert_eq!(id.cache_stats(), (3, 3));
+        // u0 is used again, so u1 is now the least recently resolved.
+        assert_eq!(id.resolve(&a[0]).await.expect("resolve"), users[0]);
+        for x in &a[3..] {
+            users.push(id.resolve(x).await.expect("resolve"));
+        }
+        assert_eq!(id.cache_stats(), (3, 3), "never more than the capacity");
+        assert_eq!(id.cached(&a[0]), Some(users[0]));
+        assert_eq!(id.cached(&a[1]), None);
+        assert_eq!(id.cached(&a[2]), None);
+        assert_eq!(id.cached(&a[3]), Some(users[3]));
+        assert_eq!(id.cached(&a[4]), Some(users[4]));
+        // An evicted address resolves to the same user again, from the store.
+        assert_eq!(id.resolve(&a[1]).await.expect("resolve"), users[1]);
+        assert_eq!(id.cached(&a[1]), Some(users[1]));
+    }
+
+    #[tokio::test]
+    async fn link_and_unlink_invalidate_only_the_addresses_they_touch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = open(&dir, 100);
+        let web = addr(ChannelKind::Webchat, "w1");
+        let http = addr(ChannelKind::Http, "h1");
+        let tg = addr(ChannelKind::Telegram, "t1");
+        let other = addr(ChannelKind::Discord, "bystander");
+        let a = id.resolve(&web).await.expect("a");
+        let b = id.resolve(&http).await.expect("b");
+        let c = id.resolve(&other).await.expect("c");
+        assert_eq!(id.cache_stats().0, 3);
+
+        // Link: both sides are dropped, the bystander stays cached.
+        id.link(a, b).await.expect("link");
+        assert_eq!(id.cached(&web), None);
+        assert_eq!(id.cached(&http), None);
+        assert_eq!(
+            id.cached(&other),
+            Some(c),
+            "an unrelated entry stays cached"
+        );
+        assert_eq!(id.resolve(&http).await.expect("merged"), a);
+        assert_eq!(id.resolve(&web).await.expect("kept"), a);
+
+        // Attach an address that has a user of its own with other addresses: only it moves.
+        let t = id.resolve(&tg).await.expect("t");
+        let tg2 = addr(ChannelKind::Telegram, "t2");
+        id.attach(t, &tg2).await.expect("attach to t");
+        assert_eq!(id.resolve(&tg2).await.expect("t2"), t);
+        assert_eq!(id.resolve(&tg).await.expect("t1"), t);
+        assert_eq!(id.attach(a, &tg2).await.expect("attach"), t);
+        assert_eq!(id.cached(&tg2), None);
+        assert_eq!(
+            id.cached(&tg),
+            Some(t),
+            "the address left behind stays cached"
+        );
+        assert_eq!(id.cached(&web), Some(a));
+        assert_eq!(id.resolve(&tg2).await.expect("moved"), a);
+
+        // Unlink: only the unlinked address is dropped.
+        let (previous, fresh) = id.unlink(&http).await.expect("unlink");
+        assert_eq!(previous, a);
+        assert_eq!(id.cached(&http), None);
+        assert_eq!(id.cached(&web), Some(a));
+        assert_eq!(id.cached(&other), Some(c));
+        assert_eq!(id.resolve(&http).await.expect("split"), fresh);
+        assert_ne!(fresh, a);
+    }
+
+    #[test]
+    fn wrong_code_records_older_than_the_window_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = open(&dir, 10);
+        let old = Instant::now()
+            .checked_sub(FAILURE_WINDOW + Duration::from_secs(1))
+            .expect("an instant in the past");
+        if let Ok(mut f) = id.failures.lock() {
+            for i in 0..FAILURES_PRUNE_AT {
+                f.insert(addr(ChannelKind::Http, &format!("g{i}")), (1, old));
+            }
+        }
+        id.record_failure(&addr(ChannelKind::Http, "fresh"));
+        let f = id.failures.lock().expect("lock");
+        assert_eq!(f.len(), 1, "only the fresh record is left");
     }
 }

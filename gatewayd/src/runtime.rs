@@ -138,7 +138,11 @@ impl Gateway {
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
-        let identity = Arc::new(Identity::new(store.clone(), events.clone()));
+        let identity = Arc::new(Identity::with_cache_size(
+            store.clone(),
+            events.clone(),
+            config.gateway.identity_cache_size,
+        ));
         let (closing, closing_rx) = watch::channel(false);
         let mut senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = Vec::new();
         let webchat = config.channels.webchat.enabled.then(|| {

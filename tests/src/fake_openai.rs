@@ -44,6 +44,11 @@ pub enum Fault {
     Hang,
     /// Close the TCP connection without sending any response.
     Drop,
+    /// A hostile or careless server that echoes the request's headers (`Authorization`
+    /// included) back, with a terminal escape and a newline around them: with a status other
+    /// than 200, as an OpenAI-style error (`error.message` quotes them, `error.headers` lists
+    /// them); with 200, as a body that is not a completion (`{"choices": "<headers>"}`).
+    EchoHeaders(u16),
 }
 
 /// A scripted response (queued with [`FakeOpenAi::push_tool_call`],
@@ -386,6 +391,30 @@ fn error_response(status: u16, message: &str) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+/// The response of [`Fault::EchoHeaders`].
+fn echo_headers(status: u16, headers: &HeaderMap) -> Response {
+    let all: Vec<String> = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let text = format!("\u{1b}[31mrequest was:\n{}", all.join("\r\n"));
+    if status == 200 {
+        return (StatusCode::OK, axum::Json(json!({"choices": text}))).into_response();
+    }
+    let map: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {"message": text, "type": "server_error", "headers": map}});
+    (code, axum::Json(body)).into_response()
+}
+
 async fn models() -> Response {
     axum::Json(json!({
         "object": "list",
@@ -432,6 +461,7 @@ async fn chat_completions(
             conn.kill();
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
+        Some(Fault::EchoHeaders(code)) => return echo_headers(code, &headers),
     }
 
     let Some(request) = parsed else {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gateway_tests::{
     Delivery, FakeCallback, FakeOpenAi, Fault, Gateway, GatewayOptions, TIMEOUT, last_user_content,
+    poll_until_async,
 };
 use serde_json::{Value, json};
 
@@ -233,9 +234,9 @@ async fn when_every_attempt_fails_the_user_gets_an_error_and_the_message_is_kept
 
     let reply = ask(&gw, &callback, "dan", "are you there?").await;
     let reason = error_reason(&reply);
-    assert!(
-        reason.contains("500"),
-        "the reason names the status: {reply:?}"
+    assert_eq!(
+        reason, "the model server had an internal error",
+        "the reason names the class of failure: {reply:?}"
     );
     assert_eq!(llm.requests().len(), 3, "max_attempts = 3");
     let stderr = gw.stderr_log();
@@ -277,7 +278,7 @@ async fn a_model_that_does_not_answer_in_time_gets_an_honest_error_reply() {
     let reply = ask(&gw, &callback, "eli", "slow question").await;
     let reason = error_reason(&reply);
     assert!(
-        reason.contains("did not answer"),
+        reason.contains("did not answer in time"),
         "the reply says the model did not answer: {reply:?}"
     );
     assert_eq!(llm.requests().len(), 1, "max_attempts = 1");
@@ -403,4 +404,191 @@ async fn sessions_run_in_parallel_and_each_stays_in_order() {
             user("A 3"),
         ])
     );
+}
+
+/// `gatewayctl events --output json` running against `gw`, its lines collected as they come.
+struct EventLines {
+    /// Held so that dropping this ends the watcher (`kill_on_drop`).
+    _child: tokio::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventLines {
+    async fn start(gw: &Gateway) -> EventLines {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(gateway_tests::gatewayctl_bin())
+            .args(["events", "--addr", &gw.admin_url(), "--output", "json"])
+            .env_remove("GATEWAYCTL_ADDR")
+            .env_remove("GATEWAYCTL_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gatewayctl events");
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let notice = tokio::time::timeout(TIMEOUT, stderr.next_line())
+            .await
+            .expect("the watcher starts in time")
+            .expect("stderr readable")
+            .expect("a notice on stderr");
+        assert!(notice.contains("watching events"), "{notice}");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        EventLines {
+            _child: child,
+            lines,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_echoes_the_key_never_gets_it_to_the_chat_transcript_events_or_output() {
+    let llm = FakeOpenAi::start().await;
+    let callback = FakeCallback::start().await;
+    let mut opts = options(
+        &llm.base_url(),
+        &callback,
+        "max_attempts = 2\ntimeout = \"5s\"",
+    );
+    opts.log_level = Some("debug".to_owned());
+    let mut gw = Gateway::start(opts).await.expect("start gatewayd");
+    let events = EventLines::start(&gw).await;
+
+    // Two 500s that echo the request headers: a retry, then the error reply.
+    llm.push_fault(Fault::EchoHeaders(500));
+    llm.push_fault(Fault::EchoHeaders(500));
+    let reply = ask(&gw, &callback, "gus", "leak it").await;
+    assert_eq!(
+        error_reason(&reply),
+        "the model server had an internal error",
+        "only the class of failure: {reply:?}"
+    );
+    // A 200 whose body is not a completion but quotes the headers (serde would quote it too).
+    llm.push_fault(Fault::EchoHeaders(200));
+    let reply2 = ask(&gw, &callback, "gus", "leak it again").await;
+    assert_eq!(
+        error_reason(&reply2),
+        "the model server sent an unexpected response",
+        "{reply2:?}"
+    );
+    assert_eq!(llm.requests().len(), 3, "two attempts, then one");
+    assert!(
+        llm.auth_headers()
+            .iter()
+            .all(|a| a.as_deref() == Some(&format!("Bearer {KEY}"))),
+        "the key was sent (and so echoed)"
+    );
+    let history = ask(&gw, &callback, "gus", "/history").await;
+
+    // Nothing of the echoed body in what the chat user got.
+    for text in callback
+        .received()
+        .iter()
+        .map(|d| d.text.clone())
+        .chain([history.clone()])
+    {
+        for bad in [KEY, "Bearer", "request was", "authorization"] {
+            assert!(!text.contains(bad), "{bad:?} reached the chat: {text:?}");
+        }
+    }
+    // ...nor in the transcript as the admin API shows it.
+    let sessions = gw.gatewayctl_json(&["sessions", "list"]).await;
+    let keys: Vec<String> = sessions["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["key"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!keys.is_empty(), "{sessions}");
+    for key in &keys {
+        let shown = gw
+            .gatewayctl_json(&["sessions", "show", key])
+            .await
+            .to_string();
+        assert!(
+            shown.contains("leak it"),
+            "the user's message is kept: {shown}"
+        );
+        assert!(!shown.contains(KEY), "key in the transcript: {shown}");
+        assert!(
+            !shown.contains("request was"),
+            "body in the transcript: {shown}"
+        );
+    }
+    // ...nor in the events (waited for until the /history reply went out).
+    poll_until_async(
+        TIMEOUT,
+        "the /history reply's message_out event",
+        || async {
+            events
+                .lines()
+                .iter()
+                .filter(|l| l.contains("\"message_out\""))
+                .count()
+                >= 3
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", events.lines()));
+    for line in events.lines() {
+        assert!(!line.contains(KEY), "key in an event: {line}");
+        assert!(!line.contains("request was"), "body in an event: {line}");
+    }
+    drop(events);
+
+    // The log has a bounded, redacted excerpt; the key is nowhere in stdout, stderr or the file.
+    let status = gw.stop().await.expect("stop");
+    assert!(status.success(), "graceful exit: {status}");
+    let stderr = gw.stderr_log();
+    let stdout = gw.stdout_lines().join("\n");
+    let file = log_files(&gw);
+    for (name, text) in [
+        ("stderr", &stderr),
+        ("stdout", &stdout),
+        ("log file", &file),
+    ] {
+        assert!(!text.contains(KEY), "API key leaked to {name}:\n{text}");
+    }
+    for (name, text) in [("stderr", &stderr), ("log file", &file)] {
+        let excerpts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("The model server answered an error."))
+            .collect();
+        assert_eq!(
+            excerpts.len(),
+            2,
+            "one line per error answer in {name}:\n{text}"
+        );
+        for line in &excerpts {
+            assert!(line.contains("status=500"), "{line}");
+            assert!(
+                line.contains("request was") && line.contains("[redacted]"),
+                "the excerpt is logged, redacted: {line}"
+            );
+            assert!(
+                line.contains("content-type"),
+                "the body's newlines are escaped, so the excerpt is one line: {line}"
+            );
+        }
+        assert!(
+            text.lines().any(
+                |l| l.contains("The model server's response is not a completion.")
+                    && l.contains("[redacted]")
+            ),
+            "the malformed response is logged, redacted:\n{text}"
+        );
+    }
 }

@@ -140,6 +140,65 @@ async fn help_is_stable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_bounded_identity_cache_and_a_link_drops_only_its_users() {
+    let callback = FakeCallback::start().await;
+    let mut options = http_channel(&callback, "");
+    options.gateway_extra = "identity_cache_size = 3".to_owned();
+    let gw = Gateway::start(options).await.expect("start");
+    // One at a time, so the cache holds the last three in a known order.
+    for (i, who) in ["ann", "ben", "cat", "dan", "eve"].iter().enumerate() {
+        post(&gw, &format!("c-{i}"), who, "hello").await;
+        callback
+            .wait_delivered(|d| d.len() == i + 1, TIMEOUT)
+            .await
+            .expect("echo delivered");
+    }
+    let s = json(&gw, &["status"]).await;
+    assert_eq!(s["identity_cache_capacity"], 3, "{s}");
+    assert_eq!(
+        s["identity_cache_entries"], 3,
+        "five users, three cached: {s}"
+    );
+    let t = table(&gw, &["status"]).await;
+    assert!(t.contains("identity   3 cached address(es) of 3"), "{t}");
+
+    // dan and eve are among the three most recent; linking them drops just their two entries.
+    let dan = user_of(&gw, "http", "dan").await;
+    let eve = user_of(&gw, "http", "eve").await;
+    json(
+        &gw,
+        &[
+            "identities",
+            "link",
+            &dan.to_string(),
+            "--user",
+            &eve.to_string(),
+        ],
+    )
+    .await;
+    let s = json(&gw, &["status"]).await;
+    assert_eq!(s["identity_cache_entries"], 1, "cat stays cached: {s}");
+    // eve's next message is routed to the merged user at once.
+    post(&gw, "c-5", "eve", "again").await;
+    callback
+        .wait_delivered(|d| d.len() == 6, TIMEOUT)
+        .await
+        .expect("sixth echo delivered");
+    assert_eq!(user_of(&gw, "http", "eve").await, dan);
+    let sessions = json(&gw, &["sessions", "list"]).await;
+    let keys: Vec<&str> = sessions["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|x| x["key"].as_str())
+        .collect();
+    assert!(
+        !keys.contains(&format!("user:{eve}").as_str()),
+        "eve's session merged into dan's: {sessions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_sessions_and_identities_against_a_real_gatewayd() {
     let callback = FakeCallback::start().await;
     let gw = Gateway::start(http_channel(&callback, ""))
@@ -169,6 +228,8 @@ async fn status_sessions_and_identities_against_a_real_gatewayd() {
     assert_eq!(s["sessions_resident"], 2, "{s}");
     assert_eq!(s["sessions_capacity"], 10_000, "{s}");
     assert_eq!(s["dead_letters"], 0, "{s}");
+    assert_eq!(s["identity_cache_entries"], 2, "{s}");
+    assert_eq!(s["identity_cache_capacity"], 100_000, "{s}");
     assert!(s["uptime_seconds"].is_u64(), "{s}");
     let http = find(&s["channels"], "channel", &json!("http")).expect("http channel");
     assert_eq!(http["state"], "connected", "{s}");
@@ -182,6 +243,10 @@ async fn status_sessions_and_identities_against_a_real_gatewayd() {
     assert!(t.starts_with("gatewayd "), "{t}");
     assert!(t.contains("2 in (") && t.contains("2 out ("), "{t}");
     assert!(t.contains("2 resident of 10000, 2 stored"), "{t}");
+    assert!(
+        t.contains("identity   2 cached address(es) of 100000"),
+        "{t}"
+    );
     assert!(
         t.lines()
             .any(|l| l.starts_with("http") && l.contains("connected")),

@@ -29,6 +29,11 @@ pub fn table_rows(stats: &StorageStats) -> Vec<pb::TableRows> {
         .collect()
 }
 
+/// A proto count from an in-memory size.
+pub fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 /// A proto channel from a domain channel.
 pub fn channel(c: ChannelKind) -> pb::Channel {
     match c {

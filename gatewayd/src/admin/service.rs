@@ -170,6 +170,7 @@ impl Admin for AdminService {
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
         let faults = s.supervisor.faults();
+        let (cache_entries, cache_capacity) = s.identity.cache_stats();
         Ok(Response::new(pb::GetOverviewResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: s.started_at.elapsed().as_secs(),
@@ -194,6 +195,8 @@ impl Admin for AdminService {
             faults: faults.iter().map(convert::fault).collect(),
             database_bytes: storage.database_bytes,
             table_rows: convert::table_rows(&storage),
+            identity_cache_entries: convert::count(cache_entries),
+            identity_cache_capacity: convert::count(cache_capacity),
         }))
     }
 

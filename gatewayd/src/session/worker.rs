@@ -253,7 +253,8 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
             (
                 Role::Notice,
                 format!(
-                    "Sorry, the assistant could not answer just now ({e}). Your message is saved; please try again in a moment."
+                    "Sorry, the assistant could not answer just now ({}). Your message is saved; please try again in a moment.",
+                    e.user_reason()
                 ),
             )
         }
