@@ -4,6 +4,12 @@
 //! A message is a command when its first word starts with `/` and names one of these; any other
 //! `/word` gets a reply pointing at `/help` rather than reaching the agent. Commands write no
 //! conversation entries (except the `/reset` marker), so they never become agent context.
+//!
+//! Arguments are split like a shell's words ([`split_args`]): `"double"` and `'single'` quotes
+//! group words (`ticket="printer on fire"`), a backslash escapes `"` and `\` inside double
+//! quotes, quoted and unquoted parts next to each other make one word, and the curly quotes
+//! phones type (`“…”`, `‘…’`) count as quotes. An unclosed quote is an error, never a guess.
+//! [`quote`] is the inverse: it writes a value so that [`split_args`] reads it back unchanged.
 
 use std::sync::Arc;
 
@@ -49,15 +55,137 @@ const HELP: &str = "Commands:
 /reset - start a fresh conversation (history is kept)
 /run WORKFLOW key=value ... - run a workflow; its result comes back here";
 
+/// Why arguments could not be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// A quote was opened and never closed.
+    #[error(
+        "the {kind} quote opened at character {at} is not closed; close it, or write {kind} quotes inside the other kind"
+    )]
+    Unclosed {
+        /// `double` or `single`.
+        kind: &'static str,
+        /// Its position in the arguments, counting characters from 1.
+        at: usize,
+    },
+}
+
+/// Splits command arguments into words, shell-like: whitespace separates words outside quotes;
+/// `"…"` keeps everything but `\"` and `\\` (a backslash before anything else stays);
+/// `'…'` keeps everything; a backslash outside quotes is an ordinary character. `“…”` and
+/// `‘…’` work as `"…"` and `'…'`.
+pub fn split_args(text: &str) -> Result<Vec<String>, ArgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // Whether a word has begun (`""` is an empty word, not none).
+    let mut started = false;
+    let mut chars = text.chars().enumerate().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            '"' | '“' | '”' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        None => {
+                            return Err(ArgError::Unclosed {
+                                kind: "double",
+                                at: at + 1,
+                            });
+                        }
+                        Some((_, '"' | '”' | '“')) => break,
+                        Some((_, '\\')) => match chars.peek() {
+                            Some(&(_, next @ ('"' | '\\'))) => {
+                                word.push(next);
+                                chars.next();
+                            }
+                            _ => word.push('\\'),
+                        },
+                        Some((_, other)) => word.push(other),
+                    }
+                }
+            }
+            '\'' | '‘' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        None => {
+                            return Err(ArgError::Unclosed {
+                                kind: "single",
+                                at: at + 1,
+                            });
+                        }
+                        Some((_, '\'' | '’')) => break,
+                        Some((_, other)) => word.push(other),
+                    }
+                }
+            }
+            other => {
+                started = true;
+                word.push(other);
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Writes `value` as one word that [`split_args`] reads back as `value`: as it is when that is
+/// safe, else in double quotes with `"` and `\` escaped.
+pub fn quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '“' | '”' | '‘' | '’'));
+    if plain {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Curly quotes would close the word; a single-quoted part keeps them.
+            '“' | '”' => {
+                out.push_str("\"'");
+                out.push(c);
+                out.push_str("'\"");
+            }
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Parses `text` as a command; `None` if it is an ordinary message.
 pub fn parse(text: &str) -> Option<Command> {
     let text = text.trim();
     let rest = text.strip_prefix('/')?;
-    let mut words = rest.split_whitespace();
-    let name = words.next()?;
+    let (name, args_text) = match rest.find(char::is_whitespace) {
+        Some(end) => (&rest[..end], &rest[end..]),
+        None => (rest, ""),
+    };
     // Telegram-style `/cmd@botname`.
     let name = name.split('@').next().unwrap_or(name).to_ascii_lowercase();
-    let args: Vec<&str> = words.collect();
+    if name.is_empty() {
+        return None;
+    }
+    let args = match split_args(args_text) {
+        Ok(args) => args,
+        Err(e) => return Some(Command::Invalid(format!("/{name}: {e}"))),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let no_args = |cmd: Command| {
         if args.is_empty() {
             cmd
