@@ -65,7 +65,7 @@ pub enum ArgError {
     Unclosed {
         /// `double` or `single`.
         kind: &'static str,
-        /// Its position in the arguments, counting characters from 1.
+        /// Its position, counting characters from 1.
         at: usize,
     },
 }
@@ -183,7 +183,15 @@ pub fn parse(text: &str) -> Option<Command> {
     }
     let args = match split_args(args_text) {
         Ok(args) => args,
-        Err(e) => return Some(Command::Invalid(format!("/{name}: {e}"))),
+        Err(ArgError::Unclosed { kind, at }) => {
+            // Counted from the start of the message, as the user sees it.
+            let before = text.chars().count() - args_text.chars().count();
+            let e = ArgError::Unclosed {
+                kind,
+                at: at + before,
+            };
+            return Some(Command::Invalid(format!("/{name}: {e}")));
+        }
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let no_args = |cmd: Command| {
@@ -422,5 +430,145 @@ mod tests {
         assert!(matches!(parse("/history x"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/reset now"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/frobnicate"), Some(Command::Invalid(m)) if m.contains("/help")));
+    }
+
+    #[test]
+    fn arguments_split_like_a_shell() {
+        let ok = |text: &str, words: &[&str]| {
+            assert_eq!(
+                split_args(text),
+                Ok(words.iter().map(|w| (*w).to_owned()).collect()),
+                "{text}"
+            );
+        };
+        ok("", &[]);
+        ok("  a  b\tc ", &["a", "b", "c"]);
+        ok(r#"ticket="printer on fire""#, &["ticket=printer on fire"]);
+        ok("ticket='printer on fire'", &["ticket=printer on fire"]);
+        ok(r#""ticket"=v"#, &["ticket=v"]);
+        ok(r#"k="say \"hi\" \\ now""#, &[r#"k=say "hi" \ now"#]);
+        ok(r#"path="C:\dir\n""#, &[r"path=C:\dir\n"]);
+        ok(r"path=C:\dir", &[r"path=C:\dir"]);
+        ok(r#"k='it"s' j="it's""#, &[r#"k=it"s"#, "j=it's"]);
+        ok(r#"k="" j=''"#, &["k=", "j="]);
+        ok(r#""" ''"#, &["", ""]);
+        ok("a\"b c\"d", &["ab cd"]);
+        ok(
+            "ticket=“printer on fire” who=‘Ana B’ x=don’t",
+            &["ticket=printer on fire", "who=Ana B", "x=don’t"],
+        );
+        assert_eq!(
+            split_args(r#"ticket="printer on fire"#),
+            Err(ArgError::Unclosed {
+                kind: "double",
+                at: 8
+            })
+        );
+        assert_eq!(
+            split_args("a 'b"),
+            Err(ArgError::Unclosed {
+                kind: "single",
+                at: 3
+            })
+        );
+    }
+
+    #[test]
+    fn run_takes_quoted_values_and_says_what_is_wrong() {
+        check(
+            r#"/run support_triage ticket="printer on fire""#,
+            Some(Command::Run(
+                "support_triage".into(),
+                vec![("ticket".into(), "printer on fire".into())],
+            )),
+        );
+        check(
+            "/run support_triage ticket='printer on fire' customer=Ana",
+            Some(Command::Run(
+                "support_triage".into(),
+                vec![
+                    ("ticket".into(), "printer on fire".into()),
+                    ("customer".into(), "Ana".into()),
+                ],
+            )),
+        );
+        check(
+            r#"/run t ticket="printer on fire"#,
+            Some(Command::Invalid(
+                "/run: the double quote opened at character 15 is not closed; close it, or write double quotes inside the other kind".into(),
+            )),
+        );
+        check(
+            "/run t printer on fire",
+            Some(Command::Invalid(
+                "`printer` is not key=value; usage: /run WORKFLOW key=value ...".into(),
+            )),
+        );
+        check(
+            "/link 'abc 123'",
+            Some(Command::Link(Some("abc 123".into()))),
+        );
+    }
+
+    /// Every `/run …` the README shows in backquotes, as printed.
+    fn readme_runs() -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
+        readme
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|span| span.starts_with("/run ") && !span.contains("WORKFLOW"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_run_examples_parse() {
+        let runs = readme_runs();
+        assert!(!runs.is_empty(), "README.md shows no /run example");
+        for text in runs {
+            match parse(&text) {
+                Some(Command::Run(_, pairs)) => assert!(!pairs.is_empty(), "{text}"),
+                other => panic!("{text} parses as {other:?}"),
+            }
+        }
+    }
+
+    mod generated {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Any text, command or not, parses to something without panicking.
+            #[test]
+            fn prop_command_text_never_panics(text in any::<String>(), args in "[ -~“”‘’\\\\]{0,40}") {
+                let _ = parse(&text);
+                let _ = parse(&format!("/run wf {args}"));
+                let _ = parse(&format!("/{text}"));
+                let _ = split_args(&text);
+            }
+
+            /// Words written with `quote` and joined by spaces split back into the same words.
+            #[test]
+            fn prop_quoted_words_round_trip(words in proptest::collection::vec(any::<String>(), 0..8)) {
+                let text = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+                prop_assert_eq!(split_args(&text), Ok(words));
+            }
+
+            /// `/run` with key/values written with `quote` gives back the same pairs.
+            #[test]
+            fn prop_run_pairs_round_trip(
+                pairs in proptest::collection::btree_map("[a-z_][a-z0-9_]{0,12}", any::<String>(), 0..6)
+            ) {
+                let mut text = String::from("/run wf");
+                for (k, v) in &pairs {
+                    text.push_str(&format!(" {k}={}", quote(v)));
+                }
+                let expected: Vec<(String, String)> = pairs.into_iter().collect();
+                prop_assert_eq!(parse(&text), Some(Command::Run("wf".into(), expected)));
+            }
+        }
     }
 }

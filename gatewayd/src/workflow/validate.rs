@@ -1592,4 +1592,220 @@ nodes.a.output + nodes ?. b + nodes["c"] + inputs.x + my.nodes.d + mynodes.e
         assert!(names.contains(&"support_triage"), "{names:?}");
         assert!(names.contains(&"daily_report"), "{names:?}");
     }
+
+    mod generated {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::tools;
+
+        /// A valid file touching every node kind, to garble.
+        const BASE: &str = r#"name = "t"
+[inputs.q]
+type = "string"
+[inputs.n]
+type = "number"
+default = 3
+
+[[nodes]]
+id = "fetch"
+kind = "tool"
+tool = "http_get"
+args = { url = "https://example.com/?q={{inputs.q}}", list = ["{{inputs.q}}", 1] }
+timeout = "5s"
+retries = 2
+
+[[nodes]]
+id = "check"
+kind = "condition"
+after = ["fetch"]
+expr = 'nodes.fetch.output.status == 200'
+
+[[nodes]]
+id = "each"
+kind = "foreach"
+after = [{ node = "check", when = true }]
+items = "{{fetch.output.body}}"
+concurrency = 2
+max_items = 10
+[nodes.do]
+kind = "llm"
+prompt = "{{index}}: {{item}}"
+
+[[nodes]]
+id = "sum"
+kind = "code"
+after = ["each"]
+script = "nodes.each.output.len() + inputs.n"
+
+[[nodes]]
+id = "tell"
+kind = "message"
+after = ["sum"]
+channel = "webchat"
+chat_id = "ops"
+text = "{{sum.output}}"
+"#;
+
+        /// One garbling of a text: the operation, a position and some bytes.
+        fn garble(text: &str, op: u8, at: usize, len: usize, with: &str) -> String {
+            let mut chars: Vec<char> = text.chars().collect();
+            let at = at % (chars.len() + 1);
+            let end = (at + len).min(chars.len());
+            match op % 4 {
+                0 => {
+                    chars.drain(at..end);
+                }
+                1 => {
+                    chars.splice(at..at, with.chars());
+                }
+                2 => {
+                    chars.splice(at..end, with.chars());
+                }
+                _ => {
+                    let copy: Vec<char> = chars[at..end].to_vec();
+                    chars.splice(at..at, copy);
+                }
+            }
+            chars.into_iter().collect()
+        }
+
+        /// Every error is about this file; errors of a file that parsed name a node or a key
+        /// (cycles name their nodes in the message).
+        fn errors_are_located(text: &str, errors: &[WorkflowError]) -> Result<(), TestCaseError> {
+            let parsed = toml::from_str::<Workflow>(text).is_ok();
+            for e in errors {
+                prop_assert_eq!(&e.file, Path::new("g.toml"));
+                prop_assert!(!e.message.is_empty());
+                if parsed {
+                    prop_assert!(
+                        e.node.is_some()
+                            || e.field.is_some()
+                            || e.message.starts_with("cycle: ")
+                            || e.message.starts_with("… and "),
+                        "an error naming no node or key: {}",
+                        e
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Garbled workflow files never panic the loader; what they get is located errors.
+            #[test]
+            fn prop_garbled_workflow_toml_is_reported_not_panicked(
+                ops in proptest::collection::vec(
+                    (any::<u8>(), any::<usize>(), 0usize..40, "[\\[\\]{}=\"',.\\n a-z0-9_#{}]{0,12}"),
+                    1..6,
+                ),
+            ) {
+                let mut text = BASE.to_owned();
+                for (op, at, len, with) in &ops {
+                    text = garble(&text, *op, *at, *len, with);
+                }
+                if let Err(errors) = parse(&text, Path::new("g.toml"), &tools()) {
+                    prop_assert!(!errors.is_empty());
+                    errors_are_located(&text, &errors)?;
+                }
+            }
+
+            /// Arbitrary text, too.
+            #[test]
+            fn prop_arbitrary_text_is_reported_not_panicked(text in any::<String>()) {
+                let full = format!("name = \"t\"\n{text}");
+                for text in [text.as_str(), full.as_str()] {
+                    if let Err(errors) = parse(text, Path::new("g.toml"), &tools()) {
+                        errors_are_located(text, &errors)?;
+                    }
+                }
+            }
+
+            /// A random DAG (each node after some earlier ones, reading one of them), written in
+            /// a random order, validates; its order and ancestor sets agree with a plain search;
+            /// an edge back up the graph is named as a cycle.
+            #[test]
+            fn prop_random_dags_validate_and_cycles_are_named(
+                deps in proptest::collection::vec(proptest::collection::vec(any::<usize>(), 0..4), 1..30),
+                order in any::<u64>(),
+                back in any::<(usize, usize)>(),
+            ) {
+                let n = deps.len();
+                let ups: Vec<BTreeSet<usize>> = deps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| if i == 0 { BTreeSet::new() } else { d.iter().map(|u| u % i).collect() })
+                    .collect();
+                let node = |i: usize, extra: Option<usize>| {
+                    let mut after: Vec<String> = ups[i].iter().map(|u| format!("\"n{u}\"")).collect();
+                    if let Some(e) = extra {
+                        after.push(format!("\"n{e}\""));
+                    }
+                    let script = match ups[i].iter().next() {
+                        Some(u) => format!("nodes.n{u}.output + 1"),
+                        None => "1".to_owned(),
+                    };
+                    format!("[[nodes]]\nid = \"n{i}\"\nkind = \"code\"\nafter = [{}]\nscript = \"{script}\"\n", after.join(", "))
+                };
+                // File order: a rotation and maybe a reversal of creation order.
+                let mut positions: Vec<usize> = (0..n).collect();
+                positions.rotate_left((order as usize) % n);
+                if order & (1 << 40) != 0 {
+                    positions.reverse();
+                }
+                let file = |extra: Option<(usize, usize)>| {
+                    let mut text = String::from("name = \"dag\"\n");
+                    for &i in &positions {
+                        text.push_str(&node(i, extra.filter(|(at, _)| *at == i).map(|(_, e)| e)));
+                    }
+                    text
+                };
+                let text = file(None);
+                let wf = match parse(&text, Path::new("g.toml"), &tools()) {
+                    Ok(wf) => wf,
+                    Err(errors) => return Err(TestCaseError::fail(format!("{errors:?}\n{text}"))),
+                };
+                let topo = wf.topo_order().map_err(|c| TestCaseError::fail(format!("{c:?}")))?;
+                let place: HashMap<&str, usize> = topo.iter().enumerate().map(|(p, id)| (*id, p)).collect();
+                for i in 0..n {
+                    let id = format!("n{i}");
+                    // Plain search for the ancestors.
+                    let mut seen = BTreeSet::new();
+                    let mut stack: Vec<usize> = ups[i].iter().copied().collect();
+                    while let Some(u) = stack.pop() {
+                        if seen.insert(u) {
+                            stack.extend(ups[u].iter().copied());
+                        }
+                    }
+                    let want: BTreeSet<String> = seen.iter().map(|u| format!("n{u}")).collect();
+                    let got: BTreeSet<String> = wf.ancestors(&id).into_iter().map(str::to_owned).collect();
+                    prop_assert_eq!(got, want);
+                    for u in &ups[i] {
+                        let up = format!("n{u}");
+                        prop_assert!(place[up.as_str()] < place[id.as_str()], "{} placed after {}", up, id);
+                    }
+                }
+                // An edge from a descendant back to an ancestor: u after v, where v is after u.
+                let edges: Vec<(usize, usize)> = ups
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(v, us)| us.iter().map(move |&u| (u, v)))
+                    .collect();
+                if !edges.is_empty() {
+                    let (u, v) = edges[back.0 % edges.len()];
+                    let looped = file(Some((u, v)));
+                    let errors = parse(&looped, Path::new("g.toml"), &tools()).expect_err("a cycle");
+                    let cycles: Vec<&WorkflowError> = errors.iter().filter(|e| e.message.starts_with("cycle: ")).collect();
+                    prop_assert_eq!(cycles.len(), 1, "{:?}", errors);
+                    let named: Vec<&str> = cycles[0].message["cycle: ".len()..].split(" → ").collect();
+                    let (nu, nv) = (format!("n{u}"), format!("n{v}"));
+                    prop_assert!(named.contains(&nu.as_str()) && named.contains(&nv.as_str()), "{}", cycles[0]);
+                    prop_assert_eq!(named.first(), named.last());
+                    let _ = back.1;
+                }
+            }
+        }
+    }
 }
