@@ -1191,3 +1191,98 @@ async fn an_operator_run_answers_the_chat_given_with_to_or_is_refused() {
         assert!(bad.stderr.contains(says), "--to {to}: {bad:#?}");
     }
 }
+
+/// Empty scripts, channels that are unknown or not enabled, and out-of-range numbers.
+const STATIC_ERRORS: &str = r#"
+name = "static_errors"
+
+[inputs.list]
+type = "list"
+
+[[nodes]]
+id = "gate"
+kind = "condition"
+expr = ""
+
+[[nodes]]
+id = "page"
+kind = "message"
+text = "hi"
+channel = "telegram"
+chat_id = "42"
+
+[[nodes]]
+id = "pigeon"
+kind = "message"
+text = "hi"
+channel = "carrier_pigeon"
+chat_id = "1"
+
+[[nodes]]
+id = "each"
+kind = "foreach"
+items = "{{inputs.list}}"
+concurrency = 2305843009213693952
+[nodes.do]
+kind = "code"
+script = "item"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_validate_catch_static_workflow_errors() {
+    let callback = FakeCallback::start().await;
+    let dir = workflow_dir(false, &[("static_errors.toml", STATIC_ERRORS.to_owned())]);
+    // (node, field, the start of the message)
+    let expected = [
+        ("gate", "expr", "must not be empty"),
+        ("page", "channel", "channel `telegram` is not enabled"),
+        ("pigeon", "channel", "unknown channel `carrier_pigeon`"),
+        (
+            "each",
+            "concurrency",
+            "must be between 1 and 1024, not 2305843009213693952",
+        ),
+    ];
+
+    // gatewayd check-config, with the HTTP channel and WebChat enabled.
+    let data = tempfile::tempdir().expect("temp dir");
+    let opts = options(dir.path(), &callback, None);
+    let config = data.path().join("gatewayd.toml");
+    std::fs::write(&config, opts.render_config(&data.path().join("data"))).expect("write config");
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(gateway_tests::gateway::gatewayd_bin().expect("gatewayd"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check-config finished")
+    .expect("check-config ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for (node, field, message) in expected {
+        let needle = format!("node `{node}`, field `{field}`: {message}");
+        assert!(stderr.contains(&needle), "no `{needle}` in:\n{stderr}");
+    }
+
+    // The running gateway skips the file and ValidateWorkflows says why.
+    let gw = start(opts).await;
+    let checked = ctl(&gw, &["--output", "json", "workflows", "validate"]).await;
+    assert_eq!(checked.code, Some(1), "{checked:#?}");
+    let doc: Value = serde_json::from_str(&checked.stdout).expect("JSON");
+    let errors = doc["errors"].as_array().expect("errors");
+    for (node, field, message) in expected {
+        assert!(
+            errors.iter().any(|e| e["node"] == node
+                && e["field"] == field
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))),
+            "no {node}.{field}: {message} in {doc:#}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{doc:#}");
+}
