@@ -2,14 +2,15 @@
 # The benchmark suite (not part of tests/run.sh): P1 throughput with the echo agent and the
 # baseline ratio, P2 gateway-added latency at 1k msg/s, P3 idle RSS and RSS per resident session
 # (through the release gatewayd binary and the loadgen), then P4 identity + session routing with
-# 1M known users, P5 10k concurrent workflow runs and P6 ListSessions pages out of 1M sessions
-# (the gatewayd crate's `cargo bench` targets).
+# 1M known users, P5 10k concurrent workflow runs, P6 ListSessions pages out of 1M sessions and
+# P8 validating (and running once) 10k-node workflows (the gatewayd crate's `cargo bench`
+# targets).
 #
 # Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,...]
 #   quick (default): P1 1000 chats flat out for 10 s
 #   --full:          P1 10k chats flat out for 30 s
 #   The rest is the same in both: P2 100 chats, 1000 msg/s in total, 10 s; P3 100k resident
-#   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions.
+#   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions; P8 10k nodes.
 # Every figure is run N times (default 3), P1-P3 each on a fresh gatewayd with a fresh data dir,
 # and the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3.
 #
@@ -22,13 +23,13 @@ ROOT=$(pwd)
 
 MODE=quick
 RUNS=3
-ONLY=P1,P2,P3,P4,P5,P6
+ONLY=P1,P2,P3,P4,P5,P6,P8
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) MODE=full ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6]" >&2; exit 2 ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6,P8]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -41,8 +42,8 @@ P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for f in ${ONLY//,/ }; do
   case "$f" in
-    P1|P2|P3|P4|P5|P6) ;;
-    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6)" >&2; exit 2 ;;
+    P1|P2|P3|P4|P5|P6|P8) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8)" >&2; exit 2 ;;
   esac
 done
 # P3 creates its sessions in waves of 500 chats (one loadgen run each, sockets closed at its
@@ -54,9 +55,10 @@ P2_CHATS=100; P2_RATE=1000; P2_SECS=10
 run() { echo "+ $*" >&2; "$@"; }
 
 run cargo build --release -p gatewayd -p gateway-tests --bin gatewayd --bin loadgen
-if want P4 || want P5 || want P6; then
+if want P4 || want P5 || want P6 || want P8; then
   # Built before anything is timed, so no bench waits for the compiler.
-  run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions
+  run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions \
+    --bench workflow_validate
 fi
 GATEWAYD=$ROOT/target/release/gatewayd
 LOADGEN=$ROOT/target/release/loadgen
@@ -157,7 +159,7 @@ cargo_bench() {
   echo "+ $* cargo bench -p gatewayd --bench $name" >&2
   env "$@" cargo bench -p gatewayd --bench "$name" >"$log" 2>&1 \
     || { echo "bench: $name failed:" >&2; tail -n 20 "$log" >&2; exit 1; }
-  grep -E '^(locate|route)/|^(first|random|last|channel=)|^workflow_runs:|^RSS ' "$log" >&2 || true
+  grep -E '^(locate|route)/|^(first|random|last|channel=)|^workflow_(runs|validate):|^RSS ' "$log" >&2 || true
   echo "{\"bench\":\"$tag\",\"run\":$r,\"result\":$(grep '^{"bench"' "$log" | tail -n1)}" >>"$RESULTS"
 }
 
@@ -209,6 +211,7 @@ for r in $(seq "$RUNS"); do
   if want P4; then cargo_bench routing P4 "$r" USERS=1000000; fi
   if want P5; then cargo_bench workflow_runs P5 "$r" RUNS=10000; fi
   if want P6; then cargo_bench list_sessions P6 "$r" SESSIONS=1000000; fi
+  if want P8; then cargo_bench workflow_validate P8 "$r" NODES=10000 RUN_NODES=10000; fi
 done
 
 echo "bench: load after: $(uptime | sed 's/.*load average: //')"
@@ -257,4 +260,10 @@ case = lambda name, k: (lambda r: next(c[k] for c in r["cases"] if c["case"] == 
 table("P6", [(f"{n} {k.split('_')[0]} us", case(n, k))
              for n in ["first", "random", "last", "channel=telegram random", "channel=http random"]
              for k in ["median_us", "p99_us"]])
+table("P8", [("chain validate ms", lambda r: r["chain_validate_ms"]),
+             ("chain parse ms", lambda r: r["chain_parse_ms"]),
+             ("dag validate ms", lambda r: r["dag_validate_ms"]),
+             ("dag parse ms", lambda r: r["dag_parse_ms"]),
+             ("run chain us/node", lambda r: r["run_chain_per_node_us"]),
+             ("run fan us/node", lambda r: r["run_fan_per_node_us"])])
 PY
