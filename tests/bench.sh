@@ -2,14 +2,15 @@
 # The benchmark suite (not part of tests/run.sh): P1 throughput with the echo agent and the
 # baseline ratio, P2 gateway-added latency at 1k msg/s, P3 idle RSS and RSS per resident session
 # (through the release gatewayd binary and the loadgen), then P4 identity + session routing with
-# 1M known users, P5 10k concurrent workflow runs and P6 ListSessions pages out of 1M sessions
-# (the gatewayd crate's `cargo bench` targets), and SOAK, gatewayd's RSS over a long steady load.
+# 1M known users, P5 10k concurrent workflow runs, P6 ListSessions pages out of 1M sessions and
+# P8 validating (and running once) 10k-node workflows (the gatewayd crate's `cargo bench`
+# targets), and SOAK, gatewayd's RSS over a long steady load.
 #
 # Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,...,SOAK] [--soak-secs S]
 #   quick (default): P1 1000 chats flat out for 10 s
 #   --full:          P1 10k chats flat out for 30 s
 #   The rest is the same in both: P2 100 chats, 1000 msg/s in total, 10 s; P3 100k resident
-#   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions.
+#   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions; P8 10k nodes.
 #   SOAK (only with --only SOAK, and run once whatever --runs says): 200 WebChat chats flat out
 #   with 2 in flight each, for --soak-secs seconds (default 600, at least 120), a new set of 200
 #   chats every minute (one loadgen run per minute, each with its own chat prefix), no /metrics
@@ -30,7 +31,7 @@ ROOT=$(pwd)
 
 MODE=quick
 RUNS=3
-ONLY=P1,P2,P3,P4,P5,P6
+ONLY=P1,P2,P3,P4,P5,P6,P8
 SOAK_SECS=600
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --soak-secs) SOAK_SECS="$2"; shift ;;
-    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6,SOAK] [--soak-secs S]" >&2; exit 2 ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6,P8,SOAK] [--soak-secs S]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -51,8 +52,8 @@ P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for f in ${ONLY//,/ }; do
   case "$f" in
-    P1|P2|P3|P4|P5|P6|SOAK) ;;
-    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, SOAK)" >&2; exit 2 ;;
+    P1|P2|P3|P4|P5|P6|P8|SOAK) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8, SOAK)" >&2; exit 2 ;;
   esac
 done
 case "$SOAK_SECS" in
@@ -71,9 +72,10 @@ BIN_DIR=${BENCH_BIN_DIR:-$ROOT/target/release}
 if [ -z "${BENCH_BIN_DIR:-}" ]; then
   run cargo build --release -p gatewayd -p gatewayctl -p gateway-tests --bin gatewayd --bin gatewayctl --bin loadgen
 fi
-if want P4 || want P5 || want P6; then
+if want P4 || want P5 || want P6 || want P8; then
   # Built before anything is timed, so no bench waits for the compiler.
-  run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions
+  run cargo bench -p gatewayd --no-run --bench routing --bench workflow_runs --bench list_sessions \
+    --bench workflow_validate
 fi
 GATEWAYD=${BENCH_GATEWAYD:-$BIN_DIR/gatewayd}
 GATEWAYCTL=$BIN_DIR/gatewayctl
@@ -181,7 +183,7 @@ cargo_bench() {
   echo "+ $* cargo bench -p gatewayd --bench $name" >&2
   env "$@" cargo bench -p gatewayd --bench "$name" >"$log" 2>&1 \
     || { echo "bench: $name failed:" >&2; tail -n 20 "$log" >&2; exit 1; }
-  grep -E '^(locate|route)/|^(first|random|last|channel=)|^workflow_runs:|^RSS ' "$log" >&2 || true
+  grep -E '^(locate|route)/|^(first|random|last|channel=)|^workflow_(runs|validate):|^RSS ' "$log" >&2 || true
   echo "{\"bench\":\"$tag\",\"run\":$r,\"result\":$(grep '^{"bench"' "$log" | tail -n1)}" >>"$RESULTS"
 }
 
@@ -233,6 +235,7 @@ for r in $(seq "$RUNS"); do
   if want P4; then cargo_bench routing P4 "$r" USERS=1000000; fi
   if want P5; then cargo_bench workflow_runs P5 "$r" RUNS=10000; fi
   if want P6; then cargo_bench list_sessions P6 "$r" SESSIONS=1000000; fi
+  if want P8; then cargo_bench workflow_validate P8 "$r" NODES=10000 RUN_NODES=10000; fi
 done
 
 if want SOAK; then
@@ -347,6 +350,12 @@ case = lambda name, k: (lambda r: next(c[k] for c in r["cases"] if c["case"] == 
 table("P6", [(f"{n} {k.split('_')[0]} us", case(n, k))
              for n in ["first", "random", "last", "channel=telegram random", "channel=http random"]
              for k in ["median_us", "p99_us"]])
+table("P8", [("chain validate ms", lambda r: r["chain_validate_ms"]),
+             ("chain parse ms", lambda r: r["chain_parse_ms"]),
+             ("dag validate ms", lambda r: r["dag_validate_ms"]),
+             ("dag parse ms", lambda r: r["dag_parse_ms"]),
+             ("run chain us/node", lambda r: r["run_chain_per_node_us"]),
+             ("run fan us/node", lambda r: r["run_fan_per_node_us"])])
 for r in rows:
     if r["bench"] != "SOAK":
         continue

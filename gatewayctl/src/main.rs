@@ -234,19 +234,30 @@ mod tests {
             "topic=Rust",
             "--input",
             "n=3",
+            "--to",
+            "webchat:ops:room",
             "--wait",
         ])
         .expect("ok");
-        let Command::Workflows(workflows::Cmd::Run { name, inputs, wait }) = cli.command else {
+        let Command::Workflows(workflows::Cmd::Run {
+            name,
+            inputs,
+            wait,
+            to,
+        }) = cli.command
+        else {
             panic!("parsed as workflows run");
         };
         assert_eq!(
-            (name.as_str(), inputs.len(), wait),
-            ("daily_report", 2, true)
+            (name.as_str(), inputs.len(), wait, to.as_deref()),
+            ("daily_report", 2, true, Some("webchat:ops:room"))
         );
         for bad in [
             &["workflows", "run"][..],
             &["workflows", "run", "x", "--input", "novalue"],
+            &["workflows", "run", "x", "--to", "webchat"],
+            &["workflows", "run", "x", "--to", "pigeon:1"],
+            &["workflows", "run", "x", "--to", "http: "],
             &["runs", "show"],
             &["runs", "show", "x"],
             &["runs", "list", "--limit", "0"],

@@ -39,7 +39,37 @@ pub enum Cmd {
         /// Wait until the run finishes, then show it; exit 1 if it failed.
         #[arg(long)]
         wait: bool,
+        /// The chat the run answers, as CHANNEL:CHAT (e.g. webchat:ops, http:42).
+        #[arg(
+            long,
+            value_name = "CHANNEL:CHAT",
+            value_parser = parse_to,
+            long_help = "The chat the run answers, as CHANNEL:CHAT (e.g. webchat:ops, http:42):\n\
+                         message nodes with `to = \"origin\"` (or no target) send there. Without\n\
+                         it, a workflow with such a node is refused, since nothing could be sent"
+        )]
+        to: Option<String>,
     },
+}
+
+/// The channels `--to` may name.
+const CHANNELS: &[&str] = &["webchat", "http", "telegram", "discord"];
+
+/// Checks `--to CHANNEL:CHAT` (the gateway checks again that the channel is enabled).
+fn parse_to(s: &str) -> Result<String, String> {
+    let (channel, chat) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected CHANNEL:CHAT, e.g. webchat:ops; got `{s}`"))?;
+    if !CHANNELS.contains(&channel) {
+        return Err(format!(
+            "unknown channel `{channel}`; channels: {}",
+            CHANNELS.join(", ")
+        ));
+    }
+    if chat.trim().is_empty() {
+        return Err(format!("the chat id after `:` is empty in `{s}`"));
+    }
+    Ok(s.to_owned())
 }
 
 /// One `--input KEY=VALUE`.
@@ -211,8 +241,9 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
             name,
             inputs,
             wait: false,
+            to,
         } => {
-            let run_id = start(&mut api, &name, inputs).await?;
+            let run_id = start(&mut api, &name, inputs, to).await?;
             let out = Out;
             if format == Format::Json {
                 return out.json(&Started { run_id });
@@ -225,16 +256,23 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
             name,
             inputs,
             wait: true,
-        } => run_and_wait(api, format, &name, inputs).await,
+            to,
+        } => run_and_wait(api, format, &name, inputs, to).await,
     }
 }
 
 /// Starts a run; returns its id.
-async fn start(api: &mut Api, name: &str, inputs: Vec<Input>) -> anyhow::Result<i64> {
+async fn start(
+    api: &mut Api,
+    name: &str,
+    inputs: Vec<Input>,
+    to: Option<String>,
+) -> anyhow::Result<i64> {
     let inputs_json = inputs_object(inputs)?.to_string();
     let r = within(api.client.run_workflow(pb::RunWorkflowRequest {
         name: name.to_owned(),
         inputs_json,
+        to: to.unwrap_or_default(),
     }))
     .await
     .map_err(|s| api.error(s))?
@@ -338,6 +376,7 @@ async fn run_and_wait(
     format: Format,
     name: &str,
     inputs: Vec<Input>,
+    to: Option<String>,
 ) -> anyhow::Result<()> {
     let inputs = inputs_object(inputs)?;
     // Subscribe first (the server subscribes before it answers): the run's end cannot be missed.
@@ -348,6 +387,7 @@ async fn run_and_wait(
     let id = within(api.client.run_workflow(pb::RunWorkflowRequest {
         name: name.to_owned(),
         inputs_json: inputs.to_string(),
+        to: to.unwrap_or_default(),
     }))
     .await
     .map_err(|s| api.error(s))?

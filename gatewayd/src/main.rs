@@ -109,15 +109,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The rest of `check-config`: every workflow file, against the built-in tools.
+/// The rest of `check-config`: every workflow file, against the built-in tools and the enabled
+/// channels.
 fn check_workflows(config: &Config, path: &Path) -> ExitCode {
     let dir = &config.workflows.dir;
     if !config.workflows.enabled || !dir.is_dir() {
         println!("{} is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    let tools = gatewayd::workflow::validate::builtin_tool_names();
-    let (workflows, errors) = gatewayd::workflow::validate::load_dir(dir, &tools);
+    let known = gatewayd::workflow::validate::Known::builtin(
+        gatewayd::workflow::validate::enabled_channels(config),
+    );
+    let (workflows, errors) = gatewayd::workflow::validate::load_dir(dir, &known);
     if errors.is_empty() {
         println!(
             "{} is valid; {} workflow(s) in {} are valid",

@@ -224,6 +224,7 @@ impl Gateway {
                 agent: agent.clone(),
                 tools: tools.clone(),
                 outbox: outbox.clone(),
+                channels: crate::workflow::validate::enabled_channels(&config),
             });
             Engine::load(
                 config.workflows.dir.clone(),
@@ -543,6 +544,7 @@ struct WorkflowServices {
     agent: Arc<Agent>,
     tools: ToolRegistry,
     outbox: Arc<Outbox>,
+    channels: std::collections::BTreeSet<crate::message::ChannelKind>,
 }
 
 #[async_trait]
@@ -577,6 +579,10 @@ impl NodeServices for WorkflowServices {
 
     fn tool_names(&self) -> HashSet<String> {
         self.tools.names()
+    }
+
+    fn channels(&self) -> Option<std::collections::BTreeSet<crate::message::ChannelKind>> {
+        Some(self.channels.clone())
     }
 }
 

@@ -512,7 +512,8 @@ async fn examples_work_with_the_fake_llm() {
     assert_eq!(node(&run, "fetch_b")["output"]["status"], 200, "{run:#}");
     assert_eq!((web.hits("/a"), web.hits("/b")), (1, 1));
 
-    // daily_report from gatewayctl, waiting for the result.
+    // daily_report from gatewayctl, waiting for the result; without --to it would be refused,
+    // since its message node has no chat to answer.
     let source_a = format!("source_a={a}");
     let source_b = format!("source_b={b}");
     let waited = ctl(
@@ -529,11 +530,16 @@ async fn examples_work_with_the_fake_llm() {
             &source_a,
             "--input",
             &source_b,
+            "--to",
+            "http:reports-ops",
             "--wait",
         ],
     )
     .await;
     assert_eq!((web.hits("/a"), web.hits("/b")), (2, 2), "{waited:#?}");
+    // Its message node (`to = "origin"`) answers the chat given with --to.
+    let report = wait_text(&gw, &callback, "reports-ops", "Daily report: Rust").await;
+    assert!(report.contains(BODY_A), "{report}");
     let summaries: Vec<String> = llm
         .requests()
         .iter()
@@ -1053,4 +1059,230 @@ script = '"never"'
         2,
         "{list}"
     );
+}
+
+/// Every `/run …` that README.md shows in backquotes (not the `WORKFLOW` usage line), exactly as
+/// printed.
+fn readme_run_examples() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("README.md");
+    readme
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| span.starts_with("/run ") && !span.contains("WORKFLOW"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_run_examples_work_as_printed() {
+    let examples = readme_run_examples();
+    assert!(!examples.is_empty(), "README.md shows no /run example");
+    let callback = FakeCallback::start().await;
+    let dir = workflow_dir(true, &[]);
+    let gw = start(options(dir.path(), &callback, None)).await;
+    for (i, example) in examples.iter().enumerate() {
+        let chat = format!("readme-{i}");
+        let run = run_from_chat(&gw, &callback, &format!("r-{i}"), &chat, example).await;
+        let shown = wait_run(&gw, run, "succeeded").await;
+        // The values arrive unquoted: `ticket="printer on fire"` is the one input
+        // `printer on fire`, whichever quotes the README uses.
+        let inputs = shown["inputs"].as_object().expect("inputs object");
+        assert!(!inputs.is_empty(), "{example}: {shown:#}");
+        for (key, value) in inputs {
+            let text = value.as_str().unwrap_or_default();
+            assert!(
+                !text.contains(['"', '\'']),
+                "{example}: input {key} kept its quotes: {value}"
+            );
+        }
+        if example.contains("ticket=\"printer on fire\"") {
+            assert_eq!(inputs["ticket"], "printer on fire", "{shown:#}");
+        }
+    }
+    // The same with single quotes, and an unclosed quote is answered with the reason.
+    let run = run_from_chat(
+        &gw,
+        &callback,
+        "r-single",
+        "readme-single",
+        "/run support_triage ticket='printer on fire'",
+    )
+    .await;
+    let shown = wait_run(&gw, run, "succeeded").await;
+    assert_eq!(shown["inputs"]["ticket"], "printer on fire", "{shown:#}");
+    post(
+        &gw,
+        "r-open",
+        "readme-open",
+        "/run support_triage ticket=\"printer on fire",
+    )
+    .await;
+    let answer = wait_text(&gw, &callback, "readme-open", "not closed").await;
+    assert!(answer.contains("double quote"), "{answer}");
+}
+
+/// A workflow whose one message node answers the chat that started it.
+const TELL: &str = r#"
+name = "tell"
+
+[inputs.what]
+type = "string"
+
+[[nodes]]
+id = "say"
+kind = "message"
+to = "origin"
+text = "news: {{inputs.what}}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_run_answers_the_chat_given_with_to_or_is_refused() {
+    let callback = FakeCallback::start().await;
+    let dir = workflow_dir(false, &[("tell.toml", TELL.to_owned())]);
+    let gw = start(options(dir.path(), &callback, None)).await;
+
+    // No chat to answer: refused at start with the reason, and no run is made.
+    let refused = ctl(&gw, &["workflows", "run", "tell", "--input", "what=x"]).await;
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("FAILED_PRECONDITION")
+            && refused.stderr.contains("message node `say`")
+            && refused.stderr.contains("--to CHANNEL:CHAT"),
+        "{refused:#?}"
+    );
+    let runs = ctl_json(&gw, &["runs", "list"]).await;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs:#}");
+
+    // With --to, the message arrives at that chat and the run succeeds.
+    let started = ctl_json(
+        &gw,
+        &[
+            "workflows",
+            "run",
+            "tell",
+            "--input",
+            "what=printer on fire",
+            "--to",
+            "http:ops-room",
+        ],
+    )
+    .await;
+    let id = started["run_id"].as_i64().expect("run_id");
+    let text = wait_text(&gw, &callback, "ops-room", "news:").await;
+    assert_eq!(text, "news: printer on fire");
+    let run = wait_run(&gw, id, "succeeded").await;
+    assert!(node(&run, "say")["output"]["outbox_id"].is_i64(), "{run:#}");
+
+    // A bad --to is refused with what is wrong, by gatewayctl or by the gateway.
+    for (to, says) in [
+        ("ops-room", "expected CHANNEL:CHAT"),
+        ("pigeon:1", "unknown channel `pigeon`"),
+        ("http:", "chat id after `:` is empty"),
+        ("telegram:42", "channel `telegram` is not enabled"),
+    ] {
+        let bad = ctl(
+            &gw,
+            &["workflows", "run", "tell", "--input", "what=x", "--to", to],
+        )
+        .await;
+        assert_ne!(bad.code, Some(0), "--to {to}: {bad:#?}");
+        assert!(bad.stderr.contains(says), "--to {to}: {bad:#?}");
+    }
+}
+
+/// Empty scripts, channels that are unknown or not enabled, and out-of-range numbers.
+const STATIC_ERRORS: &str = r#"
+name = "static_errors"
+
+[inputs.list]
+type = "list"
+
+[[nodes]]
+id = "gate"
+kind = "condition"
+expr = ""
+
+[[nodes]]
+id = "page"
+kind = "message"
+text = "hi"
+channel = "telegram"
+chat_id = "42"
+
+[[nodes]]
+id = "pigeon"
+kind = "message"
+text = "hi"
+channel = "carrier_pigeon"
+chat_id = "1"
+
+[[nodes]]
+id = "each"
+kind = "foreach"
+items = "{{inputs.list}}"
+concurrency = 2305843009213693952
+[nodes.do]
+kind = "code"
+script = "item"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_validate_catch_static_workflow_errors() {
+    let callback = FakeCallback::start().await;
+    let dir = workflow_dir(false, &[("static_errors.toml", STATIC_ERRORS.to_owned())]);
+    // (node, field, the start of the message)
+    let expected = [
+        ("gate", "expr", "must not be empty"),
+        ("page", "channel", "channel `telegram` is not enabled"),
+        ("pigeon", "channel", "unknown channel `carrier_pigeon`"),
+        (
+            "each",
+            "concurrency",
+            "must be between 1 and 1024, not 2305843009213693952",
+        ),
+    ];
+
+    // gatewayd check-config, with the HTTP channel and WebChat enabled.
+    let data = tempfile::tempdir().expect("temp dir");
+    let opts = options(dir.path(), &callback, None);
+    let config = data.path().join("gatewayd.toml");
+    std::fs::write(&config, opts.render_config(&data.path().join("data"))).expect("write config");
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(gateway_tests::gateway::gatewayd_bin().expect("gatewayd"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check-config finished")
+    .expect("check-config ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for (node, field, message) in expected {
+        let needle = format!("node `{node}`, field `{field}`: {message}");
+        assert!(stderr.contains(&needle), "no `{needle}` in:\n{stderr}");
+    }
+
+    // The running gateway skips the file and ValidateWorkflows says why.
+    let gw = start(opts).await;
+    let checked = ctl(&gw, &["--output", "json", "workflows", "validate"]).await;
+    assert_eq!(checked.code, Some(1), "{checked:#?}");
+    let doc: Value = serde_json::from_str(&checked.stdout).expect("JSON");
+    let errors = doc["errors"].as_array().expect("errors");
+    for (node, field, message) in expected {
+        assert!(
+            errors.iter().any(|e| e["node"] == node
+                && e["field"] == field
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))),
+            "no {node}.{field}: {message} in {doc:#}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{doc:#}");
 }

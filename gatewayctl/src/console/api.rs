@@ -302,6 +302,7 @@ async fn act(api: &mut Api, a: Action) -> Result<String, String> {
             within(c.run_workflow(pb::RunWorkflowRequest {
                 name: name.clone(),
                 inputs_json,
+                to: String::new(),
             }))
             .await
             .map(|r| format!("started run {} of {name}", r.into_inner().run_id))

@@ -541,13 +541,32 @@ impl Admin for AdminService {
             serde_json::from_str(&r.inputs_json)
                 .map_err(|e| Status::invalid_argument(format!("inputs_json is not JSON: {e}")))?
         };
-        let run_id = self
-            .engine()?
-            .start(&r.name, inputs, None)
+        let engine = self.engine()?;
+        let origin = match r.to.trim() {
+            "" => None,
+            to => {
+                let (channel, chat_id) = crate::workflow::run::parse_chat_target(to)
+                    .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
+                if !engine.can_send_to(channel) {
+                    return Err(Status::invalid_argument(format!(
+                        "to: channel `{channel}` is not enabled on this gateway"
+                    )));
+                }
+                Some(crate::store::RunOrigin {
+                    channel,
+                    chat_id,
+                    user: None,
+                    trigger: "operator".to_owned(),
+                })
+            }
+        };
+        let run_id = engine
+            .start(&r.name, inputs, origin)
             .await
             .map_err(|e| match e {
                 StartError::Unknown(_) => Status::not_found(e.to_string()),
                 StartError::Inputs(m) => Status::invalid_argument(m),
+                StartError::NoOrigin { .. } => Status::failed_precondition(e.to_string()),
                 StartError::Store(s) => store_status(s),
             })?;
         Ok(Response::new(pb::RunWorkflowResponse { run_id }))

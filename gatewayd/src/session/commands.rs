@@ -4,6 +4,12 @@
 //! A message is a command when its first word starts with `/` and names one of these; any other
 //! `/word` gets a reply pointing at `/help` rather than reaching the agent. Commands write no
 //! conversation entries (except the `/reset` marker), so they never become agent context.
+//!
+//! Arguments are split like a shell's words ([`split_args`]): `"double"` and `'single'` quotes
+//! group words (`ticket="printer on fire"`), a backslash escapes `"` and `\` inside double
+//! quotes, quoted and unquoted parts next to each other make one word, and the curly quotes
+//! phones type (`“…”`, `‘…’`) count as quotes. An unclosed quote is an error, never a guess.
+//! [`quote`] is the inverse: it writes a value so that [`split_args`] reads it back unchanged.
 
 use std::sync::Arc;
 
@@ -49,15 +55,145 @@ const HELP: &str = "Commands:
 /reset - start a fresh conversation (history is kept)
 /run WORKFLOW key=value ... - run a workflow; its result comes back here";
 
+/// Why arguments could not be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// A quote was opened and never closed.
+    #[error(
+        "the {kind} quote opened at character {at} is not closed; close it, or write {kind} quotes inside the other kind"
+    )]
+    Unclosed {
+        /// `double` or `single`.
+        kind: &'static str,
+        /// Its position, counting characters from 1.
+        at: usize,
+    },
+}
+
+/// Splits command arguments into words, shell-like: whitespace separates words outside quotes;
+/// `"…"` keeps everything but `\"` and `\\` (a backslash before anything else stays);
+/// `'…'` keeps everything; a backslash outside quotes is an ordinary character. `“…”` and
+/// `‘…’` work as `"…"` and `'…'`.
+pub fn split_args(text: &str) -> Result<Vec<String>, ArgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // Whether a word has begun (`""` is an empty word, not none).
+    let mut started = false;
+    let mut chars = text.chars().enumerate().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            '"' | '“' | '”' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        None => {
+                            return Err(ArgError::Unclosed {
+                                kind: "double",
+                                at: at + 1,
+                            });
+                        }
+                        Some((_, '"' | '”' | '“')) => break,
+                        Some((_, '\\')) => match chars.peek() {
+                            Some(&(_, next @ ('"' | '\\'))) => {
+                                word.push(next);
+                                chars.next();
+                            }
+                            _ => word.push('\\'),
+                        },
+                        Some((_, other)) => word.push(other),
+                    }
+                }
+            }
+            '\'' | '‘' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        None => {
+                            return Err(ArgError::Unclosed {
+                                kind: "single",
+                                at: at + 1,
+                            });
+                        }
+                        Some((_, '\'' | '’')) => break,
+                        Some((_, other)) => word.push(other),
+                    }
+                }
+            }
+            other => {
+                started = true;
+                word.push(other);
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Writes `value` as one word that [`split_args`] reads back as `value`: as it is when that is
+/// safe, else in double quotes with `"` and `\` escaped.
+pub fn quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '“' | '”' | '‘' | '’'));
+    if plain {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Curly quotes would close the word; a single-quoted part keeps them.
+            '“' | '”' => {
+                out.push_str("\"'");
+                out.push(c);
+                out.push_str("'\"");
+            }
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Parses `text` as a command; `None` if it is an ordinary message.
 pub fn parse(text: &str) -> Option<Command> {
     let text = text.trim();
     let rest = text.strip_prefix('/')?;
-    let mut words = rest.split_whitespace();
-    let name = words.next()?;
+    let (name, args_text) = match rest.find(char::is_whitespace) {
+        Some(end) => (&rest[..end], &rest[end..]),
+        None => (rest, ""),
+    };
     // Telegram-style `/cmd@botname`.
     let name = name.split('@').next().unwrap_or(name).to_ascii_lowercase();
-    let args: Vec<&str> = words.collect();
+    if name.is_empty() {
+        return None;
+    }
+    let args = match split_args(args_text) {
+        Ok(args) => args,
+        Err(ArgError::Unclosed { kind, at }) => {
+            // Counted from the start of the message, as the user sees it.
+            let before = text.chars().count() - args_text.chars().count();
+            let e = ArgError::Unclosed {
+                kind,
+                at: at + before,
+            };
+            return Some(Command::Invalid(format!("/{name}: {e}")));
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let no_args = |cmd: Command| {
         if args.is_empty() {
             cmd
@@ -294,5 +430,145 @@ mod tests {
         assert!(matches!(parse("/history x"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/reset now"), Some(Command::Invalid(_))));
         assert!(matches!(parse("/frobnicate"), Some(Command::Invalid(m)) if m.contains("/help")));
+    }
+
+    #[test]
+    fn arguments_split_like_a_shell() {
+        let ok = |text: &str, words: &[&str]| {
+            assert_eq!(
+                split_args(text),
+                Ok(words.iter().map(|w| (*w).to_owned()).collect()),
+                "{text}"
+            );
+        };
+        ok("", &[]);
+        ok("  a  b\tc ", &["a", "b", "c"]);
+        ok(r#"ticket="printer on fire""#, &["ticket=printer on fire"]);
+        ok("ticket='printer on fire'", &["ticket=printer on fire"]);
+        ok(r#""ticket"=v"#, &["ticket=v"]);
+        ok(r#"k="say \"hi\" \\ now""#, &[r#"k=say "hi" \ now"#]);
+        ok(r#"path="C:\dir\n""#, &[r"path=C:\dir\n"]);
+        ok(r"path=C:\dir", &[r"path=C:\dir"]);
+        ok(r#"k='it"s' j="it's""#, &[r#"k=it"s"#, "j=it's"]);
+        ok(r#"k="" j=''"#, &["k=", "j="]);
+        ok(r#""" ''"#, &["", ""]);
+        ok("a\"b c\"d", &["ab cd"]);
+        ok(
+            "ticket=“printer on fire” who=‘Ana B’ x=don’t",
+            &["ticket=printer on fire", "who=Ana B", "x=don’t"],
+        );
+        assert_eq!(
+            split_args(r#"ticket="printer on fire"#),
+            Err(ArgError::Unclosed {
+                kind: "double",
+                at: 8
+            })
+        );
+        assert_eq!(
+            split_args("a 'b"),
+            Err(ArgError::Unclosed {
+                kind: "single",
+                at: 3
+            })
+        );
+    }
+
+    #[test]
+    fn run_takes_quoted_values_and_says_what_is_wrong() {
+        check(
+            r#"/run support_triage ticket="printer on fire""#,
+            Some(Command::Run(
+                "support_triage".into(),
+                vec![("ticket".into(), "printer on fire".into())],
+            )),
+        );
+        check(
+            "/run support_triage ticket='printer on fire' customer=Ana",
+            Some(Command::Run(
+                "support_triage".into(),
+                vec![
+                    ("ticket".into(), "printer on fire".into()),
+                    ("customer".into(), "Ana".into()),
+                ],
+            )),
+        );
+        check(
+            r#"/run t ticket="printer on fire"#,
+            Some(Command::Invalid(
+                "/run: the double quote opened at character 15 is not closed; close it, or write double quotes inside the other kind".into(),
+            )),
+        );
+        check(
+            "/run t printer on fire",
+            Some(Command::Invalid(
+                "`printer` is not key=value; usage: /run WORKFLOW key=value ...".into(),
+            )),
+        );
+        check(
+            "/link 'abc 123'",
+            Some(Command::Link(Some("abc 123".into()))),
+        );
+    }
+
+    /// Every `/run …` the README shows in backquotes, as printed.
+    fn readme_runs() -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
+        readme
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|span| span.starts_with("/run ") && !span.contains("WORKFLOW"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_run_examples_parse() {
+        let runs = readme_runs();
+        assert!(!runs.is_empty(), "README.md shows no /run example");
+        for text in runs {
+            match parse(&text) {
+                Some(Command::Run(_, pairs)) => assert!(!pairs.is_empty(), "{text}"),
+                other => panic!("{text} parses as {other:?}"),
+            }
+        }
+    }
+
+    mod generated {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Any text, command or not, parses to something without panicking.
+            #[test]
+            fn prop_command_text_never_panics(text in any::<String>(), args in "[ -~“”‘’\\\\]{0,40}") {
+                let _ = parse(&text);
+                let _ = parse(&format!("/run wf {args}"));
+                let _ = parse(&format!("/{text}"));
+                let _ = split_args(&text);
+            }
+
+            /// Words written with `quote` and joined by spaces split back into the same words.
+            #[test]
+            fn prop_quoted_words_round_trip(words in proptest::collection::vec(any::<String>(), 0..8)) {
+                let text = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+                prop_assert_eq!(split_args(&text), Ok(words));
+            }
+
+            /// `/run` with key/values written with `quote` gives back the same pairs.
+            #[test]
+            fn prop_run_pairs_round_trip(
+                pairs in proptest::collection::btree_map("[a-z_][a-z0-9_]{0,12}", any::<String>(), 0..6)
+            ) {
+                let mut text = String::from("/run wf");
+                for (k, v) in &pairs {
+                    text.push_str(&format!(" {k}={}", quote(v)));
+                }
+                let expected: Vec<(String, String)> = pairs.into_iter().collect();
+                prop_assert_eq!(parse(&text), Some(Command::Run("wf".into(), expected)));
+            }
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! exhausts its retries fails the run; the error is stored, logged, published as an event and,
 //! for runs started from a chat, sent back there.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,13 +20,13 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
-use super::model::{NodeKind, Step, Target, Workflow};
+use super::model::{Graph, NodeKind, Step, Target, Workflow};
 use super::script::{Limits, Sandbox};
 use super::template::{self, Vars};
-use super::validate::{self, WorkflowError};
+use super::validate::{self, Known, WorkflowError};
 use crate::agent::tools::MessageTarget;
 use crate::events::{Event, EventBus};
-use crate::message::now_ms;
+use crate::message::{ChannelKind, now_ms};
 use crate::store::{
     NodeRecord, NodeStatus, RunOrigin, RunRecord, RunStatus, SharedStore, StoreError,
 };
@@ -46,6 +47,11 @@ pub trait NodeServices: Send + Sync {
     async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String>;
     /// The names of the shared tools, for validation.
     fn tool_names(&self) -> HashSet<String>;
+    /// The enabled channels, for validating message nodes; `None` (the default) skips that
+    /// check.
+    fn channels(&self) -> Option<BTreeSet<ChannelKind>> {
+        None
+    }
 }
 
 /// Why a run could not start.
@@ -57,6 +63,16 @@ pub enum StartError {
     /// The inputs do not match the workflow's.
     #[error("{0}")]
     Inputs(String),
+    /// A message node answers the chat that started the run, and the run has no such chat.
+    #[error(
+        "workflow `{workflow}` sends to the chat that started it (message node `{node}`), and this run has no chat; give it one (`gatewayctl workflows run {workflow} --to CHANNEL:CHAT`)"
+    )]
+    NoOrigin {
+        /// The workflow.
+        workflow: String,
+        /// The first message node with `to = "origin"` (or no target).
+        node: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -117,7 +133,11 @@ impl Engine {
         if !self.dir.is_dir() {
             return (Vec::new(), Vec::new());
         }
-        validate::load_dir(&self.dir, &self.services.tool_names())
+        let known = Known {
+            tools: self.services.tool_names(),
+            channels: self.services.channels(),
+        };
+        validate::load_dir(&self.dir, &known)
     }
 
     /// The loaded workflows, by name.
@@ -131,6 +151,13 @@ impl Engine {
     /// Problems of the files that did not load.
     pub fn errors(&self) -> Vec<WorkflowError> {
         self.errors.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Whether message nodes may send to `channel` (it is enabled, as far as the engine knows).
+    pub fn can_send_to(&self, channel: ChannelKind) -> bool {
+        self.services
+            .channels()
+            .is_none_or(|enabled| enabled.contains(&channel))
     }
 
     /// One loaded workflow.
@@ -149,6 +176,16 @@ impl Engine {
             .get(name)
             .ok_or_else(|| StartError::Unknown(name.to_owned()))?;
         let inputs = check_inputs(&workflow, inputs).map_err(StartError::Inputs)?;
+        if origin.is_none()
+            && let Some(node) = workflow.nodes.iter().find(
+                |n| matches!(&n.kind, NodeKind::Message(m) if m.target() == Ok(Target::Origin)),
+            )
+        {
+            return Err(StartError::NoOrigin {
+                workflow: name.to_owned(),
+                node: node.id.clone(),
+            });
+        }
         let run = self
             .store
             .run_create(name, &inputs, origin.as_ref())
@@ -222,69 +259,83 @@ impl Engine {
         origin: Option<RunOrigin>,
         prior: HashMap<String, NodeRecord>,
     ) {
-        let mut state: HashMap<String, NodeRecord> = HashMap::new();
-        for node in &workflow.nodes {
-            let record = match prior.get(&node.id) {
+        // The graph is indexed once; after that every step costs the node's own edges: a
+        // finished node re-examines only the nodes below it, never the whole list.
+        let graph = workflow.graph();
+        let n = workflow.nodes.len();
+        let mut state: Vec<NodeRecord> = workflow
+            .nodes
+            .iter()
+            .map(|node| match prior.get(&node.id) {
                 Some(r) if r.status.is_final() => r.clone(),
                 _ => pending(&node.id),
-            };
-            state.insert(node.id.clone(), record);
+            })
+            .collect();
+        // What templates and scripts see as `nodes`, kept up to date as nodes succeed.
+        let mut done_outputs = Map::new();
+        for record in &state {
+            add_output(&mut done_outputs, record);
         }
-        let mut running: JoinSet<(String, Result<Value, String>, u32)> = JoinSet::new();
+        let mut queued = vec![true; n];
+        let mut candidates: BinaryHeap<Reverse<usize>> = (0..n).map(Reverse).collect();
+        let mut running: JoinSet<(usize, Result<Value, String>, u32)> = JoinSet::new();
         let mut failure: Option<String> = None;
         loop {
             if failure.is_none() {
-                // Settle skips first: they can make more nodes ready or skipped.
-                let mut changed = true;
-                while changed {
-                    changed = false;
-                    for node in &workflow.nodes {
-                        if state[&node.id].status == NodeStatus::Pending
-                            && readiness(&workflow, &state, &node.id) == Readiness::Skip
-                        {
-                            let record = skipped(&node.id);
-                            self.record(run, &record).await;
-                            state.insert(node.id.clone(), record);
-                            changed = true;
-                        }
-                    }
-                }
-                for node in &workflow.nodes {
-                    if state[&node.id].status != NodeStatus::Pending
-                        || readiness(&workflow, &state, &node.id) != Readiness::Ready
-                    {
+                // Lowest file position first, so nodes ready together start in file order.
+                while let Some(Reverse(i)) = candidates.pop() {
+                    queued[i] = false;
+                    if state[i].status != NodeStatus::Pending {
                         continue;
                     }
-                    let mut record = pending(&node.id);
-                    record.status = NodeStatus::Running;
-                    record.started_at_ms = Some(now_ms());
-                    self.record(run, &record).await;
-                    state.insert(node.id.clone(), record);
-                    let nodes = outputs(&state);
-                    let engine = self.clone();
-                    let workflow = workflow.clone();
-                    let inputs = inputs.clone();
-                    let origin = origin.clone();
-                    let id = node.id.clone();
-                    running.spawn(async move {
-                        let (result, attempts) = engine
-                            .run_node(&workflow, &id, &inputs, &nodes, origin.as_ref())
-                            .await;
-                        (id, result, attempts)
-                    });
+                    match readiness(&graph, &state, i) {
+                        Readiness::Wait => {}
+                        Readiness::Skip => {
+                            // A skip can make the nodes below it ready or skipped.
+                            let record = skipped(&graph.node(i).id);
+                            self.record(run, &record).await;
+                            state[i] = record;
+                            for &d in graph.downstream(i) {
+                                if !queued[d] {
+                                    queued[d] = true;
+                                    candidates.push(Reverse(d));
+                                }
+                            }
+                        }
+                        Readiness::Ready => {
+                            let node = graph.node(i);
+                            let mut record = pending(&node.id);
+                            record.status = NodeStatus::Running;
+                            record.started_at_ms = Some(now_ms());
+                            self.record(run, &record).await;
+                            state[i] = record;
+                            let nodes = Value::Object(done_outputs.clone());
+                            let engine = self.clone();
+                            let workflow = workflow.clone();
+                            let inputs = inputs.clone();
+                            let origin = origin.clone();
+                            running.spawn(async move {
+                                let (result, attempts) = engine
+                                    .run_node(&workflow, i, &inputs, &nodes, origin.as_ref())
+                                    .await;
+                                (i, result, attempts)
+                            });
+                        }
+                    }
                 }
             }
             let Some(joined) = running.join_next().await else {
                 break;
             };
-            let (id, result, attempts) = match joined {
+            let (i, result, attempts) = match joined {
                 Ok(done) => done,
                 Err(e) => {
                     failure.get_or_insert(format!("a node task failed: {e}"));
                     continue;
                 }
             };
-            let mut record = state.get(&id).cloned().unwrap_or_else(|| pending(&id));
+            let id = graph.node(i).id.clone();
+            let mut record = state[i].clone();
             record.attempts = attempts;
             record.finished_at_ms = Some(now_ms());
             match result {
@@ -300,18 +351,27 @@ impl Engine {
                 }
             }
             self.record(run, &record).await;
-            state.insert(id, record);
-        }
-        if failure.is_some() {
-            // Nodes that can no longer run end skipped, so a finished run has no pending node.
-            for node in &workflow.nodes {
-                if state[&node.id].status == NodeStatus::Pending {
-                    let record = skipped(&node.id);
-                    self.record(run, &record).await;
-                    state.insert(node.id.clone(), record);
+            add_output(&mut done_outputs, &record);
+            state[i] = record;
+            for &d in graph.downstream(i) {
+                if !queued[d] {
+                    queued[d] = true;
+                    candidates.push(Reverse(d));
                 }
             }
         }
+        if failure.is_some() {
+            // Nodes that can no longer run end skipped, so a finished run has no pending node.
+            for record in &mut state {
+                if record.status == NodeStatus::Pending {
+                    let skip = skipped(&record.node);
+                    self.record(run, &skip).await;
+                    *record = skip;
+                }
+            }
+        }
+        let state: HashMap<String, NodeRecord> =
+            state.into_iter().map(|r| (r.node.clone(), r)).collect();
         let status = if failure.is_some() {
             RunStatus::Failed
         } else {
@@ -375,17 +435,22 @@ impl Engine {
     async fn run_node(
         &self,
         workflow: &Workflow,
-        id: &str,
+        index: usize,
         inputs: &Value,
         nodes: &Value,
         origin: Option<&RunOrigin>,
     ) -> (Result<Value, String>, u32) {
-        let Some(node) = workflow.node(id) else {
-            return (Err(format!("node `{id}` is not in the workflow")), 0);
+        let Some(node) = workflow.nodes.get(index) else {
+            return (Err(format!("node {index} is not in the workflow")), 0);
         };
-        let timeout = node.timeout.get();
+        let id = node.id.as_str();
+        // Validation keeps both in range; bounded again so no value overflows a timer.
+        let timeout = node
+            .timeout
+            .get()
+            .clamp(Duration::from_millis(1), validate::MAX_TIMEOUT);
         let mut last = String::new();
-        let tries = node.retries.saturating_add(1);
+        let tries = node.retries.min(validate::MAX_RETRIES).saturating_add(1);
         for attempt in 1..=tries {
             let outcome = tokio::time::timeout(
                 timeout,
@@ -443,7 +508,10 @@ impl Engine {
                     .render_value(&|r| vars.resolve(r))
                     .map_err(|e| e.to_string())?;
                 let items = f.items_from(items)?;
-                let limit = tokio::sync::Semaphore::new(f.concurrency.max(1));
+                // Validation keeps `concurrency` in 1..=MAX_CONCURRENCY; clamped again so no
+                // value can reach the semaphore's own limit.
+                let limit =
+                    tokio::sync::Semaphore::new(f.concurrency.clamp(1, validate::MAX_CONCURRENCY));
                 let results = futures_util::future::join_all(items.iter().enumerate().map(
                     |(index, item)| {
                         let limit = &limit;
@@ -477,15 +545,9 @@ impl Engine {
                 let target = match m.target()? {
                     Target::Origin => {
                         let Some(o) = origin else {
-                            // Started by an operator: there is no chat to answer. The text stays
-                            // in the node's output, where `gatewayctl runs show` shows it.
-                            tracing::info!(
-                                message = "Message node has no origin chat; not sent.",
-                                text_len = text.len()
-                            );
-                            return Ok(
-                                serde_json::json!({"sent": false, "reason": "the run has no origin chat", "text": text}),
-                            );
+                            // `start` refuses such a run; one stored by an older version can
+                            // still get here on resume. Nothing is sent, so the node fails.
+                            return Err("the run has no origin chat to send to; start it from a chat or with `gatewayctl workflows run --to CHANNEL:CHAT`".to_owned());
                         };
                         MessageTarget::Chat {
                             channel: o.channel,
@@ -573,14 +635,12 @@ enum Readiness {
     Skip,
 }
 
-/// Whether a pending node can run, must wait, or is on a branch not taken.
-fn readiness(workflow: &Workflow, state: &HashMap<String, NodeRecord>, id: &str) -> Readiness {
-    let Some(node) = workflow.node(id) else {
-        return Readiness::Wait;
-    };
+/// Whether a pending node can run, must wait, or is on a branch not taken. Costs the node's
+/// own `after` list.
+fn readiness(graph: &Graph<'_>, state: &[NodeRecord], i: usize) -> Readiness {
     let mut ready = true;
-    for edge in &node.after {
-        let Some(up) = state.get(&edge.node) else {
+    for edge in &graph.node(i).after {
+        let Some(up) = graph.index(&edge.node).and_then(|u| state.get(u)) else {
             return Readiness::Wait;
         };
         match up.status {
@@ -622,15 +682,11 @@ fn skipped(id: &str) -> NodeRecord {
     }
 }
 
-/// Finished nodes as templates and scripts see them: id → `{ "output": … }`.
-fn outputs(state: &HashMap<String, NodeRecord>) -> Value {
-    let mut map = Map::new();
-    for (id, record) in state {
-        if let (NodeStatus::Succeeded, Some(output)) = (record.status, &record.output) {
-            map.insert(id.clone(), serde_json::json!({ "output": output }));
-        }
+/// Adds a succeeded node to what templates and scripts see: id → `{ "output": … }`.
+fn add_output(map: &mut Map<String, Value>, record: &NodeRecord) {
+    if let (NodeStatus::Succeeded, Some(output)) = (record.status, &record.output) {
+        map.insert(record.node.clone(), serde_json::json!({ "output": output }));
     }
-    Value::Object(map)
 }
 
 fn render_output(v: &Value) -> String {
@@ -638,6 +694,24 @@ fn render_output(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Parses a chat given as `CHANNEL:CHAT` (`webchat:ops`, `http:42`; the chat id may itself hold
+/// `:`), for a run started by an operator.
+pub fn parse_chat_target(text: &str) -> Result<(ChannelKind, String), String> {
+    let Some((channel, chat)) = text.split_once(':') else {
+        return Err(format!(
+            "`{text}` is not CHANNEL:CHAT (e.g. webchat:ops or http:42)"
+        ));
+    };
+    let channel: ChannelKind = channel.trim().parse().map_err(|e: String| {
+        let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
+        format!("{e} in `{text}`; channels: {}", known.join(", "))
+    })?;
+    if chat.trim().is_empty() {
+        return Err(format!("the chat id after `:` is empty in `{text}`"));
+    }
+    Ok((channel, chat.to_owned()))
 }
 
 /// Checks `inputs` against the workflow's inputs: unknown names, missing required ones and wrong

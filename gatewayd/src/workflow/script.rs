@@ -519,6 +519,13 @@ mod tests {
 
     #[test]
     fn a_huge_string_is_stopped_by_the_size_limit() {
+        // A generous wall time, so a busy machine cannot make the clock stop the script before
+        // the size limit does (10,000 pushes take a while in a debug build).
+        let sandbox = Sandbox::new(Limits {
+            wall_time: Duration::from_secs(30),
+            ..Limits::default()
+        });
+        let run = |src: &str| run_with(&sandbox, src);
         let err = run(r#"let s = "x"; loop { s += s; }"#).expect_err("must stop");
         assert_eq!(
             err,

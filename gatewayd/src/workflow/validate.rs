@@ -6,19 +6,64 @@
 //! operator fixes a file in one pass: ids and names, duplicate ids, unknown and repeated
 //! dependencies, cycles (named: `cycle: a → b → c → a`), `when` on an edge that does not leave a
 //! condition, unknown tools, template and script references to inputs that are not declared or to
-//! nodes that are not upstream, rhai syntax, foreach bounds and message targets.
+//! nodes that are not upstream, rhai syntax and empty scripts, numeric bounds (`timeout`,
+//! `retries`, foreach `max_items` and `concurrency`), message targets and the channels they name
+//! (against the channels enabled in the configuration, see [`Known`]), and the size limits of a
+//! file ([`MAX_FILE_BYTES`], [`MAX_NODES`], [`MAX_NESTING`]).
+//!
+//! It scales: the graph is indexed once ([`Graph`]), cycles and ancestor sets come from one pass
+//! over its strongly connected components, and no check scans the node list per node, so a file
+//! of [`MAX_NODES`] nodes validates in well under a second.
 //!
 //! **Invariant:** a workflow this module returns without errors can be run without finding a
 //! cycle, an unknown tool, an unparsable template or script, or a reference to a node that has
 //! not run before the node that uses it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::model::{MAX_ITEMS_CAP, Node, NodeKind, Workflow};
+use super::model::{Graph, MAX_ITEMS_CAP, Node, NodeKind, Reach, Target, Workflow};
 use super::script::Sandbox;
 use super::template::{self, Ref};
+use crate::message::{ChannelKind, UserId};
+
+/// The largest workflow file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// The most `[[nodes]]` a workflow may have.
+pub const MAX_NODES: usize = 10_000;
+/// The deepest nesting of arrays and inline tables in a file (`args = { a = [[…]] }`).
+pub const MAX_NESTING: usize = 32;
+/// The largest `retries` of a node.
+pub const MAX_RETRIES: u32 = 100;
+/// The longest `timeout` of a node.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest `concurrency` of a foreach node.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// The most cycles reported for one file (one per group of nodes that depend on each other).
+const MAX_CYCLES_REPORTED: usize = 20;
+/// The most node ids a reported cycle spells out.
+const MAX_CYCLE_SHOWN: usize = 24;
+
+/// What a workflow may name, from the gateway's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The registered tools.
+    pub tools: HashSet<String>,
+    /// The enabled channels; `None` skips the check (any known channel kind passes).
+    pub channels: Option<BTreeSet<ChannelKind>>,
+}
+
+impl Known {
+    /// The built-in tools and these enabled channels.
+    pub fn builtin(channels: impl IntoIterator<Item = ChannelKind>) -> Self {
+        Self {
+            tools: builtin_tool_names(),
+            channels: Some(channels.into_iter().collect()),
+        }
+    }
+}
 
 /// The names of the gateway's built-in tools (what `check-config` validates against).
 pub fn builtin_tool_names() -> HashSet<String> {
@@ -26,6 +71,20 @@ pub fn builtin_tool_names() -> HashSet<String> {
         .into_iter()
         .map(str::to_owned)
         .collect()
+}
+
+/// The channels `config` enables, which message nodes may name.
+pub fn enabled_channels(config: &crate::config::Config) -> BTreeSet<ChannelKind> {
+    let c = &config.channels;
+    [
+        (ChannelKind::Webchat, c.webchat.enabled),
+        (ChannelKind::Http, c.http.enabled),
+        (ChannelKind::Telegram, c.telegram.enabled),
+        (ChannelKind::Discord, c.discord.enabled),
+    ]
+    .into_iter()
+    .filter_map(|(kind, on)| on.then_some(kind))
+    .collect()
 }
 
 /// One problem in one workflow file.
@@ -62,7 +121,7 @@ const RESERVED_IDS: &[&str] = &["inputs", "nodes", "item", "index"];
 
 /// Loads every `*.toml` in `dir`, sorted by name. Returns the workflows that are valid and every
 /// error of the others. A name used by an earlier file makes a later file an error.
-pub fn load_dir(dir: &Path, known_tools: &HashSet<String>) -> (Vec<Workflow>, Vec<WorkflowError>) {
+pub fn load_dir(dir: &Path, known: &Known) -> (Vec<Workflow>, Vec<WorkflowError>) {
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -98,7 +157,7 @@ pub fn load_dir(dir: &Path, known_tools: &HashSet<String>) -> (Vec<Workflow>, Ve
     let mut workflows: Vec<Workflow> = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for path in paths {
-        match load_file(&path, known_tools) {
+        match load_file(&path, known) {
             Ok(workflow) => match names.get(&workflow.name) {
                 Some(first) => errors.push(WorkflowError {
                     file: path.clone(),
@@ -121,31 +180,57 @@ pub fn load_dir(dir: &Path, known_tools: &HashSet<String>) -> (Vec<Workflow>, Ve
     (workflows, errors)
 }
 
-/// Reads, parses and validates one file.
-pub fn load_file(
-    path: &Path,
-    known_tools: &HashSet<String>,
-) -> Result<Workflow, Vec<WorkflowError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// Reads, parses and validates one file (at most [`MAX_FILE_BYTES`] of it).
+pub fn load_file(path: &Path, known: &Known) -> Result<Workflow, Vec<WorkflowError>> {
+    let file_error = |message: String| {
         vec![WorkflowError {
             file: path.to_path_buf(),
             node: None,
             field: None,
-            message: format!("cannot read the file: {e}"),
+            message,
         }]
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| file_error(format!("cannot read the file: {e}")))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| file_error(format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        file_error(format!(
+            "the file is not UTF-8 text (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
-    parse(&text, path, known_tools)
+    parse(&text, path, known)
 }
 
 /// Parses and validates workflow text as if read from `path`.
-pub fn parse(
-    text: &str,
-    path: &Path,
-    known_tools: &HashSet<String>,
-) -> Result<Workflow, Vec<WorkflowError>> {
+pub fn parse(text: &str, path: &Path, known: &Known) -> Result<Workflow, Vec<WorkflowError>> {
+    let limit = |message: String| {
+        vec![WorkflowError {
+            file: path.to_path_buf(),
+            node: None,
+            field: None,
+            message,
+        }]
+    };
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(limit(format!(
+            "the file is larger than {} MiB, the limit for a workflow file",
+            MAX_FILE_BYTES / (1024 * 1024)
+        )));
+    }
+    if let Some(line) = too_deep(text) {
+        return Err(limit(format!(
+            "arrays and tables are nested deeper than {MAX_NESTING} levels (line {line})"
+        )));
+    }
     let workflow =
         Workflow::from_toml(text, path).map_err(|e| vec![parse_error(text, path, &e)])?;
-    let errors = validate(&workflow, known_tools);
+    let errors = validate(&workflow, known);
     if errors.is_empty() {
         Ok(workflow)
     } else {
@@ -154,37 +239,183 @@ pub fn parse(
 }
 
 /// Every problem in a parsed workflow: workflow-level first, then node by node in file order,
-/// then cycles.
-pub fn validate(workflow: &Workflow, known_tools: &HashSet<String>) -> Vec<WorkflowError> {
+/// then cycles. Linear in the size of the workflow, except for the ancestor sets
+/// (nodes² / 8 bytes of bit operations).
+pub fn validate(workflow: &Workflow, known: &Known) -> Vec<WorkflowError> {
+    let graph = workflow.graph();
     let mut v = Validator {
         workflow,
-        known_tools,
+        known,
         sandbox: Sandbox::default(),
         errors: Vec::new(),
+        graph: &graph,
+        reach: None,
     };
     v.check_workflow();
-    let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, node) in workflow.nodes.iter().enumerate() {
-        let duplicate = first_index.contains_key(node.id.as_str());
-        first_index.entry(node.id.as_str()).or_insert(i);
-        v.check_node(node, duplicate);
+    if workflow.nodes.len() > MAX_NODES {
+        v.push(
+            None,
+            Some("nodes"),
+            format!(
+                "the workflow has {} nodes, more than the limit of {MAX_NODES}; split it into workflows that run each other (`run_workflow`)",
+                workflow.nodes.len()
+            ),
+        );
+        return v.errors;
     }
-    for cycle in workflow.cycles() {
+    v.reach = Some(graph.reach());
+    for (i, node) in workflow.nodes.iter().enumerate() {
+        let duplicate = graph.index(&node.id) != Some(i);
+        v.check_node(i, node, duplicate);
+    }
+    let cycles = graph.cycles();
+    let more = cycles.len().saturating_sub(MAX_CYCLES_REPORTED);
+    for cycle in cycles.into_iter().take(MAX_CYCLES_REPORTED) {
+        let shown = if cycle.len() > MAX_CYCLE_SHOWN {
+            let head = &cycle[..MAX_CYCLE_SHOWN - 4];
+            let tail = &cycle[cycle.len() - 3..];
+            format!(
+                "{} → … ({} more) … → {}",
+                head.join(" → "),
+                cycle.len() - head.len() - tail.len(),
+                tail.join(" → ")
+            )
+        } else {
+            cycle.join(" → ")
+        };
         v.errors.push(WorkflowError {
             file: workflow.path.clone(),
             node: None,
             field: None,
-            message: format!("cycle: {}", cycle.join(" → ")),
+            message: format!("cycle: {shown}"),
+        });
+    }
+    if more > 0 {
+        v.errors.push(WorkflowError {
+            file: workflow.path.clone(),
+            node: None,
+            field: None,
+            message: format!("… and {more} more cycle(s)"),
         });
     }
     v.errors
 }
 
+/// The line where arrays and inline tables first nest deeper than [`MAX_NESTING`], if they do;
+/// a scan outside strings and comments, so the TOML parser never recurses that deep.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut line = 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => line += 1,
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            quote @ (b'"' | b'\'') => {
+                let triple = bytes[i..].starts_with(if quote == b'"' { b"\"\"\"" } else { b"'''" });
+                let escapes = quote == b'"';
+                i += if triple { 3 } else { 1 };
+                while i < bytes.len() {
+                    let b = bytes[i];
+                    if b == b'\n' {
+                        line += 1;
+                        if !triple {
+                            break;
+                        }
+                    }
+                    if escapes && b == b'\\' {
+                        if bytes.get(i + 1) == Some(&b'\n') {
+                            line += 1;
+                        }
+                        i += 2;
+                        continue;
+                    }
+                    if b == quote {
+                        if !triple {
+                            break;
+                        }
+                        if bytes[i..].starts_with(&[quote; 3]) {
+                            // A closing `"""` may be followed by up to two more quotes.
+                            i += 2;
+                            while bytes.get(i + 1) == Some(&quote) {
+                                i += 1;
+                            }
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 struct Validator<'a> {
     workflow: &'a Workflow,
-    known_tools: &'a HashSet<String>,
+    known: &'a Known,
     sandbox: Sandbox,
     errors: Vec<WorkflowError>,
+    graph: &'a Graph<'a>,
+    reach: Option<Reach>,
+}
+
+/// Whether rhai source has nothing but whitespace, comments and `;`.
+fn is_blank_script(src: &str) -> bool {
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"//") {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+        } else if bytes[i..].starts_with(b"/*") {
+            let mut depth = 0usize;
+            while i < bytes.len() {
+                if bytes[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if bytes[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if bytes[i].is_ascii_whitespace() || bytes[i] == b';' {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// A template that is plain text (no `{{…}}`), as that text.
+fn literal(text: &str) -> Option<String> {
+    let parsed = template::parse(text).ok()?;
+    if !parsed.references().is_empty() {
+        return None;
+    }
+    parsed.render(&|_| None).ok()
 }
 
 fn is_id(s: &str) -> bool {
@@ -259,8 +490,7 @@ impl Validator<'_> {
         }
     }
 
-    fn check_node(&mut self, node: &Node, duplicate: bool) {
-        let wf = self.workflow;
+    fn check_node(&mut self, index: usize, node: &Node, duplicate: bool) {
         let id = node.id.as_str();
         let here = Some(id);
         if !is_id(id) {
@@ -283,15 +513,32 @@ impl Validator<'_> {
                 format!("duplicate node id `{id}`; ids must be unique in the file"),
             );
         }
-        if node.timeout.get().is_zero() {
+        let timeout = node.timeout.get();
+        if timeout.is_zero() {
             self.push(here, Some("timeout"), "must be longer than 0".to_owned());
+        } else if timeout > MAX_TIMEOUT {
+            self.push(
+                here,
+                Some("timeout"),
+                format!(
+                    "must be at most {}h, not {timeout:?}",
+                    MAX_TIMEOUT.as_secs() / 3600
+                ),
+            );
+        }
+        if node.retries > MAX_RETRIES {
+            self.push(
+                here,
+                Some("retries"),
+                format!("must be between 0 and {MAX_RETRIES}, not {}", node.retries),
+            );
         }
 
         // Dependencies.
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(node.after.len());
         for edge in &node.after {
             let up = edge.node.as_str();
-            if seen.contains(&up) {
+            if !seen.insert(up) {
                 self.push(
                     here,
                     Some("after"),
@@ -299,8 +546,7 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            seen.push(up);
-            match wf.node(up) {
+            match self.graph.index(up).map(|i| self.graph.node(i)) {
                 None => self.push(
                     here,
                     Some("after"),
@@ -325,8 +571,8 @@ impl Validator<'_> {
 
         // Kind-specific settings.
         for (field, tool) in node.tools() {
-            if !self.known_tools.contains(tool) {
-                let mut known: Vec<&str> = self.known_tools.iter().map(String::as_str).collect();
+            if !self.known.tools.contains(tool) {
+                let mut known: Vec<&str> = self.known.tools.iter().map(String::as_str).collect();
                 known.sort_unstable();
                 self.push(
                     here,
@@ -337,8 +583,15 @@ impl Validator<'_> {
         }
         match &node.kind {
             NodeKind::Foreach(f) => {
-                if f.concurrency == 0 {
-                    self.push(here, Some("concurrency"), "must be at least 1".to_owned());
+                if f.concurrency == 0 || f.concurrency > MAX_CONCURRENCY {
+                    self.push(
+                        here,
+                        Some("concurrency"),
+                        format!(
+                            "must be between 1 and {MAX_CONCURRENCY}, not {}",
+                            f.concurrency
+                        ),
+                    );
                 }
                 if f.max_items == 0 || f.max_items > MAX_ITEMS_CAP {
                     self.push(
@@ -348,16 +601,31 @@ impl Validator<'_> {
                     );
                 }
             }
-            NodeKind::Message(m) => {
-                if let Err(message) = m.target() {
-                    self.push(here, Some("to"), message);
+            NodeKind::Message(m) => match m.target() {
+                Err(message) => self.push(here, Some("to"), message),
+                Ok(Target::Chat { channel, .. }) => {
+                    if let Some(problem) = literal(&channel).and_then(|c| self.channel_problem(&c))
+                    {
+                        self.push(here, Some("channel"), problem);
+                    }
                 }
-            }
+                Ok(Target::User(user)) => {
+                    if let Some(user) = literal(&user)
+                        && user.trim().parse::<UserId>().is_err()
+                    {
+                        self.push(
+                            here,
+                            Some("user"),
+                            format!("`{user}` is not a user id (a number, as `/whoami` shows)"),
+                        );
+                    }
+                }
+                Ok(Target::Origin) => {}
+            },
             _ => {}
         }
 
         // Templates and scripts may only read declared inputs and upstream nodes.
-        let ancestors = wf.ancestors(id);
         for field in node.templates() {
             let parsed = match template::parse(field.text) {
                 Ok(t) => t,
@@ -376,7 +644,7 @@ impl Validator<'_> {
             for r in parsed.references() {
                 let problem = match &r {
                     Ref::Input(name) => self.unknown_input(name),
-                    Ref::Node { node: up, .. } => self.not_upstream(id, up, &ancestors),
+                    Ref::Node { node: up, .. } => self.not_upstream(index, id, up),
                     Ref::Item | Ref::Index if !field.in_item => {
                         Some("is only available inside a foreach `do` step".to_owned())
                     }
@@ -388,6 +656,15 @@ impl Validator<'_> {
             }
         }
         for field in node.scripts() {
+            if is_blank_script(field.source) {
+                let what = if field.field == "expr" {
+                    "must not be empty; write a rhai expression that yields true or false"
+                } else {
+                    "must not be empty; write a rhai script whose value is the node's output"
+                };
+                self.push(here, Some(field.field), what.to_owned());
+                continue;
+            }
             let compiled = if field.in_item {
                 self.sandbox.compile_item(field.source)
             } else {
@@ -403,7 +680,7 @@ impl Validator<'_> {
                         .unknown_input(name)
                         .map(|p| format!("`inputs.{name}` {p}")),
                     ScriptRef::Node(up) => self
-                        .not_upstream(id, up, &ancestors)
+                        .not_upstream(index, id, up)
                         .map(|p| format!("`nodes.{up}` {p}")),
                 };
                 if let Some(problem) = problem {
@@ -418,17 +695,43 @@ impl Validator<'_> {
             .then(|| format!("refers to unknown input `{name}`; declare it under [inputs.{name}]"))
     }
 
-    fn not_upstream(
-        &self,
-        id: &str,
-        up: &str,
-        ancestors: &std::collections::BTreeSet<&str>,
-    ) -> Option<String> {
+    /// Why the channel a message node names cannot be sent to, if it cannot.
+    fn channel_problem(&self, channel: &str) -> Option<String> {
+        let kind = match channel.parse::<ChannelKind>() {
+            Ok(kind) => kind,
+            Err(_) => {
+                let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
+                return Some(format!(
+                    "unknown channel `{channel}`; channels: {}",
+                    known.join(", ")
+                ));
+            }
+        };
+        let enabled = self.known.channels.as_ref()?;
+        if enabled.contains(&kind) {
+            return None;
+        }
+        let on: Vec<&str> = enabled.iter().map(|c| c.as_str()).collect();
+        Some(format!(
+            "channel `{kind}` is not enabled (enabled: {}); enable [channels.{kind}] or send elsewhere",
+            if on.is_empty() {
+                "none".to_owned()
+            } else {
+                on.join(", ")
+            }
+        ))
+    }
+
+    fn not_upstream(&self, index: usize, id: &str, up: &str) -> Option<String> {
+        let up_index = self.graph.index(up);
         if up == id {
             Some("refers to the node's own output".to_owned())
-        } else if self.workflow.node(up).is_none() {
+        } else if up_index.is_none() {
             Some(format!("refers to unknown node `{up}`"))
-        } else if !ancestors.contains(up) {
+        } else if !up_index
+            .zip(self.reach.as_ref())
+            .is_some_and(|(u, reach)| reach.is_ancestor(u, index))
+        {
             Some(format!(
                 "refers to node `{up}`, which is not upstream of `{id}`; add it to `after`"
             ))
@@ -726,11 +1029,9 @@ fn named_key(message: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn tools() -> HashSet<String> {
-        ["current_time", "http_get", "send_message", "run_workflow"]
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
+    /// The built-in tools, with WebChat and the HTTP channel enabled.
+    fn tools() -> Known {
+        Known::builtin([ChannelKind::Webchat, ChannelKind::Http])
     }
 
     /// Parses and validates `toml` as `wf.toml` and compares the errors as displayed.
@@ -947,7 +1248,7 @@ text = "{{sum.output}}"
                     "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"list: {{inputs.q}}\"\nconcurrency = 0\nmax_items = 5000\ndo = { kind = \"code\", script = \"item\" }\n",
                 ),
                 &[
-                    "node `a`, field `concurrency`: must be at least 1",
+                    "node `a`, field `concurrency`: must be between 1 and 1024, not 0",
                     "node `a`, field `max_items`: must be between 1 and 1000, not 5000",
                     "node `a`, field `items`: must be exactly one reference to a list, e.g. \"{{fetch.output}}\"",
                 ],
@@ -979,6 +1280,190 @@ text = "{{sum.output}}"
         for (toml, expected) in table {
             check(toml, expected);
         }
+    }
+
+    #[test]
+    fn static_errors_fail_validation_not_the_run() {
+        let table: &[(&str, &[&str])] = &[
+            // Empty scripts and expressions.
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"condition\"\nexpr = \"\"\n",
+                &[
+                    "node `a`, field `expr`: must not be empty; write a rhai expression that yields true or false",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"  // nothing\\n ; /* at all */ \"\n",
+                &[
+                    "node `a`, field `script`: must not be empty; write a rhai script whose value is the node's output",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\ndo = { kind = \"code\", script = \" \" }\n",
+                &[
+                    "node `a`, field `do.script`: must not be empty; write a rhai script whose value is the node's output",
+                ],
+            ),
+            // Channels: unknown, not enabled; a template is checked when it runs.
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nchannel = \"carrier_pigeon\"\nchat_id = \"1\"\n",
+                &[
+                    "node `a`, field `channel`: unknown channel `carrier_pigeon`; channels: webchat, http, telegram, discord",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nchannel = \"telegram\"\nchat_id = \"1\"\n",
+                &[
+                    "node `a`, field `channel`: channel `telegram` is not enabled (enabled: webchat, http); enable [channels.telegram] or send elsewhere",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nchannel = \"{{inputs.q}}\"\nchat_id = \"1\"\n",
+                &[],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nchannel = \"http\"\nchat_id = \"{{inputs.q}}\"\n",
+                &[],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"message\"\ntext = \"hi\"\nuser = \"bob\"\n",
+                &["node `a`, field `user`: `bob` is not a user id (a number, as `/whoami` shows)"],
+            ),
+            // Numeric bounds.
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\nconcurrency = 2305843009213693952\ndo = { kind = \"code\", script = \"item\" }\n",
+                &[
+                    "node `a`, field `concurrency`: must be between 1 and 1024, not 2305843009213693952",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\nconcurrency = 1025\ndo = { kind = \"code\", script = \"item\" }\n",
+                &["node `a`, field `concurrency`: must be between 1 and 1024, not 1025"],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\nconcurrency = 1024\nmax_items = 1000\ndo = { kind = \"code\", script = \"item\" }\n",
+                &[],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\nretries = 101\ntimeout = \"2d\"\n",
+                &[
+                    "node `a`, field `timeout`: must be at most 24h, not 172800s",
+                    "node `a`, field `retries`: must be between 0 and 100, not 101",
+                ],
+            ),
+            (
+                "[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\nretries = 100\ntimeout = \"24h\"\n",
+                &[],
+            ),
+        ];
+        for (nodes, expected) in table {
+            check(&wf(nodes), expected);
+        }
+    }
+
+    #[test]
+    fn the_size_limits_are_enforced_with_clear_errors() {
+        let path = Path::new("big.toml");
+        let message = |text: &str| match parse(text, path, &tools()) {
+            Ok(_) => panic!("accepted"),
+            Err(errors) => errors[0].to_string(),
+        };
+        assert_eq!(
+            message(&chain(MAX_NODES + 1)),
+            "big.toml: field `nodes`: the workflow has 10001 nodes, more than the limit of 10000; split it into workflows that run each other (`run_workflow`)"
+        );
+        let deep = format!(
+            "name = \"t\"\n# [[[[ in a comment\nx = \"[[[[\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}{} }}\n",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert_eq!(
+            message(&deep),
+            "big.toml: arrays and tables are nested deeper than 32 levels (line 8)"
+        );
+        // A hundred thousand levels: refused before the TOML parser could recurse into them.
+        let deeper = format!("name = \"t\"\nx = {}\n", "[".repeat(100_000));
+        assert!(message(&deeper).contains("nested deeper than 32"));
+        let huge = format!("name = \"t\"\n# {}\n", "x".repeat(MAX_FILE_BYTES as usize));
+        assert_eq!(
+            message(&huge),
+            "big.toml: the file is larger than 4 MiB, the limit for a workflow file"
+        );
+        // Nesting right at the limit is fine.
+        let ok = format!(
+            "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}1{} }}\n",
+            "[".repeat(MAX_NESTING - 1),
+            "]".repeat(MAX_NESTING - 1)
+        );
+        assert!(parse(&ok, path, &tools()).is_ok());
+        // Brackets in strings of every kind and in comments are not nesting.
+        let strings =
+            "a = \"\"\"[[[\n[[[\\\"\"\"\"\nb = '[[[[' # [[[\nc = '''\n]]]]'''\nd = \"\\\"[[\"\n";
+        assert!(toml::from_str::<toml::Table>(strings).is_ok(), "valid TOML");
+        assert_eq!(too_deep(&strings.repeat(40)), None);
+        assert_eq!(
+            too_deep(&format!("{strings}e = {}\n", "[".repeat(33))),
+            Some(7)
+        );
+    }
+
+    /// A chain of `n` code nodes, each reading the one before it.
+    fn chain(n: usize) -> String {
+        let mut toml = String::from("name = \"chain\"\n");
+        toml.push_str("[[nodes]]\nid = \"n0\"\nkind = \"code\"\nscript = \"1\"\n");
+        for i in 1..n {
+            toml.push_str(&format!(
+                "[[nodes]]\nid = \"n{i}\"\nkind = \"code\"\nafter = [\"n{}\"]\nscript = \"nodes.n{}.output + 1\"\n",
+                i - 1,
+                i - 1
+            ));
+        }
+        toml
+    }
+
+    #[test]
+    fn a_ten_thousand_node_chain_validates_and_its_errors_are_found() {
+        let text = chain(MAX_NODES);
+        let wf = parse(&text, Path::new("chain.toml"), &tools()).expect("valid");
+        assert_eq!(wf.nodes.len(), MAX_NODES);
+        let order = wf.topo_order().expect("acyclic");
+        assert_eq!(order.first(), Some(&"n0"));
+        assert_eq!(order.last(), Some(&"n9999"));
+
+        // The last node reads a node far upstream (fine); the first reads the last (not
+        // upstream).
+        let text = text.replace(
+            "script = \"nodes.n9998.output + 1\"",
+            "script = \"nodes.n9998.output + nodes.n1.output\"",
+        );
+        let text = text.replacen("script = \"1\"", "script = \"nodes.n9999.output\"", 1);
+        let shown = |text: &str| -> Vec<String> {
+            parse(text, Path::new("chain.toml"), &tools())
+                .expect_err("invalid")
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            shown(&text),
+            [
+                "chain.toml: node `n0`, field `script`: `nodes.n9999` refers to node `n9999`, which is not upstream of `n0`; add it to `after`"
+            ]
+        );
+        // Closing the chain into a loop names the cycle, shortened.
+        let looped = text.replacen(
+            "script = \"nodes.n9999.output\"",
+            "after = [\"n9999\"]\nscript = \"nodes.n9999.output\"",
+            1,
+        );
+        let cycle = format!(
+            "chain.toml: cycle: {} → … (9978 more) … → n9998 → n9999 → n0",
+            (0..20)
+                .map(|i| format!("n{i}"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        );
+        assert_eq!(shown(&looped), [cycle]);
     }
 
     #[test]
@@ -1106,5 +1591,221 @@ nodes.a.output + nodes ?. b + nodes["c"] + inputs.x + my.nodes.d + mynodes.e
         names.sort_unstable();
         assert!(names.contains(&"support_triage"), "{names:?}");
         assert!(names.contains(&"daily_report"), "{names:?}");
+    }
+
+    mod generated {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::tools;
+
+        /// A valid file touching every node kind, to garble.
+        const BASE: &str = r#"name = "t"
+[inputs.q]
+type = "string"
+[inputs.n]
+type = "number"
+default = 3
+
+[[nodes]]
+id = "fetch"
+kind = "tool"
+tool = "http_get"
+args = { url = "https://example.com/?q={{inputs.q}}", list = ["{{inputs.q}}", 1] }
+timeout = "5s"
+retries = 2
+
+[[nodes]]
+id = "check"
+kind = "condition"
+after = ["fetch"]
+expr = 'nodes.fetch.output.status == 200'
+
+[[nodes]]
+id = "each"
+kind = "foreach"
+after = [{ node = "check", when = true }]
+items = "{{fetch.output.body}}"
+concurrency = 2
+max_items = 10
+[nodes.do]
+kind = "llm"
+prompt = "{{index}}: {{item}}"
+
+[[nodes]]
+id = "sum"
+kind = "code"
+after = ["each"]
+script = "nodes.each.output.len() + inputs.n"
+
+[[nodes]]
+id = "tell"
+kind = "message"
+after = ["sum"]
+channel = "webchat"
+chat_id = "ops"
+text = "{{sum.output}}"
+"#;
+
+        /// One garbling of a text: the operation, a position and some bytes.
+        fn garble(text: &str, op: u8, at: usize, len: usize, with: &str) -> String {
+            let mut chars: Vec<char> = text.chars().collect();
+            let at = at % (chars.len() + 1);
+            let end = (at + len).min(chars.len());
+            match op % 4 {
+                0 => {
+                    chars.drain(at..end);
+                }
+                1 => {
+                    chars.splice(at..at, with.chars());
+                }
+                2 => {
+                    chars.splice(at..end, with.chars());
+                }
+                _ => {
+                    let copy: Vec<char> = chars[at..end].to_vec();
+                    chars.splice(at..at, copy);
+                }
+            }
+            chars.into_iter().collect()
+        }
+
+        /// Every error is about this file; errors of a file that parsed name a node or a key
+        /// (cycles name their nodes in the message).
+        fn errors_are_located(text: &str, errors: &[WorkflowError]) -> Result<(), TestCaseError> {
+            let parsed = toml::from_str::<Workflow>(text).is_ok();
+            for e in errors {
+                prop_assert_eq!(&e.file, Path::new("g.toml"));
+                prop_assert!(!e.message.is_empty());
+                if parsed {
+                    prop_assert!(
+                        e.node.is_some()
+                            || e.field.is_some()
+                            || e.message.starts_with("cycle: ")
+                            || e.message.starts_with("… and "),
+                        "an error naming no node or key: {}",
+                        e
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Garbled workflow files never panic the loader; what they get is located errors.
+            #[test]
+            fn prop_garbled_workflow_toml_is_reported_not_panicked(
+                ops in proptest::collection::vec(
+                    (any::<u8>(), any::<usize>(), 0usize..40, "[\\[\\]{}=\"',.\\n a-z0-9_#{}]{0,12}"),
+                    1..6,
+                ),
+            ) {
+                let mut text = BASE.to_owned();
+                for (op, at, len, with) in &ops {
+                    text = garble(&text, *op, *at, *len, with);
+                }
+                if let Err(errors) = parse(&text, Path::new("g.toml"), &tools()) {
+                    prop_assert!(!errors.is_empty());
+                    errors_are_located(&text, &errors)?;
+                }
+            }
+
+            /// Arbitrary text, too.
+            #[test]
+            fn prop_arbitrary_text_is_reported_not_panicked(text in any::<String>()) {
+                let full = format!("name = \"t\"\n{text}");
+                for text in [text.as_str(), full.as_str()] {
+                    if let Err(errors) = parse(text, Path::new("g.toml"), &tools()) {
+                        errors_are_located(text, &errors)?;
+                    }
+                }
+            }
+
+            /// A random DAG (each node after some earlier ones, reading one of them), written in
+            /// a random order, validates; its order and ancestor sets agree with a plain search;
+            /// an edge back up the graph is named as a cycle.
+            #[test]
+            fn prop_random_dags_validate_and_cycles_are_named(
+                deps in proptest::collection::vec(proptest::collection::vec(any::<usize>(), 0..4), 1..30),
+                order in any::<u64>(),
+                back in any::<(usize, usize)>(),
+            ) {
+                let n = deps.len();
+                let ups: Vec<BTreeSet<usize>> = deps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| if i == 0 { BTreeSet::new() } else { d.iter().map(|u| u % i).collect() })
+                    .collect();
+                let node = |i: usize, extra: Option<usize>| {
+                    let mut after: Vec<String> = ups[i].iter().map(|u| format!("\"n{u}\"")).collect();
+                    if let Some(e) = extra {
+                        after.push(format!("\"n{e}\""));
+                    }
+                    let script = match ups[i].iter().next() {
+                        Some(u) => format!("nodes.n{u}.output + 1"),
+                        None => "1".to_owned(),
+                    };
+                    format!("[[nodes]]\nid = \"n{i}\"\nkind = \"code\"\nafter = [{}]\nscript = \"{script}\"\n", after.join(", "))
+                };
+                // File order: a rotation and maybe a reversal of creation order.
+                let mut positions: Vec<usize> = (0..n).collect();
+                positions.rotate_left((order as usize) % n);
+                if order & (1 << 40) != 0 {
+                    positions.reverse();
+                }
+                let file = |extra: Option<(usize, usize)>| {
+                    let mut text = String::from("name = \"dag\"\n");
+                    for &i in &positions {
+                        text.push_str(&node(i, extra.filter(|(at, _)| *at == i).map(|(_, e)| e)));
+                    }
+                    text
+                };
+                let text = file(None);
+                let wf = match parse(&text, Path::new("g.toml"), &tools()) {
+                    Ok(wf) => wf,
+                    Err(errors) => return Err(TestCaseError::fail(format!("{errors:?}\n{text}"))),
+                };
+                let topo = wf.topo_order().map_err(|c| TestCaseError::fail(format!("{c:?}")))?;
+                let place: HashMap<&str, usize> = topo.iter().enumerate().map(|(p, id)| (*id, p)).collect();
+                for i in 0..n {
+                    let id = format!("n{i}");
+                    // Plain search for the ancestors.
+                    let mut seen = BTreeSet::new();
+                    let mut stack: Vec<usize> = ups[i].iter().copied().collect();
+                    while let Some(u) = stack.pop() {
+                        if seen.insert(u) {
+                            stack.extend(ups[u].iter().copied());
+                        }
+                    }
+                    let want: BTreeSet<String> = seen.iter().map(|u| format!("n{u}")).collect();
+                    let got: BTreeSet<String> = wf.ancestors(&id).into_iter().map(str::to_owned).collect();
+                    prop_assert_eq!(got, want);
+                    for u in &ups[i] {
+                        let up = format!("n{u}");
+                        prop_assert!(place[up.as_str()] < place[id.as_str()], "{} placed after {}", up, id);
+                    }
+                }
+                // An edge from a descendant back to an ancestor: u after v, where v is after u.
+                let edges: Vec<(usize, usize)> = ups
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(v, us)| us.iter().map(move |&u| (u, v)))
+                    .collect();
+                if !edges.is_empty() {
+                    let (u, v) = edges[back.0 % edges.len()];
+                    let looped = file(Some((u, v)));
+                    let errors = parse(&looped, Path::new("g.toml"), &tools()).expect_err("a cycle");
+                    let cycles: Vec<&WorkflowError> = errors.iter().filter(|e| e.message.starts_with("cycle: ")).collect();
+                    prop_assert_eq!(cycles.len(), 1, "{:?}", errors);
+                    let named: Vec<&str> = cycles[0].message["cycle: ".len()..].split(" → ").collect();
+                    let (nu, nv) = (format!("n{u}"), format!("n{v}"));
+                    prop_assert!(named.contains(&nu.as_str()) && named.contains(&nv.as_str()), "{}", cycles[0]);
+                    prop_assert_eq!(named.first(), named.last());
+                    let _ = back.1;
+                }
+            }
+        }
     }
 }
