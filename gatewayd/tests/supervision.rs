@@ -468,3 +468,41 @@ async fn a_store_writer_panic_turns_readyz_503_and_shows_in_status() {
     assert!(table.contains("  store writer: FAILED"), "{table}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_larger_than_tokio_allows_never_stalls_routing() {
+    // Before, the first message panicked while the router's map was locked, and every later one
+    // was acknowledged but never routed. Set past validation, to test the router's own guard.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let callback = FakeCallback::start().await;
+    let mut cfg = config(dir.path(), &callback);
+    cfg.gateway.mailbox_capacity = 2_305_843_009_213_693_952;
+    log();
+    let gw = Gateway::start(cfg, "test").await.expect("start");
+    let mut events = gw.events.subscribe();
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        post(
+            &client,
+            &gw,
+            &format!("big-{i}"),
+            &format!("chat-{i}"),
+            "hello",
+        )
+        .await;
+    }
+    callback
+        .wait_delivered(|d| d.len() >= 3, TIMEOUT)
+        .await
+        .expect("every message is answered");
+    wait_for(&mut events, "nothing is pending", || async {
+        gw.store.counts().await.expect("counts") == (0, 0, 0)
+    })
+    .await;
+    assert!(
+        gw.supervisor.faults().is_empty(),
+        "{:?}",
+        gw.supervisor.faults()
+    );
+    gw.shutdown().await;
+}
