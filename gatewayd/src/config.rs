@@ -30,8 +30,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `[agent]`: which LLM provider answers.
     pub agent: AgentConfig,
-    /// `[channels.*]`: the channel adapters.
-    pub channels: ChannelsConfig,
+    /// `[channels.<name>]`: each channel adapter's own section, as written. Each adapter parses
+    /// and validates its own (`channels::registry::check`); `runtime::parse_config` does both.
+    pub channels: BTreeMap<String, toml::Table>,
     /// `[delivery]`: retries of outbound sends.
     pub delivery: DeliveryConfig,
     /// `[rate_limits.<channel>]`: overrides of the built-in outbound rate limits.
@@ -316,147 +317,6 @@ impl Default for AgentConfig {
     }
 }
 
-/// `[channels]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ChannelsConfig {
-    /// `[channels.webchat]`.
-    pub webchat: WebChatConfig,
-    /// `[channels.http]`.
-    pub http: HttpChannelConfig,
-    /// `[channels.telegram]`.
-    pub telegram: TelegramConfig,
-    /// `[channels.discord]`.
-    pub discord: DiscordConfig,
-}
-
-/// How the Telegram channel receives updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TelegramMode {
-    /// Long polling with `getUpdates` (works behind NAT; the default).
-    Polling,
-    /// Telegram POSTs updates to `webhook_path` on the HTTP listener.
-    Webhook,
-}
-
-/// `[channels.telegram]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelegramConfig {
-    /// Connect the Telegram bot.
-    pub enabled: bool,
-    /// Environment variable holding the bot token (from @BotFather).
-    pub token_env: Option<String>,
-    /// File holding the bot token (alternative to `token_env`).
-    pub token_file: Option<PathBuf>,
-    /// `polling` or `webhook`.
-    pub mode: TelegramMode,
-    /// The Bot API root.
-    pub api_url: String,
-    /// Long-poll timeout of one `getUpdates`.
-    pub poll_timeout: HumanDuration,
-    /// Webhook mode: the public HTTPS URL Telegram should POST to (registered with
-    /// `setWebhook` at start); required in webhook mode.
-    pub webhook_url: Option<String>,
-    /// Webhook mode: the path on the HTTP listener that receives updates.
-    pub webhook_path: String,
-    /// Webhook mode: environment variable holding the secret Telegram sends in
-    /// `X-Telegram-Bot-Api-Secret-Token`.
-    pub webhook_secret_env: Option<String>,
-}
-
-impl Default for TelegramConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            token_env: None,
-            token_file: None,
-            mode: TelegramMode::Polling,
-            api_url: "https://api.telegram.org".to_owned(),
-            poll_timeout: HumanDuration(Duration::from_secs(30)),
-            webhook_url: None,
-            webhook_path: "/channels/telegram/webhook".to_owned(),
-            webhook_secret_env: None,
-        }
-    }
-}
-
-/// `[channels.discord]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiscordConfig {
-    /// Connect the Discord bot.
-    pub enabled: bool,
-    /// Environment variable holding the bot token.
-    pub token_env: Option<String>,
-    /// File holding the bot token (alternative to `token_env`).
-    pub token_file: Option<PathBuf>,
-    /// The API root (its gateway URL is asked from `GET /api/v10/gateway`).
-    pub api_url: String,
-    /// In guild channels, answer only messages that mention the bot.
-    pub require_mention_in_guilds: bool,
-}
-
-impl Default for DiscordConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            token_env: None,
-            token_file: None,
-            api_url: "https://discord.com".to_owned(),
-            require_mention_in_guilds: true,
-        }
-    }
-}
-
-/// `[channels.webchat]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebChatConfig {
-    /// Serve the chat page at `/` and the WebSocket at `/ws`.
-    pub enabled: bool,
-    /// Largest accepted message text, in bytes.
-    pub max_message_bytes: usize,
-}
-
-impl Default for WebChatConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_message_bytes: 64 * 1024,
-        }
-    }
-}
-
-/// `[channels.http]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpChannelConfig {
-    /// Accept messages at `POST /channels/http/messages`.
-    pub enabled: bool,
-    /// Where replies are POSTed as JSON.
-    pub callback_url: Option<String>,
-    /// Largest accepted message text, in bytes.
-    pub max_message_bytes: usize,
-    /// Timeout of one callback request.
-    pub timeout: HumanDuration,
-    /// Replies longer than this many characters are split into several callbacks.
-    pub max_reply_chars: Option<usize>,
-}
-
-impl Default for HttpChannelConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            callback_url: None,
-            max_message_bytes: 64 * 1024,
-            timeout: HumanDuration(Duration::from_secs(10)),
-            max_reply_chars: None,
-        }
-    }
-}
-
 /// `[delivery]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -600,7 +460,8 @@ impl std::error::Error for ConfigErrors {}
 
 impl Config {
     /// Reads, parses and validates the file at `path`, returning every error at once.
-    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+    /// `check` adds the errors of the channel sections (`channels::registry::check`).
+    pub fn load(path: &Path, check: SectionCheck) -> Result<Self, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             file: path.to_path_buf(),
             errors,
@@ -614,7 +475,7 @@ impl Config {
                 ),
             }])
         })?;
-        let mut config = Self::parse(&text).map_err(fail)?;
+        let mut config = Self::parse_with(&text, check).map_err(fail)?;
         if config.workflows.dir.is_relative()
             && let Some(parent) = path.parent()
         {
@@ -626,69 +487,50 @@ impl Config {
     /// Parses and validates configuration text, returning every problem at once: a TOML
     /// syntax error alone (nothing after it can be read), otherwise every key of the wrong type
     /// or unknown, then every value out of its range or inconsistent with another.
+    ///
+    /// This checks everything but the inside of `[channels.<name>]` sections, which belong to
+    /// their adapters: `channels::registry::parse_config` checks both, as `gatewayd` does.
     pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
-        let mut doc: toml::Table = match toml::from_str(text) {
-            Ok(doc) => doc,
-            Err(e) => return Err(vec![parse_error(text, &e)]),
-        };
-        let mut errors = Vec::new();
-        // Each pass reports the first key serde refuses, removes it (its default takes its
-        // place) and tries again, so one run names every bad key.
-        let mut removed: Vec<String> = Vec::new();
-        let mut parsed = None;
-        for _ in 0..MAX_PARSE_PASSES {
-            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(doc.clone())) {
-                Ok(config) => {
-                    parsed = Some(config);
-                    break;
-                }
-                Err(e) => {
-                    let keys: Vec<String> = e
-                        .path()
-                        .iter()
-                        .map_while(|segment| match segment {
-                            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let path = keys.join(".");
-                    errors.push(ConfigError {
-                        line: line_of_key(text, &path),
-                        path: if path.is_empty() {
-                            "(file)".to_owned()
-                        } else {
-                            path.clone()
-                        },
-                        message: e.into_inner().message().trim().replace('\n', " "),
-                    });
-                    if !remove_key(&mut doc, &keys) {
-                        break;
-                    }
-                    removed.push(path);
-                }
-            }
+        Self::parse_with(text, |_, _| Vec::new())
+    }
+
+    /// [`Config::parse`], with `check` adding the errors of the channel sections in the same run
+    /// (`channels::registry::check`).
+    pub fn parse_with(text: &str, check: SectionCheck) -> Result<Self, Vec<ConfigError>> {
+        match Self::parse_report(text, check) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(errors),
         }
+    }
+
+    /// [`Config::parse`], returning what it could read (defaults in place of refused keys) beside
+    /// every error, so the channel sections can be checked in the same run.
+    pub fn parse_report(text: &str, check: SectionCheck) -> (Option<Self>, Vec<ConfigError>) {
+        let doc: toml::Table = match toml::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => return (None, vec![parse_error(text, &e)]),
+        };
+        let Passes {
+            value: parsed,
+            mut errors,
+            removed,
+        } = deserialize_in_passes::<Config>(doc, "", text);
         if let Some(config) = &parsed {
-            let under_removed = |path: &str| {
-                removed.iter().any(|r| {
-                    path == r
-                        || path
-                            .strip_prefix(r.as_str())
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
-            };
             for mut e in config.validate() {
-                if !under_removed(&e.path) {
+                if !under_removed(&removed, &e.path) {
                     e.line = line_of_key(text, &e.path);
                     errors.push(e);
                 }
             }
+            for mut e in check(config, text) {
+                if e.line.is_none() {
+                    e.line = line_of_key(text, &e.path);
+                }
+                errors.push(e);
+            }
         }
         errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-        match parsed {
-            Some(config) if errors.is_empty() => Ok(config),
-            _ => Err(errors),
-        }
+        (parsed, errors)
     }
 
     /// Checks values that parse but make no sense, returning every problem found: every
@@ -713,14 +555,6 @@ impl Config {
             }
         };
         url("agent.base_url", &self.agent.base_url);
-        url("channels.telegram.api_url", &self.channels.telegram.api_url);
-        url("channels.discord.api_url", &self.channels.discord.api_url);
-        if let Some(callback) = &self.channels.http.callback_url {
-            url("channels.http.callback_url", callback);
-        }
-        if let Some(webhook) = &self.channels.telegram.webhook_url {
-            url("channels.telegram.webhook_url", webhook);
-        }
         let mut err = |path: &str, message: String| {
             errors.push(ConfigError {
                 path: path.to_owned(),
@@ -816,102 +650,12 @@ impl Config {
                 format!("`{}` is not a readable file", file.display()),
             );
         }
-        let http = &self.channels.http;
-        if http.enabled && http.callback_url.is_none() {
-            err(
-                "channels.http.callback_url",
-                "required when channels.http.enabled = true; replies are POSTed there".to_owned(),
-            );
-        }
-        let tg = &self.channels.telegram;
-        let dc = &self.channels.discord;
-        if !self.channels.webchat.enabled && !http.enabled && !tg.enabled && !dc.enabled {
-            err(
-                "channels",
-                "no channel is enabled; enable channels.webchat, http, telegram or discord"
-                    .to_owned(),
-            );
-        }
-        for (prefix, enabled, token_env, token_file) in [
-            (
-                "channels.telegram",
-                tg.enabled,
-                &tg.token_env,
-                &tg.token_file,
-            ),
-            (
-                "channels.discord",
-                dc.enabled,
-                &dc.token_env,
-                &dc.token_file,
-            ),
-        ] {
-            if !enabled {
-                continue;
-            }
-            match (token_env, token_file) {
-                (None, None) => err(
-                    &format!("{prefix}.token_env"),
-                    "the bot token is required: set token_env (an environment variable) or token_file".to_owned(),
-                ),
-                (Some(_), Some(_)) => err(
-                    &format!("{prefix}.token_env"),
-                    "set only one of token_env and token_file".to_owned(),
-                ),
-                (Some(var), None) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
-                    &format!("{prefix}.token_env"),
-                    format!("environment variable `{var}` is not set or empty; export it"),
-                ),
-                (None, Some(file)) if !file.is_file() => err(
-                    &format!("{prefix}.token_file"),
-                    format!("`{}` is not a readable file", file.display()),
-                ),
-                _ => {}
-            }
-        }
-        if tg.enabled && tg.mode == TelegramMode::Webhook {
-            if tg.webhook_url.is_none() {
-                err(
-                    "channels.telegram.webhook_url",
-                    "required in webhook mode: the public https:// URL that reaches webhook_path, registered with setWebhook at start".to_owned(),
-                );
-            }
-            if !tg.webhook_path.starts_with('/') {
-                err(
-                    "channels.telegram.webhook_path",
-                    "must start with `/`".to_owned(),
-                );
-            }
-            match &tg.webhook_secret_env {
-                None => err(
-                    "channels.telegram.webhook_secret_env",
-                    "webhook mode needs a secret so forged updates are refused; set webhook_secret_env".to_owned(),
-                ),
-                Some(var) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
-                    "channels.telegram.webhook_secret_env",
-                    format!("environment variable `{var}` is not set or empty; export it"),
-                ),
-                Some(_) => {}
-            }
-        }
         if let Err(e) = crate::agent::tools::HttpGet::new(
             &self.tools.http_allowlist,
             self.tools.http_max_bytes.max(1),
             Duration::from_secs(1),
         ) {
             err("tools.http_allowlist", e);
-        }
-        for name in self.rate_limits.keys() {
-            if name.parse::<ChannelKind>().is_err() {
-                let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
-                err(
-                    &format!("rate_limits.{name}"),
-                    format!(
-                        "unknown channel `{name}`; known channels: {}",
-                        known.join(", ")
-                    ),
-                );
-            }
         }
         errors
     }
@@ -930,9 +674,8 @@ impl Config {
         }
     }
 
-    /// The rate settings of `channel`: the built-in defaults with the file's overrides.
-    pub fn rate_settings(&self, channel: ChannelKind) -> RateSettings {
-        let defaults = RateSettings::default_for(channel);
+    /// The rate settings of `channel`: its adapter's `defaults` with the file's overrides.
+    pub fn rate_settings(&self, channel: ChannelKind, defaults: RateSettings) -> RateSettings {
         match self.rate_limits.get(channel.as_str()) {
             Some(over) => defaults.merged(over),
             None => defaults,
@@ -1003,8 +746,130 @@ impl Config {
     }
 }
 
+/// Checks what [`Config`] leaves to others, the `[channels.<name>]` sections: given the parsed
+/// config and the file's text, every error found.
+pub type SectionCheck = fn(&Config, &str) -> Vec<ConfigError>;
+
 /// Most passes [`Config::parse`] makes to collect type errors (each pass removes one key).
 const MAX_PARSE_PASSES: usize = 256;
+
+/// What [`deserialize_in_passes`] found.
+pub struct Passes<T> {
+    /// The value, with defaults in place of every refused key; `None` if even that failed.
+    pub value: Option<T>,
+    /// Every refused key, with its line.
+    pub errors: Vec<ConfigError>,
+    /// The full paths of the refused keys.
+    pub removed: Vec<String>,
+}
+
+/// Deserializes `doc` (the table at key path `prefix`, empty for the whole file) as a `T`,
+/// naming every key serde refuses: each pass reports the first refused key, removes it (its
+/// default takes its place) and tries again, so one run names every bad key. `text` is the
+/// file, for line numbers.
+pub fn deserialize_in_passes<T: serde::de::DeserializeOwned>(
+    mut doc: toml::Table,
+    prefix: &str,
+    text: &str,
+) -> Passes<T> {
+    let mut errors = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let full = |keys: &[String]| {
+        let inner = keys.join(".");
+        match (prefix.is_empty(), inner.is_empty()) {
+            (true, _) => inner,
+            (false, true) => prefix.to_owned(),
+            (false, false) => format!("{prefix}.{inner}"),
+        }
+    };
+    for _ in 0..MAX_PARSE_PASSES {
+        match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(doc.clone())) {
+            Ok(value) => {
+                return Passes {
+                    value: Some(value),
+                    errors,
+                    removed,
+                };
+            }
+            Err(e) => {
+                let keys: Vec<String> = e
+                    .path()
+                    .iter()
+                    .map_while(|segment| match segment {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let path = full(&keys);
+                errors.push(ConfigError {
+                    line: line_of_key(text, &path),
+                    path: if path.is_empty() {
+                        "(file)".to_owned()
+                    } else {
+                        path.clone()
+                    },
+                    message: e.into_inner().message().trim().replace('\n', " "),
+                });
+                if !remove_key(&mut doc, &keys) {
+                    break;
+                }
+                removed.push(path);
+            }
+        }
+    }
+    Passes {
+        value: None,
+        errors,
+        removed,
+    }
+}
+
+/// Whether `path` is one of `removed` or lies under one.
+pub fn under_removed(removed: &[String], path: &str) -> bool {
+    removed.iter().any(|r| {
+        path == r
+            || path
+                .strip_prefix(r.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// Checks a secret given through `<prefix>.<name>_env` or `<prefix>.<name>_file`: exactly one is
+/// set, the variable is set and not empty, the file is readable. `required` says whether one
+/// must be set at all; `what` names the secret in the message.
+pub fn check_secret(
+    prefix: &str,
+    name: &str,
+    what: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    required: bool,
+) -> Option<ConfigError> {
+    let err = |key: &str, message: String| {
+        Some(ConfigError {
+            path: format!("{prefix}.{name}_{key}"),
+            line: None,
+            message,
+        })
+    };
+    match (env, file) {
+        (None, None) if required => err(
+            "env",
+            format!("{what} is required: set {name}_env (an environment variable) or {name}_file"),
+        ),
+        (None, None) => None,
+        (Some(_), Some(_)) => err("env", format!("set only one of {name}_env and {name}_file")),
+        (Some(var), None) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
+            "env",
+            format!("environment variable `{var}` is not set or empty; export it"),
+        ),
+        (None, Some(file)) if !file.is_file() => err(
+            "file",
+            format!("`{}` is not a readable file", file.display()),
+        ),
+        _ => None,
+    }
+}
 
 /// Removes the key at `keys` from `doc`; false if there is nothing to remove there.
 fn remove_key(doc: &mut toml::Table, keys: &[String]) -> bool {
@@ -1140,6 +1005,9 @@ enum Reader {
     Config(fn(&Config) -> Option<Number>),
     /// A key of every `[rate_limits.<channel>]` table.
     Rate(fn(&RateSettings) -> Option<Number>),
+    /// A key of a `[channels.<name>]` section, read from the section as written (its adapter
+    /// deserializes it and reports a wrong type), with the adapter's default.
+    Section(Option<Number>),
 }
 
 /// A numeric key and its range. `path` writes `*` for a table name of the operator's choice
@@ -1171,6 +1039,10 @@ impl NumericKey {
                 .map(|v| (self.path.to_owned(), v))
                 .into_iter()
                 .collect(),
+            Reader::Section(_) => section_number(config, self.path, self.range)
+                .map(|v| (self.path.to_owned(), v))
+                .into_iter()
+                .collect(),
             Reader::Rate(read) => {
                 let leaf = self.path.rsplit('.').next().unwrap_or(self.path);
                 config
@@ -1184,29 +1056,28 @@ impl NumericKey {
         }
     }
 
-    /// The built-in default of this key for `channel`'s rate limits, or of the key itself.
-    pub fn default_values(&self) -> Vec<Number> {
+    /// The built-in default of this key (for `rate_limits.*`, of every channel in `rates`, the
+    /// adapters' defaults).
+    pub fn default_values(&self, rates: &[RateSettings]) -> Vec<Number> {
         match self.reader {
             Reader::Config(read) => read(&Config::default()).into_iter().collect(),
-            Reader::Rate(read) => ChannelKind::ALL
-                .iter()
-                .filter_map(|c| read(&RateSettings::default_for(*c)))
-                .collect(),
+            Reader::Section(default) => default.into_iter().collect(),
+            Reader::Rate(read) => rates.iter().filter_map(read).collect(),
         }
     }
 }
 
-const SEC: u64 = 1_000;
-const MIN: u64 = 60 * SEC;
-const HOUR: u64 = 60 * MIN;
-const DAY: u64 = 24 * HOUR;
-const MIB: u64 = 1024 * 1024;
+pub const SEC: u64 = 1_000;
+pub const MIN: u64 = 60 * SEC;
+pub const HOUR: u64 = 60 * MIN;
+pub const DAY: u64 = 24 * HOUR;
+pub const MIB: u64 = 1024 * 1024;
 
-const fn ints(lo: u64, hi: u64) -> Range {
+pub const fn ints(lo: u64, hi: u64) -> Range {
     Range::Int(lo, hi)
 }
 
-const fn millis(lo: u64, hi: u64) -> Range {
+pub const fn millis(lo: u64, hi: u64) -> Range {
     Range::Duration(Duration::from_millis(lo), Duration::from_millis(hi))
 }
 
@@ -1215,6 +1086,41 @@ const fn key(path: &'static str, range: Range, read: fn(&Config) -> Option<Numbe
         path,
         range,
         reader: Reader::Config(read),
+    }
+}
+
+/// A numeric key of a channel section, `channels.<name>.<key>`, with its adapter's default
+/// (`None` for an optional key without one).
+pub const fn channel_key(path: &'static str, range: Range, default: Option<Number>) -> NumericKey {
+    NumericKey {
+        path,
+        range,
+        reader: Reader::Section(default),
+    }
+}
+
+/// The number at `path` (`channels.<name>.<key>`) as written, read the way `range` measures it:
+/// a whole number, a decimal, or a duration (`"30s"` or whole seconds). `None` when the key is
+/// not set or is not a number of that kind (the adapter's own parse reports that).
+fn section_number(config: &Config, path: &str, range: Range) -> Option<Number> {
+    let mut keys = path.split('.');
+    let (Some("channels"), Some(name), Some(key), None) =
+        (keys.next(), keys.next(), keys.next(), keys.next())
+    else {
+        return None;
+    };
+    let value = config.channels.get(name)?.get(key)?;
+    match (range, value) {
+        (Range::Int(..), toml::Value::Integer(n)) => u64::try_from(*n).ok().map(Number::Int),
+        (Range::Float(..), toml::Value::Float(x)) => Some(Number::Float(*x)),
+        (Range::Float(..), toml::Value::Integer(n)) => Some(Number::Float(*n as f64)),
+        (Range::Duration(..), toml::Value::Integer(n)) => u64::try_from(*n)
+            .ok()
+            .map(|s| Number::Duration(Duration::from_secs(s))),
+        (Range::Duration(..), toml::Value::String(s)) => {
+            parse_duration(s).ok().map(Number::Duration)
+        }
+        _ => None,
     }
 }
 
@@ -1282,23 +1188,6 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     }),
     key("agent.max_tool_steps", ints(1, 100), |c| {
         int(c.agent.max_tool_steps)
-    }),
-    key(
-        "channels.webchat.max_message_bytes",
-        ints(1, 16 * MIB),
-        |c| int(c.channels.webchat.max_message_bytes),
-    ),
-    key("channels.http.max_message_bytes", ints(1, 16 * MIB), |c| {
-        int(c.channels.http.max_message_bytes)
-    }),
-    key("channels.http.timeout", millis(100, 10 * MIN), |c| {
-        dur(c.channels.http.timeout)
-    }),
-    key("channels.http.max_reply_chars", ints(64, 1_000_000), |c| {
-        c.channels.http.max_reply_chars.and_then(int)
-    }),
-    key("channels.telegram.poll_timeout", millis(SEC, HOUR), |c| {
-        dur(c.channels.telegram.poll_timeout)
     }),
     key("delivery.max_attempts", ints(1, 1_000), |c| {
         int(c.delivery.max_attempts)

@@ -36,9 +36,9 @@ use futures_util::FutureExt as _;
 use rand::Rng;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::channels::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
 use crate::events::{Event, EventBus};
 use crate::message::{ChannelKind, OutboundMessage};
+use crate::send::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
 use crate::store::{DeadSelector, SharedStore};
 use crate::supervise::{DELIVERY_LANE, Supervisor, panic_message};
 use health::{ChannelHealth, HealthState, HealthStatus};

@@ -21,6 +21,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;
+pub mod send;
 pub mod session;
 pub mod store;
 pub mod supervise;

@@ -32,7 +32,7 @@ enum Command {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+    gatewayd::channels::registry::load_config(path).map_err(|errors| {
         eprint!("{errors}");
         ExitCode::from(2)
     })
@@ -117,9 +117,8 @@ fn check_workflows(config: &Config, path: &Path) -> ExitCode {
         println!("{} is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    let known = gatewayd::workflow::validate::Known::builtin(
-        gatewayd::workflow::validate::enabled_channels(config),
-    );
+    let known =
+        gatewayd::workflow::validate::Known::builtin(gatewayd::channels::registry::enabled(config));
     let (workflows, errors) = gatewayd::workflow::validate::load_dir(dir, &known);
     if errors.is_empty() {
         println!(

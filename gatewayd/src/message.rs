@@ -10,37 +10,93 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The channels the gateway speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelKind {
-    /// The built-in browser chat at `/`.
-    Webchat,
-    /// The generic HTTP channel for integrations.
-    Http,
-    /// Telegram, through the Bot API.
-    Telegram,
-    /// Discord, through the gateway and REST API.
-    Discord,
+/// A channel, by its stable lowercase name (`"webchat"`, `"telegram"`): the name used in the
+/// store, the config (`[channels.<name>]`), the admin API and the logs.
+///
+/// The set of channels is not fixed here: each adapter declares its own kind with
+/// [`ChannelKind::new`], and the registry of adapters (`channels::registry`) says which exist.
+/// A name read from outside (the store, a workflow file, an admin request) becomes a kind through
+/// [`ChannelKind::parse`], which checks only its form; whether a channel of that name is built in
+/// or enabled is the registry's and delivery's question, answered with an error that names it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKind(&'static str);
+
+/// The longest channel name.
+pub const MAX_CHANNEL_NAME: usize = 32;
+
+/// The most distinct channel names one process keeps: names are interned once and never freed,
+/// so a store full of made-up names cannot grow the process without bound.
+const MAX_INTERNED: usize = 1024;
+
+/// Why a text is not a channel name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelNameError {
+    /// Empty, too long, or with characters other than `a-z`, `0-9`, `_` and `-`.
+    #[error(
+        "`{0}` is not a channel name (1 to 32 characters: a-z, 0-9, `_` or `-`, starting with a letter)"
+    )]
+    Invalid(String),
+    /// More distinct names than one process keeps.
+    #[error("too many distinct channel names (more than 1024); `{0}` is refused")]
+    TooMany(String),
 }
 
 impl ChannelKind {
-    /// Every channel, in display order.
-    pub const ALL: [ChannelKind; 4] = [
-        ChannelKind::Webchat,
-        ChannelKind::Http,
-        ChannelKind::Telegram,
-        ChannelKind::Discord,
-    ];
+    /// The kind named `name`; for an adapter's own constant. `name` must be a valid channel name
+    /// (the registry's unit test checks every adapter's).
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The kind named `text`, interned: two parses of one name give equal kinds. Checks the
+    /// name's form only.
+    pub fn parse(text: &str) -> Result<Self, ChannelNameError> {
+        if !is_channel_name(text) {
+            return Err(ChannelNameError::Invalid(
+                text.chars().take(MAX_CHANNEL_NAME + 8).collect(),
+            ));
+        }
+        intern(text).map(Self)
+    }
 
     /// Stable lowercase name, used in the store, config and logs.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Webchat => "webchat",
-            Self::Http => "http",
-            Self::Telegram => "telegram",
-            Self::Discord => "discord",
-        }
+        self.0
+    }
+}
+
+/// Whether `text` has the form of a channel name.
+pub fn is_channel_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_CHANNEL_NAME
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn intern(text: &str) -> Result<&'static str, ChannelNameError> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Mutex::default);
+    let mut names = names
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(text) {
+        return Ok(known);
+    }
+    if names.len() >= MAX_INTERNED {
+        return Err(ChannelNameError::TooMany(text.to_owned()));
+    }
+    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    names.insert(leaked);
+    Ok(leaked)
+}
+
+impl fmt::Debug for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelKind({})", self.0)
     }
 }
 
@@ -53,10 +109,20 @@ impl fmt::Display for ChannelKind {
 impl FromStr for ChannelKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown channel `{s}`"))
+        Self::parse(s).map_err(|e| e.to_string())
+    }
+}
+
+impl Serialize for ChannelKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

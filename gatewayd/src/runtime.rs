@@ -33,11 +33,9 @@ use crate::agent::tools::{
     ToolCallContext, ToolRegistry, WorkflowRunner,
 };
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
-use crate::channels::ChannelSender;
-use crate::channels::http::HttpSender;
-use crate::channels::webchat::WebChat;
-use crate::channels::{discord, telegram};
-use crate::config::{Config, ProviderKind, TelegramMode};
+use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
+use crate::channels::registry;
+use crate::config::{Config, ProviderKind};
 use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
 use crate::events::EventBus;
@@ -45,6 +43,7 @@ use crate::identity::Identity;
 use crate::inbox::Inbox;
 use crate::message::ChannelKind;
 use crate::outbox::Outbox;
+use crate::send::ChannelSender;
 use crate::session::Context;
 use crate::session::router::Router;
 use crate::store::RunOrigin;
@@ -96,6 +95,8 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
     /// The channels that are enabled.
     pub channels: Vec<ChannelKind>,
+    /// Where each channel is reached, for the operator (printed at start).
+    pub announce: Vec<String>,
     /// When it started.
     pub started_at: Instant,
     /// What panicked or failed, and whether the gateway is ready.
@@ -144,54 +145,16 @@ impl Gateway {
             config.gateway.identity_cache_size,
         ));
         let (closing, closing_rx) = watch::channel(false);
-        let mut senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = Vec::new();
-        let webchat = config.channels.webchat.enabled.then(|| {
-            WebChat::new(
-                config.channels.webchat.max_message_bytes,
-                closing_rx.clone(),
-            )
-        });
-        if let Some(w) = &webchat {
-            senders.push((w.clone(), config.rate_settings(ChannelKind::Webchat)));
-        }
-        if config.channels.http.enabled {
-            let http = &config.channels.http;
-            let url = http
-                .callback_url
-                .clone()
-                .ok_or_else(|| anyhow!("channels.http.callback_url is required"))?;
-            let sender = HttpSender::new(url, http.timeout.get(), http.max_reply_chars)
-                .map_err(|e| anyhow!(e))?;
-            senders.push((Arc::new(sender), config.rate_settings(ChannelKind::Http)));
-        }
-        let tg = &config.channels.telegram;
-        let telegram_bot = if tg.enabled {
-            let token = Config::secret("channels.telegram.token", &tg.token_env, &tg.token_file)
-                .map_err(|e| anyhow!(e))?
-                .ok_or_else(|| anyhow!("channels.telegram.token_env is required"))?;
-            let bot = telegram::bot(&token, &tg.api_url, tg.poll_timeout.get())
-                .map_err(|e| anyhow!(e))?;
-            senders.push((
-                Arc::new(telegram::TelegramSender::new(bot.clone())),
-                config.rate_settings(ChannelKind::Telegram),
-            ));
-            Some(bot)
-        } else {
-            None
-        };
-        let dc = &config.channels.discord;
-        let discord_token = if dc.enabled {
-            let token = Config::secret("channels.discord.token", &dc.token_env, &dc.token_file)
-                .map_err(|e| anyhow!(e))?
-                .ok_or_else(|| anyhow!("channels.discord.token_env is required"))?;
-            senders.push((
-                Arc::new(discord::DiscordSender::new(&token, &dc.api_url).map_err(|e| anyhow!(e))?),
-                config.rate_settings(ChannelKind::Discord),
-            ));
-            Some(token)
-        } else {
-            None
-        };
+        let adapters = registry::build(
+            &config,
+            &BuildEnv {
+                closing: closing_rx.clone(),
+            },
+        )?;
+        let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
+            .iter()
+            .map(|a| (a.sender(), registry::rate_settings(&config, a.kind())))
+            .collect();
         let channels: Vec<ChannelKind> = senders.iter().map(|(s, _)| s.kind()).collect();
         let delivery = Delivery::supervised(
             store.clone(),
@@ -204,9 +167,6 @@ impl Gateway {
             },
             supervisor.clone(),
         );
-        if let Some(w) = &webchat {
-            w.attach_delivery(delivery.clone());
-        }
         let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
@@ -224,7 +184,7 @@ impl Gateway {
                 agent: agent.clone(),
                 tools: tools.clone(),
                 outbox: outbox.clone(),
-                channels: crate::workflow::validate::enabled_channels(&config),
+                channels: channels.iter().copied().collect(),
             });
             Engine::load(
                 config.workflows.dir.clone(),
@@ -293,16 +253,6 @@ impl Gateway {
         }
 
         let mut background = Vec::new();
-        let telegram_secret = if tg.enabled && tg.mode == TelegramMode::Webhook {
-            Config::secret(
-                "channels.telegram.webhook_secret",
-                &tg.webhook_secret_env,
-                &None,
-            )
-            .map_err(|e| anyhow!(e))?
-        } else {
-            None
-        };
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -344,76 +294,37 @@ impl Gateway {
         }
 
         let ready = Arc::new(AtomicBool::new(false));
-        let app = crate::http::router(crate::http::AppState {
+        let hooks = WebhookCtx {
             inbox: inbox.clone(),
-            store: store.clone(),
-            webchat: webchat.clone(),
-            http_channel_max_bytes: config
-                .channels
-                .http
-                .enabled
-                .then_some(config.channels.http.max_message_bytes),
-            ready: ready.clone(),
-            supervisor: supervisor.clone(),
-            router: router.clone(),
-            telegram_webhook: match (&telegram_secret, tg.enabled, tg.mode) {
-                (Some(secret), true, TelegramMode::Webhook) => Some(crate::http::TelegramWebhook {
-                    path: tg.webhook_path.clone(),
-                    secret: secret.clone(),
-                }),
-                _ => None,
-            },
             body_timeout: config.http.body_timeout.get(),
-        });
+        };
+        let app = crate::http::router(
+            crate::http::AppState {
+                store: store.clone(),
+                ready: ready.clone(),
+                supervisor: supervisor.clone(),
+                router: router.clone(),
+            },
+            adapters.iter().flat_map(|a| a.routes(&hooks)).collect(),
+            registry::disabled_routes(&config),
+        )?;
         let (stop_server, stop_rx) = watch::channel(false);
-        if let Some(bot) = telegram_bot.clone() {
-            match tg.mode {
-                TelegramMode::Polling => {
-                    let (inbox, delivery) = (inbox.clone(), delivery.clone());
-                    let (timeout, stop) = (tg.poll_timeout.get(), stop_server.subscribe());
-                    background.push(supervisor.spawn_restarting("telegram listener", move || {
-                        telegram::poll(
-                            bot.clone(),
-                            inbox.clone(),
-                            delivery.clone(),
-                            timeout,
-                            stop.clone(),
-                        )
-                    }));
-                }
-                TelegramMode::Webhook => {
-                    if let (Some(url), Some(secret)) = (&tg.webhook_url, &telegram_secret) {
-                        match telegram::register_webhook(&bot, url, secret).await {
-                            Ok(()) => delivery.channel_succeeded(ChannelKind::Telegram),
-                            Err(e) => {
-                                tracing::error!(message = "Cannot register the Telegram webhook; register it yourself or fix channels.telegram.webhook_url.", error = %e);
-                                delivery.channel_failed(
-                                    ChannelKind::Telegram,
-                                    crate::channels::ErrorClass::Retryable,
-                                    &e,
-                                    Duration::ZERO,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+        let http_client = reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?;
+        for adapter in &adapters {
+            let ctx = ListenerCtx {
+                inbox: inbox.clone(),
+                health: HealthReporter::new(adapter.kind(), delivery.clone()),
+                shutdown: stop_server.subscribe(),
+                http: http_client.clone(),
+            };
+            background.push(adapter.start(ctx, &supervisor));
         }
-        if let Some(token) = discord_token {
-            let (inbox, delivery) = (inbox.clone(), delivery.clone());
-            let (api_url, mention) = (dc.api_url.clone(), dc.require_mention_in_guilds);
-            let stop = stop_server.subscribe();
-            background.push(supervisor.spawn_restarting("discord listener", move || {
-                discord::run(
-                    token.clone(),
-                    api_url.clone(),
-                    mention,
-                    inbox.clone(),
-                    delivery.clone(),
-                    stop.clone(),
-                )
-            }));
-        }
+        let announce: Vec<String> = adapters
+            .iter()
+            .flat_map(|a| a.announce(http_addr))
+            .collect();
         let limits = crate::http::ServeLimits {
             header_timeout: config.http.header_timeout.get(),
             max_connections: config.http.max_connections,
@@ -459,6 +370,7 @@ impl Gateway {
             http_addr,
             admin_addr,
             channels,
+            announce,
             started_at: Instant::now(),
             supervisor,
             config,
@@ -528,7 +440,7 @@ pub fn builtin_tools(
     let tools: [Arc<dyn Tool>; 4] = [
         Arc::new(CurrentTime::new()),
         Arc::new(http),
-        Arc::new(SendMessage::new(outbox)),
+        Arc::new(SendMessage::new(outbox, registry::names())),
         Arc::new(RunWorkflow::new(runner)),
     ];
     for tool in tools {
@@ -672,11 +584,8 @@ pub async fn run(
     let gateway = Gateway::start(config, config_path).await?;
     let local = gateway.http_addr;
     println!("http listening on {local}");
-    if gateway.channels.contains(&ChannelKind::Webchat) {
-        println!("WebChat: open http://{local}/");
-    }
-    if gateway.channels.contains(&ChannelKind::Http) {
-        println!("HTTP channel: POST http://{local}/channels/http/messages");
+    for line in &gateway.announce {
+        println!("{line}");
     }
     if let Some(admin) = gateway.admin_addr {
         println!("admin listening on {admin}");

@@ -21,8 +21,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::channels::ErrorClass;
 use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
+use crate::send::ErrorClass;
 
 /// What went wrong in the store.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -3,12 +3,12 @@
 
 use gateway_proto::admin as pb;
 
-use crate::channels::ErrorClass;
 use crate::delivery::ChannelBuckets;
 use crate::delivery::health::{HealthState, HealthStatus};
 use crate::delivery::rate_limit::BucketState;
 use crate::events::Event;
 use crate::message::{Address, ChannelKind, SessionKey, now_ms};
+use crate::send::ErrorClass;
 use crate::store::{
     AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StorageStats,
     StoredSession, TranscriptEntry, UserRecord,
@@ -36,22 +36,21 @@ pub fn count(n: usize) -> u64 {
 
 /// A proto channel from a domain channel.
 pub fn channel(c: ChannelKind) -> pb::Channel {
-    match c {
-        ChannelKind::Webchat => pb::Channel::Webchat,
-        ChannelKind::Http => pb::Channel::Http,
-        ChannelKind::Telegram => pb::Channel::Telegram,
-        ChannelKind::Discord => pb::Channel::Discord,
-    }
+    pb::Channel::from_str_name(&format!("CHANNEL_{}", c.as_str().to_ascii_uppercase()))
+        .unwrap_or(pb::Channel::Unspecified)
 }
 
 /// A domain channel from a proto channel number; `None` for unspecified.
 pub fn channel_from(value: i32) -> Result<Option<ChannelKind>, String> {
     match pb::Channel::try_from(value) {
         Ok(pb::Channel::Unspecified) => Ok(None),
-        Ok(pb::Channel::Webchat) => Ok(Some(ChannelKind::Webchat)),
-        Ok(pb::Channel::Http) => Ok(Some(ChannelKind::Http)),
-        Ok(pb::Channel::Telegram) => Ok(Some(ChannelKind::Telegram)),
-        Ok(pb::Channel::Discord) => Ok(Some(ChannelKind::Discord)),
+        Ok(c) => c
+            .as_str_name()
+            .strip_prefix("CHANNEL_")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .parse()
+            .map(Some),
         Err(_) => Err(format!("unknown channel number {value}")),
     }
 }

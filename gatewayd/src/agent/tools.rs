@@ -854,9 +854,8 @@ pub struct SendMessage {
 const SEND_MAX_CHARS: u64 = 8000;
 
 impl SendMessage {
-    /// The tool, sending through `sink`.
-    pub fn new(sink: Arc<dyn OutboxSink>) -> Self {
-        let channels: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
+    /// The tool, sending through `sink` to one of `channels` (the gateway's channel names).
+    pub fn new(sink: Arc<dyn OutboxSink>, channels: Vec<&'static str>) -> Self {
         Self {
             spec: ToolSpec {
                 name: "send_message".to_owned(),
@@ -1465,7 +1464,10 @@ mod tests {
         let sink = Arc::new(Sink::default());
         let reg = ToolRegistry::new();
         reg.register(
-            Arc::new(SendMessage::new(sink.clone())),
+            Arc::new(SendMessage::new(
+                sink.clone(),
+                vec!["webchat", "http", "telegram", "discord"],
+            )),
             Duration::from_secs(1),
         )
         .expect("register");

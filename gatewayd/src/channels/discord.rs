@@ -21,13 +21,22 @@ use serenity::all::{
     Context, EventHandler, GatewayIntents, Http, HttpBuilder, Message, Ready, ResumedEvent,
 };
 use serenity::gateway::{ConnectionStage, GatewayError, ShardStageUpdateEvent};
-use tokio::sync::watch;
 
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::adapter::{BuildEnv, ChannelAdapter, HealthReporter, ListenerCtx};
+use super::supervise::{Connection, Link, keep_connected, stopped};
 use super::{ChannelSender, ErrorClass, OutgoingChunk, SendError, classify_status};
-use crate::delivery::Delivery;
-use crate::delivery::split::{Limit, Unit};
+use crate::config::{Config, ConfigError, check_secret, check_url};
+use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
+use crate::send::{Limit, Unit};
+
+/// The Discord channel.
+pub const KIND: ChannelKind = ChannelKind::new("discord");
 
 /// Discord's limit on one message.
 pub const LIMIT: Limit = Limit {
@@ -171,7 +180,7 @@ fn snowflake(id: &str, what: &str) -> Result<u64, SendError> {
 #[async_trait]
 impl ChannelSender for DiscordSender {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Discord
+        KIND
     }
 
     fn split_limit(&self) -> Option<Limit> {
@@ -210,7 +219,7 @@ impl ChannelSender for DiscordSender {
 
 struct Handler {
     inbox: Arc<Inbox>,
-    delivery: Delivery,
+    health: HealthReporter,
     require_mention: bool,
     bot_id: AtomicU64,
 }
@@ -261,7 +270,7 @@ pub(crate) fn normalize_message(
         return None;
     }
     Some(InboundMessage {
-        channel: ChannelKind::Discord,
+        channel: KIND,
         channel_message_id: msg.id.get().to_string(),
         chat_id: msg.channel_id.get().to_string(),
         chat_type: if guild {
@@ -286,12 +295,12 @@ impl EventHandler for Handler {
     async fn ready(&self, _: Context, ready: Ready) {
         self.bot_id.store(ready.user.id.get(), Ordering::Release);
         tracing::info!(message = "Discord gateway ready.", bot = %ready.user.name);
-        self.delivery.channel_succeeded(ChannelKind::Discord);
+        self.health.connected();
     }
 
     async fn resume(&self, _: Context, _: ResumedEvent) {
         tracing::info!(message = "Discord gateway session resumed.");
-        self.delivery.channel_succeeded(ChannelKind::Discord);
+        self.health.connected();
     }
 
     async fn shard_stage_update(&self, _: Context, event: ShardStageUpdateEvent) {
@@ -300,8 +309,7 @@ impl EventHandler for Handler {
             ConnectionStage::Connecting | ConnectionStage::Resuming | ConnectionStage::Disconnected
         ) && event.old == ConnectionStage::Connected
         {
-            self.delivery.channel_failed(
-                ChannelKind::Discord,
+            self.health.failed(
                 ErrorClass::Retryable,
                 "gateway connection lost; reconnecting",
                 Duration::from_secs(1),
@@ -320,66 +328,137 @@ impl EventHandler for Handler {
     }
 }
 
-/// Keeps the gateway connected until `stop`: checks the token, connects, and reconnects with
-/// backoff; an authentication failure holds until the operator reconnects the channel.
-pub async fn run(
+/// One gateway connection: checks the token (`GET /users/@me`), connects, and runs until the
+/// connection ends or the gateway stops.
+struct Gateway {
+    token: String,
+    api_url: String,
+    handler: Arc<Handler>,
+}
+
+impl Connection for Gateway {
+    async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
+        let http = http(&self.token, &self.api_url);
+        let me = http.get_current_user().await.map_err(|e| classify(&e))?;
+        self.handler.bot_id.store(me.id.get(), Ordering::Release);
+        let mut client = serenity::client::ClientBuilder::new_with_http(http, intents())
+            .event_handler_arc(self.handler.clone())
+            .await
+            .map_err(|e| classify(&e))?;
+        let shards = client.shard_manager.clone();
+        let result = tokio::select! {
+            r = client.start() => r,
+            () = stopped(&mut link.shutdown) => {
+                shards.shutdown_all().await;
+                return Ok(());
+            }
+        };
+        match result {
+            Ok(()) => Err(SendError::retryable("the gateway connection ended")),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// `[channels.discord]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordConfig {
+    /// Connect the Discord bot.
+    pub enabled: bool,
+    /// Environment variable holding the bot token.
+    pub token_env: Option<String>,
+    /// File holding the bot token (alternative to `token_env`).
+    pub token_file: Option<PathBuf>,
+    /// The API root (its gateway URL is asked from `GET /api/v10/gateway`).
+    pub api_url: String,
+    /// In guild channels, answer only messages that mention the bot.
+    pub require_mention_in_guilds: bool,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: None,
+            token_file: None,
+            api_url: "https://discord.com".to_owned(),
+            require_mention_in_guilds: true,
+        }
+    }
+}
+
+/// The Discord adapter: the REST sender and the gateway listener.
+pub struct DiscordAdapter {
     token: String,
     api_url: String,
     require_mention: bool,
-    inbox: Arc<Inbox>,
-    delivery: Delivery,
-    mut stop: watch::Receiver<bool>,
-) {
-    let kind = ChannelKind::Discord;
-    let handler = Arc::new(Handler {
-        inbox,
-        delivery: delivery.clone(),
-        require_mention,
-        bot_id: AtomicU64::new(0),
-    });
-    let mut failures: u32 = 0;
-    loop {
-        delivery.wait_sendable(kind, &mut stop).await;
-        if *stop.borrow() {
-            return;
+    sender: Arc<DiscordSender>,
+}
+
+impl ChannelAdapter for DiscordAdapter {
+    const KIND: ChannelKind = KIND;
+    type Config = DiscordConfig;
+
+    fn enabled(config: &DiscordConfig) -> bool {
+        config.enabled
+    }
+
+    fn validate(dc: &DiscordConfig) -> Vec<ConfigError> {
+        let mut errors: Vec<ConfigError> = check_url("channels.discord.api_url", &dc.api_url)
+            .err()
+            .into_iter()
+            .collect();
+        errors.extend(check_secret(
+            "channels.discord",
+            "token",
+            "the bot token",
+            &dc.token_env,
+            &dc.token_file,
+            true,
+        ));
+        errors
+    }
+
+    fn default_rates() -> RateSettings {
+        // Discord: 5 per 5 s per channel; 50/s per bot.
+        RateSettings {
+            per_second: Some(5.0),
+            burst: Some(5),
+            per_chat_per_second: Some(1.0),
+            per_chat_burst: Some(5),
         }
-        let http = http(&token, &api_url);
-        let error = match http.get_current_user().await {
-            Err(e) => classify(&e),
-            Ok(me) => {
-                handler.bot_id.store(me.id.get(), Ordering::Release);
-                let client = serenity::client::ClientBuilder::new_with_http(http, intents())
-                    .event_handler_arc(handler.clone())
-                    .await;
-                match client {
-                    Err(e) => classify(&e),
-                    Ok(mut client) => {
-                        let shards = client.shard_manager.clone();
-                        let result = tokio::select! {
-                            r = client.start() => r,
-                            _ = stop.changed() => {
-                                shards.shutdown_all().await;
-                                return;
-                            }
-                        };
-                        match result {
-                            Ok(()) => SendError::retryable("the gateway connection ended"),
-                            Err(e) => classify(&e),
-                        }
-                    }
-                }
-            }
+    }
+
+    fn build(dc: &DiscordConfig, _: &BuildEnv) -> anyhow::Result<Self> {
+        let token = Config::secret("channels.discord.token", &dc.token_env, &dc.token_file)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .ok_or_else(|| anyhow::anyhow!("channels.discord.token_env is required"))?;
+        let sender = DiscordSender::new(&token, &dc.api_url).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Self {
+            token,
+            api_url: dc.api_url.clone(),
+            require_mention: dc.require_mention_in_guilds,
+            sender: Arc::new(sender),
+        })
+    }
+
+    fn sender(&self) -> Arc<dyn ChannelSender> {
+        self.sender.clone()
+    }
+
+    async fn run(self: Arc<Self>, ctx: ListenerCtx) {
+        let gateway = Gateway {
+            token: self.token.clone(),
+            api_url: self.api_url.clone(),
+            handler: Arc::new(Handler {
+                inbox: ctx.inbox.clone(),
+                health: ctx.health.clone(),
+                require_mention: self.require_mention,
+                bot_id: AtomicU64::new(0),
+            }),
         };
-        failures += 1;
-        let delay = Duration::from_millis(250u64 << failures.min(7));
-        tracing::warn!(message = "Discord connection failed.", class = error.class().as_str(), attempt = failures, retry_in_ms = delay.as_millis() as u64, error = %error);
-        delivery.channel_failed(kind, error.class(), &error.to_string(), delay);
-        if error.class() != ErrorClass::Auth {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.changed() => return,
-            }
-        }
+        keep_connected(KIND.as_str(), gateway, &ctx).await;
     }
 }
 
@@ -438,7 +517,7 @@ mod props {
     use serde_json::json;
 
     use super::*;
-    use crate::channels::MAX_PLATFORM_DELAY;
+    use crate::send::MAX_PLATFORM_DELAY;
 
     fn message(
         id: u64,
@@ -512,7 +591,7 @@ mod props {
 
         #[test]
         fn prop_retry_after_header_never_panics(value in any::<String>()) {
-            if let Some(d) = crate::channels::parse_retry_after(&value) {
+            if let Some(d) = crate::send::parse_retry_after(&value) {
                 prop_assert!(d <= MAX_PLATFORM_DELAY);
             }
         }
@@ -523,7 +602,7 @@ mod props {
                 Some(f) => format!("{secs}.{f:03}"),
                 None => secs.to_string(),
             };
-            let d = crate::channels::parse_retry_after(&value);
+            let d = crate::send::parse_retry_after(&value);
             prop_assert!(d.is_some_and(|d| d <= MAX_PLATFORM_DELAY), "{value}: {d:?}");
         }
 

@@ -14,9 +14,32 @@ use async_trait::async_trait;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::adapter::{BuildEnv, ChannelAdapter, Route, WebhookCtx};
+use super::webhook::{error, read_body};
 use super::{ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after};
-use crate::delivery::split::{Limit, Unit};
+use crate::config::{
+    ConfigError, HumanDuration, MIB, MIN, Number, NumericKey, channel_key, check_url, ints, millis,
+};
+use crate::delivery::rate_limit::RateSettings;
+use crate::inbox::Inbox;
 use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
+use crate::send::{Limit, Unit};
+
+/// The HTTP channel.
+pub const KIND: ChannelKind = ChannelKind::new("http");
+/// Where messages are POSTed.
+pub const PATH: &str = "/channels/http/messages";
 
 /// Longest accepted id (message, chat or sender), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -134,7 +157,7 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         }
     };
     Ok(InboundMessage {
-        channel: ChannelKind::Http,
+        channel: KIND,
         channel_message_id: message_id,
         chat_id,
         chat_type,
@@ -204,7 +227,7 @@ fn transport_error(e: reqwest::Error) -> SendError {
 #[async_trait]
 impl ChannelSender for HttpSender {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Http
+        KIND
     }
 
     fn split_limit(&self) -> Option<Limit> {
@@ -270,6 +293,177 @@ fn probe_verdict(status: u16) -> Result<(), SendError> {
     match status {
         401 | 403 => Err(classify_status(status, None, "probe refused")),
         _ => Ok(()),
+    }
+}
+
+/// `[channels.http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpChannelConfig {
+    /// Accept messages at `POST /channels/http/messages`.
+    pub enabled: bool,
+    /// Where replies are POSTed as JSON.
+    pub callback_url: Option<String>,
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+    /// Timeout of one callback request.
+    pub timeout: HumanDuration,
+    /// Replies longer than this many characters are split into several callbacks.
+    pub max_reply_chars: Option<usize>,
+}
+
+impl Default for HttpChannelConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            callback_url: None,
+            max_message_bytes: 64 * 1024,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            max_reply_chars: None,
+        }
+    }
+}
+
+/// The HTTP channel's adapter: the webhook route and the callback sender.
+pub struct HttpAdapter {
+    sender: Arc<HttpSender>,
+    max_text: usize,
+}
+
+/// What the webhook handler needs.
+#[derive(Clone)]
+struct Hook {
+    inbox: Arc<Inbox>,
+    max_text: usize,
+    body_timeout: Duration,
+}
+
+impl ChannelAdapter for HttpAdapter {
+    const KIND: ChannelKind = KIND;
+    type Config = HttpChannelConfig;
+    const NUMERIC_KEYS: &'static [NumericKey] = &[
+        channel_key(
+            "channels.http.max_message_bytes",
+            ints(1, 16 * MIB),
+            Some(Number::Int(64 * 1024)),
+        ),
+        channel_key(
+            "channels.http.timeout",
+            millis(100, 10 * MIN),
+            Some(Number::Duration(Duration::from_secs(10))),
+        ),
+        channel_key("channels.http.max_reply_chars", ints(64, 1_000_000), None),
+    ];
+
+    fn enabled(config: &HttpChannelConfig) -> bool {
+        config.enabled
+    }
+
+    fn validate(config: &HttpChannelConfig) -> Vec<ConfigError> {
+        match &config.callback_url {
+            None => vec![ConfigError {
+                path: "channels.http.callback_url".to_owned(),
+                line: None,
+                message: "required when channels.http.enabled = true; replies are POSTed there"
+                    .to_owned(),
+            }],
+            Some(url) => check_url("channels.http.callback_url", url)
+                .err()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn default_rates() -> RateSettings {
+        // The integration's own endpoint: no limit unless configured.
+        RateSettings::default()
+    }
+
+    fn build(config: &HttpChannelConfig, _: &BuildEnv) -> anyhow::Result<Self> {
+        let url = config
+            .callback_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("channels.http.callback_url is required"))?;
+        let sender = HttpSender::new(url, config.timeout.get(), config.max_reply_chars)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Self {
+            sender: Arc::new(sender),
+            max_text: config.max_message_bytes,
+        })
+    }
+
+    fn sender(&self) -> Arc<dyn ChannelSender> {
+        self.sender.clone()
+    }
+
+    fn routes(&self, ctx: &WebhookCtx) -> Vec<Route> {
+        let hook = Hook {
+            inbox: ctx.inbox.clone(),
+            max_text: self.max_text,
+            body_timeout: ctx.body_timeout,
+        };
+        vec![Route {
+            path: PATH.to_owned(),
+            handler: post(http_message)
+                .layer(DefaultBodyLimit::disable())
+                .with_state(hook),
+        }]
+    }
+
+    fn disabled_routes() -> Vec<Route> {
+        vec![Route {
+            path: PATH.to_owned(),
+            handler: post(|| async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "the HTTP channel is disabled; set channels.http.enabled = true".to_owned(),
+                )
+            }),
+        }]
+    }
+
+    fn announce(&self, http: std::net::SocketAddr) -> Vec<String> {
+        vec![format!("HTTP channel: POST http://{http}{PATH}")]
+    }
+}
+
+async fn http_message(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Response {
+    let max_text = hook.max_text;
+    // JSON escapes can make a text up to six times longer on the wire.
+    let limit = max_text.saturating_mul(6).saturating_add(16 * 1024);
+    let too_large = || {
+        format!(
+            "body is larger than {limit} bytes; texts are limited to {max_text} bytes (channels.http.max_message_bytes)"
+        )
+    };
+    let bytes = match read_body(&headers, body, limit, hook.body_timeout, too_large).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let msg = match parse_inbound(&bytes, max_text) {
+        Ok(m) => m,
+        Err(e) => {
+            let status = if e.contains("over the limit") {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return error(status, e);
+        }
+    };
+    match hook.inbox.accept(msg).await {
+        Ok(duplicate) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"accepted": true, "duplicate": duplicate})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(message = "Cannot commit an HTTP-channel message.", error = %e);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway cannot store messages right now; retry later".to_owned(),
+            )
+        }
     }
 }
 

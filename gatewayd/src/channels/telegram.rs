@@ -22,13 +22,35 @@ use teloxide::payloads::{GetUpdatesSetters, SendMessageSetters, SetWebhookSetter
 use teloxide::requests::Requester;
 use teloxide::types::{ChatId, Message, MessageId, ReplyParameters, Update, UpdateKind};
 use teloxide::{ApiError, Bot, RequestError};
-use tokio::sync::watch;
 
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
+use super::supervise::{Connection, Link, keep_connected, stopped};
+use super::webhook::{error, read_body};
 use super::{ChannelSender, ErrorClass, OutgoingChunk, SendError};
-use crate::delivery::Delivery;
-use crate::delivery::split::{Limit, Unit};
+use crate::config::{
+    Config, ConfigError, HOUR, HumanDuration, Number, NumericKey, SEC, channel_key, check_secret,
+    check_url, millis,
+};
+use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
+use crate::send::{Limit, Unit};
+
+/// The Telegram channel.
+pub const KIND: ChannelKind = ChannelKind::new("telegram");
+/// Largest Telegram webhook body accepted.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Telegram's limit on one message.
 pub const LIMIT: Limit = Limit {
@@ -104,7 +126,7 @@ fn parse_chat(chat_id: &str) -> Result<ChatId, SendError> {
 #[async_trait]
 impl ChannelSender for TelegramSender {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Telegram
+        KIND
     }
 
     fn split_limit(&self) -> Option<Limit> {
@@ -201,7 +223,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
     }
     let chat = m.chat.id.0;
     Some(InboundMessage {
-        channel: ChannelKind::Telegram,
+        channel: KIND,
         channel_message_id: format!("{chat}:{}", m.id.0),
         chat_id: chat.to_string(),
         chat_type,
@@ -213,75 +235,57 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
     })
 }
 
-/// Polls `getUpdates` until `stop`, committing each update before the offset moves past it.
-pub async fn poll(
+/// One long-poll connection: `getUpdates` in a loop, committing each update before the
+/// offset moves past it. The offset and whether the webhook was cleared outlive a failed
+/// attempt.
+struct Poll {
     bot: Bot,
     inbox: Arc<Inbox>,
-    delivery: Delivery,
     poll_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let kind = ChannelKind::Telegram;
-    let mut offset: i32 = 0;
-    let mut failures: u32 = 0;
-    let mut webhook_cleared = false;
-    loop {
-        delivery.wait_sendable(kind, &mut stop).await;
-        if *stop.borrow() {
-            return;
-        }
-        let result = if webhook_cleared {
-            let request = bot
-                .get_updates()
-                .offset(offset)
-                .timeout(u32::try_from(poll_timeout.as_secs()).unwrap_or(30));
-            tokio::select! {
-                r = request => r,
-                _ = stop.changed() => return,
+    offset: i32,
+    webhook_cleared: bool,
+}
+
+impl Connection for Poll {
+    async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
+        loop {
+            // A send refused for its credentials holds the listener too.
+            let health = link.health().clone();
+            health.wait_sendable(&mut link.shutdown).await;
+            if link.stopping() {
+                return Ok(());
             }
-        } else {
-            // Polling is refused while a webhook is registered.
-            bot.delete_webhook().await.map(|_| Vec::new())
-        };
-        match result {
-            Ok(updates) => {
-                webhook_cleared = true;
-                failures = 0;
-                delivery.channel_succeeded(kind);
-                for update in updates {
-                    if let Some(msg) = normalize(&update) {
-                        match inbox.commit(msg).await {
-                            Ok(committed) => inbox.dispatch(committed).await,
-                            Err(e) => {
-                                // Not acknowledged: the update comes again with the next poll.
-                                tracing::error!(message = "Cannot commit a Telegram update; it will be fetched again.", update_id = update.id.0, error = %e);
-                                break;
-                            }
+            let result = if self.webhook_cleared {
+                let request = self
+                    .bot
+                    .get_updates()
+                    .offset(self.offset)
+                    .timeout(u32::try_from(self.poll_timeout.as_secs()).unwrap_or(30));
+                tokio::select! {
+                    r = request => r,
+                    () = stopped(&mut link.shutdown) => return Ok(()),
+                }
+            } else {
+                // Polling is refused while a webhook is registered.
+                self.bot.delete_webhook().await.map(|_| Vec::new())
+            };
+            let updates = result.map_err(|e| classify(&e))?;
+            self.webhook_cleared = true;
+            link.connected();
+            for update in updates {
+                if let Some(msg) = normalize(&update) {
+                    match self.inbox.commit(msg).await {
+                        Ok(committed) => self.inbox.dispatch(committed).await,
+                        Err(e) => {
+                            // Not acknowledged: the update comes again with the next poll.
+                            tracing::error!(message = "Cannot commit a Telegram update; it will be fetched again.", update_id = update.id.0, error = %e);
+                            break;
                         }
                     }
-                    offset = i32::try_from(update.id.0)
-                        .unwrap_or(i32::MAX)
-                        .saturating_add(1);
                 }
-            }
-            Err(e) => {
-                let error = classify(&e);
-                failures += 1;
-                let delay = match &error {
-                    SendError::Retryable {
-                        retry_after: Some(d),
-                        ..
-                    } => *d,
-                    _ => Duration::from_millis(250u64 << failures.min(7)),
-                };
-                tracing::warn!(message = "Telegram polling failed.", class = error.class().as_str(), attempt = failures, retry_in_ms = delay.as_millis() as u64, error = %error);
-                delivery.channel_failed(kind, error.class(), &error.to_string(), delay);
-                if error.class() != ErrorClass::Auth {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
+                self.offset = i32::try_from(update.id.0)
+                    .unwrap_or(i32::MAX)
+                    .saturating_add(1);
             }
         }
     }
@@ -296,6 +300,273 @@ pub async fn register_webhook(bot: &Bot, url: &str, secret: &str) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(|e| format!("setWebhook failed: {e}"))
+}
+
+/// How the Telegram channel receives updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    /// Long polling with `getUpdates` (works behind NAT; the default).
+    Polling,
+    /// Telegram POSTs updates to `webhook_path` on the HTTP listener.
+    Webhook,
+}
+
+/// `[channels.telegram]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramConfig {
+    /// Connect the Telegram bot.
+    pub enabled: bool,
+    /// Environment variable holding the bot token (from @BotFather).
+    pub token_env: Option<String>,
+    /// File holding the bot token (alternative to `token_env`).
+    pub token_file: Option<PathBuf>,
+    /// `polling` or `webhook`.
+    pub mode: TelegramMode,
+    /// The Bot API root.
+    pub api_url: String,
+    /// Long-poll timeout of one `getUpdates`.
+    pub poll_timeout: HumanDuration,
+    /// Webhook mode: the public HTTPS URL Telegram should POST to (registered with
+    /// `setWebhook` at start); required in webhook mode.
+    pub webhook_url: Option<String>,
+    /// Webhook mode: the path on the HTTP listener that receives updates.
+    pub webhook_path: String,
+    /// Webhook mode: environment variable holding the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token`.
+    pub webhook_secret_env: Option<String>,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: None,
+            token_file: None,
+            mode: TelegramMode::Polling,
+            api_url: "https://api.telegram.org".to_owned(),
+            poll_timeout: HumanDuration(Duration::from_secs(30)),
+            webhook_url: None,
+            webhook_path: "/channels/telegram/webhook".to_owned(),
+            webhook_secret_env: None,
+        }
+    }
+}
+
+/// The Telegram adapter: the bot, its sender, and polling or the webhook.
+pub struct TelegramAdapter {
+    bot: Bot,
+    mode: TelegramMode,
+    poll_timeout: Duration,
+    webhook: Option<(String, String, String)>,
+}
+
+/// What the webhook handler needs.
+#[derive(Clone)]
+struct Hook {
+    inbox: Arc<Inbox>,
+    secret: String,
+    body_timeout: Duration,
+}
+
+impl ChannelAdapter for TelegramAdapter {
+    const KIND: ChannelKind = KIND;
+    type Config = TelegramConfig;
+    const NUMERIC_KEYS: &'static [NumericKey] = &[channel_key(
+        "channels.telegram.poll_timeout",
+        millis(SEC, HOUR),
+        Some(Number::Duration(Duration::from_secs(30))),
+    )];
+
+    fn enabled(config: &TelegramConfig) -> bool {
+        config.enabled
+    }
+
+    fn validate(tg: &TelegramConfig) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errors.push(ConfigError {
+                path: path.to_owned(),
+                line: None,
+                message,
+            })
+        };
+        for (key, url) in [
+            ("channels.telegram.api_url", Some(&tg.api_url)),
+            ("channels.telegram.webhook_url", tg.webhook_url.as_ref()),
+        ] {
+            if let Some(Err(e)) = url.map(|u| check_url(key, u)) {
+                err(&e.path, e.message);
+            }
+        }
+        if let Some(e) = check_secret(
+            "channels.telegram",
+            "token",
+            "the bot token",
+            &tg.token_env,
+            &tg.token_file,
+            true,
+        ) {
+            err(&e.path, e.message);
+        }
+        if tg.mode == TelegramMode::Webhook {
+            if tg.webhook_url.is_none() {
+                err(
+                    "channels.telegram.webhook_url",
+                    "required in webhook mode: the public https:// URL that reaches webhook_path, registered with setWebhook at start".to_owned(),
+                );
+            }
+            if !tg.webhook_path.starts_with('/') {
+                err(
+                    "channels.telegram.webhook_path",
+                    "must start with `/`".to_owned(),
+                );
+            }
+            match &tg.webhook_secret_env {
+                None => err(
+                    "channels.telegram.webhook_secret_env",
+                    "webhook mode needs a secret so forged updates are refused; set webhook_secret_env".to_owned(),
+                ),
+                Some(var) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
+                    "channels.telegram.webhook_secret_env",
+                    format!("environment variable `{var}` is not set or empty; export it"),
+                ),
+                Some(_) => {}
+            }
+        }
+        errors
+    }
+
+    fn default_rates() -> RateSettings {
+        // Telegram: about 30/s per bot, 1/s per chat.
+        RateSettings {
+            per_second: Some(5.0),
+            burst: Some(5),
+            per_chat_per_second: Some(1.0),
+            per_chat_burst: Some(3),
+        }
+    }
+
+    fn build(tg: &TelegramConfig, _: &BuildEnv) -> anyhow::Result<Self> {
+        let token = Config::secret("channels.telegram.token", &tg.token_env, &tg.token_file)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .ok_or_else(|| anyhow::anyhow!("channels.telegram.token_env is required"))?;
+        let bot =
+            bot(&token, &tg.api_url, tg.poll_timeout.get()).map_err(|e| anyhow::anyhow!(e))?;
+        let webhook = match tg.mode {
+            TelegramMode::Polling => None,
+            TelegramMode::Webhook => {
+                let secret = Config::secret(
+                    "channels.telegram.webhook_secret",
+                    &tg.webhook_secret_env,
+                    &None,
+                )
+                .map_err(|e| anyhow::anyhow!(e))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("channels.telegram.webhook_secret_env is required")
+                })?;
+                Some((
+                    tg.webhook_path.clone(),
+                    secret,
+                    tg.webhook_url.clone().unwrap_or_default(),
+                ))
+            }
+        };
+        Ok(Self {
+            bot,
+            mode: tg.mode,
+            poll_timeout: tg.poll_timeout.get(),
+            webhook,
+        })
+    }
+
+    fn sender(&self) -> Arc<dyn ChannelSender> {
+        Arc::new(TelegramSender::new(self.bot.clone()))
+    }
+
+    fn routes(&self, ctx: &WebhookCtx) -> Vec<Route> {
+        let Some((path, secret, _)) = &self.webhook else {
+            return Vec::new();
+        };
+        let hook = Hook {
+            inbox: ctx.inbox.clone(),
+            secret: secret.clone(),
+            body_timeout: ctx.body_timeout,
+        };
+        vec![Route {
+            path: path.clone(),
+            handler: post(telegram_update)
+                .layer(DefaultBodyLimit::disable())
+                .with_state(hook),
+        }]
+    }
+
+    async fn run(self: Arc<Self>, ctx: ListenerCtx) {
+        match (self.mode, &self.webhook) {
+            (TelegramMode::Polling, _) => {
+                let poll = Poll {
+                    bot: self.bot.clone(),
+                    inbox: ctx.inbox.clone(),
+                    poll_timeout: self.poll_timeout,
+                    offset: 0,
+                    webhook_cleared: false,
+                };
+                keep_connected(KIND.as_str(), poll, &ctx).await;
+            }
+            (TelegramMode::Webhook, Some((_, secret, url))) => {
+                match register_webhook(&self.bot, url, secret).await {
+                    Ok(()) => ctx.health.connected(),
+                    Err(e) => {
+                        tracing::error!(message = "Cannot register the Telegram webhook; register it yourself or fix channels.telegram.webhook_url.", error = %e);
+                        ctx.health.failed(ErrorClass::Retryable, &e, Duration::ZERO);
+                    }
+                }
+            }
+            (TelegramMode::Webhook, None) => {}
+        }
+    }
+}
+
+async fn telegram_update(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Response {
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get("x-telegram-bot-api-secret-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(hook.secret.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Telegram-Bot-Api-Secret-Token".to_owned(),
+        );
+    }
+    let too_large = || format!("body is larger than {BODY_LIMIT} bytes");
+    let body = match read_body(&headers, body, BODY_LIMIT, hook.body_timeout, too_large).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let update: teloxide::types::Update = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a Telegram update: {e}"),
+            );
+        }
+    };
+    let Some(msg) = normalize(&update) else {
+        return (StatusCode::OK, Json(json!({"ok": true}))).into_response();
+    };
+    match hook.inbox.accept(msg).await {
+        Ok(_) => (StatusCode::OK, Json(json!({"ok": true}))).into_response(),
+        Err(e) => {
+            tracing::error!(message = "Cannot commit a Telegram update; Telegram will redeliver it.", update_id = update.id.0, error = %e);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the update right now".to_owned(),
+            )
+        }
+    }
 }
 
 #[cfg(test)]

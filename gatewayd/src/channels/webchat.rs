@@ -19,11 +19,25 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use axum::extract::{Extension, Query, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::adapter::{BuildEnv, ChannelAdapter, HealthReporter, ListenerCtx, Route, WebhookCtx};
+use super::webhook::{ConnectionSlot, error};
 use super::{ChannelSender, OutgoingChunk, SendError};
-use crate::delivery::Delivery;
-use crate::delivery::split::Limit;
+use crate::config::{ConfigError, MIB, Number, NumericKey, channel_key, ints};
+use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
+use crate::send::Limit;
+
+/// The WebChat channel.
+pub const KIND: ChannelKind = ChannelKind::new("webchat");
+
+const PAGE: &str = include_str!("../../assets/webchat.html");
 
 /// Longest chat id or client message id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -52,7 +66,7 @@ pub struct WebChat {
     sockets: Mutex<HashMap<String, ChatSockets>>,
     next_socket: AtomicU64,
     max_message_bytes: usize,
-    delivery: OnceLock<Delivery>,
+    health: OnceLock<HealthReporter>,
     closing: watch::Receiver<bool>,
 }
 
@@ -154,14 +168,14 @@ impl WebChat {
             sockets: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(1),
             max_message_bytes,
-            delivery: OnceLock::new(),
+            health: OnceLock::new(),
             closing,
         })
     }
 
     /// Lets the adapter wake a chat's delivery lane when its client (re)connects.
-    pub fn attach_delivery(&self, delivery: Delivery) {
-        let _ = self.delivery.set(delivery);
+    pub fn attach_health(&self, health: HealthReporter) {
+        let _ = self.health.set(health);
     }
 
     /// Largest WebSocket message (and frame) read: room for a text at the limit even if every
@@ -198,8 +212,8 @@ impl WebChat {
                 .or_default()
                 .push((socket_id, tx));
         }
-        if let Some(d) = self.delivery.get() {
-            d.nudge(ChannelKind::Webchat, &chat_id);
+        if let Some(h) = self.health.get() {
+            h.nudge(&chat_id);
         }
         tracing::debug!(message = "WebChat connected.", chat_id = %chat_id, socket_id);
         let (mut sink, mut stream) = socket.split();
@@ -272,7 +286,7 @@ impl WebChat {
             Err((code, message, id)) => return (error_frame(code, &message, id.as_deref()), None),
         };
         let msg = InboundMessage {
-            channel: ChannelKind::Webchat,
+            channel: KIND,
             channel_message_id: format!("{chat_id}/{id}"),
             chat_id: chat_id.to_owned(),
             chat_type: ChatType::Direct,
@@ -305,7 +319,7 @@ impl WebChat {
 #[async_trait]
 impl ChannelSender for WebChat {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Webchat
+        KIND
     }
 
     fn split_limit(&self) -> Option<Limit> {
@@ -343,6 +357,142 @@ impl ChannelSender for WebChat {
             )))
         }
     }
+}
+
+/// `[channels.webchat]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebChatConfig {
+    /// Serve the chat page at `/` and the WebSocket at `/ws`.
+    pub enabled: bool,
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for WebChatConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The WebChat adapter: the page, the socket, and the open sockets as its sender.
+pub struct WebChatAdapter {
+    chat: Arc<WebChat>,
+}
+
+impl ChannelAdapter for WebChatAdapter {
+    const KIND: ChannelKind = KIND;
+    type Config = WebChatConfig;
+    const NUMERIC_KEYS: &'static [NumericKey] = &[channel_key(
+        "channels.webchat.max_message_bytes",
+        ints(1, 16 * MIB),
+        Some(Number::Int(64 * 1024)),
+    )];
+
+    fn enabled(config: &WebChatConfig) -> bool {
+        config.enabled
+    }
+
+    fn validate(_: &WebChatConfig) -> Vec<ConfigError> {
+        Vec::new()
+    }
+
+    fn default_rates() -> RateSettings {
+        // Each browser is its own connection: limit per chat only.
+        RateSettings {
+            per_second: None,
+            burst: None,
+            per_chat_per_second: Some(10.0),
+            per_chat_burst: Some(10),
+        }
+    }
+
+    fn build(config: &WebChatConfig, env: &BuildEnv) -> anyhow::Result<Self> {
+        Ok(Self {
+            chat: WebChat::new(config.max_message_bytes, env.closing.clone()),
+        })
+    }
+
+    fn sender(&self) -> Arc<dyn ChannelSender> {
+        self.chat.clone()
+    }
+
+    fn routes(&self, ctx: &WebhookCtx) -> Vec<Route> {
+        vec![
+            Route {
+                path: "/".to_owned(),
+                handler: get(page),
+            },
+            Route {
+                path: "/ws".to_owned(),
+                handler: get(ws).with_state((self.chat.clone(), ctx.inbox.clone())),
+            },
+        ]
+    }
+
+    fn disabled_routes() -> Vec<Route> {
+        let disabled = || async {
+            error(
+                StatusCode::NOT_FOUND,
+                "WebChat is disabled; set channels.webchat.enabled = true".to_owned(),
+            )
+        };
+        vec![
+            Route {
+                path: "/".to_owned(),
+                handler: get(disabled),
+            },
+            Route {
+                path: "/ws".to_owned(),
+                handler: get(disabled),
+            },
+        ]
+    }
+
+    fn announce(&self, http: std::net::SocketAddr) -> Vec<String> {
+        vec![format!("WebChat: open http://{http}/")]
+    }
+
+    async fn run(self: Arc<Self>, ctx: ListenerCtx) {
+        self.chat.attach_health(ctx.health);
+    }
+}
+
+async fn page() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
+}
+
+async fn ws(
+    State((webchat, inbox)): State<(Arc<WebChat>, Arc<Inbox>)>,
+    Query(query): Query<HashMap<String, String>>,
+    slot: Option<Extension<ConnectionSlot>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(chat_id) = query.get("chat_id").cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameter `chat_id` is required: /ws?chat_id=<id>".to_owned(),
+        );
+    };
+    if let Err(e) = valid_chat_id(&chat_id) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let max = webchat.max_frame_bytes();
+    // Small buffers: a chat message is small, and thousands of idle browsers must stay cheap
+    // (the 128 KiB defaults cost a quarter of a megabyte per socket).
+    upgrade
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            // The socket keeps its connection slot until it closes.
+            let _slot = slot;
+            webchat.serve(inbox, chat_id, socket).await;
+        })
 }
 
 #[cfg(test)]

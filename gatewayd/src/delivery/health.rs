@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::channels::ErrorClass;
 use crate::events::{Event, EventBus};
 use crate::message::{ChannelKind, now_ms};
+use crate::send::ErrorClass;
 
 /// Consecutive retryable failures after which a channel is `Down`.
 pub const DOWN_AFTER: u32 = 5;

@@ -34,40 +34,6 @@ pub struct RateSettings {
 }
 
 impl RateSettings {
-    /// The built-in defaults for `channel`.
-    pub fn default_for(channel: ChannelKind) -> Self {
-        match channel {
-            // Each browser is its own connection: limit per chat only.
-            ChannelKind::Webchat => Self {
-                per_second: None,
-                burst: None,
-                per_chat_per_second: Some(10.0),
-                per_chat_burst: Some(10),
-            },
-            // The integration's own endpoint: no limit unless configured.
-            ChannelKind::Http => Self {
-                per_second: None,
-                burst: None,
-                per_chat_per_second: None,
-                per_chat_burst: None,
-            },
-            // Telegram: about 30/s per bot, 1/s per chat.
-            ChannelKind::Telegram => Self {
-                per_second: Some(5.0),
-                burst: Some(5),
-                per_chat_per_second: Some(1.0),
-                per_chat_burst: Some(3),
-            },
-            // Discord: 5 per 5 s per channel; 50/s per bot.
-            ChannelKind::Discord => Self {
-                per_second: Some(5.0),
-                burst: Some(5),
-                per_chat_per_second: Some(1.0),
-                per_chat_burst: Some(5),
-            },
-        }
-    }
-
     /// Settings from the file over the defaults: keys the file sets win.
     pub fn merged(self, over: &RateSettings) -> Self {
         Self {
@@ -417,10 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_holds_that_chat_only() {
-        let limits = ChannelLimits::new(
-            ChannelKind::Http,
-            RateSettings::default_for(ChannelKind::Http),
-        );
+        let limits = ChannelLimits::new(ChannelKind::Http, RateSettings::default());
         let until = Instant::now() + Duration::from_millis(1000);
         limits.pause_chat("slow", until);
         let (_, chats) = limits.buckets(10);
@@ -444,7 +407,11 @@ mod tests {
 
     #[test]
     fn settings_merge_and_validate() {
-        let base = RateSettings::default_for(ChannelKind::Webchat);
+        let base = RateSettings {
+            per_chat_per_second: Some(10.0),
+            per_chat_burst: Some(10),
+            ..RateSettings::default()
+        };
         let merged = base.merged(&RateSettings {
             per_second: Some(3.0),
             burst: None,

@@ -9,33 +9,7 @@
 
 use unicode_segmentation::UnicodeSegmentation;
 
-/// How a channel measures its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    /// Unicode scalar values (Discord, Slack, WhatsApp, Signal).
-    Chars,
-    /// UTF-16 code units (Telegram).
-    Utf16,
-}
-
-impl Unit {
-    /// The length of `s` in this unit.
-    pub fn len(self, s: &str) -> usize {
-        match self {
-            Self::Chars => s.chars().count(),
-            Self::Utf16 => s.encode_utf16().count(),
-        }
-    }
-}
-
-/// A channel's limit on one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// Largest message, in `unit`s.
-    pub max: usize,
-    /// How it is measured.
-    pub unit: Unit,
-}
+pub use crate::send::{Limit, Unit};
 
 /// One chunk: the fence reopened before it, its share of the text, the fence closed after it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -36,10 +36,10 @@ use super::{
     PendingInbound, Retention, Role, RunOrigin, RunRecord, RunStatus, SessionFilter, StorageStats,
     Store, StoreError, StoredSession, TranscriptEntry, TurnRecord, UserRecord, parse_channel,
 };
-use crate::channels::ErrorClass;
 use crate::message::{
     Address, ChannelKind, ChatType, InboundMessage, OutboundMessage, SessionKey, UserId, now_ms,
 };
+use crate::send::ErrorClass;
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 1024;

@@ -704,10 +704,10 @@ pub fn parse_chat_target(text: &str) -> Result<(ChannelKind, String), String> {
             "`{text}` is not CHANNEL:CHAT (e.g. webchat:ops or http:42)"
         ));
     };
-    let channel: ChannelKind = channel.trim().parse().map_err(|e: String| {
-        let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
-        format!("{e} in `{text}`; channels: {}", known.join(", "))
-    })?;
+    let channel: ChannelKind = channel
+        .trim()
+        .parse()
+        .map_err(|e: String| format!("{e} in `{text}`"))?;
     if chat.trim().is_empty() {
         return Err(format!("the chat id after `:` is empty in `{text}`"));
     }

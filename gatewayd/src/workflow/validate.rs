@@ -73,20 +73,6 @@ pub fn builtin_tool_names() -> HashSet<String> {
         .collect()
 }
 
-/// The channels `config` enables, which message nodes may name.
-pub fn enabled_channels(config: &crate::config::Config) -> BTreeSet<ChannelKind> {
-    let c = &config.channels;
-    [
-        (ChannelKind::Webchat, c.webchat.enabled),
-        (ChannelKind::Http, c.http.enabled),
-        (ChannelKind::Telegram, c.telegram.enabled),
-        (ChannelKind::Discord, c.discord.enabled),
-    ]
-    .into_iter()
-    .filter_map(|(kind, on)| on.then_some(kind))
-    .collect()
-}
-
 /// One problem in one workflow file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowError {
@@ -699,13 +685,7 @@ impl Validator<'_> {
     fn channel_problem(&self, channel: &str) -> Option<String> {
         let kind = match channel.parse::<ChannelKind>() {
             Ok(kind) => kind,
-            Err(_) => {
-                let known: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
-                return Some(format!(
-                    "unknown channel `{channel}`; channels: {}",
-                    known.join(", ")
-                ));
-            }
+            Err(e) => return Some(format!("unknown channel: {e}")),
         };
         let enabled = self.known.channels.as_ref()?;
         if enabled.contains(&kind) {
