@@ -170,7 +170,7 @@ fn main() {
     let repeat = env("REPEAT", 5).max(1);
     let known = Known {
         tools: HashSet::from(["noop".to_owned()]),
-        channels: Some([ChannelKind::Webchat].into()),
+        channels: Some([ChannelKind::new("webchat")].into()),
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 

@@ -16,6 +16,14 @@ use serde::Deserialize;
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
 
+mod duration;
+mod parse;
+mod ranges;
+
+pub use duration::*;
+pub use parse::*;
+pub use ranges::*;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -339,76 +347,6 @@ impl Default for DeliveryConfig {
             max_backoff: HumanDuration(Duration::from_secs(60)),
             probe_interval: HumanDuration(Duration::from_secs(120)),
         }
-    }
-}
-
-/// A duration written as `"250ms"`, `"30s"`, `"5m"`, `"2h"` or a whole number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    /// The duration itself.
-    pub fn get(self) -> Duration {
-        self.0
-    }
-}
-
-/// What a duration looks like, for error messages.
-pub const DURATION_FORMS: &str =
-    "a duration such as \"250ms\", \"30s\", \"5m\", \"2h\" or a whole number of seconds";
-
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` into a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; expected {DURATION_FORMS}"))?;
-    let unit_ms = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_millis(n.saturating_mul(unit_ms)))
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = HumanDuration;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(DURATION_FORMS)
-            }
-
-            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Self::Value, E> {
-                Ok(HumanDuration(Duration::from_secs(secs)))
-            }
-
-            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
-                u64::try_from(secs)
-                    .map(|s| HumanDuration(Duration::from_secs(s)))
-                    .map_err(|_| {
-                        E::custom(format!("`{secs}` is negative; expected {DURATION_FORMS}"))
-                    })
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                parse_duration(text).map(HumanDuration).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
     }
 }
 
@@ -746,579 +684,23 @@ impl Config {
     }
 }
 
-/// Checks what [`Config`] leaves to others, the `[channels.<name>]` sections: given the parsed
-/// config and the file's text, every error found.
-pub type SectionCheck = fn(&Config, &str) -> Vec<ConfigError>;
-
-/// Most passes [`Config::parse`] makes to collect type errors (each pass removes one key).
-const MAX_PARSE_PASSES: usize = 256;
-
-/// What [`deserialize_in_passes`] found.
-pub struct Passes<T> {
-    /// The value, with defaults in place of every refused key; `None` if even that failed.
-    pub value: Option<T>,
-    /// Every refused key, with its line.
-    pub errors: Vec<ConfigError>,
-    /// The full paths of the refused keys.
-    pub removed: Vec<String>,
-}
-
-/// Deserializes `doc` (the table at key path `prefix`, empty for the whole file) as a `T`,
-/// naming every key serde refuses: each pass reports the first refused key, removes it (its
-/// default takes its place) and tries again, so one run names every bad key. `text` is the
-/// file, for line numbers.
-pub fn deserialize_in_passes<T: serde::de::DeserializeOwned>(
-    mut doc: toml::Table,
-    prefix: &str,
-    text: &str,
-) -> Passes<T> {
-    let mut errors = Vec::new();
-    let mut removed: Vec<String> = Vec::new();
-    let full = |keys: &[String]| {
-        let inner = keys.join(".");
-        match (prefix.is_empty(), inner.is_empty()) {
-            (true, _) => inner,
-            (false, true) => prefix.to_owned(),
-            (false, false) => format!("{prefix}.{inner}"),
-        }
-    };
-    for _ in 0..MAX_PARSE_PASSES {
-        match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(doc.clone())) {
-            Ok(value) => {
-                return Passes {
-                    value: Some(value),
-                    errors,
-                    removed,
-                };
-            }
-            Err(e) => {
-                let keys: Vec<String> = e
-                    .path()
-                    .iter()
-                    .map_while(|segment| match segment {
-                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let path = full(&keys);
-                errors.push(ConfigError {
-                    line: line_of_key(text, &path),
-                    path: if path.is_empty() {
-                        "(file)".to_owned()
-                    } else {
-                        path.clone()
-                    },
-                    message: e.into_inner().message().trim().replace('\n', " "),
-                });
-                if !remove_key(&mut doc, &keys) {
-                    break;
-                }
-                removed.push(path);
-            }
-        }
-    }
-    Passes {
-        value: None,
-        errors,
-        removed,
-    }
-}
-
-/// Whether `path` is one of `removed` or lies under one.
-pub fn under_removed(removed: &[String], path: &str) -> bool {
-    removed.iter().any(|r| {
-        path == r
-            || path
-                .strip_prefix(r.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
-    })
-}
-
-/// Checks a secret given through `<prefix>.<name>_env` or `<prefix>.<name>_file`: exactly one is
-/// set, the variable is set and not empty, the file is readable. `required` says whether one
-/// must be set at all; `what` names the secret in the message.
-pub fn check_secret(
-    prefix: &str,
-    name: &str,
-    what: &str,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
-    required: bool,
-) -> Option<ConfigError> {
-    let err = |key: &str, message: String| {
-        Some(ConfigError {
-            path: format!("{prefix}.{name}_{key}"),
-            line: None,
-            message,
-        })
-    };
-    match (env, file) {
-        (None, None) if required => err(
-            "env",
-            format!("{what} is required: set {name}_env (an environment variable) or {name}_file"),
-        ),
-        (None, None) => None,
-        (Some(_), Some(_)) => err("env", format!("set only one of {name}_env and {name}_file")),
-        (Some(var), None) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => err(
-            "env",
-            format!("environment variable `{var}` is not set or empty; export it"),
-        ),
-        (None, Some(file)) if !file.is_file() => err(
-            "file",
-            format!("`{}` is not a readable file", file.display()),
-        ),
-        _ => None,
-    }
-}
-
-/// Removes the key at `keys` from `doc`; false if there is nothing to remove there.
-fn remove_key(doc: &mut toml::Table, keys: &[String]) -> bool {
-    let Some((last, parents)) = keys.split_last() else {
-        return false;
-    };
-    let mut table = doc;
-    for key in parents {
-        match table.get_mut(key) {
-            Some(toml::Value::Table(inner)) => table = inner,
-            _ => return false,
-        }
-    }
-    table.remove(last).is_some()
-}
-
-/// Checks the URL key `key`: an `http://` or `https://` URL with a host. Every URL key of the
-/// configuration goes through this one check, so each says the same thing.
-pub fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let fail = |message: String| ConfigError {
-        path: key.to_owned(),
-        line: None,
-        message,
-    };
-    let url = reqwest::Url::parse(value.trim()).map_err(|e| {
-        fail(format!(
-            "`{value}` is not a URL ({e}); write e.g. \"https://example.com\""
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(fail(format!(
-            "`{value}` must be an http:// or https:// URL, not {}://",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(fail(format!("`{value}` has no host")));
-    }
-    Ok(())
-}
-
-/// The allowed values of one numeric key, both ends included.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Range {
-    /// A whole number.
-    Int(u64, u64),
-    /// A finite number (NaN and infinities are refused).
-    Float(f64, f64),
-    /// A duration.
-    Duration(Duration, Duration),
-}
-
-/// One numeric value read from a configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Number {
-    /// A whole number.
-    Int(u64),
-    /// A decimal number.
-    Float(f64),
-    /// A duration.
-    Duration(Duration),
-}
-
-impl fmt::Display for Number {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Number::Int(n) => write!(f, "{n}"),
-            Number::Float(x) => write!(f, "{x}"),
-            Number::Duration(d) => f.write_str(&format_duration(*d)),
-        }
-    }
-}
-
-/// `d` in the largest unit that writes it exactly: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
-}
-
-impl Range {
-    /// The lower and upper end, as written in the README.
-    pub fn ends(&self) -> (Number, Number) {
-        match *self {
-            Range::Int(lo, hi) => (Number::Int(lo), Number::Int(hi)),
-            Range::Float(lo, hi) => (Number::Float(lo), Number::Float(hi)),
-            Range::Duration(lo, hi) => (Number::Duration(lo), Number::Duration(hi)),
-        }
-    }
-
-    /// Whether `value` is allowed; the error says the range and the value.
-    pub fn check(&self, value: Number) -> Result<(), String> {
-        let inside = match (*self, value) {
-            (Range::Int(lo, hi), Number::Int(v)) => (lo..=hi).contains(&v),
-            (Range::Float(lo, hi), Number::Float(v)) => v.is_finite() && (lo..=hi).contains(&v),
-            (Range::Duration(lo, hi), Number::Duration(v)) => (lo..=hi).contains(&v),
-            _ => false,
-        };
-        if inside {
-            Ok(())
-        } else {
-            Err(format!("must be from {self}; got {value}"))
-        }
-    }
-}
-
-impl fmt::Display for Range {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (lo, hi) = self.ends();
-        match self {
-            Range::Duration(..) => write!(f, "\"{lo}\" to \"{hi}\""),
-            _ => write!(f, "{lo} to {hi}"),
-        }
-    }
-}
-
-/// Where a numeric key's value is read from.
-#[derive(Clone, Copy)]
-enum Reader {
-    /// A key with one value in the configuration.
-    Config(fn(&Config) -> Option<Number>),
-    /// A key of every `[rate_limits.<channel>]` table.
-    Rate(fn(&RateSettings) -> Option<Number>),
-    /// A key of a `[channels.<name>]` section, read from the section as written (its adapter
-    /// deserializes it and reports a wrong type), with the adapter's default.
-    Section(Option<Number>),
-}
-
-/// A numeric key and its range. `path` writes `*` for a table name of the operator's choice
-/// (`rate_limits.*.per_second`).
-#[derive(Clone, Copy)]
-pub struct NumericKey {
-    /// The dotted key path.
-    pub path: &'static str,
-    /// The values `validate()` accepts.
-    pub range: Range,
-    reader: Reader,
-}
-
-impl fmt::Debug for NumericKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NumericKey")
-            .field("path", &self.path)
-            .field("range", &self.range)
-            .finish()
-    }
-}
-
-impl NumericKey {
-    /// The values this key has in `config`, each with its full key path (none for an unset
-    /// optional key, one per table for `rate_limits.*`).
-    pub fn read(&self, config: &Config) -> Vec<(String, Number)> {
-        match self.reader {
-            Reader::Config(read) => read(config)
-                .map(|v| (self.path.to_owned(), v))
-                .into_iter()
-                .collect(),
-            Reader::Section(_) => section_number(config, self.path, self.range)
-                .map(|v| (self.path.to_owned(), v))
-                .into_iter()
-                .collect(),
-            Reader::Rate(read) => {
-                let leaf = self.path.rsplit('.').next().unwrap_or(self.path);
-                config
-                    .rate_limits
-                    .iter()
-                    .filter_map(|(name, settings)| {
-                        read(settings).map(|v| (format!("rate_limits.{name}.{leaf}"), v))
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// The built-in default of this key (for `rate_limits.*`, of every channel in `rates`, the
-    /// adapters' defaults).
-    pub fn default_values(&self, rates: &[RateSettings]) -> Vec<Number> {
-        match self.reader {
-            Reader::Config(read) => read(&Config::default()).into_iter().collect(),
-            Reader::Section(default) => default.into_iter().collect(),
-            Reader::Rate(read) => rates.iter().filter_map(read).collect(),
-        }
-    }
-}
-
-pub const SEC: u64 = 1_000;
-pub const MIN: u64 = 60 * SEC;
-pub const HOUR: u64 = 60 * MIN;
-pub const DAY: u64 = 24 * HOUR;
-pub const MIB: u64 = 1024 * 1024;
-
-pub const fn ints(lo: u64, hi: u64) -> Range {
-    Range::Int(lo, hi)
-}
-
-pub const fn millis(lo: u64, hi: u64) -> Range {
-    Range::Duration(Duration::from_millis(lo), Duration::from_millis(hi))
-}
-
-const fn key(path: &'static str, range: Range, read: fn(&Config) -> Option<Number>) -> NumericKey {
-    NumericKey {
-        path,
-        range,
-        reader: Reader::Config(read),
-    }
-}
-
-/// A numeric key of a channel section, `channels.<name>.<key>`, with its adapter's default
-/// (`None` for an optional key without one).
-pub const fn channel_key(path: &'static str, range: Range, default: Option<Number>) -> NumericKey {
-    NumericKey {
-        path,
-        range,
-        reader: Reader::Section(default),
-    }
-}
-
-/// The number at `path` (`channels.<name>.<key>`) as written, read the way `range` measures it:
-/// a whole number, a decimal, or a duration (`"30s"` or whole seconds). `None` when the key is
-/// not set or is not a number of that kind (the adapter's own parse reports that).
-fn section_number(config: &Config, path: &str, range: Range) -> Option<Number> {
-    let mut keys = path.split('.');
-    let (Some("channels"), Some(name), Some(key), None) =
-        (keys.next(), keys.next(), keys.next(), keys.next())
-    else {
-        return None;
-    };
-    let value = config.channels.get(name)?.get(key)?;
-    match (range, value) {
-        (Range::Int(..), toml::Value::Integer(n)) => u64::try_from(*n).ok().map(Number::Int),
-        (Range::Float(..), toml::Value::Float(x)) => Some(Number::Float(*x)),
-        (Range::Float(..), toml::Value::Integer(n)) => Some(Number::Float(*n as f64)),
-        (Range::Duration(..), toml::Value::Integer(n)) => u64::try_from(*n)
-            .ok()
-            .map(|s| Number::Duration(Duration::from_secs(s))),
-        (Range::Duration(..), toml::Value::String(s)) => {
-            parse_duration(s).ok().map(Number::Duration)
-        }
-        _ => None,
-    }
-}
-
-const fn rate(
-    path: &'static str,
-    range: Range,
-    read: fn(&RateSettings) -> Option<Number>,
-) -> NumericKey {
-    NumericKey {
-        path,
-        range,
-        reader: Reader::Rate(read),
-    }
-}
-
-fn int(n: impl TryInto<u64>) -> Option<Number> {
-    Some(Number::Int(n.try_into().unwrap_or(u64::MAX)))
-}
-
-fn dur(d: HumanDuration) -> Option<Number> {
-    Some(Number::Duration(d.get()))
-}
-
-/// Every numeric key and its range: what `validate()` checks and README.md's Configuration
-/// section lists. A new numeric key is one line here (a unit test fails until it is).
-pub static NUMERIC_KEYS: &[NumericKey] = &[
-    key("gateway.max_sessions", ints(1, 10_000_000), |c| {
-        int(c.gateway.max_sessions)
-    }),
-    key("gateway.idle_timeout", millis(100, 30 * DAY), |c| {
-        dur(c.gateway.idle_timeout)
-    }),
-    key("gateway.history_window", ints(1, 10_000), |c| {
-        int(c.gateway.history_window)
-    }),
-    key("gateway.mailbox_capacity", ints(1, 65_536), |c| {
-        int(c.gateway.mailbox_capacity)
-    }),
-    key(
-        "gateway.identity_cache_size",
-        ints(1, MAX_IDENTITY_CACHE_SIZE as u64),
-        |c| int(c.gateway.identity_cache_size),
-    ),
-    key("gateway.shutdown_grace", millis(0, HOUR), |c| {
-        dur(c.gateway.shutdown_grace)
-    }),
-    key("http.header_timeout", millis(100, HOUR), |c| {
-        dur(c.http.header_timeout)
-    }),
-    key("http.body_timeout", millis(100, HOUR), |c| {
-        dur(c.http.body_timeout)
-    }),
-    key("http.max_connections", ints(1, 1_000_000), |c| {
-        int(c.http.max_connections)
-    }),
-    key("agent.max_concurrent", ints(1, 10_000), |c| {
-        int(c.agent.max_concurrent)
-    }),
-    key("agent.timeout", millis(100, HOUR), |c| dur(c.agent.timeout)),
-    key("agent.max_attempts", ints(1, 100), |c| {
-        int(c.agent.max_attempts)
-    }),
-    key("agent.retry_backoff", millis(0, 10 * MIN), |c| {
-        dur(c.agent.retry_backoff)
-    }),
-    key("agent.max_tool_steps", ints(1, 100), |c| {
-        int(c.agent.max_tool_steps)
-    }),
-    key("delivery.max_attempts", ints(1, 1_000), |c| {
-        int(c.delivery.max_attempts)
-    }),
-    key("delivery.retry_backoff", millis(0, HOUR), |c| {
-        dur(c.delivery.retry_backoff)
-    }),
-    key("delivery.max_backoff", millis(1, DAY), |c| {
-        dur(c.delivery.max_backoff)
-    }),
-    key("delivery.probe_interval", millis(10, DAY), |c| {
-        dur(c.delivery.probe_interval)
-    }),
-    key("tools.http_max_bytes", ints(1, 64 * MIB), |c| {
-        int(c.tools.http_max_bytes)
-    }),
-    key("tools.timeout", millis(10, HOUR), |c| dur(c.tools.timeout)),
-    key("store.dedupe_window", millis(MIN, 3650 * DAY), |c| {
-        dur(c.store.dedupe_window)
-    }),
-    key(
-        "store.transcript_retention",
-        millis(HOUR, 36_500 * DAY),
-        |c| match c.store.transcript_retention {
-            TranscriptRetention::Forever => None,
-            TranscriptRetention::For(d) => Some(Number::Duration(d)),
-        },
-    ),
-    key("store.prune_interval", millis(SEC, DAY), |c| {
-        dur(c.store.prune_interval)
-    }),
-    rate(
-        "rate_limits.*.per_second",
-        Range::Float(0.001, 1_000_000.0),
-        |r| r.per_second.map(Number::Float),
-    ),
-    rate("rate_limits.*.burst", ints(1, 1_000_000), |r| {
-        r.burst.and_then(int)
-    }),
-    rate(
-        "rate_limits.*.per_chat_per_second",
-        Range::Float(0.001, 1_000_000.0),
-        |r| r.per_chat_per_second.map(Number::Float),
-    ),
-    rate("rate_limits.*.per_chat_burst", ints(1, 1_000_000), |r| {
-        r.per_chat_burst.and_then(int)
-    }),
-];
-
-fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map(|span| line_at(text, span.start));
-    let message = e.message().trim().replace('\n', " ");
-    // serde names the offending key in its message; the span points at it in the file.
-    let path = e
-        .span()
-        .and_then(|span| key_path_at(text, span.start))
-        .unwrap_or_else(|| "(syntax)".to_owned());
-    ConfigError {
-        path,
-        line,
-        message,
-    }
-}
-
-fn line_at(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(0, |prefix| prefix.matches('\n').count())
-        + 1
-}
-
-/// The dotted path of the key whose key or value span contains `offset`, found in the parsed
-/// document (the innermost one, searching every table).
-fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    fn walk(
-        table: &toml::de::DeTable<'_>,
-        prefix: &mut Vec<String>,
-        offset: usize,
-    ) -> Option<String> {
-        for (key, value) in table.iter() {
-            prefix.push(key.get_ref().to_string());
-            if let toml::de::DeValue::Table(inner) = value.get_ref()
-                && let Some(found) = walk(inner, prefix, offset)
-            {
-                return Some(found);
-            }
-            let contains = |span: std::ops::Range<usize>| {
-                span.start <= offset && offset < span.end.max(span.start + 1)
-            };
-            if contains(key.span()) || contains(value.span()) {
-                return Some(prefix.join("."));
-            }
-            prefix.pop();
-        }
-        None
-    }
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    walk(doc.get_ref(), &mut Vec::new(), offset)
-}
-
-/// The 1-based line where the key at dotted `path` is written or, for a key that is missing
-/// (a required key left out), the line of the nearest enclosing table that is written.
-pub fn line_of_key(text: &str, path: &str) -> Option<usize> {
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut table = doc.get_ref();
-    let mut found = None;
-    for part in path.split('.') {
-        let Some((key, value)) = table.iter().find(|(k, _)| k.get_ref() == part) else {
-            return found;
-        };
-        found = Some(line_at(text, key.span().start));
-        match value.get_ref() {
-            toml::de::DeValue::Table(inner) => table = inner,
-            _ => return found,
-        }
-    }
-    found
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::channels::registry::parse_config;
 
     #[test]
     fn empty_file_gives_the_documented_defaults() {
-        let c = Config::parse("").expect("empty config is valid");
+        let c = parse_config("").expect("empty config is valid");
         assert_eq!(c.http.listen, "127.0.0.1:8080");
         assert_eq!(c.admin.listen, "127.0.0.1:50051");
         assert_eq!(c.gateway.data_dir, PathBuf::from("data"));
         assert_eq!(c.agent.provider, ProviderKind::Echo);
-        assert!(c.channels.webchat.enabled);
-        assert_eq!(c.channels.webchat.max_message_bytes, 65536);
+        assert!(c.channels.is_empty(), "every channel section defaults");
+        assert_eq!(
+            crate::channels::registry::enabled(&c),
+            vec![ChannelKind::new("webchat")]
+        );
     }
 
     #[test]
@@ -1342,11 +724,11 @@ mod tests {
 
     #[test]
     fn store_retention_defaults_parse_and_ranges() {
-        let c = Config::parse("").expect("defaults");
+        let c = parse_config("").expect("defaults");
         assert_eq!(c.store.dedupe_window.get(), Duration::from_secs(7 * 86_400));
         assert_eq!(c.store.transcript_retention, TranscriptRetention::Forever);
         assert_eq!(c.store.prune_interval.get(), Duration::from_secs(300));
-        let c = Config::parse(
+        let c = parse_config(
             "[store]\ndedupe_window = \"2d\"\ntranscript_retention = \"90d\"\nprune_interval = \"30s\"\n",
         )
         .expect("valid");
@@ -1356,7 +738,7 @@ mod tests {
             TranscriptRetention::For(Duration::from_secs(90 * 86_400))
         );
         assert_eq!(
-            Config::parse("[store]\ntranscript_retention = \"forever\"\n")
+            parse_config("[store]\ntranscript_retention = \"forever\"\n")
                 .expect("forever")
                 .store
                 .transcript_retention,
@@ -1372,21 +754,21 @@ mod tests {
             ("prune_interval = \"0s\"", "store.prune_interval"),
             ("prune_interval = \"2d\"", "store.prune_interval"),
         ] {
-            let errs = Config::parse(&format!("[store]\n{toml}\n")).expect_err(toml);
+            let errs = parse_config(&format!("[store]\n{toml}\n")).expect_err(toml);
             assert!(errs.iter().any(|e| e.path == path), "{toml}: {errs:?}");
         }
-        let errs = Config::parse("[store]\ntranscript_retention = \"always\"\n")
+        let errs = parse_config("[store]\ntranscript_retention = \"always\"\n")
             .expect_err("not a retention");
         assert!(
             errs.iter().any(|e| e.message.contains("forever")),
             "{errs:?}"
         );
-        assert!(Config::parse("[store]\nbogus = 1\n").is_err());
+        assert!(parse_config("[store]\nbogus = 1\n").is_err());
     }
 
     #[test]
     fn unknown_key_names_path_and_line() {
-        let errs = Config::parse("[gateway]\nmax_sessions = 5\n\n[agent]\nmodle = \"x\"\n")
+        let errs = parse_config("[gateway]\nmax_sessions = 5\n\n[agent]\nmodle = \"x\"\n")
             .expect_err("typo must be rejected");
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, Some(5), "{errs:?}");
@@ -1396,7 +778,7 @@ mod tests {
     #[test]
     fn every_semantic_error_is_reported_at_once_with_lines() {
         let text = "[gateway]\nmax_sessions = 0\n[http]\nlisten = \"nowhere\"\n[agent]\nprovider = \"openai\"\nbase_url = \"not a url\"\nmax_concurrent = 0\n";
-        let errs = Config::parse(text).expect_err("invalid");
+        let errs = parse_config(text).expect_err("invalid");
         let paths: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
         assert_eq!(
             paths,
@@ -1412,14 +794,14 @@ mod tests {
     #[test]
     fn a_missing_key_points_at_its_table() {
         let errs =
-            Config::parse("[gateway]\n\n[channels.http]\nenabled = true\n").expect_err("invalid");
+            parse_config("[gateway]\n\n[channels.http]\nenabled = true\n").expect_err("invalid");
         assert_eq!(errs[0].path, "channels.http.callback_url");
         assert_eq!(errs[0].line, Some(3), "the [channels.http] header");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let errs = Config::parse("[gateway]\nmax_sessions = \"many\"\n").expect_err("invalid");
+        let errs = parse_config("[gateway]\nmax_sessions = \"many\"\n").expect_err("invalid");
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].path.contains("max_sessions"), "{errs:?}");
     }
@@ -1427,7 +809,7 @@ mod tests {
     /// Every numeric key serde reads in [`Config`], found by deserializing it from a tracing
     /// deserializer that answers every struct field, optional value and map entry: so a key
     /// added to any section, with or without a default, shows up here.
-    mod trace {
+    pub(crate) mod trace {
         use std::cell::RefCell;
 
         use serde::de::value::{Error, SeqDeserializer, StrDeserializer};
@@ -1604,14 +986,26 @@ mod tests {
         }
     }
 
-    fn traced_numeric_keys() -> Vec<(String, trace::Kind)> {
+    /// Every numeric key a `T` reads, under `prefix`, with the kind of number it asks for.
+    pub(crate) fn traced<T: serde::de::DeserializeOwned>(
+        prefix: &str,
+    ) -> Vec<(String, trace::Kind)> {
         let found = trace::Found::default();
-        Config::deserialize(trace::Tracer {
-            path: String::new(),
+        T::deserialize(trace::Tracer {
+            path: prefix.to_owned(),
             found: &found,
         })
         .expect("the tracer answers every key");
         found.into_inner()
+    }
+
+    /// Every numeric key of the file: the core's and each channel section's.
+    fn traced_numeric_keys() -> Vec<(String, trace::Kind)> {
+        let mut all = traced::<Config>("");
+        for a in crate::channels::registry::ADAPTERS {
+            all.extend(a.traced_numeric_keys());
+        }
+        all
     }
 
     #[test]
@@ -1619,8 +1013,8 @@ mod tests {
         let traced = traced_numeric_keys();
         assert!(traced.len() >= 20, "the tracer found the keys: {traced:?}");
         for (path, kind) in &traced {
-            let entry = NUMERIC_KEYS
-                .iter()
+            let entry = crate::channels::registry::numeric_keys()
+                .into_iter()
                 .find(|k| k.path == path)
                 .unwrap_or_else(|| {
                     panic!("numeric key `{path}` has no range in NUMERIC_KEYS; add one line there")
@@ -1632,7 +1026,7 @@ mod tests {
             };
             assert_eq!(*kind, expected, "{path}: its range is of the wrong kind");
         }
-        for key in NUMERIC_KEYS {
+        for key in crate::channels::registry::numeric_keys() {
             assert!(
                 traced.iter().any(|(p, _)| p == key.path),
                 "NUMERIC_KEYS lists `{}`, which is not a key of the file",
@@ -1651,7 +1045,7 @@ mod tests {
             key.range
                 .check(hi)
                 .unwrap_or_else(|e| panic!("{}: {e}", key.path));
-            for value in key.default_values() {
+            for value in key.default_values(&crate::channels::registry::default_rates()) {
                 key.range
                     .check(value)
                     .unwrap_or_else(|e| panic!("the default of {}: {e}", key.path));
@@ -1662,7 +1056,7 @@ mod tests {
     #[test]
     fn the_readme_lists_every_numeric_range() {
         let readme = include_str!("../../README.md");
-        for key in NUMERIC_KEYS {
+        for key in crate::channels::registry::numeric_keys() {
             let row = format!("| `{}` | {} |", key.path, key.range);
             assert!(
                 readme.contains(&row),
@@ -1730,14 +1124,14 @@ mod tests {
                 2,
             ),
         ] {
-            let errs = Config::parse(text).expect_err(text);
+            let errs = parse_config(text).expect_err(text);
             assert_eq!(errs.len(), 1, "{text}: {errs:?}");
             assert_eq!(errs[0].path, path, "{text}: {errs:?}");
             assert_eq!(errs[0].line, Some(line), "{text}: {errs:?}");
         }
-        let errs = Config::parse("[agent]\nmax_concurrent = 0\n").expect_err("0");
+        let errs = parse_config("[agent]\nmax_concurrent = 0\n").expect_err("0");
         assert_eq!(errs[0].message, "must be from 1 to 10000; got 0");
-        let errs = Config::parse("[gateway]\nidle_timeout = \"50ms\"\n").expect_err("50ms");
+        let errs = parse_config("[gateway]\nidle_timeout = \"50ms\"\n").expect_err("50ms");
         assert_eq!(
             errs[0].message,
             "must be from \"100ms\" to \"30d\"; got 50ms"
@@ -1747,7 +1141,7 @@ mod tests {
     #[test]
     fn every_type_error_and_every_semantic_error_is_reported_in_one_pass() {
         let text = "[gateway]\nbogus = 1\nidle_timeout = \"abc\"\nmax_sessions = 0\n[agent]\nprovider = \"foo\"\n[channels.http]\nenabled = true\ntimeout = -5\n";
-        let errs = Config::parse(text).expect_err("invalid");
+        let errs = parse_config(text).expect_err("invalid");
         let found: Vec<(&str, Option<usize>)> =
             errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
         assert_eq!(
@@ -1776,11 +1170,11 @@ mod tests {
     #[test]
     fn a_removed_key_takes_its_default_and_is_not_reported_twice() {
         // The bad callback_url is reported for its type, not again as missing.
-        let errs = Config::parse("[channels.http]\nenabled = true\ncallback_url = 5\n")
+        let errs = parse_config("[channels.http]\nenabled = true\ncallback_url = 5\n")
             .expect_err("invalid");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "channels.http.callback_url");
-        let errs = Config::parse("rate_limits = 5\n[agent]\nmax_attempts = 0\n").expect_err("x");
+        let errs = parse_config("rate_limits = 5\n[agent]\nmax_attempts = 0\n").expect_err("x");
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["rate_limits", "agent.max_attempts"], "{errs:?}");
     }
@@ -1789,7 +1183,7 @@ mod tests {
     fn durations_of_every_wrong_shape_say_what_a_duration_looks_like() {
         for value in ["-5", "\"abc\"", "1.5", "true", "\"\"", "[1]", "\"-5s\""] {
             let text = format!("[agent]\ntimeout = {value}\n");
-            let errs = Config::parse(&text).expect_err(&text);
+            let errs = parse_config(&text).expect_err(&text);
             assert_eq!(errs.len(), 1, "{text}: {errs:?}");
             assert_eq!(errs[0].path, "agent.timeout", "{text}: {errs:?}");
             assert!(errs[0].message.contains(DURATION_FORMS), "{text}: {errs:?}");
@@ -1821,7 +1215,7 @@ mod tests {
             let leaf = key.rsplit('.').next().expect("a leaf");
             for value in bad {
                 let text = format!("{table}\n{extra}{leaf} = {value:?}\n");
-                let errs = Config::parse(&text).expect_err(&text);
+                let errs = parse_config(&text).expect_err(&text);
                 assert_eq!(errs.len(), 1, "{text}: {errs:?}");
                 assert_eq!(errs[0].path, key, "{text}: {errs:?}");
                 assert!(errs[0].line.is_some(), "{text}: {errs:?}");
@@ -1829,7 +1223,7 @@ mod tests {
             }
             for value in good {
                 let text = format!("{table}\n{extra}{leaf} = {value:?}\n");
-                Config::parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+                parse_config(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
             }
         }
     }
@@ -1837,7 +1231,7 @@ mod tests {
     #[test]
     fn telegram_webhook_mode_needs_a_webhook_url() {
         let text = "[channels.telegram]\nenabled = true\ntoken_file = \"/nonexistent\"\nmode = \"webhook\"\n";
-        let errs = Config::parse(text).expect_err("invalid");
+        let errs = parse_config(text).expect_err("invalid");
         assert!(
             errs.iter()
                 .any(|e| e.path == "channels.telegram.webhook_url"),
@@ -1852,7 +1246,7 @@ mod tests {
         use crate::delivery::rate_limit::ChannelLimits;
         for (rate, burst) in [(1e-300, u32::MAX), (1e-12, 1), (1e300, 0), (f64::NAN, 5)] {
             let limits = ChannelLimits::new(
-                ChannelKind::Http,
+                ChannelKind::new("http"),
                 RateSettings {
                     per_second: Some(rate),
                     burst: Some(burst),
@@ -1884,7 +1278,7 @@ mod tests {
         fn prop_config_text_never_panics_and_errors_are_located(
             text in garbled_config(),
         ) {
-            if let Err(errors) = Config::parse(&text) {
+            if let Err(errors) = parse_config(&text) {
                 proptest::prop_assert!(!errors.is_empty());
                 for e in &errors {
                     proptest::prop_assert!(
@@ -1963,14 +1357,14 @@ mod tests {
     fn identity_cache_size_is_range_checked() {
         for bad in ["0", "100000001"] {
             let text = format!("[gateway]\nidentity_cache_size = {bad}\n");
-            let errs = Config::parse(&text).expect_err("out of range");
+            let errs = parse_config(&text).expect_err("out of range");
             assert_eq!(errs.len(), 1, "{errs:?}");
             assert_eq!(errs[0].path, "gateway.identity_cache_size");
             assert!(errs[0].message.contains("1 to 100000000"), "{errs:?}");
         }
-        let ok = Config::parse("[gateway]\nidentity_cache_size = 1\n").expect("valid");
+        let ok = parse_config("[gateway]\nidentity_cache_size = 1\n").expect("valid");
         assert_eq!(ok.gateway.identity_cache_size, 1);
-        let default = Config::parse("").expect("valid");
+        let default = parse_config("").expect("valid");
         assert_eq!(default.gateway.identity_cache_size, 100_000);
     }
 }

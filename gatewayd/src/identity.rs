@@ -290,8 +290,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(&dir.path().join("g.db")).expect("open"));
         let id = Identity::new(store, EventBus::new(16));
-        let web = addr(ChannelKind::Webchat, "w1");
-        let http = addr(ChannelKind::Http, "h1");
+        let web = addr(ChannelKind::new("webchat"), "w1");
+        let http = addr(ChannelKind::new("http"), "h1");
         let a = id.resolve(&web).await.expect("a");
         let b = id.resolve(&http).await.expect("b");
         assert_ne!(a, b);
@@ -305,7 +305,7 @@ mod tests {
             Err(IdentityError::BadCode)
         ));
 
-        let stranger = addr(ChannelKind::Http, "mallory");
+        let stranger = addr(ChannelKind::new("http"), "mallory");
         for _ in 1..MAX_FAILURES {
             assert!(matches!(
                 id.redeem(&stranger, "WRONG000").await,
@@ -330,7 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = open(&dir, 3);
         let a: Vec<Address> = (0..5)
-            .map(|i| addr(ChannelKind::Http, &format!("u{i}")))
+            .map(|i| addr(ChannelKind::new("http"), &format!("u{i}")))
             .collect();
         let mut users = Vec::new();
         for x in &a[..3] {
@@ -357,10 +357,10 @@ mod tests {
     async fn link_and_unlink_invalidate_only_the_addresses_they_touch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = open(&dir, 100);
-        let web = addr(ChannelKind::Webchat, "w1");
-        let http = addr(ChannelKind::Http, "h1");
-        let tg = addr(ChannelKind::Telegram, "t1");
-        let other = addr(ChannelKind::Discord, "bystander");
+        let web = addr(ChannelKind::new("webchat"), "w1");
+        let http = addr(ChannelKind::new("http"), "h1");
+        let tg = addr(ChannelKind::new("telegram"), "t1");
+        let other = addr(ChannelKind::new("discord"), "bystander");
         let a = id.resolve(&web).await.expect("a");
         let b = id.resolve(&http).await.expect("b");
         let c = id.resolve(&other).await.expect("c");
@@ -380,7 +380,7 @@ mod tests {
 
         // Attach an address that has a user of its own with other addresses: only it moves.
         let t = id.resolve(&tg).await.expect("t");
-        let tg2 = addr(ChannelKind::Telegram, "t2");
+        let tg2 = addr(ChannelKind::new("telegram"), "t2");
         id.attach(t, &tg2).await.expect("attach to t");
         assert_eq!(id.resolve(&tg2).await.expect("t2"), t);
         assert_eq!(id.resolve(&tg).await.expect("t1"), t);
@@ -413,10 +413,10 @@ mod tests {
             .expect("an instant in the past");
         if let Ok(mut f) = id.failures.lock() {
             for i in 0..FAILURES_PRUNE_AT {
-                f.insert(addr(ChannelKind::Http, &format!("g{i}")), (1, old));
+                f.insert(addr(ChannelKind::new("http"), &format!("g{i}")), (1, old));
             }
         }
-        id.record_failure(&addr(ChannelKind::Http, "fresh"));
+        id.record_failure(&addr(ChannelKind::new("http"), "fresh"));
         let f = id.failures.lock().expect("lock");
         assert_eq!(f.len(), 1, "only the fresh record is left");
     }

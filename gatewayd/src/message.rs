@@ -318,7 +318,7 @@ mod tests {
     fn session_keys_round_trip() {
         for key in [
             SessionKey::User(42),
-            SessionKey::Group(ChannelKind::Http, "team:ops".to_owned()),
+            SessionKey::Group(ChannelKind::new("http"), "team:ops".to_owned()),
         ] {
             assert_eq!(key.to_string().parse::<SessionKey>(), Ok(key));
         }

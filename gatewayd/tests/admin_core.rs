@@ -41,7 +41,7 @@ async fn a_watcher_that_falls_behind_gets_a_lagged_marker() {
     for id in 0..total {
         gw.events.publish(Event::MessageIn {
             inbox_id: id,
-            channel: ChannelKind::Http,
+            channel: ChannelKind::new("http"),
             chat_id: "c".to_owned(),
         });
     }

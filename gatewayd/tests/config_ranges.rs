@@ -2,7 +2,7 @@
 //! range (its ends included) are accepted by `gatewayd check-config`, and the daemon then starts
 //! and answers a WebChat message; values outside it (too small, too large, zero, negative, NaN,
 //! infinite, of the wrong type) are refused by `check-config` and by a start, with an error line
-//! naming each bad key. The keys and ranges come from the one table, `config::NUMERIC_KEYS`.
+//! naming each bad key. The keys and ranges come from the one table, `channels::registry::numeric_keys()` (`config::NUMERIC_KEYS` and each adapter's).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use gateway_tests::webchat::WebChatClient;
 use gateway_tests::{Gateway, GatewayOptions, TIMEOUT, gatewayd_bin};
-use gatewayd::config::{NUMERIC_KEYS, Range};
+use gatewayd::config::{NumericKey, Range};
+
+/// Every numeric key of the file: the core's and each channel adapter's.
+fn keys() -> Vec<&'static NumericKey> {
+    gatewayd::channels::registry::numeric_keys()
+}
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -161,9 +166,9 @@ fn options(keys: &Keys) -> GatewayOptions {
     }
 }
 
-/// The full key path of `NUMERIC_KEYS[index]`, with `*` replaced by `channel`.
+/// The full key path of `keys()[index]`, with `*` replaced by `channel`.
 fn full_path(index: usize, channel: &str) -> String {
-    NUMERIC_KEYS[index].path.replace('*', channel)
+    keys()[index].path.replace('*', channel)
 }
 
 fn stderr(out: &Output) -> String {
@@ -303,7 +308,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
     let rt = runtime();
     for end in 0..2 {
         let mut keys = Keys::new();
-        for (i, key) in NUMERIC_KEYS.iter().enumerate() {
+        for (i, key) in keys().into_iter().enumerate() {
             let (inside, _) = edges(key.range);
             for channel in CHANNELS {
                 keys.insert(full_path(i, channel), inside[end].clone());
@@ -313,7 +318,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
     }
     for side in 0..2 {
         let mut keys = Keys::new();
-        for (i, key) in NUMERIC_KEYS.iter().enumerate() {
+        for (i, key) in keys().into_iter().enumerate() {
             let (_, outside) = edges(key.range);
             let value = outside.get(side).unwrap_or(&outside[0]);
             for channel in CHANNELS {
@@ -333,13 +338,11 @@ fn cases() -> u32 {
 
 /// A few keys, each with a generated value (inside, at the ends of, or outside its range).
 fn generated_keys() -> impl Strategy<Value = Keys> {
-    let one = (
-        0..NUMERIC_KEYS.len(),
-        prop::sample::select(CHANNELS.to_vec()),
-    )
-        .prop_flat_map(|(index, channel)| {
-            values(NUMERIC_KEYS[index].range).prop_map(move |v| (full_path(index, channel), v))
-        });
+    let one = (0..keys().len(), prop::sample::select(CHANNELS.to_vec())).prop_flat_map(
+        |(index, channel)| {
+            values(keys()[index].range).prop_map(move |v| (full_path(index, channel), v))
+        },
+    );
     prop::collection::vec(one, 1..6).prop_map(|pairs| {
         let mut keys = Keys::new();
         for (path, value) in pairs {

@@ -65,7 +65,7 @@ fn http_state(gw: &Gateway) -> HealthState {
     gw.delivery
         .channels()
         .into_iter()
-        .find(|c| c.channel == ChannelKind::Http)
+        .find(|c| c.channel == ChannelKind::new("http"))
         .map(|c| c.state)
         .expect("http channel")
 }
@@ -102,7 +102,7 @@ async fn an_auth_failure_holds_the_channel_until_the_operator_reconnects() {
     callback.set_chat_mode("b", None);
     let state = gw
         .delivery
-        .reconnect(ChannelKind::Http)
+        .reconnect(ChannelKind::new("http"))
         .await
         .expect("reconnect");
     assert_eq!(state, HealthState::Connected);
@@ -155,7 +155,7 @@ async fn a_down_channel_is_probed_and_its_dead_letters_retried_when_it_recovers(
         .delivery
         .channels()
         .into_iter()
-        .find(|c| c.channel == ChannelKind::Http)
+        .find(|c| c.channel == ChannelKind::new("http"))
         .expect("http");
     assert_eq!(status.state, HealthState::Down, "{status:?}");
     assert!(
@@ -240,7 +240,7 @@ async fn five_thousand_dead_letters_survive_a_restart_and_are_all_retried() {
     loop {
         let page = gw
             .delivery
-            .list_dead(Some(ChannelKind::Http), cursor, 500)
+            .list_dead(Some(ChannelKind::new("http")), cursor, 500)
             .await
             .expect("list");
         let Some(last) = page.last() else { break };
@@ -263,7 +263,7 @@ async fn five_thousand_dead_letters_survive_a_restart_and_are_all_retried() {
     let retried = gw
         .delivery
         .retry_dead(&DeadSelector::Channel {
-            channel: ChannelKind::Http,
+            channel: ChannelKind::new("http"),
             classes: None,
         })
         .await

@@ -130,7 +130,7 @@ async fn transcript(gw: &Gateway, sender: &str) -> Vec<(Role, String)> {
     let user = gw
         .identity
         .resolve(&Address {
-            channel: ChannelKind::Http,
+            channel: ChannelKind::new("http"),
             sender_id: sender.to_owned(),
         })
         .await

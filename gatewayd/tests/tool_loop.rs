@@ -85,7 +85,7 @@ fn agent_with_attempts(llm: &FakeOpenAi, add: Arc<Add>, max_steps: u32, attempts
 fn ctx() -> ToolCallContext {
     ToolCallContext {
         session: Some(SessionKey::User(1)),
-        origin: Some((ChannelKind::Webchat, "chat-1".to_owned())),
+        origin: Some((ChannelKind::new("webchat"), "chat-1".to_owned())),
         user: Some(1),
     }
 }

@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn channels_round_trip_and_unknown_numbers_are_errors() {
-        for c in ChannelKind::ALL {
+        for c in ["webchat", "http", "telegram", "discord"].map(ChannelKind::new) {
             assert_eq!(channel_from(channel(c) as i32), Ok(Some(c)));
         }
         assert_eq!(channel_from(0), Ok(None));

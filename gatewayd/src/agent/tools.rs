@@ -1530,7 +1530,7 @@ mod tests {
                 (MessageTarget::User(3), "hi".to_owned()),
                 (
                     MessageTarget::Chat {
-                        channel: ChannelKind::Telegram,
+                        channel: ChannelKind::new("telegram"),
                         chat_id: "42".to_owned()
                     },
                     "yo".to_owned()
@@ -1570,7 +1570,7 @@ mod tests {
         .expect("register");
         let ctx = ToolCallContext {
             session: Some(SessionKey::User(9)),
-            origin: Some((ChannelKind::Webchat, "c1".to_owned())),
+            origin: Some((ChannelKind::new("webchat"), "c1".to_owned())),
             user: Some(9),
         };
         assert_eq!(

@@ -41,6 +41,9 @@ pub trait Entry: Send + Sync {
     fn check(&self, config: &Config, text: &str) -> Vec<ConfigError>;
     /// What its paths answer while it is disabled.
     fn disabled_routes(&self) -> Vec<Route>;
+    /// Every numeric key its config type reads (for the range table's unit test).
+    #[cfg(test)]
+    fn traced_numeric_keys(&self) -> Vec<(String, crate::config::tests::trace::Kind)>;
     /// Builds the adapter if its section enables it.
     fn build(&self, config: &Config, env: &BuildEnv) -> anyhow::Result<Option<Box<dyn Built>>>;
 }
@@ -123,6 +126,11 @@ impl<A: ChannelAdapter> Entry for Of<A> {
 
     fn disabled_routes(&self) -> Vec<Route> {
         A::disabled_routes()
+    }
+
+    #[cfg(test)]
+    fn traced_numeric_keys(&self) -> Vec<(String, crate::config::tests::trace::Kind)> {
+        crate::config::tests::traced::<A::Config>(&format!("channels.{}", A::KIND))
     }
 
     fn build(&self, config: &Config, env: &BuildEnv) -> anyhow::Result<Option<Box<dyn Built>>> {

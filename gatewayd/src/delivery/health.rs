@@ -235,7 +235,7 @@ mod tests {
     fn failures_walk_through_reconnecting_to_down_and_success_recovers() {
         let events = EventBus::new(64);
         let mut rx = events.subscribe();
-        let h = ChannelHealth::new(ChannelKind::Http, events);
+        let h = ChannelHealth::new(ChannelKind::new("http"), events);
         assert_eq!(h.state(), HealthState::Starting);
         assert!(!h.succeeded(), "starting → connected is not a recovery");
         h.failed(ErrorClass::Retryable, "HTTP 500", Duration::from_secs(1));
@@ -275,7 +275,10 @@ mod tests {
 
     #[tokio::test]
     async fn auth_failure_holds_sends_until_reconnect() {
-        let h = std::sync::Arc::new(ChannelHealth::new(ChannelKind::Http, EventBus::new(8)));
+        let h = std::sync::Arc::new(ChannelHealth::new(
+            ChannelKind::new("http"),
+            EventBus::new(8),
+        ));
         h.failed(ErrorClass::Auth, "HTTP 401", Duration::ZERO);
         assert_eq!(h.state(), HealthState::ReauthNeeded);
         h.failed(ErrorClass::Retryable, "HTTP 500", Duration::ZERO);

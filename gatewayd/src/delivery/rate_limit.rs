@@ -353,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn the_chat_bucket_spaces_sends_at_its_rate() {
         let limits = ChannelLimits::new(
-            ChannelKind::Http,
+            ChannelKind::new("http"),
             RateSettings {
                 per_second: None,
                 burst: None,
@@ -383,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_holds_that_chat_only() {
-        let limits = ChannelLimits::new(ChannelKind::Http, RateSettings::default());
+        let limits = ChannelLimits::new(ChannelKind::new("http"), RateSettings::default());
         let until = Instant::now() + Duration::from_millis(1000);
         limits.pause_chat("slow", until);
         let (_, chats) = limits.buckets(10);

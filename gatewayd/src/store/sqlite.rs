@@ -2373,7 +2373,7 @@ mod tests {
 
     fn msg(id: &str, sender: &str) -> InboundMessage {
         InboundMessage {
-            channel: ChannelKind::Http,
+            channel: ChannelKind::new("http"),
             channel_message_id: id.to_owned(),
             chat_id: format!("chat-{sender}"),
             chat_type: ChatType::Direct,
@@ -2416,7 +2416,7 @@ mod tests {
             role: Role::User,
             text: text.to_owned(),
             at_ms,
-            channel: Some(ChannelKind::Http),
+            channel: Some(ChannelKind::new("http")),
         }
     }
 
@@ -2429,7 +2429,7 @@ mod tests {
                 session: SessionKey::User(session),
                 entries: vec![entry(text, now_ms())],
                 replies: vec![NewReply {
-                    channel: ChannelKind::Http,
+                    channel: ChannelKind::new("http"),
                     chat_id: format!("chat-s{session}"),
                     text: text.to_owned(),
                     reply_to: Some(id.to_owned()),
@@ -2618,7 +2618,7 @@ mod tests {
         let (_dir, store) = open();
         let user = store
             .resolve_address(&Address {
-                channel: ChannelKind::Http,
+                channel: ChannelKind::new("http"),
                 sender_id: "s4".into(),
             })
             .await
@@ -2626,7 +2626,10 @@ mod tests {
         let row = answered(&store, "hello", 4, "hi").await;
         store.outbox_delivered(row.id).await.expect("delivered");
         let before = store.last_direct_chat(user).await.expect("read");
-        assert_eq!(before, Some((ChannelKind::Http, "chat-s4".to_owned())));
+        assert_eq!(
+            before,
+            Some((ChannelKind::new("http"), "chat-s4".to_owned()))
+        );
         let report = store
             .prune_now(now_ms() + 8 * DAY_MS, retention(1000, None, 20))
             .await
@@ -2781,10 +2784,10 @@ mod tests {
                 role: Role::User,
                 text: "hi".into(),
                 at_ms: 1,
-                channel: Some(ChannelKind::Http),
+                channel: Some(ChannelKind::new("http")),
             }],
             replies: vec![NewReply {
-                channel: ChannelKind::Http,
+                channel: ChannelKind::new("http"),
                 chat_id: "c".into(),
                 text: "hi".into(),
                 reply_to: Some("m1".into()),
@@ -2816,9 +2819,9 @@ mod tests {
         let key = SessionKey::User(7);
         // Turns on http, http again, telegram, then a turn with no channel (a workflow's).
         let channels = [
-            Some(ChannelKind::Http),
-            Some(ChannelKind::Http),
-            Some(ChannelKind::Telegram),
+            Some(ChannelKind::new("http")),
+            Some(ChannelKind::new("http")),
+            Some(ChannelKind::new("telegram")),
             None,
         ];
         for (i, channel) in channels.into_iter().enumerate() {
@@ -2840,9 +2843,9 @@ mod tests {
             let row = store.session(&key).await.expect("read").expect("stored");
             assert_eq!(row.turns, u64::try_from(i + 1).expect("small"));
             let expected = if i < 2 {
-                ChannelKind::Http
+                ChannelKind::new("http")
             } else {
-                ChannelKind::Telegram
+                ChannelKind::new("telegram")
             };
             assert_eq!(row.last_channel, Some(expected), "after turn {i}");
         }
@@ -2852,13 +2855,13 @@ mod tests {
             channel: Some(channel),
         };
         let telegram = store
-            .list_sessions(&by(ChannelKind::Telegram), None, 10)
+            .list_sessions(&by(ChannelKind::new("telegram")), None, 10)
             .await
             .expect("list");
         assert_eq!(telegram.len(), 1);
         assert_eq!(telegram[0].key, key);
         let http = store
-            .list_sessions(&by(ChannelKind::Http), None, 10)
+            .list_sessions(&by(ChannelKind::new("http")), None, 10)
             .await
             .expect("list");
         assert!(http.is_empty(), "{http:?}");
@@ -2886,14 +2889,14 @@ mod tests {
         let (_dir, store) = open();
         let a = store
             .resolve_address(&Address {
-                channel: ChannelKind::Webchat,
+                channel: ChannelKind::new("webchat"),
                 sender_id: "w".into(),
             })
             .await
             .expect("a");
         let b = store
             .resolve_address(&Address {
-                channel: ChannelKind::Http,
+                channel: ChannelKind::new("http"),
                 sender_id: "h".into(),
             })
             .await
@@ -2924,7 +2927,7 @@ mod tests {
         assert!(matches!(store.user(b).await, Err(StoreError::NotFound(_))));
         let c = store
             .unlink_address(&Address {
-                channel: ChannelKind::Http,
+                channel: ChannelKind::new("http"),
                 sender_id: "h".into(),
             })
             .await
@@ -2944,7 +2947,7 @@ mod tests {
     async fn workflow_runs_are_durable_with_their_nodes() {
         let (_dir, store) = open();
         let origin = RunOrigin {
-            channel: ChannelKind::Http,
+            channel: ChannelKind::new("http"),
             chat_id: "c".into(),
             user: Some(3),
             trigger: "chat".into(),

@@ -1011,7 +1011,7 @@ mod tests {
 
     /// The built-in tools, with WebChat and the HTTP channel enabled.
     fn tools() -> Known {
-        Known::builtin([ChannelKind::Webchat, ChannelKind::Http])
+        Known::builtin([ChannelKind::new("webchat"), ChannelKind::new("http")])
     }
 
     /// Parses and validates `toml` as `wf.toml` and compares the errors as displayed.
