@@ -112,6 +112,8 @@ struct Inner {
     store: SharedStore,
     events: EventBus,
     channels: HashMap<ChannelKind, ChannelRuntime>,
+    /// The channels in the order they were given (the registry's display order).
+    order: Vec<ChannelKind>,
     policy: RetryPolicy,
     lanes: Mutex<HashMap<LaneKey, Lane>>,
     shutdown: watch::Receiver<bool>,
@@ -148,6 +150,7 @@ impl Delivery {
     ) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
+        let order: Vec<ChannelKind> = senders.iter().map(|(s, _)| s.kind()).collect();
         let channels = senders
             .into_iter()
             .map(|(sender, rates)| {
@@ -165,6 +168,7 @@ impl Delivery {
                 store,
                 events,
                 channels,
+                order,
                 policy,
                 lanes: Mutex::new(HashMap::new()),
                 shutdown,
@@ -244,7 +248,7 @@ impl Delivery {
             .values()
             .filter_map(|c| c.health.status())
             .collect();
-        out.sort_by_key(|s| s.channel);
+        out.sort_by_key(|s| self.position(s.channel));
         out
     }
 
@@ -265,8 +269,17 @@ impl Delivery {
                 }
             })
             .collect();
-        out.sort_by_key(|b| b.channel);
+        out.sort_by_key(|b| self.position(b.channel));
         out
+    }
+
+    /// Where `kind` comes in the display order.
+    fn position(&self, kind: ChannelKind) -> usize {
+        self.inner
+            .order
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(usize::MAX)
     }
 
     /// Forgets idle per-chat buckets; called periodically.

@@ -118,7 +118,8 @@ fn check_workflows(config: &Config, path: &Path) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let known =
-        gatewayd::workflow::validate::Known::builtin(gatewayd::channels::registry::enabled(config));
+        gatewayd::workflow::validate::Known::builtin(gatewayd::channels::registry::enabled(config))
+            .with_all_channels(gatewayd::channels::registry::names());
     let (workflows, errors) = gatewayd::workflow::validate::load_dir(dir, &known);
     if errors.is_empty() {
         println!(

@@ -323,6 +323,6 @@ mod tests {
             assert_eq!(key.to_string().parse::<SessionKey>(), Ok(key));
         }
         assert!("nonsense".parse::<SessionKey>().is_err());
-        assert!("group:pigeon:1".parse::<SessionKey>().is_err());
+        assert!("group:Pigeon!:1".parse::<SessionKey>().is_err());
     }
 }

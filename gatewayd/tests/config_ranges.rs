@@ -14,7 +14,7 @@ use gateway_tests::{Gateway, GatewayOptions, TIMEOUT, gatewayd_bin};
 use gatewayd::config::{NumericKey, Range};
 
 /// Every numeric key of the file: the core's and each channel adapter's.
-fn keys() -> Vec<&'static NumericKey> {
+fn numeric_keys() -> Vec<&'static NumericKey> {
     gatewayd::channels::registry::numeric_keys()
 }
 use proptest::prelude::*;
@@ -166,9 +166,9 @@ fn options(keys: &Keys) -> GatewayOptions {
     }
 }
 
-/// The full key path of `keys()[index]`, with `*` replaced by `channel`.
+/// The full key path of `numeric_keys()[index]`, with `*` replaced by `channel`.
 fn full_path(index: usize, channel: &str) -> String {
-    keys()[index].path.replace('*', channel)
+    numeric_keys()[index].path.replace('*', channel)
 }
 
 fn stderr(out: &Output) -> String {
@@ -308,7 +308,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
     let rt = runtime();
     for end in 0..2 {
         let mut keys = Keys::new();
-        for (i, key) in keys().into_iter().enumerate() {
+        for (i, key) in numeric_keys().into_iter().enumerate() {
             let (inside, _) = edges(key.range);
             for channel in CHANNELS {
                 keys.insert(full_path(i, channel), inside[end].clone());
@@ -318,7 +318,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
     }
     for side in 0..2 {
         let mut keys = Keys::new();
-        for (i, key) in keys().into_iter().enumerate() {
+        for (i, key) in numeric_keys().into_iter().enumerate() {
             let (_, outside) = edges(key.range);
             let value = outside.get(side).unwrap_or(&outside[0]);
             for channel in CHANNELS {
@@ -338,11 +338,13 @@ fn cases() -> u32 {
 
 /// A few keys, each with a generated value (inside, at the ends of, or outside its range).
 fn generated_keys() -> impl Strategy<Value = Keys> {
-    let one = (0..keys().len(), prop::sample::select(CHANNELS.to_vec())).prop_flat_map(
-        |(index, channel)| {
-            values(keys()[index].range).prop_map(move |v| (full_path(index, channel), v))
-        },
-    );
+    let one = (
+        0..numeric_keys().len(),
+        prop::sample::select(CHANNELS.to_vec()),
+    )
+        .prop_flat_map(|(index, channel)| {
+            values(numeric_keys()[index].range).prop_map(move |v| (full_path(index, channel), v))
+        });
     prop::collection::vec(one, 1..6).prop_map(|pairs| {
         let mut keys = Keys::new();
         for (path, value) in pairs {

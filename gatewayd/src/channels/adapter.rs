@@ -39,8 +39,10 @@ pub trait ChannelAdapter: Sized + Send + Sync + 'static {
     /// Whether the section turns the channel on.
     fn enabled(config: &Self::Config) -> bool;
 
-    /// Checks a parsed section of an enabled channel, returning every problem (key paths in full:
-    /// `channels.<name>.<key>`). Ranges of [`Self::NUMERIC_KEYS`] are already checked.
+    /// Checks a parsed section, enabled or not, returning every problem (key paths in full:
+    /// `channels.<name>.<key>`): what a disabled channel's section says is checked too, what only
+    /// an enabled channel needs (its secrets) only when it is enabled. Ranges of
+    /// [`Self::NUMERIC_KEYS`] are already checked.
     fn validate(config: &Self::Config) -> Vec<ConfigError>;
 
     /// The outbound rate limits when `[rate_limits.<name>]` does not override them.

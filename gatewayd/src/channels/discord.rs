@@ -409,6 +409,9 @@ impl ChannelAdapter for DiscordAdapter {
             .err()
             .into_iter()
             .collect();
+        if !dc.enabled {
+            return errors;
+        }
         errors.extend(check_secret(
             "channels.discord",
             "token",

@@ -361,6 +361,7 @@ impl ChannelAdapter for HttpAdapter {
 
     fn validate(config: &HttpChannelConfig) -> Vec<ConfigError> {
         match &config.callback_url {
+            None if !config.enabled => Vec::new(),
             None => vec![ConfigError {
                 path: "channels.http.callback_url".to_owned(),
                 line: None,

@@ -113,9 +113,7 @@ impl<A: ChannelAdapter> Entry for Of<A> {
                 }
             }
         }
-        if A::enabled(&parsed) {
-            found.extend(A::validate(&parsed));
-        }
+        found.extend(A::validate(&parsed));
         errors.extend(
             found
                 .into_iter()

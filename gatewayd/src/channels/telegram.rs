@@ -400,6 +400,10 @@ impl ChannelAdapter for TelegramAdapter {
                 err(&e.path, e.message);
             }
         }
+        if !tg.enabled {
+            drop(err);
+            return errors;
+        }
         if let Some(e) = check_secret(
             "channels.telegram",
             "token",

@@ -136,6 +136,7 @@ impl Engine {
         let known = Known {
             tools: self.services.tool_names(),
             channels: self.services.channels(),
+            all_channels: Vec::new(),
         };
         validate::load_dir(&self.dir, &known)
     }

@@ -51,8 +51,11 @@ const MAX_CYCLE_SHOWN: usize = 24;
 pub struct Known {
     /// The registered tools.
     pub tools: HashSet<String>,
-    /// The enabled channels; `None` skips the check (any known channel kind passes).
+    /// The enabled channels; `None` skips the check (any channel name passes).
     pub channels: Option<BTreeSet<ChannelKind>>,
+    /// Every channel the gateway has, enabled or not (`channels::registry::names()`); empty
+    /// when not known, and then a channel that is not enabled is reported as such.
+    pub all_channels: Vec<&'static str>,
 }
 
 impl Known {
@@ -61,7 +64,14 @@ impl Known {
         Self {
             tools: builtin_tool_names(),
             channels: Some(channels.into_iter().collect()),
+            all_channels: Vec::new(),
         }
+    }
+
+    /// These, with `all` the names of every channel the gateway has.
+    pub fn with_all_channels(mut self, all: Vec<&'static str>) -> Self {
+        self.all_channels = all;
+        self
     }
 }
 
@@ -687,11 +697,21 @@ impl Validator<'_> {
             Ok(kind) => kind,
             Err(e) => return Some(format!("unknown channel: {e}")),
         };
+        if !self.known.all_channels.is_empty() && !self.known.all_channels.contains(&kind.as_str())
+        {
+            return Some(format!(
+                "unknown channel `{channel}`; channels: {}",
+                self.known.all_channels.join(", ")
+            ));
+        }
         let enabled = self.known.channels.as_ref()?;
         if enabled.contains(&kind) {
             return None;
         }
-        let on: Vec<&str> = enabled.iter().map(|c| c.as_str()).collect();
+        // In the gateway's display order where it is known.
+        let mut on: Vec<&str> = enabled.iter().map(|c| c.as_str()).collect();
+        let all = &self.known.all_channels;
+        on.sort_by_key(|c| all.iter().position(|a| a == c).unwrap_or(usize::MAX));
         Some(format!(
             "channel `{kind}` is not enabled (enabled: {}); enable [channels.{kind}] or send elsewhere",
             if on.is_empty() {
@@ -1012,6 +1032,7 @@ mod tests {
     /// The built-in tools, with WebChat and the HTTP channel enabled.
     fn tools() -> Known {
         Known::builtin([ChannelKind::new("webchat"), ChannelKind::new("http")])
+            .with_all_channels(vec!["webchat", "http", "telegram", "discord"])
     }
 
     /// Parses and validates `toml` as `wf.toml` and compares the errors as displayed.
