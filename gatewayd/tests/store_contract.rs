@@ -623,7 +623,7 @@ async fn outbox_rows_go_from_pending_to_delivered_once(store: &dyn Store) {
     assert_eq!((row.attempts, row.chunks_sent), (0, 0));
     assert_eq!(
         store.outbox_pending().await.expect("pending"),
-        [row.clone()]
+        std::slice::from_ref(&row)
     );
     assert_eq!(store.counts().await.expect("counts"), (0, 1, 0));
     // Progress and a failed attempt keep it pending, and are remembered.
@@ -700,7 +700,7 @@ async fn outbox_rows_go_from_pending_to_dead_with_their_error_history(store: &dy
     );
     assert!(history.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
     let listed = store.dead_letters(None, None, 10).await.expect("list");
-    assert_eq!(listed, [letter.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&letter));
     // A late success report does not revive a dead letter.
     store.outbox_delivered(row.id).await.expect("no-op");
     assert_eq!(store.counts().await.expect("counts"), (0, 1, 1));
@@ -956,8 +956,14 @@ async fn linking_merges_addresses_sessions_and_transcripts_in_time_order(store: 
             .expect("h")
             .is_empty()
     );
-    assert_eq!(store.user(a).await.expect("a").addresses, [w.clone()]);
-    assert_eq!(store.user(c).await.expect("c").addresses, [h.clone()]);
+    assert_eq!(
+        store.user(a).await.expect("a").addresses,
+        std::slice::from_ref(&w)
+    );
+    assert_eq!(
+        store.user(c).await.expect("c").addresses,
+        std::slice::from_ref(&h)
+    );
     assert_eq!(store.resolve_address(&h).await.expect("resolve"), c);
     assert!(matches!(
         store.unlink_address(&w).await,
@@ -980,7 +986,10 @@ async fn attaching_an_address_moves_only_that_address(store: &dyn Store) {
     store.link_users(one, merged).await.expect("link");
     let two = store.resolve_address(&z).await.expect("z");
     store.attach_address(two, &y).await.expect("attach");
-    assert_eq!(store.user(one).await.expect("one").addresses, [x.clone()]);
+    assert_eq!(
+        store.user(one).await.expect("one").addresses,
+        std::slice::from_ref(&x)
+    );
     let mut got = store.user(two).await.expect("two").addresses;
     got.sort();
     let mut want = vec![y.clone(), z.clone()];
