@@ -49,14 +49,18 @@ pub struct Config {
     pub workflows: WorkflowsConfig,
     /// `[tools]`: settings of the built-in tools.
     pub tools: ToolsConfig,
-    /// `[store]`: retention of the database's rows.
+    /// `[store]`: the database's backend, file and retention of its rows.
     pub store: StoreConfig,
 }
 
-/// `[store]`: how long the database keeps what it no longer needs.
+/// `[store]`: where the database is and how long it keeps what it no longer needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// The store's backend; one of [`STORE_BACKENDS`].
+    pub backend: String,
+    /// The database file; relative to `gateway.data_dir`. `None`: `gateway.db` there.
+    pub path: Option<PathBuf>,
     /// Done inbox rows and delivered outbox rows older than this are pruned; a redelivery of
     /// a message older than this is treated as new.
     pub dedupe_window: HumanDuration,
@@ -67,9 +71,14 @@ pub struct StoreConfig {
     pub prune_interval: HumanDuration,
 }
 
+/// The accepted values of `store.backend`.
+pub const STORE_BACKENDS: &[&str] = &["sqlite"];
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: "sqlite".to_owned(),
+            path: None,
             dedupe_window: HumanDuration(Duration::from_secs(7 * 86_400)),
             transcript_retention: TranscriptRetention::Forever,
             prune_interval: HumanDuration(Duration::from_secs(5 * 60)),
@@ -595,6 +604,28 @@ impl Config {
         ) {
             err("tools.http_allowlist", e);
         }
+        if !STORE_BACKENDS.contains(&self.store.backend.as_str()) {
+            err(
+                "store.backend",
+                format!(
+                    "unknown backend `{}`; accepted values: {}",
+                    self.store.backend,
+                    STORE_BACKENDS.join(", ")
+                ),
+            );
+        }
+        if self
+            .store
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            err(
+                "store.path",
+                "is empty; name the database file, e.g. \"gateway.db\", or leave the key out"
+                    .to_owned(),
+            );
+        }
         errors
     }
 
@@ -629,9 +660,13 @@ impl Config {
         }
     }
 
-    /// The SQLite database file.
+    /// The database file: `store.path` resolved against `data_dir` when relative, by default
+    /// `gateway.db` in `data_dir`.
     pub fn database_path(&self) -> PathBuf {
-        self.gateway.data_dir.join("gateway.db")
+        match &self.store.path {
+            Some(path) => self.gateway.data_dir.join(path),
+            None => self.gateway.data_dir.join("gateway.db"),
+        }
     }
 
     /// Reads a secret through its `*_env` or `*_file` indirection; `key` names it in errors.
@@ -764,6 +799,55 @@ pub(crate) mod tests {
             "{errs:?}"
         );
         assert!(parse_config("[store]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn store_backend_accepts_sqlite_only_and_names_the_accepted_values() {
+        assert_eq!(Config::parse("").expect("defaults").store.backend, "sqlite");
+        let c = Config::parse("[store]\nbackend = \"sqlite\"\n").expect("sqlite");
+        assert_eq!(c.store.backend, "sqlite");
+        let errs = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("postgres");
+        let e = errs
+            .iter()
+            .find(|e| e.path == "store.backend")
+            .unwrap_or_else(|| panic!("no store.backend error: {errs:?}"));
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(
+            e.message.contains("`postgres`") && e.message.contains("accepted values: sqlite"),
+            "{e}"
+        );
+        let mut c = Config::parse("").expect("defaults");
+        c.store.backend = "SQLite".to_owned();
+        assert!(
+            c.validate().iter().any(|e| e.path == "store.backend"),
+            "the name is exact"
+        );
+        let errs = Config::parse("[store]\nbackend = 1\n").expect_err("not a string");
+        assert!(errs.iter().any(|e| e.path == "store.backend"), "{errs:?}");
+    }
+
+    #[test]
+    fn store_path_defaults_to_gateway_db_and_is_relative_to_the_data_dir() {
+        let c = Config::parse("[gateway]\ndata_dir = \"/var/lib/gw\"\n").expect("defaults");
+        assert_eq!(c.store.path, None);
+        assert_eq!(c.database_path(), PathBuf::from("/var/lib/gw/gateway.db"));
+        let c = Config::parse(
+            "[gateway]\ndata_dir = \"/var/lib/gw\"\n[store]\npath = \"db/main.sqlite\"\n",
+        )
+        .expect("relative");
+        assert_eq!(
+            c.database_path(),
+            PathBuf::from("/var/lib/gw/db/main.sqlite")
+        );
+        let c = Config::parse(
+            "[gateway]\ndata_dir = \"/var/lib/gw\"\n[store]\npath = \"/srv/gw.db\"\n",
+        )
+        .expect("absolute");
+        assert_eq!(c.database_path(), PathBuf::from("/srv/gw.db"));
+        let errs = Config::parse("[store]\npath = \"\"\n").expect_err("empty");
+        assert!(errs.iter().any(|e| e.path == "store.path"), "{errs:?}");
+        let errs = Config::parse("[store]\npath = 3\n").expect_err("not a path");
+        assert!(errs.iter().any(|e| e.path == "store.path"), "{errs:?}");
     }
 
     #[test]

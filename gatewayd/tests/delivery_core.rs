@@ -248,7 +248,7 @@ async fn five_thousand_dead_letters_survive_a_restart_and_are_all_retried() {
         listed += page.len();
         assert!(
             page.iter()
-                .all(|d| d.class == gatewayd::channels::ErrorClass::Permanent)
+                .all(|d| d.class == gatewayd::send::ErrorClass::Permanent)
         );
     }
     assert_eq!(listed, TOTAL);

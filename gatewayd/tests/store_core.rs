@@ -1,8 +1,12 @@
-//! The store under a full disk, in process: the database is capped at its current size (the
-//! store's test hook sets SQLite's `max_page_count` on the writer), so commits fail with
-//! `SQLITE_FULL` as on a full file system. New messages are refused (HTTP 503, WebChat
-//! `unavailable`), every message acknowledged before is answered once space returns, and the
-//! gateway takes new messages again, all without a restart.
+//! The SQLite store inside a running gateway, in process.
+//!
+//! Under a full disk: the database is capped at its current size (the store's test hook sets
+//! SQLite's `max_page_count` on the writer), so commits fail with `SQLITE_FULL` as on a full
+//! file system. New messages are refused (HTTP 503, WebChat `unavailable`), every message
+//! acknowledged before is answered once space returns, and the gateway takes new messages
+//! again, all without a restart.
+//!
+//! Where the file is: `store.path` names it, relative to `gateway.data_dir`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +15,10 @@ use std::time::Duration;
 use gateway_tests::webchat::WebChatClient;
 use gateway_tests::{FakeCallback, TIMEOUT, poll_until};
 use gatewayd::config::Config;
+use gatewayd::message::{ChannelKind, ChatType, InboundMessage};
 use gatewayd::runtime::Gateway;
+use gatewayd::store::sqlite::SqliteStore;
+use gatewayd::store::{InboxOutcome, Store};
 
 fn config(data: &Path, callback: &FakeCallback) -> Config {
     Config::parse(&format!(
@@ -201,4 +208,49 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
     assert!(!gw.store.disk_full());
     assert!(delivered.len() >= expected.len());
     gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_the_file_store_path_names_relative_to_the_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let callback = FakeCallback::start().await;
+    let config = Config::parse(&format!(
+        "[gateway]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [channels.http]\nenabled = true\ncallback_url = \"{}\"\n\
+         [store]\nbackend = \"sqlite\"\npath = \"db/custom.sqlite\"\n",
+        dir.path().display(),
+        callback.url()
+    ))
+    .expect("valid config");
+    let expected = dir.path().join("db").join("custom.sqlite");
+    assert_eq!(config.database_path(), expected);
+    let gw = Gateway::start(config, "test").await.expect("start");
+    let client = reqwest::Client::new();
+    assert_eq!(post(&client, &gw, "where-1", "hello").await, 202);
+    callback
+        .wait_delivered(|d| !d.is_empty(), TIMEOUT)
+        .await
+        .expect("answered");
+    gw.shutdown().await;
+    assert!(expected.is_file(), "{} was not created", expected.display());
+    assert!(
+        !dir.path().join("gateway.db").exists(),
+        "the default file was created too"
+    );
+    // The message is in that file: committing it again there is a repeat.
+    let store = SqliteStore::open(&expected).expect("reopen");
+    let again = InboundMessage {
+        channel: ChannelKind::new("http"),
+        channel_message_id: "where-1".to_owned(),
+        chat_id: "c".to_owned(),
+        chat_type: ChatType::Direct,
+        sender_id: "s".to_owned(),
+        text: "hello".to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+        received_at_ms: 0,
+    };
+    let outcome = store.inbox_commit(&again).await.expect("commit");
+    assert!(matches!(outcome, InboxOutcome::Duplicate(_)), "{outcome:?}");
+    store.close().await;
 }
