@@ -142,7 +142,8 @@ impl SqliteStore {
                 })?;
                 out.push(OutboxRecord {
                     id,
-                    inbox_id,
+                    // A reply that answers no message is stored with inbox id 0.
+                    inbox_id: inbox_id.filter(|&i| i > 0),
                     channel,
                     chat_id,
                     text,
@@ -210,7 +211,7 @@ impl SqliteStore {
                         at_ms: at,
                         channel: channel.as_deref().map(parse_channel).transpose()?,
                     },
-                    inbox_id,
+                    inbox_id: inbox_id.filter(|&i| i > 0),
                 });
             }
             out.reverse();
