@@ -346,6 +346,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].
     async fn close(&self);
+
+    /// Inbox rows matching `filter`, oldest first, after the id `after` (a cursor). Read-only.
+    async fn list_inbox(
+        &self,
+        filter: &InboxFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// Outbox rows matching `filter`, oldest first, after the id `after` (a cursor); with
+    /// `with_errors`, each with its error history. Read-only.
+    async fn list_outbox(
+        &self,
+        filter: &OutboxFilter,
+        after: Option<i64>,
+        limit: usize,
+        with_errors: bool,
+    ) -> Result<Vec<OutboxRecord>, StoreError>;
+
+    /// Like [`Store::history`], each entry with the inbox id of the turn that wrote it.
+    async fn history_traced(
+        &self,
+        session: &SessionKey,
+        limit: usize,
+    ) -> Result<Vec<TracedEntry>, StoreError>;
 }
 
 /// The database's size and contents, as `gatewayctl status` shows them.
@@ -593,4 +618,129 @@ pub type SharedStore = std::sync::Arc<dyn Store>;
 pub(crate) fn parse_channel(s: &str) -> Result<ChannelKind, StoreError> {
     s.parse()
         .map_err(|e: String| StoreError::Database(format!("corrupt row: {e}")))
+}
+
+/// A transcript entry with the inbox row whose turn wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracedEntry {
+    /// The entry.
+    pub entry: TranscriptEntry,
+    /// The inbox id of its turn; `None` for entries no inbound message caused.
+    pub inbox_id: Option<i64>,
+}
+
+/// Which inbox rows [`Store::list_inbox`] returns; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxFilter {
+    /// Only this channel (its stored name).
+    pub channel: Option<String>,
+    /// Only this chat.
+    pub chat_id: Option<String>,
+    /// Only rows whose turn is committed (`true`) or not yet (`false`).
+    pub done: Option<bool>,
+}
+
+/// One inbox row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRecord {
+    /// The inbox id.
+    pub id: i64,
+    /// The channel's stored name.
+    pub channel: String,
+    /// The channel's id for the message (the deduplication key).
+    pub channel_message_id: String,
+    /// The chat.
+    pub chat_id: String,
+    /// `direct` or `group`.
+    pub chat_type: String,
+    /// The sender on that channel.
+    pub sender_id: String,
+    /// The text.
+    pub text: String,
+    /// The channel message id it replies to.
+    pub reply_to: Option<String>,
+    /// When it was committed, ms since the epoch.
+    pub received_at_ms: i64,
+    /// Whether its agent turn is committed.
+    pub done: bool,
+}
+
+/// An outbox row's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    /// Still to send.
+    Pending,
+    /// Sent.
+    Delivered,
+    /// A dead letter.
+    Dead,
+    /// A dead letter that was dropped.
+    Dropped,
+}
+
+impl OutboxStatus {
+    /// Stable lowercase name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "delivered" => Self::Delivered,
+            "dead" => Self::Dead,
+            "dropped" => Self::Dropped,
+            _ => return None,
+        })
+    }
+}
+
+/// Which outbox rows [`Store::list_outbox`] returns; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxFilter {
+    /// Only this channel (its stored name).
+    pub channel: Option<String>,
+    /// Only this chat.
+    pub chat_id: Option<String>,
+    /// Only this status.
+    pub status: Option<OutboxStatus>,
+}
+
+/// One outbox row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// The outbox id.
+    pub id: i64,
+    /// The inbox row it answers, if any.
+    pub inbox_id: Option<i64>,
+    /// The channel's stored name.
+    pub channel: String,
+    /// The chat.
+    pub chat_id: String,
+    /// The text.
+    pub text: String,
+    /// The channel message id it answers.
+    pub reply_to: Option<String>,
+    /// Its status.
+    pub status: OutboxStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Chunks of a split reply already delivered.
+    pub chunks_sent: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The class of the last error.
+    pub class: Option<ErrorClass>,
+    /// When it was committed, ms since the epoch.
+    pub created_at_ms: i64,
+    /// When it last changed.
+    pub updated_at_ms: i64,
+    /// Its failed attempts, oldest first (filled only when asked for).
+    pub errors: Vec<AttemptError>,
 }

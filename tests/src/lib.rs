@@ -10,6 +10,7 @@ pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_telegram;
 pub mod gateway;
+pub mod inspect;
 mod support;
 pub mod webchat;
 

@@ -309,3 +309,250 @@ async fn metrics_are_served_in_prometheus_text() {
         assert!(text.contains(series), "missing `{series}` in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_inbox_and_list_outbox_filter_and_page_what_is_stored() {
+    let callback = FakeCallback::start().await;
+    let mut opts = http_channel(&callback);
+    opts.extra_config
+        .push_str("\n[delivery]\nretry_backoff = \"20ms\"\n");
+    let gw = Gateway::start(opts).await.expect("start");
+    // The first reply in chat `z` fails once before it is delivered.
+    callback.push_fault_for_chat("z", gateway_tests::CallbackFault::Status(500));
+    let posted = [
+        ("i-1", "x"),
+        ("i-2", "y"),
+        ("i-3", "x"),
+        ("i-4", "z"),
+        ("i-5", "x"),
+    ];
+    for (id, chat) in posted {
+        post(&gw, id, chat).await;
+    }
+    callback
+        .wait_delivered(|d| d.len() == posted.len(), TIMEOUT)
+        .await
+        .expect("every message answered");
+    let mut client = AdminClient::new(channel(&gw).await);
+
+    // The delivered marks follow the callback's 200s: poll until every row is final.
+    let settled =
+        gateway_tests::poll_until_async(TIMEOUT, "every reply is marked delivered", || {
+            let mut client = client.clone();
+            async move {
+                let delivered = pb::OutboxStatus::Delivered as i32;
+                client
+                    .list_outbox(pb::ListOutboxRequest {
+                        status: delivered,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().entries.len() == posted.len())
+            }
+        })
+        .await;
+    settled.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr_tail(30)));
+
+    // ListInbox: oldest first, paged by cursor, every turn done.
+    let mut inbox = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_inbox(pb::ListInboxRequest {
+                cursor,
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .expect("ListInbox")
+            .into_inner();
+        assert!(page.entries.len() <= 2, "{page:?}");
+        pages += 1;
+        inbox.extend(page.entries);
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(pages, 3, "five rows in pages of two");
+    let order: Vec<(&str, &str)> = inbox
+        .iter()
+        .map(|e| (e.channel_message_id.as_str(), e.chat_id.as_str()))
+        .collect();
+    assert_eq!(order, posted);
+    assert!(inbox.windows(2).all(|w| w[0].id < w[1].id), "{inbox:?}");
+    for e in &inbox {
+        assert_eq!(e.channel, "http", "{e:?}");
+        assert_eq!(e.sender_id, e.chat_id, "{e:?}");
+        assert_eq!(e.text, e.channel_message_id, "{e:?}");
+        assert_eq!(e.chat_type, "direct", "{e:?}");
+        assert_eq!(e.reply_to, "", "{e:?}");
+        assert!(e.received_at_ms > 0, "{e:?}");
+        assert_eq!(e.state, pb::InboxState::Done as i32, "{e:?}");
+    }
+    let in_x = client
+        .list_inbox(pb::ListInboxRequest {
+            channel: "http".to_owned(),
+            chat_id: "x".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListInbox x")
+        .into_inner();
+    let ids: Vec<&str> = in_x
+        .entries
+        .iter()
+        .map(|e| e.channel_message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["i-1", "i-3", "i-5"]);
+    assert!(in_x.next_cursor.is_empty());
+    for (what, request) in [
+        (
+            "another channel",
+            pb::ListInboxRequest {
+                channel: "webchat".to_owned(),
+                ..Default::default()
+            },
+        ),
+        (
+            "pending rows",
+            pb::ListInboxRequest {
+                state: pb::InboxState::Pending as i32,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let page = client.list_inbox(request).await.expect(what).into_inner();
+        assert!(page.entries.is_empty(), "{what}: {page:?}");
+    }
+
+    // ListOutbox: one delivered reply per message, answering it, with its error history.
+    let mut outbox = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_outbox(pb::ListOutboxRequest {
+                cursor,
+                limit: 1,
+                include_errors: true,
+                ..Default::default()
+            })
+            .await
+            .expect("ListOutbox")
+            .into_inner();
+        assert!(page.entries.len() <= 1, "{page:?}");
+        outbox.extend(page.entries);
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(outbox.len(), posted.len(), "{outbox:?}");
+    for (out, inb) in outbox.iter().zip(&inbox) {
+        assert_eq!(out.inbox_id, inb.id, "{out:?}");
+        assert_eq!(out.reply_to, inb.channel_message_id, "{out:?}");
+        assert_eq!(out.chat_id, inb.chat_id, "{out:?}");
+        assert_eq!(out.text, inb.text, "the echo: {out:?}");
+        assert_eq!(out.channel, "http", "{out:?}");
+        assert_eq!(out.status, pb::OutboxStatus::Delivered as i32, "{out:?}");
+        let failed = usize::from(inb.chat_id == "z");
+        assert_eq!(out.errors.len(), failed, "{out:?}");
+        assert_eq!(out.attempts as usize, failed + 1, "{out:?}");
+    }
+    let z = outbox.iter().find(|o| o.chat_id == "z").expect("z");
+    assert_eq!(z.errors[0].attempt, 1, "{z:?}");
+    assert_eq!(z.errors[0].error_class, pb::ErrorClass::Retryable as i32);
+    assert!(z.errors[0].error.contains("500"), "{z:?}");
+    assert_eq!(z.error_class, pb::ErrorClass::Retryable as i32, "{z:?}");
+    assert!(z.last_error.contains("500"), "{z:?}");
+
+    let in_x = client
+        .list_outbox(pb::ListOutboxRequest {
+            chat_id: "x".to_owned(),
+            status: pb::OutboxStatus::Delivered as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("ListOutbox x")
+        .into_inner();
+    let answering: Vec<&str> = in_x.entries.iter().map(|e| e.reply_to.as_str()).collect();
+    assert_eq!(answering, ["i-1", "i-3", "i-5"]);
+    assert!(
+        in_x.entries.iter().all(|e| e.errors.is_empty()),
+        "no histories unless asked: {in_x:?}"
+    );
+    for status in [
+        pb::OutboxStatus::Pending,
+        pb::OutboxStatus::Dead,
+        pb::OutboxStatus::Dropped,
+    ] {
+        let page = client
+            .list_outbox(pb::ListOutboxRequest {
+                status: status as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("ListOutbox by status")
+            .into_inner();
+        assert!(page.entries.is_empty(), "{status:?}: {page:?}");
+    }
+
+    // Bad arguments are refused, not ignored.
+    let err = client
+        .list_inbox(pb::ListInboxRequest {
+            cursor: "not-a-cursor".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad cursor");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = client
+        .list_outbox(pb::ListOutboxRequest {
+            status: 99,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown status");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    // GetSession: each transcript entry names the inbox row of its turn.
+    let x_rows: Vec<i64> = inbox
+        .iter()
+        .filter(|e| e.chat_id == "x")
+        .map(|e| e.id)
+        .collect();
+    let sessions = client
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .expect("ListSessions")
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 3, "one per sender: {sessions:?}");
+    let mut traced = Vec::new();
+    for s in &sessions {
+        let session = client
+            .get_session(pb::GetSessionRequest {
+                key: s.key.clone(),
+                tail: 100,
+            })
+            .await
+            .expect("GetSession")
+            .into_inner();
+        if session.transcript.len() == 6 {
+            traced = session.transcript;
+        }
+    }
+    // (A user entry is stamped when its message arrived, so turns may interleave in time.)
+    let mut shape: Vec<(i32, i64)> = traced.iter().map(|e| (e.role, e.inbox_id)).collect();
+    shape.sort_by_key(|&(role, id)| (id, role));
+    let (user, assistant) = (pb::Role::User as i32, pb::Role::Assistant as i32);
+    assert_eq!(
+        shape,
+        x_rows
+            .iter()
+            .flat_map(|&id| [(user, id), (assistant, id)])
+            .collect::<Vec<_>>(),
+        "the session of chat x"
+    );
+}

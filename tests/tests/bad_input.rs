@@ -2,8 +2,7 @@
 //! `gatewayd` binary: every kind of bad body gets a JSON error naming the field or the problem,
 //! with the right status, and none of them produces an agent turn or hurts the daemon.
 
-use gateway_tests::{FakeCallback, Gateway, GatewayOptions, TIMEOUT};
-use rusqlite::{Connection, OpenFlags};
+use gateway_tests::{FakeCallback, Gateway, GatewayOptions, TIMEOUT, inspect};
 use serde_json::{Value, json};
 
 /// Text limit configured for the HTTP channel in this file.
@@ -317,18 +316,12 @@ async fn every_bad_body_is_refused_with_a_message_naming_the_problem() {
     assert_eq!(delivered[0].text, "g".repeat(MAX_TEXT));
 
     // And only the valid message was committed to the inbox.
-    let db = Connection::open_with_flags(
-        gw.data_dir().join("gateway.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open gateway.db read-only");
-    let ids: Vec<String> = db
-        .prepare("SELECT channel_message_id FROM inbox ORDER BY id")
-        .and_then(|mut st| {
-            st.query_map([], |r| r.get::<_, String>(0))
-                .and_then(Iterator::collect)
-        })
-        .expect("read inbox");
+    let ids: Vec<String> = inspect::inbox(&gw, "", "")
+        .await
+        .expect("ListInbox")
+        .into_iter()
+        .map(|r| r.channel_message_id)
+        .collect();
     assert_eq!(ids, vec!["r-good".to_owned()], "inbox rows");
 }
 

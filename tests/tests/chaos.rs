@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_tests::{Delivery, FakeCallback, Gateway, GatewayOptions};
+use gateway_proto::admin as pb;
+use gateway_tests::{
+    Delivery, FakeCallback, Gateway, GatewayOptions, TIMEOUT, inspect, poll_until_async,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -259,7 +261,7 @@ struct InboxRow {
     chat_id: String,
     sender_id: String,
     text: String,
-    done: i64,
+    done: bool,
 }
 
 #[derive(Debug)]
@@ -272,35 +274,123 @@ struct OutboxRow {
     status: String,
 }
 
-/// Checks the database after the run; returns every violation found.
-fn check_database(
-    db_path: &std::path::Path,
+/// What the daemon has stored, read through its admin API.
+struct Stored {
+    inbox: Vec<InboxRow>,
+    outbox: Vec<OutboxRow>,
+    /// Every transcript entry that belongs to an inbound message's turn: (inbox id, role, text).
+    transcript: Vec<(i64, String, String)>,
+}
+
+impl Stored {
+    /// Whether every inbox row's turn is committed and every outbox row delivered: the state the
+    /// marks of the last deliveries settle in shortly after the callback has seen them.
+    fn settled(&self) -> bool {
+        self.inbox.iter().all(|r| r.done) && self.outbox.iter().all(|r| r.status == "delivered")
+    }
+}
+
+/// Reads the inbox and the outbox (without transcripts) through the admin API.
+async fn read_rows(gw: &Gateway) -> anyhow::Result<(Vec<InboxRow>, Vec<OutboxRow>)> {
+    let inbox = inspect::inbox(gw, "", "")
+        .await?
+        .into_iter()
+        .map(|r| InboxRow {
+            id: r.id,
+            channel: r.channel,
+            message_id: r.channel_message_id,
+            chat_id: r.chat_id,
+            sender_id: r.sender_id,
+            text: r.text,
+            done: r.state == pb::InboxState::Done as i32,
+        })
+        .collect();
+    let outbox = inspect::outbox(gw, "", "")
+        .await?
+        .into_iter()
+        .map(|r| OutboxRow {
+            id: r.id,
+            inbox_id: (r.inbox_id != 0).then_some(r.inbox_id),
+            chat_id: r.chat_id,
+            text: r.text,
+            reply_to: (!r.reply_to.is_empty()).then_some(r.reply_to),
+            status: inspect::status_name(r.status).to_owned(),
+        })
+        .collect();
+    Ok((inbox, outbox))
+}
+
+/// Reads everything [`check_stored`] looks at through the admin API, once the delivered marks
+/// have settled (or after a timeout, so the check reports what is wrong).
+async fn read_stored(gw: &Gateway) -> Stored {
+    let last = std::sync::Mutex::new(None);
+    let settled = poll_until_async(
+        TIMEOUT,
+        "every inbox row is done and every reply delivered",
+        || {
+            let last = &last;
+            async move {
+                match read_rows(gw).await {
+                    Ok(rows) => {
+                        let stored = Stored {
+                            inbox: rows.0,
+                            outbox: rows.1,
+                            transcript: Vec::new(),
+                        };
+                        let ok = stored.settled();
+                        *last.lock().expect("the last state read") = Some(stored);
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    if let Err(e) = settled {
+        eprintln!("chaos: {e}; checking the last state read");
+    }
+    let last = last.into_inner().expect("the last state read");
+    let mut stored = match last {
+        Some(s) => s,
+        None => {
+            let (inbox, outbox) = read_rows(gw).await.expect("read the inbox and outbox");
+            Stored {
+                inbox,
+                outbox,
+                transcript: Vec::new(),
+            }
+        }
+    };
+    for (key, entries) in inspect::transcripts(gw)
+        .await
+        .expect("read the transcripts")
+    {
+        for e in entries {
+            if e.inbox_id == 0 {
+                continue;
+            }
+            let role = match pb::Role::try_from(e.role) {
+                Ok(pb::Role::User) => "user".to_owned(),
+                Ok(pb::Role::Assistant) => "assistant".to_owned(),
+                Ok(pb::Role::Notice) => "notice".to_owned(),
+                _ => format!("{} in {key}", e.role),
+            };
+            stored.transcript.push((e.inbox_id, role, e.text));
+        }
+    }
+    stored
+}
+
+/// Checks the stored state after the run; returns every violation found.
+fn check_stored(
+    stored: &Stored,
     expected: &HashMap<String, String>,
     senders: &HashMap<String, String>,
 ) -> Vec<String> {
-    let conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap_or_else(|e| panic!("open {} read-only: {e}", db_path.display()));
     let mut problems = Vec::new();
 
-    let inbox: Vec<InboxRow> = conn
-        .prepare(
-            "SELECT id, channel, channel_message_id, chat_id, sender_id, text, done FROM inbox ORDER BY id",
-        )
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok(InboxRow {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    message_id: r.get(2)?,
-                    chat_id: r.get(3)?,
-                    sender_id: r.get(4)?,
-                    text: r.get(5)?,
-                    done: r.get(6)?,
-                })
-            })?
-            .collect()
-        })
-        .expect("read inbox");
+    let inbox = &stored.inbox;
     if inbox.len() != expected.len() {
         problems.push(format!(
             "inbox has {} rows, expected exactly {} (one per message, redeliveries deduplicated)",
@@ -309,15 +399,15 @@ fn check_database(
         ));
     }
     let mut inbox_by_mid: HashMap<&str, Vec<i64>> = HashMap::new();
-    for row in &inbox {
+    for row in inbox {
         inbox_by_mid
             .entry(&row.message_id)
             .or_default()
             .push(row.id);
-        if row.done != 1 {
+        if !row.done {
             problems.push(format!(
-                "inbox row {} ({}) has done = {}",
-                row.id, row.message_id, row.done
+                "inbox row {} ({}) is not done",
+                row.id, row.message_id
             ));
         }
         if row.channel != "http" {
@@ -364,34 +454,24 @@ fn check_database(
         ));
     }
 
-    // Transcript rows per inbox row and role.
+    // Transcript entries per inbox row and role.
     let mut turns: HashMap<i64, BTreeMap<String, usize>> = HashMap::new();
     let mut assistant_text: HashMap<i64, Vec<String>> = HashMap::new();
-    conn.prepare("SELECT inbox_id, role, text FROM transcript WHERE inbox_id IS NOT NULL")
-        .and_then(|mut s| {
-            let rows = s.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (inbox_id, role, text) = row?;
-                *turns
-                    .entry(inbox_id)
-                    .or_default()
-                    .entry(role.clone())
-                    .or_default() += 1;
-                if role == "assistant" {
-                    assistant_text.entry(inbox_id).or_default().push(text);
-                }
-            }
-            Ok(())
-        })
-        .expect("read transcript");
+    for (inbox_id, role, text) in &stored.transcript {
+        *turns
+            .entry(*inbox_id)
+            .or_default()
+            .entry(role.clone())
+            .or_default() += 1;
+        if role == "assistant" {
+            assistant_text
+                .entry(*inbox_id)
+                .or_default()
+                .push(text.clone());
+        }
+    }
     let inbox_ids: HashSet<i64> = inbox.iter().map(|r| r.id).collect();
-    for row in &inbox {
+    for row in inbox {
         let roles = turns.get(&row.id).cloned().unwrap_or_default();
         let user = roles.get("user").copied().unwrap_or(0);
         let assistant = roles.get("assistant").copied().unwrap_or(0);
@@ -417,22 +497,7 @@ fn check_database(
     }
 
     // Outbox: one delivered row per inbox row.
-    let outbox: Vec<OutboxRow> = conn
-        .prepare("SELECT id, inbox_id, chat_id, text, reply_to, status FROM outbox ORDER BY id")
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    inbox_id: r.get(1)?,
-                    chat_id: r.get(2)?,
-                    text: r.get(3)?,
-                    reply_to: r.get(4)?,
-                    status: r.get(5)?,
-                })
-            })?
-            .collect()
-        })
-        .expect("read outbox");
+    let outbox = &stored.outbox;
     if outbox.len() != inbox.len() {
         problems.push(format!(
             "outbox has {} rows for {} inbox rows; expected one each",
@@ -442,7 +507,7 @@ fn check_database(
     }
     let by_id: HashMap<i64, &InboxRow> = inbox.iter().map(|r| (r.id, r)).collect();
     let mut per_inbox: HashMap<i64, Vec<i64>> = HashMap::new();
-    for row in &outbox {
+    for row in outbox {
         if row.status != "delivered" {
             problems.push(format!(
                 "outbox row {} is {:?}, not delivered: {row:?}",
@@ -472,7 +537,7 @@ fn check_database(
             }
         }
     }
-    for row in &inbox {
+    for row in inbox {
         match per_inbox.get(&row.id).map(Vec::len).unwrap_or(0) {
             1 => {}
             n => problems.push(format!(
@@ -634,11 +699,14 @@ async fn chaos_kills_lose_nothing_and_answer_each_message_once() {
     };
     let all_answered = started.elapsed();
 
+    // What the daemon stored, read through its admin API before it stops.
+    let stored = read_stored(&gw).await;
+
     let status = gw.stop().await.expect("graceful stop");
     assert!(status.success(), "gatewayd exited with {status} on SIGTERM");
 
     // Deliveries: echo, right chat, and how often a reply went out twice.
-    let mut problems = Vec::new();
+    let mut problems = check_stored(&stored, &expected, &senders);
     let mut by_reply: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
     for d in &delivered {
         let Some(reply_to) = d.reply_to.as_deref() else {
@@ -697,12 +765,6 @@ async fn chaos_kills_lose_nothing_and_answer_each_message_once() {
             }
         }
     }
-
-    problems.extend(check_database(
-        &gw.data_dir().join("gateway.db"),
-        &expected,
-        &senders,
-    ));
 
     let kill_count = kills.len();
     let during = kills.iter().filter(|k| !k.after_sending).count();

@@ -4,18 +4,18 @@
 //! errors dead-lettered at once, credentials errors holding the whole channel, one hanging chat
 //! never blocking the others, and pending replies surviving a SIGKILL.
 //!
-//! The outbox and the delivery errors are read from `<data_dir>/gateway.db` with a read-only
-//! SQLite connection (WAL mode lets it read while the daemon writes). The database and the log
-//! file have no change notification, so those two are polled with `poll_until`; everything the
-//! callback sees is waited for with the fake's Notify-based waits.
+//! The outbox and the delivery errors are read through the admin API (`ListOutbox` with each
+//! row's error history), never from the database file. The outbox and the log file have no
+//! change notification, so those two are polled; everything the callback sees is waited for
+//! with the fake's Notify-based waits.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gateway_tests::{
-    CallbackFault, Delivery, FakeCallback, Gateway, GatewayOptions, TIMEOUT, poll_until, strip_ansi,
+    CallbackFault, Delivery, FakeCallback, Gateway, GatewayOptions, TIMEOUT, inspect, poll_until,
+    poll_until_async, strip_ansi,
 };
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ fn replying_to<'a>(all: &'a [Delivery], inbound_id: &str) -> Vec<&'a Delivery> {
         .collect()
 }
 
-/// One outbox row as stored.
+/// One outbox row as the admin API shows it, with its failed attempts.
 #[derive(Debug, Clone)]
 struct OutboxRow {
     id: i64,
@@ -80,6 +80,7 @@ struct OutboxRow {
     last_error: Option<String>,
     error_class: Option<String>,
     text: String,
+    errors: Vec<AttemptRow>,
 }
 
 /// One failed attempt as stored.
@@ -90,74 +91,59 @@ struct AttemptRow {
     error: String,
 }
 
-fn open_db(gw: &Gateway) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        gw.data_dir().join("gateway.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-fn try_outbox_rows(gw: &Gateway, chat: &str) -> rusqlite::Result<Vec<OutboxRow>> {
-    let conn = open_db(gw)?;
-    let mut stmt = conn.prepare(
-        "SELECT id, status, attempts, last_error, error_class, text FROM outbox
-         WHERE channel = 'http' AND chat_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([chat], |r| {
-        Ok(OutboxRow {
-            id: r.get(0)?,
-            status: r.get(1)?,
-            attempts: r.get(2)?,
-            last_error: r.get(3)?,
-            error_class: r.get(4)?,
-            text: r.get(5)?,
+/// The HTTP outbox rows of `chat`, oldest first, through `ListOutbox`.
+async fn try_outbox_rows(gw: &Gateway, chat: &str) -> anyhow::Result<Vec<OutboxRow>> {
+    let rows = inspect::outbox(gw, "http", chat).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OutboxRow {
+            id: r.id,
+            status: inspect::status_name(r.status).to_owned(),
+            attempts: i64::from(r.attempts),
+            last_error: (!r.last_error.is_empty()).then_some(r.last_error),
+            error_class: inspect::class_name(r.error_class).map(str::to_owned),
+            text: r.text,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|e| AttemptRow {
+                    attempt: i64::from(e.attempt),
+                    class: inspect::class_name(e.error_class)
+                        .unwrap_or("unspecified")
+                        .to_owned(),
+                    error: e.error,
+                })
+                .collect(),
         })
-    })?;
-    rows.collect()
+        .collect())
 }
 
-/// The HTTP outbox rows of `chat`, oldest first; empty while the database is not readable yet.
-fn outbox_rows(gw: &Gateway, chat: &str) -> Vec<OutboxRow> {
-    try_outbox_rows(gw, chat).unwrap_or_default()
+/// The HTTP outbox rows of `chat`, oldest first; empty while the admin API does not answer.
+async fn outbox_rows(gw: &Gateway, chat: &str) -> Vec<OutboxRow> {
+    try_outbox_rows(gw, chat).await.unwrap_or_default()
 }
 
-fn delivery_errors(gw: &Gateway, outbox_id: i64) -> Vec<AttemptRow> {
-    let conn = open_db(gw).expect("open gateway.db read-only");
-    let mut stmt = conn
-        .prepare(
-            "SELECT attempt, class, error FROM delivery_errors WHERE outbox_id = ?1 ORDER BY id",
-        )
-        .expect("prepare delivery_errors query");
-    stmt.query_map([outbox_id], |r| {
-        Ok(AttemptRow {
-            attempt: r.get(0)?,
-            class: r.get(1)?,
-            error: r.get(2)?,
-        })
-    })
-    .expect("query delivery_errors")
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .expect("read delivery_errors")
-}
-
-/// Polls the database (it has no change notification) until the outbox rows of `chat` satisfy
-/// `pred`, and returns them.
+/// Polls the outbox (it has no change notification) until the rows of `chat` satisfy `pred`,
+/// and returns them.
 async fn wait_outbox(
     gw: &Gateway,
     chat: &str,
     what: &str,
     pred: impl Fn(&[OutboxRow]) -> bool,
 ) -> Vec<OutboxRow> {
-    if let Err(e) = poll_until(TIMEOUT, what, || pred(&outbox_rows(gw, chat))).await {
+    let pred = &pred;
+    if let Err(e) = poll_until_async(TIMEOUT, what, || async move {
+        pred(&outbox_rows(gw, chat).await)
+    })
+    .await
+    {
         panic!(
             "{e}\noutbox rows of {chat}: {:?}\n--- stderr.log (tail) ---\n{}",
-            try_outbox_rows(gw, chat),
+            try_outbox_rows(gw, chat).await,
             gw.stderr_tail(40)
         );
     }
-    outbox_rows(gw, chat)
+    outbox_rows(gw, chat).await
 }
 
 /// Formats a Unix time (whole seconds) as an RFC 7231 IMF-fixdate,
@@ -597,7 +583,7 @@ async fn retryable_errors_are_retried_until_delivered() {
     let row = &rows[0];
     assert_eq!(row.attempts, 3, "{row:?}");
     assert_eq!(row.text, "third time lucky");
-    let errors = delivery_errors(&gw, row.id);
+    let errors = &row.errors;
     assert_eq!(errors.len(), 2, "two failed attempts recorded: {errors:?}");
     for (i, e) in errors.iter().enumerate() {
         assert_eq!(e.class, "retryable", "{e:?}");
@@ -632,7 +618,7 @@ async fn retryable_errors_exhaust_max_attempts_into_a_dead_letter() {
         row.last_error.as_deref().is_some_and(|e| e.contains("503")),
         "last_error names the status: {row:?}"
     );
-    let errors = delivery_errors(&gw, row.id);
+    let errors = &row.errors;
     assert_eq!(errors.len(), 3, "every failed attempt recorded: {errors:?}");
     assert!(errors.iter().all(|e| e.class == "retryable"), "{errors:?}");
 
@@ -682,7 +668,7 @@ async fn permanent_errors_dead_letter_at_once() {
         1,
         "{received:#?}"
     );
-    assert_eq!(outbox_rows(&gw, "refused")[0].status, "dead");
+    assert_eq!(outbox_rows(&gw, "refused").await[0].status, "dead");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,7 +699,7 @@ async fn auth_errors_hold_the_channel_instead_of_dead_lettering() {
     .await;
     assert_eq!(rows[0].status, "pending", "held, not dead: {:?}", rows[0]);
     assert_eq!(rows[0].attempts, 1, "{:?}", rows[0]);
-    let errors = delivery_errors(&gw, rows[0].id);
+    let errors = &rows[0].errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].class, "auth");
 
@@ -744,10 +730,10 @@ async fn auth_errors_hold_the_channel_instead_of_dead_lettering() {
         1,
         "the refused reply is not retried in a loop: {received:#?}"
     );
-    let rows = outbox_rows(&gw, "bystander");
+    let rows = outbox_rows(&gw, "bystander").await;
     assert_eq!(rows[0].status, "pending", "{:?}", rows[0]);
     assert_eq!(rows[0].attempts, 0, "{:?}", rows[0]);
-    assert_eq!(outbox_rows(&gw, "locked")[0].status, "pending");
+    assert_eq!(outbox_rows(&gw, "locked").await[0].status, "pending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -809,6 +795,10 @@ async fn replies_survive_a_kill_during_retries() {
         .await
         .expect("two failing attempts");
 
+    // Still failing, so still pending up to the kill (50 attempts are far off).
+    let rows = outbox_rows(&gw, "durable").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, "pending", "{:?}", rows[0]);
     gw.kill().await;
     callback.set_chat_mode("durable", None);
     let before = of_chat(&callback.received(), "durable").len();
@@ -816,9 +806,6 @@ async fn replies_survive_a_kill_during_retries() {
         callback.delivered().is_empty(),
         "nothing delivered before the kill"
     );
-    let rows = outbox_rows(&gw, "durable");
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].status, "pending", "{:?}", rows[0]);
 
     gw.restart().await.expect("restart gatewayd");
     let delivered = callback

@@ -7,9 +7,9 @@
 //! `retry_after` is waited out in that chat only, a blocked bot is a dead letter, and an invalid
 //! token holds the channel as `reauth_needed` until `gatewayctl channels reconnect telegram`.
 //!
-//! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`). The database
-//! and `gatewayctl` output have no change notification, so those are polled; everything the fakes
-//! see is waited for with their Notify-based waits.
+//! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`). The stored
+//! state (read through the admin API) and `gatewayctl` output have no change notification, so
+//! those are polled; everything the fakes see is waited for with their Notify-based waits.
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,10 +18,9 @@ use gateway_proto::admin as pb;
 use gateway_proto::admin::admin_client::AdminClient;
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram, MAX_TEXT_UTF16, SentMessage, TgFault};
 use gateway_tests::{
-    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, last_user_content, poll_until,
-    poll_until_async,
+    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, gatewayctl_bin, inspect, last_user_content,
+    poll_until, poll_until_async,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -136,40 +135,25 @@ impl Setup {
         self.llm.requests().iter().map(last_user_content).collect()
     }
 
-    /// The statuses of the outbox rows of `chat`, oldest first.
-    fn outbox_statuses(&self, chat: &str) -> Vec<String> {
-        let conn = self.db();
-        let mut stmt = conn
-            .prepare(
-                "SELECT status FROM outbox WHERE channel = 'telegram' AND chat_id = ?1 ORDER BY id",
-            )
-            .expect("prepare");
-        stmt.query_map([chat], |r| r.get(0))
-            .expect("query the outbox")
-            .collect::<Result<_, _>>()
-            .expect("read the outbox")
+    /// The statuses of the Telegram outbox rows of `chat`, oldest first, through `ListOutbox`.
+    async fn outbox_statuses(&self, chat: &str) -> Vec<String> {
+        inspect::outbox(&self.gw, "telegram", chat)
+            .await
+            .expect("ListOutbox")
+            .iter()
+            .map(|r| inspect::status_name(r.status).to_owned())
+            .collect()
     }
 
-    fn db(&self) -> Connection {
-        let conn = Connection::open_with_flags(
-            self.gw.data_dir().join("gateway.db"),
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .expect("open the database read-only");
-        conn.busy_timeout(Duration::from_secs(5))
-            .expect("busy timeout");
-        conn
-    }
-
-    /// Reads one inbox row (`chat_type`, `reply_to`) by its Telegram key `<chat>:<message>`.
-    fn inbox_row(&self, key: &str) -> Option<(String, Option<String>)> {
-        self.db().query_row(
-            "SELECT chat_type, reply_to FROM inbox WHERE channel = 'telegram' AND channel_message_id = ?1",
-            [key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .expect("query the inbox")
+    /// Reads one inbox row (`chat_type`, `reply_to`) by its Telegram key `<chat>:<message>`,
+    /// through `ListInbox`.
+    async fn inbox_row(&self, key: &str) -> Option<(String, Option<String>)> {
+        inspect::inbox(&self.gw, "telegram", "")
+            .await
+            .expect("ListInbox")
+            .into_iter()
+            .find(|r| r.channel_message_id == key)
+            .map(|r| (r.chat_type, (!r.reply_to.is_empty()).then_some(r.reply_to)))
     }
 }
 
@@ -211,7 +195,7 @@ async fn polling_acknowledges_an_update_only_once_it_is_committed() {
         .await
         .expect("the turn reaches the agent");
     assert_eq!(
-        s.inbox_row(&format!("42:{message_id}")).map(|r| r.0),
+        s.inbox_row(&format!("42:{message_id}")).await.map(|r| r.0),
         Some("direct".to_owned()),
         "the update is in the inbox"
     );
@@ -232,11 +216,13 @@ async fn polling_acknowledges_an_update_only_once_it_is_committed() {
     // 200 and that record sends the reply again, the known at-least-once window of delivery), the
     // daemon does not answer the acknowledged update again, and a redelivery of the very same
     // update (as after a crash before the offset moved) is recognised as a duplicate.
-    poll_until(TIMEOUT, "the reply is recorded as delivered", || {
-        s.outbox_statuses("42") == ["delivered"]
+    if let Err(e) = poll_until_async(TIMEOUT, "the reply is recorded as delivered", || async {
+        s.outbox_statuses("42").await == ["delivered"]
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}: {:?}", s.outbox_statuses("42")));
+    {
+        panic!("{e}: {:?}", s.outbox_statuses("42").await);
+    }
     s.gw.kill().await;
     s.gw.restart().await.expect("restart");
     s.tg.push_raw(update);
@@ -296,7 +282,7 @@ async fn webhook_mode_registers_the_webhook_and_checks_the_secret() {
     assert_eq!(post(Some("")).await, 401, "an empty secret");
     assert!(s.llm.requests().is_empty(), "refused updates reach nobody");
     assert_eq!(
-        s.inbox_row(&format!("77:{message_id}")),
+        s.inbox_row(&format!("77:{message_id}")).await,
         None,
         "refused updates are not stored"
     );
@@ -385,7 +371,7 @@ async fn texts_captions_documents_and_replies_reach_the_agent() {
     let reply = s.wait_reply(-4242, answer).await;
     assert_eq!(reply.text, "llm: and about that photo");
     assert_eq!(
-        s.inbox_row(&format!("-4242:{answer}")),
+        s.inbox_row(&format!("-4242:{answer}")).await,
         Some(("group".to_owned(), Some(format!("-4242:{photo}")))),
     );
 }
@@ -427,7 +413,9 @@ async fn private_chats_are_direct_and_groups_and_supergroups_are_group_sessions(
             "{reply:?}"
         );
         assert_eq!(
-            s.inbox_row(&format!("{}:{id}", chat.id())).map(|r| r.0),
+            s.inbox_row(&format!("{}:{id}", chat.id()))
+                .await
+                .map(|r| r.0),
             Some(chat_type.to_owned()),
             "{chat:?}"
         );

@@ -114,6 +114,7 @@ pub fn entry(e: &TranscriptEntry) -> pb::TranscriptEntry {
         text: e.text.clone(),
         at_ms: e.at_ms,
         channel: e.channel.map_or(pb::Channel::Unspecified, channel) as i32,
+        inbox_id: 0,
     }
 }
 
@@ -475,6 +476,89 @@ pub fn lagged(missed: u64) -> pb::WatchEventsResponse {
         event: Some(pb::watch_events_response::Event::Lagged(pb::Lagged {
             missed,
         })),
+    }
+}
+
+/// A proto transcript entry with the inbox id of its turn.
+pub fn traced_entry(e: &crate::store::TracedEntry) -> pb::TranscriptEntry {
+    pb::TranscriptEntry {
+        inbox_id: e.inbox_id.unwrap_or(0),
+        ..entry(&e.entry)
+    }
+}
+
+/// A proto inbox row.
+pub fn inbox_entry(r: &crate::store::InboxRecord) -> pb::InboxEntry {
+    let state = if r.done {
+        pb::InboxState::Done
+    } else {
+        pb::InboxState::Pending
+    };
+    pb::InboxEntry {
+        id: r.id,
+        channel: r.channel.clone(),
+        channel_message_id: r.channel_message_id.clone(),
+        chat_id: r.chat_id.clone(),
+        chat_type: r.chat_type.clone(),
+        sender_id: r.sender_id.clone(),
+        text: r.text.clone(),
+        reply_to: r.reply_to.clone().unwrap_or_default(),
+        received_at_ms: r.received_at_ms,
+        state: state as i32,
+    }
+}
+
+/// The inbox state a request filters by: `None` for unspecified (any).
+pub fn inbox_state_from(value: i32) -> Result<Option<bool>, String> {
+    match pb::InboxState::try_from(value) {
+        Ok(pb::InboxState::Unspecified) => Ok(None),
+        Ok(pb::InboxState::Pending) => Ok(Some(false)),
+        Ok(pb::InboxState::Done) => Ok(Some(true)),
+        Err(_) => Err(format!("unknown inbox state {value}")),
+    }
+}
+
+/// A proto outbox status.
+pub fn outbox_status(s: crate::store::OutboxStatus) -> pb::OutboxStatus {
+    use crate::store::OutboxStatus as S;
+    match s {
+        S::Pending => pb::OutboxStatus::Pending,
+        S::Delivered => pb::OutboxStatus::Delivered,
+        S::Dead => pb::OutboxStatus::Dead,
+        S::Dropped => pb::OutboxStatus::Dropped,
+    }
+}
+
+/// The outbox status a request filters by: `None` for unspecified (any).
+pub fn outbox_status_from(value: i32) -> Result<Option<crate::store::OutboxStatus>, String> {
+    use crate::store::OutboxStatus as S;
+    match pb::OutboxStatus::try_from(value) {
+        Ok(pb::OutboxStatus::Unspecified) => Ok(None),
+        Ok(pb::OutboxStatus::Pending) => Ok(Some(S::Pending)),
+        Ok(pb::OutboxStatus::Delivered) => Ok(Some(S::Delivered)),
+        Ok(pb::OutboxStatus::Dead) => Ok(Some(S::Dead)),
+        Ok(pb::OutboxStatus::Dropped) => Ok(Some(S::Dropped)),
+        Err(_) => Err(format!("unknown outbox status {value}")),
+    }
+}
+
+/// A proto outbox row.
+pub fn outbox_entry(r: &crate::store::OutboxRecord) -> pb::OutboxEntry {
+    pb::OutboxEntry {
+        id: r.id,
+        inbox_id: r.inbox_id.unwrap_or(0),
+        channel: r.channel.clone(),
+        chat_id: r.chat_id.clone(),
+        text: r.text.clone(),
+        reply_to: r.reply_to.clone().unwrap_or_default(),
+        status: outbox_status(r.status) as i32,
+        attempts: r.attempts,
+        last_error: r.last_error.clone().unwrap_or_default(),
+        error_class: r.class.map_or(pb::ErrorClass::Unspecified, class) as i32,
+        chunks_sent: r.chunks_sent,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+        errors: r.errors.iter().map(attempt).collect(),
     }
 }
 

@@ -269,12 +269,12 @@ impl Admin for AdminService {
         let transcript = self
             .state
             .store
-            .history(&key, tail)
+            .history_traced(&key, tail)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
-            transcript: transcript.iter().map(convert::entry).collect(),
+            transcript: transcript.iter().map(convert::traced_entry).collect(),
         }))
     }
 
@@ -635,6 +635,59 @@ impl Admin for AdminService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn list_inbox(
+        &self,
+        request: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let filter = crate::store::InboxFilter {
+            channel: non_empty(r.channel),
+            chat_id: non_empty(r.chat_id),
+            done: convert::inbox_state_from(r.state).map_err(Status::invalid_argument)?,
+        };
+        let rows = self
+            .state
+            .store
+            .list_inbox(&filter, id_cursor(&r.cursor)?, limit + 1)
+            .await
+            .map_err(store_status)?;
+        let (rows, next_cursor) = page(rows, limit, |row| row.id.to_string());
+        Ok(Response::new(pb::ListInboxResponse {
+            entries: rows.iter().map(convert::inbox_entry).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn list_outbox(
+        &self,
+        request: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit);
+        let filter = crate::store::OutboxFilter {
+            channel: non_empty(r.channel),
+            chat_id: non_empty(r.chat_id),
+            status: convert::outbox_status_from(r.status).map_err(Status::invalid_argument)?,
+        };
+        let rows = self
+            .state
+            .store
+            .list_outbox(&filter, id_cursor(&r.cursor)?, limit + 1, r.include_errors)
+            .await
+            .map_err(store_status)?;
+        let (rows, next_cursor) = page(rows, limit, |row| row.id.to_string());
+        Ok(Response::new(pb::ListOutboxResponse {
+            entries: rows.iter().map(convert::outbox_entry).collect(),
+            next_cursor,
+        }))
+    }
+}
+
+/// A request's string filter: `None` when empty (any).
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn selector(s: Option<pb::DeadLetterSelector>) -> Result<DeadSelector, Status> {

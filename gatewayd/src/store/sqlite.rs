@@ -35,6 +35,8 @@ mod test_support;
 mod transcript;
 mod writer;
 
+mod inspect;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -270,6 +272,33 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn list_inbox(
+        &self,
+        f: &super::InboxFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<super::InboxRecord>, StoreError> {
+        self.inspect_inbox(f, after, limit).await
+    }
+
+    async fn list_outbox(
+        &self,
+        f: &super::OutboxFilter,
+        after: Option<i64>,
+        limit: usize,
+        with_errors: bool,
+    ) -> Result<Vec<super::OutboxRecord>, StoreError> {
+        self.inspect_outbox(f, after, limit, with_errors).await
+    }
+
+    async fn history_traced(
+        &self,
+        session: &SessionKey,
+        limit: usize,
+    ) -> Result<Vec<super::TracedEntry>, StoreError> {
+        self.inspect_history(session, limit).await
+    }
+
     async fn inbox_commit(&self, msg: &InboundMessage) -> Result<InboxOutcome, StoreError> {
         inbox::commit(self, msg).await
     }
