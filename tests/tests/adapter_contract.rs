@@ -33,8 +33,9 @@
 //!
 //! Adding a channel to the suite: write `adapter_contract/<channel>.rs` with a type implementing
 //! [`PlatformSide`] (its `NAME` is the channel's name in config, session keys and the admin API),
-//! and add one line `<test name> => <channel>::<Type>` to the `adapters!` list. Every case then
-//! runs for it, in its own `#[tokio::test]`.
+//! declare it below with the other platform modules, and add one line
+//! `<channel>_passes_the_adapter_contract => <channel>::<Type>` to the `adapters!` list. Every
+//! case then runs for it, in its own `#[tokio::test]`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +48,8 @@ use gateway_tests::{
 };
 use tonic::transport::Channel;
 
+// An integration test's root looks for its modules beside it in `tests/`, where cargo would take
+// each file for a test of its own; the platforms live in `adapter_contract/` instead.
 #[path = "adapter_contract/discord.rs"]
 mod discord;
 #[path = "adapter_contract/http.rs"]
