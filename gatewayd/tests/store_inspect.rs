@@ -2,7 +2,7 @@
 //! stored, filtered by channel, chat and state and paged by id, outbox rows with their error
 //! histories, and transcript entries with the inbox row whose turn wrote them.
 
-use gatewayd::channels::ErrorClass;
+use gatewayd::send::ErrorClass;
 use gatewayd::message::{ChannelKind, ChatType, InboundMessage, SessionKey, now_ms};
 use gatewayd::store::sqlite::SqliteStore;
 use gatewayd::store::{
@@ -42,7 +42,7 @@ fn entry(role: Role, text: &str) -> TranscriptEntry {
         role,
         text: text.to_owned(),
         at_ms: now_ms(),
-        channel: Some(ChannelKind::Http),
+        channel: Some(ChannelKind::new("http")),
     }
 }
 
@@ -72,14 +72,14 @@ async fn answer(store: &SqliteStore, inbox_id: i64, m: &InboundMessage, session:
 #[tokio::test]
 async fn inbox_rows_are_listed_oldest_first_filtered_and_paged() {
     let (_dir, store) = open();
-    let mut replying = msg(ChannelKind::Telegram, "g:2", "g", ChatType::Group);
+    let mut replying = msg(ChannelKind::new("telegram"), "g:2", "g", ChatType::Group);
     replying.reply_to = Some("g:1".to_owned());
     let messages = [
-        msg(ChannelKind::Http, "h1", "a", ChatType::Direct),
-        msg(ChannelKind::Telegram, "g:1", "g", ChatType::Group),
-        msg(ChannelKind::Http, "h2", "b", ChatType::Direct),
+        msg(ChannelKind::new("http"), "h1", "a", ChatType::Direct),
+        msg(ChannelKind::new("telegram"), "g:1", "g", ChatType::Group),
+        msg(ChannelKind::new("http"), "h2", "b", ChatType::Direct),
         replying,
-        msg(ChannelKind::Http, "h3", "a", ChatType::Direct),
+        msg(ChannelKind::new("http"), "h3", "a", ChatType::Direct),
     ];
     let mut ids = Vec::new();
     for m in &messages {
@@ -167,13 +167,13 @@ async fn outbox_rows_show_status_attempts_errors_and_page() {
     let (_dir, store) = open();
     let mut outbox = Vec::new();
     for (i, chat) in ["a", "b", "a", "c"].iter().enumerate() {
-        let m = msg(ChannelKind::Http, &format!("m{i}"), chat, ChatType::Direct);
+        let m = msg(ChannelKind::new("http"), &format!("m{i}"), chat, ChatType::Direct);
         let inbox_id = commit(&store, &m).await;
         outbox.push((answer(&store, inbox_id, &m, 1).await, inbox_id, m));
     }
     let put = store
         .outbox_put(NewReply {
-            channel: ChannelKind::Webchat,
+            channel: ChannelKind::new("webchat"),
             chat_id: "w".to_owned(),
             text: "from a workflow".to_owned(),
             reply_to: None,
@@ -338,8 +338,8 @@ async fn outbox_rows_show_status_attempts_errors_and_page() {
 #[tokio::test]
 async fn traced_history_is_the_history_with_the_inbox_id_of_each_turn() {
     let (_dir, store) = open();
-    let first = msg(ChannelKind::Http, "t1", "a", ChatType::Direct);
-    let second = msg(ChannelKind::Http, "t2", "a", ChatType::Direct);
+    let first = msg(ChannelKind::new("http"), "t1", "a", ChatType::Direct);
+    let second = msg(ChannelKind::new("http"), "t2", "a", ChatType::Direct);
     let first_id = commit(&store, &first).await;
     answer(&store, first_id, &first, 7).await;
     let second_id = commit(&store, &second).await;
