@@ -171,6 +171,7 @@ fn main() {
     let known = Known {
         tools: HashSet::from(["noop".to_owned()]),
         channels: Some([ChannelKind::new("webchat")].into()),
+        all_channels: Vec::new(),
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 

@@ -10,11 +10,11 @@
 
 use std::future::Future;
 
-use gatewayd::send::ErrorClass;
 use gatewayd::message::{
     Address, Attachment, ChannelKind, ChatType, InboundMessage, OutboundMessage, SessionKey,
     UserId, now_ms,
 };
+use gatewayd::send::ErrorClass;
 use gatewayd::store::sqlite::SqliteStore;
 use gatewayd::store::{
     DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus, Role, RunOrigin, RunStatus,
@@ -399,10 +399,15 @@ async fn a_refused_turn_leaves_nothing_behind(store: &dyn Store) {
     );
     // A second turn for the same message is refused and changes nothing.
     let mut again = turn.clone();
+    again.entries.push(entry(
+        Role::Assistant,
+        "twice",
+        2,
+        Some(ChannelKind::new("http")),
+    ));
     again
-        .entries
-        .push(entry(Role::Assistant, "twice", 2, Some(ChannelKind::new("http"))));
-    again.replies.push(reply(ChannelKind::new("http"), "c", "twice"));
+        .replies
+        .push(reply(ChannelKind::new("http"), "c", "twice"));
     let err = store.commit_turn(again).await.expect_err("second turn");
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert_eq!(store.outbox_pending().await.expect("outbox").len(), 1);
@@ -546,8 +551,14 @@ async fn session_rows_count_turns_and_follow_the_last_channel(store: &dyn Store)
 async fn sessions_page_by_key_every_row_once_in_order(store: &dyn Store) {
     let mut keys: Vec<SessionKey> = (1..=9).map(SessionKey::User).collect();
     keys.push(SessionKey::User(10));
-    keys.push(SessionKey::Group(ChannelKind::new("discord"), "g-1".to_owned()));
-    keys.push(SessionKey::Group(ChannelKind::new("http"), "g-2".to_owned()));
+    keys.push(SessionKey::Group(
+        ChannelKind::new("discord"),
+        "g-1".to_owned(),
+    ));
+    keys.push(SessionKey::Group(
+        ChannelKind::new("http"),
+        "g-2".to_owned(),
+    ));
     for (i, key) in keys.iter().enumerate() {
         let channel = if i % 3 == 0 {
             ChannelKind::new("telegram")
@@ -713,7 +724,13 @@ async fn outbox_rows_go_from_pending_to_dead_with_their_error_history(store: &dy
 async fn a_retried_dead_letter_is_pending_again_and_a_dropped_one_is_gone(store: &dyn Store) {
     let a = dead_letter(store, ChannelKind::new("http"), "a", ErrorClass::Retryable).await;
     let b = dead_letter(store, ChannelKind::new("http"), "b", ErrorClass::Auth).await;
-    let c = dead_letter(store, ChannelKind::new("telegram"), "c", ErrorClass::Permanent).await;
+    let c = dead_letter(
+        store,
+        ChannelKind::new("telegram"),
+        "c",
+        ErrorClass::Permanent,
+    )
+    .await;
     assert_eq!(store.counts().await.expect("counts"), (0, 0, 3));
     // By channel and class: only `a`.
     let retried = store
@@ -839,7 +856,10 @@ async fn dead_letters_page_by_id_every_row_once_in_order(store: &dyn Store) {
         |d| d.message.id,
     )
     .await;
-    assert!(rows.iter().all(|d| d.message.channel == ChannelKind::new("http")));
+    assert!(
+        rows.iter()
+            .all(|d| d.message.channel == ChannelKind::new("http"))
+    );
     let got: Vec<i64> = rows.iter().map(|d| d.message.id).collect();
     assert_eq!(got, http);
 }

@@ -2,8 +2,8 @@
 //! stored, filtered by channel, chat and state and paged by id, outbox rows with their error
 //! histories, and transcript entries with the inbox row whose turn wrote them.
 
-use gatewayd::send::ErrorClass;
 use gatewayd::message::{ChannelKind, ChatType, InboundMessage, SessionKey, now_ms};
+use gatewayd::send::ErrorClass;
 use gatewayd::store::sqlite::SqliteStore;
 use gatewayd::store::{
     DeadSelector, InboxFilter, InboxOutcome, NewReply, OutboxFilter, OutboxStatus, Role, Store,
@@ -167,7 +167,12 @@ async fn outbox_rows_show_status_attempts_errors_and_page() {
     let (_dir, store) = open();
     let mut outbox = Vec::new();
     for (i, chat) in ["a", "b", "a", "c"].iter().enumerate() {
-        let m = msg(ChannelKind::new("http"), &format!("m{i}"), chat, ChatType::Direct);
+        let m = msg(
+            ChannelKind::new("http"),
+            &format!("m{i}"),
+            chat,
+            ChatType::Direct,
+        );
         let inbox_id = commit(&store, &m).await;
         outbox.push((answer(&store, inbox_id, &m, 1).await, inbox_id, m));
     }

@@ -54,8 +54,8 @@ use super::{
     Retention, RunOrigin, RunRecord, RunStatus, SessionFilter, StorageStats, Store, StoreError,
     StoredSession, TranscriptEntry, TurnRecord, UserRecord,
 };
-use crate::send::ErrorClass;
 use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
+use crate::send::ErrorClass;
 use migrations::{incremental_vacuum_mode, migrate};
 use retention::Pruner;
 use writer::{Job, job, writer_loop};

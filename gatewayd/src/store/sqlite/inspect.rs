@@ -7,7 +7,8 @@
 
 use rusqlite::{Connection, params};
 
-use super::{SqliteStore, db, parse_class};
+use super::outbox::parse_class;
+use super::{SqliteStore, db};
 use crate::message::SessionKey;
 use crate::store::{
     AttemptError, InboxFilter, InboxRecord, OutboxFilter, OutboxRecord, OutboxStatus, Role,

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::writer::atomic;
 use super::{SqliteStore, db};
-use crate::send::ErrorClass;
 use crate::message::{ChannelKind, OutboundMessage, now_ms};
+use crate::send::ErrorClass;
 use crate::store::{AttemptError, DeadLetter, DeadSelector, NewReply, StoreError, parse_channel};
 
 pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<OutboundMessage>, StoreError> {
@@ -276,7 +276,7 @@ fn outbound_from(
     })
 }
 
-fn parse_class(s: &str) -> Result<ErrorClass, StoreError> {
+pub(super) fn parse_class(s: &str) -> Result<ErrorClass, StoreError> {
     ErrorClass::parse(s).ok_or_else(|| StoreError::Database(format!("corrupt error class `{s}`")))
 }
 

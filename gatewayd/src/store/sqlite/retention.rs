@@ -477,8 +477,8 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::send::ErrorClass;
     use crate::message::{Address, ChannelKind, SessionKey};
+    use crate::send::ErrorClass;
     use crate::store::sqlite::test_support::*;
     use crate::store::{InboxOutcome, Store, TranscriptEntry, TurnRecord};
 
@@ -662,7 +662,10 @@ mod tests {
         let row = answered(&store, "hello", 4, "hi").await;
         store.outbox_delivered(row.id).await.expect("delivered");
         let before = store.last_direct_chat(user).await.expect("read");
-        assert_eq!(before, Some((ChannelKind::new("http"), "chat-s4".to_owned())));
+        assert_eq!(
+            before,
+            Some((ChannelKind::new("http"), "chat-s4".to_owned()))
+        );
         let report = store
             .prune_now(now_ms() + 8 * DAY_MS, retention(1000, None, 20))
             .await
