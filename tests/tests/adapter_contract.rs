@@ -363,7 +363,7 @@ struct Limit {
 #[derive(Debug, Clone, Copy)]
 struct Capabilities {
     /// The channel in the admin API.
-    channel: pb::Channel,
+    channel: &'static str,
     /// The channel's name in session keys and addresses.
     name: &'static str,
     /// The platform has group chats.
@@ -487,7 +487,7 @@ impl Platform {
         let llm = FakeOpenAi::start().await;
         let opts = GatewayOptions::with_config(base_config(&llm));
         let caps = Capabilities {
-            channel: pb::Channel::Webchat,
+            channel: "webchat",
             name: "webchat",
             groups: false,
             limit: None,
@@ -505,7 +505,7 @@ impl Platform {
             callback.url()
         ));
         let caps = Capabilities {
-            channel: pb::Channel::Http,
+            channel: "http",
             name: "http",
             groups: true,
             limit: Some(Limit {
@@ -527,7 +527,7 @@ impl Platform {
         ));
         opts.env.push(("TG_TOKEN".to_owned(), TG_TOKEN.to_owned()));
         let caps = Capabilities {
-            channel: pb::Channel::Telegram,
+            channel: "telegram",
             name: "telegram",
             groups: true,
             limit: Some(Limit {
@@ -549,7 +549,7 @@ impl Platform {
         ));
         opts.env.push(("DC_TOKEN".to_owned(), DC_TOKEN.to_owned()));
         let caps = Capabilities {
-            channel: pb::Channel::Discord,
+            channel: "discord",
             name: "discord",
             groups: true,
             limit: Some(Limit {
@@ -814,7 +814,7 @@ impl Platform {
                     || {
                         let mut admin = admin.clone();
                         async move {
-                            channel_of(&mut admin, pb::Channel::Webchat)
+                            channel_of(&mut admin, "webchat")
                                 .await
                                 .is_some_and(|c| c.failed > failed)
                         }
@@ -941,7 +941,7 @@ impl Platform {
         let mut admin = self.admin.clone();
         admin
             .list_dead_letters(pb::ListDeadLettersRequest {
-                channel: self.caps.channel as i32,
+                channel: self.caps.channel.to_owned(),
                 ..Default::default()
             })
             .await
@@ -950,18 +950,13 @@ impl Platform {
     }
 }
 
-async fn channel_of(
-    admin: &mut AdminClient<Channel>,
-    channel: pb::Channel,
-) -> Option<pb::ChannelInfo> {
+async fn channel_of(admin: &mut AdminClient<Channel>, channel: &str) -> Option<pb::ChannelInfo> {
     let list = admin
         .list_channels(pb::ListChannelsRequest {})
         .await
         .expect("ListChannels")
         .into_inner();
-    list.channels
-        .into_iter()
-        .find(|c| c.channel == channel as i32)
+    list.channels.into_iter().find(|c| c.channel == channel)
 }
 
 impl WebChatSide {

@@ -14,6 +14,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::model::{
     Address, Channel, ChannelInfo, ChannelState, ErrorClass, NodeState, RunState, channel_cell,
+    channel_or,
 };
 use crate::output::{duration, text, time};
 
@@ -498,7 +499,7 @@ impl From<pb::GetOverviewResponse> for Overview {
             channels: o
                 .channels
                 .iter()
-                .map(|c| (channel_cell(c.channel), ChannelState::from_pb(c.state)))
+                .map(|c| (channel_cell(&c.channel), ChannelState::from_pb(c.state)))
                 .collect(),
             dead_letters: o.dead_letters,
             outbox_pending: o.outbox_pending,
@@ -524,7 +525,7 @@ impl From<pb::SessionInfo> for Session {
     fn from(s: pb::SessionInfo) -> Self {
         Self {
             group: s.kind == pb::SessionKind::Group as i32,
-            last_channel: channel_cell(s.last_channel),
+            last_channel: channel_cell(&s.last_channel),
             last_active_ms: time(s.last_active_ms),
             turns: s.turns,
             resident: s.resident,
@@ -584,7 +585,7 @@ impl Filterable for ChannelInfo {
     fn haystack(&self) -> String {
         format!(
             "{} {} {}",
-            self.channel.map_or("?", Channel::name),
+            channel_or(self.channel.as_ref(), "?"),
             self.state.name(),
             self.last_error.as_deref().unwrap_or("")
         )
@@ -629,7 +630,7 @@ pub struct ChannelLimits {
 impl From<pb::ChannelRateLimits> for ChannelLimits {
     fn from(c: pb::ChannelRateLimits) -> Self {
         Self {
-            channel: channel_cell(c.channel),
+            channel: channel_cell(&c.channel),
             bucket: c.channel_bucket.map(Into::into),
             chats: c.chats.into_iter().map(Into::into).collect(),
             throttled_total: c.throttled_total,
@@ -654,7 +655,7 @@ impl From<pb::DeadLetter> for DeadLetter {
     fn from(d: pb::DeadLetter) -> Self {
         Self {
             id: d.id,
-            channel: channel_cell(d.channel),
+            channel: channel_cell(&d.channel),
             chat_id: d.chat_id,
             text: d.text,
             attempts: d.attempts,
@@ -835,7 +836,7 @@ impl From<pb::WatchEventsResponse> for Event {
                 vec![Channels],
                 Some(format!(
                     "{} send failed (attempt {}): {}",
-                    ch(d.channel),
+                    ch(&d.channel),
                     d.attempts,
                     d.error
                 )),
@@ -843,7 +844,7 @@ impl From<pb::WatchEventsResponse> for Event {
             ),
             Some(E::DeadLettered(d)) => (
                 vec![DeadLetters],
-                Some(format!("{} dead letter: {}", ch(d.channel), d.error)),
+                Some(format!("{} dead letter: {}", ch(&d.channel), d.error)),
                 false,
             ),
             Some(E::ChannelStateChanged(c)) => (
@@ -851,7 +852,7 @@ impl From<pb::WatchEventsResponse> for Event {
                 text(&c.error).map(|e| {
                     format!(
                         "{} {}: {e}",
-                        ch(c.channel),
+                        ch(&c.channel),
                         ChannelState::from_pb(c.state).name()
                     )
                 }),
@@ -861,7 +862,7 @@ impl From<pb::WatchEventsResponse> for Event {
                 vec![RateLimits],
                 Some(format!(
                     "{} rate limited chat {} for {}",
-                    ch(r.channel),
+                    ch(&r.channel),
                     r.chat_id,
                     duration(r.pause_ms.div_ceil(1000))
                 )),
@@ -1166,10 +1167,7 @@ impl App {
         let letter = self.dead_letters.list.current()?;
         let channel = channel_named(&letter.channel);
         if channel.is_none() {
-            let text = format!(
-                "dead letter {} is on a channel this gatewayctl does not know",
-                letter.id
-            );
+            let text = format!("dead letter {} names no channel", letter.id);
             self.say(text, true);
         }
         channel
@@ -1416,7 +1414,7 @@ fn action_key(app: &mut App, c: char) -> Option<Intent> {
             letters: Letters::Channel(app.selected_letter_channel()?),
         },
         (Tab::Channels, 'c') => Action::ReconnectChannel {
-            channel: app.channels.list.current()?.channel?,
+            channel: app.channels.list.current()?.channel.clone()?,
         },
         (Tab::Identities, 'u') => Action::UnlinkAddress {
             address: app.identities.list.current()?.address.clone()?,
@@ -1472,13 +1470,9 @@ fn form_key(app: &mut App, mut form: Form, k: KeyEvent) -> Option<Intent> {
     None
 }
 
-/// The channel with this name (as in a table cell); None for `-` or an unknown name.
+/// The channel with this name (as in a table cell); None for `-` (none).
 fn channel_named(name: &str) -> Option<Channel> {
-    use clap::ValueEnum as _;
-    Channel::value_variants()
-        .iter()
-        .copied()
-        .find(|c| c.name() == name)
+    (name != "-").then(|| name.parse().ok()).flatten()
 }
 
 /// The "retrying in Ns" of a lost connection.
@@ -1543,7 +1537,7 @@ pub(crate) mod tests {
         app.sessions.next_cursor = Some("user:40".into());
         app.channels.list.replace(vec![
             ChannelInfo {
-                channel: Some(Channel::Webchat),
+                channel: "webchat".parse().ok(),
                 state: ChannelState::Connected,
                 since_at_ms: Some(NOW - 3_600_000),
                 last_error: None,
@@ -1554,7 +1548,7 @@ pub(crate) mod tests {
                 reconnects: 0,
             },
             ChannelInfo {
-                channel: Some(Channel::Http),
+                channel: "http".parse().ok(),
                 state: ChannelState::Reconnecting,
                 since_at_ms: Some(NOW - 20_000),
                 last_error: Some("503 Service Unavailable".into()),
@@ -1687,6 +1681,10 @@ pub(crate) mod tests {
             last = press(app, KeyCode::Char(c));
         }
         last
+    }
+
+    pub fn channel(name: &str) -> Channel {
+        name.parse().expect("a channel name")
     }
 
     fn rpc(action: Action) -> Option<Intent> {
@@ -1875,7 +1873,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::RetryDeadLetters {
-                letters: Letters::Channel(Channel::Webchat)
+                letters: Letters::Channel(channel("webchat"))
             })
         );
         assert_eq!(app.dead_letters.marked, BTreeSet::from([7]));
@@ -1890,7 +1888,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::DropDeadLetters {
-                letters: Letters::Channel(Channel::Http)
+                letters: Letters::Channel(channel("http"))
             })
         );
     }
@@ -1932,7 +1930,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::ReconnectChannel {
-                channel: Channel::Http
+                channel: channel("http")
             })
         );
     }
@@ -2001,11 +1999,15 @@ pub(crate) mod tests {
             rpc(Action::LinkIdentities {
                 user_id: 1,
                 other: LinkOther::Address(Address {
-                    channel: Channel::Http,
+                    channel: channel("http"),
                     sender_id: "bob".into()
                 })
             })
         );
+        // Which channels exist is the gateway's to say: any name goes to it.
+        let mut app = link_form("fax:1");
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(question(&app).as_deref(), Some("Move fax:1 to user 1?"));
         // `n` cancels an address link too.
         let mut app = link_form("webchat:a:b");
         press(&mut app, KeyCode::Enter);
@@ -2017,8 +2019,8 @@ pub(crate) mod tests {
     fn link_with_a_bad_second_field_sends_nothing_and_says_why() {
         for (input, error) in [
             (
-                "fax:123",
-                "unknown channel `fax`; use one of webchat, http, telegram, discord",
+                ":123",
+                "the channel before `:123` is empty; expected CHANNEL:SENDER_ID, e.g. http:alice",
             ),
             ("http:", "the sender id after `http:` is empty"),
             (
@@ -2154,7 +2156,7 @@ pub(crate) mod tests {
                 &mut app,
                 event(E::DeadLettered(pb::DeadLettered {
                     outbox_id: 4,
-                    channel: pb::Channel::Http as i32,
+                    channel: "http".into(),
                     error: "400 bad".into()
                 }))
             ),

@@ -18,7 +18,7 @@ use super::state::{
     App, ChannelsTab, Conn, DeadLettersTab, Filterable, IdentitiesTab, List, Modal, OverviewTab,
     RateLimitsTab, RunsTab, SessionsTab, Tab, retry_in_secs, scroll_offset,
 };
-use crate::model::{Channel, ChannelInfo, ChannelState, NodeState, RunState};
+use crate::model::{ChannelInfo, ChannelState, NodeState, RunState, channel_or};
 use crate::output::{ago, duration};
 
 /// Every key, as the help overlay lists it (also in gatewayctl/README.md).
@@ -483,7 +483,7 @@ impl Widget for &ChannelsTab {
             shown,
             |c| {
                 vec![
-                    c.channel.map_or("?", Channel::name).to_owned(),
+                    channel_or(c.channel.as_ref(), "?").to_owned(),
                     channel_state(c, self.now_ms),
                     ago(c.since_at_ms.unwrap_or(0), self.now_ms),
                     c.sent.to_string(),
@@ -980,7 +980,7 @@ mod tests {
         press(&mut app, KeyCode::Char('7'));
         press(&mut app, KeyCode::Char('l'));
         press(&mut app, KeyCode::Tab);
-        typed(&mut app, "fax:1");
+        typed(&mut app, "http:");
         press(&mut app, KeyCode::Enter);
         insta::assert_snapshot!(draw(&app).backend());
     }
