@@ -241,7 +241,7 @@ async fn platform_errors_are_retried_or_held_for_reauth(p: &mut Platform) {
     let mut admin = p.admin.clone();
     let after = admin
         .reconnect_channel(pb::ReconnectChannelRequest {
-            channel: p.caps.channel as i32,
+            channel: p.caps.channel.to_owned(),
         })
         .await
         .expect("ReconnectChannel")
