@@ -16,8 +16,8 @@ pub enum Cmd {
     List,
     /// Lift a credentials hold and probe the channel.
     Reconnect {
-        /// The channel.
-        #[arg(value_enum)]
+        /// The channel, e.g. `telegram`.
+        #[arg(value_name = "CHANNEL")]
         channel: Channel,
     },
 }

@@ -6,7 +6,7 @@ use gateway_proto::admin as pb;
 use serde::Serialize;
 
 use crate::client::Api;
-use crate::model::{Channel, ErrorClass, channel_filter};
+use crate::model::{Channel, ErrorClass, channel_filter, channel_or};
 use crate::output::{Format, Out, Table, ago, now_ms, text, time, utc};
 
 /// `deadletters …`.
@@ -15,7 +15,7 @@ pub enum Cmd {
     /// List dead letters, oldest first.
     List {
         /// Only this channel.
-        #[arg(long, value_enum)]
+        #[arg(long, value_name = "CHANNEL")]
         channel: Option<Channel>,
         /// Most dead letters per page (server default 100).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -43,7 +43,7 @@ pub struct Selector {
     #[arg(value_name = "ID")]
     ids: Vec<i64>,
     /// Every dead letter of this channel.
-    #[arg(long, value_enum)]
+    #[arg(long, value_name = "CHANNEL")]
     channel: Option<Channel>,
 }
 
@@ -51,7 +51,7 @@ impl Selector {
     fn to_pb(&self) -> pb::DeadLetterSelector {
         use pb::dead_letter_selector::Selector as S;
         pb::DeadLetterSelector {
-            selector: Some(match self.channel {
+            selector: Some(match &self.channel {
                 Some(c) => S::Channel(c.to_pb()),
                 None => S::Ids(pb::Ids {
                     ids: self.ids.clone(),
@@ -80,7 +80,7 @@ impl DeadLetter {
     fn from_pb(d: &pb::DeadLetter) -> Self {
         Self {
             id: d.id,
-            channel: Channel::from_pb(d.channel),
+            channel: Channel::from_pb(&d.channel),
             chat_id: d.chat_id.clone(),
             text: d.text.clone(),
             reply_to: text(&d.reply_to),
@@ -144,7 +144,7 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
                 .list_dead_letters(pb::ListDeadLettersRequest {
                     cursor: cursor.unwrap_or_default(),
                     limit: limit.unwrap_or(0),
-                    channel: channel_filter(channel),
+                    channel: channel_filter(channel.as_ref()),
                 })
                 .await
                 .map_err(|s| api.error(s))?
@@ -169,7 +169,7 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
             for d in &list.dead_letters {
                 t.row(vec![
                     d.id.to_string(),
-                    d.channel.map_or("?", Channel::name).to_owned(),
+                    channel_or(d.channel.as_ref(), "?").to_owned(),
                     d.chat_id.clone(),
                     d.error_class.name().to_owned(),
                     d.attempts.to_string(),
@@ -217,7 +217,7 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
             let d = &show.dead_letter;
             let when = |ms: Option<i64>| ms.map_or("-".to_owned(), |ms| utc(ms, false));
             out.field("dead letter", d.id.to_string())?;
-            out.field("channel", d.channel.map_or("?", Channel::name))?;
+            out.field("channel", channel_or(d.channel.as_ref(), "?"))?;
             out.field("chat", &d.chat_id)?;
             out.field("reply to", d.reply_to.as_deref().unwrap_or("-"))?;
             out.field("created", when(d.created_at_ms))?;

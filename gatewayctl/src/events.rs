@@ -99,7 +99,7 @@ enum Kind {
 
 impl Kind {
     fn from_pb(e: Option<E>) -> Kind {
-        let ch = Channel::from_pb;
+        let ch = |name: String| Channel::from_pb(&name);
         match e {
             Some(E::MessageIn(m)) => Kind::MessageIn {
                 inbox_id: m.inbox_id,
@@ -256,7 +256,7 @@ mod tests {
             at_ms: 1_750_000_000_123,
             event: Kind::MessageIn {
                 inbox_id: 5,
-                channel: Some(Channel::Http),
+                channel: "http".parse().ok(),
                 chat_id: "chat-1".into(),
             },
         };
@@ -273,7 +273,7 @@ mod tests {
         let failed = Event {
             at_ms: 0,
             event: Kind::ChannelStateChanged {
-                channel: Some(Channel::Webchat),
+                channel: "webchat".parse().ok(),
                 state: ChannelState::ReauthNeeded,
                 error: Some("401 \"no\"".into()),
             },

@@ -15,7 +15,7 @@ pub enum Cmd {
     /// List users and their addresses, by id.
     List {
         /// Only users with an address on this channel.
-        #[arg(long, value_enum)]
+        #[arg(long, value_name = "CHANNEL")]
         channel: Option<Channel>,
         /// Most users per page (server default 100).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -103,7 +103,7 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
                 .list_identities(pb::ListIdentitiesRequest {
                     cursor: cursor.unwrap_or_default(),
                     limit: limit.unwrap_or(0),
-                    channel: channel_filter(channel),
+                    channel: channel_filter(channel.as_ref()),
                 })
                 .await
                 .map_err(|s| api.error(s))?

@@ -1,8 +1,10 @@
 //! The vocabulary several commands share, in gatewayctl's own types: channels and addresses
 //! (as command-line values and as JSON), channel health, error classes, and the states of
-//! workflow runs and their nodes. Proto enums arrive as numbers; here they become lowercase
-//! names such as "webchat", "connected", "retryable" or "skipped", so the JSON output stays
-//! stable whatever the proto's numbering.
+//! workflow runs and their nodes. Channels arrive as names ("webchat", "telegram", …) and
+//! stay free strings: gatewayctl lists none of its own, so a new channel needs no change
+//! here. Proto enums arrive as numbers; here they become lowercase names such as
+//! "connected", "retryable" or "skipped", so the JSON output stays stable whatever the
+//! proto's numbering.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,72 +14,70 @@ use serde::Serialize;
 
 use crate::output::{Table, ago, text, time};
 
-/// A channel, on the command line and in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    // The built-in browser chat.
-    Webchat,
-    // The generic HTTP channel.
-    Http,
-    // Telegram.
-    Telegram,
-    // Discord.
-    Discord,
-}
+/// A channel, named as the gateway names it (`webchat`, `http`, `telegram`, …), on the
+/// command line and in JSON. Which channels exist is the gateway's business: gatewayctl passes
+/// a name on and prints the names it receives, and the gateway refuses one it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Channel(String);
 
 impl Channel {
-    /// Every channel, in proto order.
-    const ALL: [Channel; 4] = [
-        Channel::Webchat,
-        Channel::Http,
-        Channel::Telegram,
-        Channel::Discord,
-    ];
-
-    /// The name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Channel::Webchat => "webchat",
-            Channel::Http => "http",
-            Channel::Telegram => "telegram",
-            Channel::Discord => "discord",
-        }
+    /// The name used on the command line, in JSON and by the gateway.
+    pub fn name(&self) -> &str {
+        &self.0
     }
 
-    /// The proto number.
-    pub fn to_pb(self) -> i32 {
-        (match self {
-            Channel::Webchat => pb::Channel::Webchat,
-            Channel::Http => pb::Channel::Http,
-            Channel::Telegram => pb::Channel::Telegram,
-            Channel::Discord => pb::Channel::Discord,
-        }) as i32
+    /// The name as the admin API carries it.
+    pub fn to_pb(&self) -> String {
+        self.0.clone()
     }
 
-    /// The channel of a proto number; `None` for unspecified or a number this build does not
-    /// know.
-    pub fn from_pb(value: i32) -> Option<Channel> {
-        match pb::Channel::try_from(value).ok()? {
-            pb::Channel::Unspecified => None,
-            pb::Channel::Webchat => Some(Channel::Webchat),
-            pb::Channel::Http => Some(Channel::Http),
-            pb::Channel::Telegram => Some(Channel::Telegram),
-            pb::Channel::Discord => Some(Channel::Discord),
-        }
+    /// The channel the admin API names; `None` for the empty string (not set).
+    pub fn from_pb(name: &str) -> Option<Channel> {
+        (!name.is_empty()).then(|| Channel(name.to_owned()))
     }
 }
 
-/// The proto number of an optional channel filter (0: any).
-pub fn channel_filter(c: Option<Channel>) -> i32 {
-    c.map_or(pb::Channel::Unspecified as i32, Channel::to_pb)
+impl FromStr for Channel {
+    type Err = String;
+
+    /// Any non-empty name without spaces or colons; the gateway checks that it knows it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the channel name is empty".to_owned());
+        }
+        if s.chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("`{s}` is not a channel name"));
+        }
+        Ok(Channel(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The admin API's form of an optional channel filter (empty: any).
+pub fn channel_filter(c: Option<&Channel>) -> String {
+    c.map(Channel::to_pb).unwrap_or_default()
 }
 
 /// A channel's name for a table, "-" when unset.
-pub fn channel_cell(value: i32) -> String {
-    Channel::from_pb(value)
-        .map_or("-", Channel::name)
-        .to_owned()
+pub fn channel_cell(name: &str) -> String {
+    if name.is_empty() {
+        "-".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// An optional channel's name for a table, `unset` when there is none.
+pub fn channel_or<'a>(c: Option<&'a Channel>, unset: &'a str) -> &'a str {
+    c.map_or(unset, Channel::name)
 }
 
 /// Where a person can be reached: `CHANNEL:SENDER_ID`, e.g. `http:alice`.
@@ -95,20 +95,16 @@ impl FromStr for Address {
     /// Parses `CHANNEL:SENDER_ID`; the sender id is everything after the first colon (it may
     /// hold colons itself).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let names = || {
-            Channel::ALL
-                .iter()
-                .map(|c| c.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let (channel, sender) = s
             .split_once(':')
             .ok_or_else(|| format!("expected CHANNEL:SENDER_ID, e.g. http:alice; got `{s}`"))?;
-        let channel = Channel::ALL
-            .into_iter()
-            .find(|c| c.name() == channel)
-            .ok_or_else(|| format!("unknown channel `{channel}`; use one of {}", names()))?;
+        if channel.is_empty() {
+            return Err(format!(
+                "the channel before `:{sender}` is empty; expected CHANNEL:SENDER_ID, e.g. \
+                 http:alice"
+            ));
+        }
+        let channel: Channel = channel.parse()?;
         if sender.is_empty() {
             return Err(format!(
                 "the sender id after `{channel}:` is empty",
@@ -137,10 +133,10 @@ impl Address {
         }
     }
 
-    /// An address from the proto; `None` when its channel is unknown to this build.
+    /// An address from the proto; `None` when it names no channel.
     pub fn from_pb(a: &pb::Address) -> Option<Address> {
         Some(Address {
-            channel: Channel::from_pb(a.channel)?,
+            channel: Channel::from_pb(&a.channel)?,
             sender_id: a.sender_id.clone(),
         })
     }
@@ -353,7 +349,7 @@ impl fmt::Display for Edge {
 /// One channel's health and counters (`status` and `channels`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelInfo {
-    /// The channel; null if this build does not know it.
+    /// The channel; null if the server did not say.
     pub channel: Option<Channel>,
     /// Its health.
     pub state: ChannelState,
@@ -377,7 +373,7 @@ impl ChannelInfo {
     /// From the proto.
     pub fn from_pb(c: &pb::ChannelInfo) -> Self {
         Self {
-            channel: Channel::from_pb(c.channel),
+            channel: Channel::from_pb(&c.channel),
             state: ChannelState::from_pb(c.state),
             since_at_ms: time(c.since_ms),
             last_error: text(&c.last_error),
@@ -409,7 +405,7 @@ pub fn channels_table(channels: &[ChannelInfo], now: i64) -> Table {
             (state, _) => state.name().to_owned(),
         };
         t.row(vec![
-            c.channel.map_or("?", Channel::name).to_owned(),
+            channel_or(c.channel.as_ref(), "?").to_owned(),
             state,
             ago(c.since_at_ms.unwrap_or(0), now),
             c.sent.to_string(),
@@ -428,13 +424,13 @@ mod tests {
     #[test]
     fn addresses_parse_into_channel_and_sender() {
         let a: Address = "http:alice".parse().expect("valid");
-        assert_eq!(a.channel, Channel::Http);
+        assert_eq!(a.channel.name(), "http");
         assert_eq!(a.sender_id, "alice");
         assert_eq!(a.to_string(), "http:alice");
         let b: Address = "webchat:abc:def".parse().expect("colons in the sender id");
         assert_eq!(
-            (b.channel, b.sender_id.as_str()),
-            (Channel::Webchat, "abc:def")
+            (b.channel.name(), b.sender_id.as_str()),
+            ("webchat", "abc:def")
         );
         assert_eq!(Address::from_pb(&b.to_pb()), Some(b));
     }
@@ -444,10 +440,9 @@ mod tests {
         for (bad, reason) in [
             ("alice", "expected CHANNEL:SENDER_ID"),
             ("http:", "is empty"),
-            ("smtp:bob", "unknown channel `smtp`"),
-            (":bob", "unknown channel ``"),
+            (":bob", "the channel before `:bob` is empty"),
             ("", "expected CHANNEL:SENDER_ID"),
-            ("HTTP:bob", "unknown channel"),
+            ("my channel:bob", "`my channel` is not a channel name"),
         ] {
             let err = bad.parse::<Address>().expect_err(bad);
             assert!(err.contains(reason), "{bad:?}: {err}");
@@ -455,12 +450,25 @@ mod tests {
     }
 
     #[test]
-    fn proto_numbers_map_to_names_and_unknown_ones_do_not_panic() {
-        for c in Channel::ALL {
-            assert_eq!(Channel::from_pb(c.to_pb()), Some(c));
+    fn any_channel_name_passes_through_for_the_gateway_to_judge() {
+        // A channel this build has never heard of is just a name: the gateway decides.
+        for name in ["webchat", "telegram", "smtp", "HTTP", "matrix-2"] {
+            let c: Channel = name.parse().expect("a name");
+            assert_eq!(c.name(), name);
+            assert_eq!(Channel::from_pb(&c.to_pb()), Some(c.clone()));
+            assert_eq!(serde_json::to_value(&c).expect("json"), name);
         }
-        assert_eq!(Channel::from_pb(0), None);
-        assert_eq!(Channel::from_pb(99), None);
+        let a: Address = "smtp:bob".parse().expect("any channel name");
+        assert_eq!(Address::from_pb(&a.to_pb()), Some(a));
+        assert_eq!(Channel::from_pb(""), None);
+        assert!("".parse::<Channel>().is_err());
+        assert_eq!(channel_filter(None), "");
+        assert_eq!(channel_cell(""), "-");
+        assert_eq!(channel_cell("discord"), "discord");
+    }
+
+    #[test]
+    fn proto_numbers_map_to_names_and_unknown_ones_do_not_panic() {
         assert_eq!(ChannelState::from_pb(99), ChannelState::Unspecified);
         assert_eq!(ErrorClass::from_pb(3), ErrorClass::Permanent);
         assert_eq!(RunState::from_pb(3), RunState::Failed);
@@ -482,10 +490,6 @@ mod tests {
         assert_eq!(
             serde_json::to_value(ChannelState::ReauthNeeded).expect("json"),
             "reauth_needed"
-        );
-        assert_eq!(
-            serde_json::to_value(Channel::Webchat).expect("json"),
-            "webchat"
         );
     }
 }

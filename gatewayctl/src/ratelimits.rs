@@ -6,7 +6,7 @@ use gateway_proto::admin as pb;
 use serde::Serialize;
 
 use crate::client::Api;
-use crate::model::Channel;
+use crate::model::{Channel, channel_or};
 use crate::output::{Format, Out, Table, ago, now_ms, text, time};
 
 /// One GCRA bucket in JSON.
@@ -66,7 +66,7 @@ pub async fn run(mut api: Api, format: Format, hottest: Option<u32>) -> anyhow::
             .channels
             .iter()
             .map(|c| ChannelLimits {
-                channel: Channel::from_pb(c.channel),
+                channel: Channel::from_pb(&c.channel),
                 throttled_total: c.throttled_total,
                 channel_bucket: c.channel_bucket.as_ref().map(Bucket::from_pb),
                 chats: c.chats.iter().map(Bucket::from_pb).collect(),
@@ -89,7 +89,7 @@ pub async fn run(mut api: Api, format: Format, hottest: Option<u32>) -> anyhow::
         "PAUSED",
     ]);
     for c in &limits.channels {
-        let name = c.channel.map_or("?", Channel::name).to_owned();
+        let name = channel_or(c.channel.as_ref(), "?").to_owned();
         if c.channel_bucket.is_none() && c.chats.is_empty() {
             t.row(vec![
                 name,

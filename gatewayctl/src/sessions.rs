@@ -6,7 +6,7 @@ use gateway_proto::admin as pb;
 use serde::Serialize;
 
 use crate::client::Api;
-use crate::model::{Channel, channel_cell, channel_filter};
+use crate::model::{Channel, channel_cell, channel_filter, channel_or};
 use crate::output::{Format, Out, Table, ago, now_ms, text, time};
 
 /// `sessions …`.
@@ -18,7 +18,7 @@ pub enum Cmd {
         #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
         user: Option<i64>,
         /// Only sessions whose last message came on this channel.
-        #[arg(long, value_enum)]
+        #[arg(long, value_name = "CHANNEL")]
         channel: Option<Channel>,
         /// Only sessions resident in memory.
         #[arg(long)]
@@ -84,7 +84,7 @@ impl Session {
                 _ => Kind::Unspecified,
             },
             user_id: (s.user_id != 0).then_some(s.user_id),
-            last_channel: Channel::from_pb(s.last_channel),
+            last_channel: Channel::from_pb(&s.last_channel),
             created_at_ms: time(s.created_at_ms),
             last_active_at_ms: time(s.last_active_ms),
             turns: s.turns,
@@ -157,7 +157,7 @@ pub async fn run(api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
                 cursor: cursor.unwrap_or_default(),
                 limit: limit.unwrap_or(0),
                 user_id: user.unwrap_or(0),
-                channel: channel_filter(channel),
+                channel: channel_filter(channel.as_ref()),
                 resident_only: resident,
             };
             list(api, format, request, all).await
@@ -209,7 +209,7 @@ async fn list(
             s.key.clone(),
             s.kind_name().to_owned(),
             s.user_id.map_or("-".to_owned(), |u| u.to_string()),
-            s.last_channel.map_or("-", Channel::name).to_owned(),
+            channel_or(s.last_channel.as_ref(), "-").to_owned(),
             s.turns.to_string(),
             if s.resident && s.in_flight > 0 {
                 format!("yes, {} busy", s.in_flight)
@@ -258,7 +258,7 @@ async fn show(mut api: Api, format: Format, key: String, tail: u32) -> anyhow::R
                 _ => Role::Unspecified,
             },
             text: e.text.clone(),
-            channel: Channel::from_pb(e.channel),
+            channel: Channel::from_pb(&e.channel),
             at_ms: e.at_ms,
         })
         .collect();
@@ -275,7 +275,7 @@ async fn show(mut api: Api, format: Format, key: String, tail: u32) -> anyhow::R
     if let Some(user) = s.user_id {
         out.field("user", user.to_string())?;
     }
-    out.field("channel", s.last_channel.map_or("-", Channel::name))?;
+    out.field("channel", channel_or(s.last_channel.as_ref(), "-"))?;
     out.field("turns", s.turns.to_string())?;
     out.field(
         "resident",
@@ -295,7 +295,7 @@ async fn show(mut api: Api, format: Format, key: String, tail: u32) -> anyhow::R
     for (entry, raw) in transcript.iter().zip(&r.transcript) {
         t.row(vec![
             ago(entry.at_ms, now),
-            channel_cell(raw.channel),
+            channel_cell(&raw.channel),
             match entry.role {
                 Role::User => "user",
                 Role::Assistant => "agent",

@@ -52,20 +52,13 @@ pub enum Cmd {
     },
 }
 
-/// The channels `--to` may name.
-const CHANNELS: &[&str] = &["webchat", "http", "telegram", "discord"];
-
-/// Checks `--to CHANNEL:CHAT` (the gateway checks again that the channel is enabled).
+/// Checks the shape of `--to CHANNEL:CHAT`; the gateway checks that it knows the channel and
+/// that it is enabled.
 fn parse_to(s: &str) -> Result<String, String> {
     let (channel, chat) = s
         .split_once(':')
         .ok_or_else(|| format!("expected CHANNEL:CHAT, e.g. webchat:ops; got `{s}`"))?;
-    if !CHANNELS.contains(&channel) {
-        return Err(format!(
-            "unknown channel `{channel}`; channels: {}",
-            CHANNELS.join(", ")
-        ));
-    }
+    channel.parse::<crate::model::Channel>()?;
     if chat.trim().is_empty() {
         return Err(format!("the chat id after `:` is empty in `{s}`"));
     }

@@ -20,8 +20,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use gateway_proto::admin::ListSessionsRequest;
 use gateway_proto::admin::admin_client::AdminClient;
-use gateway_proto::admin::{Channel as PbChannel, ListSessionsRequest};
 use gatewayd::config::Config;
 use gatewayd::runtime::Gateway;
 use gatewayd::store::Store;
@@ -154,12 +154,13 @@ async fn run_case(
     (h, rows)
 }
 
-fn request(cursor: &str, channel: PbChannel) -> ListSessionsRequest {
+/// A page request; `channel` is a channel's name, or empty for any.
+fn request(cursor: &str, channel: &str) -> ListSessionsRequest {
     ListSessionsRequest {
         cursor: cursor.to_owned(),
         limit: LIMIT,
         user_id: 0,
-        channel: channel as i32,
+        channel: channel.to_owned(),
         resident_only: false,
     }
 }
@@ -198,26 +199,20 @@ fn main() {
                 })
                 .collect()
         };
-        let first = vec![request("", PbChannel::Unspecified); pages];
+        let first = vec![request("", ""); pages];
         let random: Vec<_> = random_cursors(pages)
             .iter()
-            .map(|c| request(c, PbChannel::Unspecified))
+            .map(|c| request(c, ""))
             .collect();
-        let last = vec![
-            request(
-                &keys[keys.len() - 1 - LIMIT as usize].0,
-                PbChannel::Unspecified
-            );
-            pages
-        ];
+        let last = vec![request(&keys[keys.len() - 1 - LIMIT as usize].0, ""); pages];
         let mut cases = vec![("first", first), ("random", random), ("last", last)];
         for (first, random, channel) in [
             (
                 "channel=telegram first",
                 "channel=telegram random",
-                PbChannel::Telegram,
+                "telegram",
             ),
-            ("channel=http first", "channel=http random", PbChannel::Http),
+            ("channel=http first", "channel=http random", "http"),
         ] {
             cases.push((first, vec![request("", channel); pages]));
             let requests = random_cursors(pages)
@@ -233,10 +228,7 @@ fn main() {
             let want: Vec<&str> = keys
                 .iter()
                 .filter(|(k, c)| {
-                    k.as_str() > r.cursor.as_str()
-                        && (r.channel == PbChannel::Unspecified as i32
-                            || PbChannel::from_str_name(&format!("CHANNEL_{}", c.to_uppercase()))
-                                .is_some_and(|pc| pc as i32 == r.channel))
+                    k.as_str() > r.cursor.as_str() && (r.channel.is_empty() || r.channel == *c)
                 })
                 .take(LIMIT as usize)
                 .map(|(k, _)| k.as_str())

@@ -143,7 +143,7 @@ async fn watch_events_follows_one_message_along_its_whole_path_in_order() {
             let kind = match &event {
                 E::MessageIn(m) => {
                     assert_eq!(m.chat_id, "chat-1");
-                    assert_eq!(m.channel, pb::Channel::Http as i32);
+                    assert_eq!(m.channel, "http");
                     "message_in"
                 }
                 E::SessionCreated(_) => "session_created",

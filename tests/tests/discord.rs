@@ -131,9 +131,10 @@ impl Setup {
                     .list_channels(pb::ListChannelsRequest {})
                     .await
                     .is_ok_and(|r| {
-                        r.into_inner().channels.iter().any(|c| {
-                            c.channel == pb::Channel::Discord as i32 && c.state == state as i32
-                        })
+                        r.into_inner()
+                            .channels
+                            .iter()
+                            .any(|c| c.channel == "discord" && c.state == state as i32)
                     })
             }
         })

@@ -455,9 +455,16 @@ async fn status_sessions_and_identities_against_a_real_gatewayd() {
     let err = fails(&gw, &["sessions", "show", "nonsense"], 1).await;
     assert!(err.starts_with("gatewayctl: INVALID_ARGUMENT: "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // Which channels exist is gatewayd's to say: it refuses one it does not know, by name.
+    let err = fails(&gw, &["sessions", "list", "--channel", "smtp"], 1).await;
+    assert!(
+        err.starts_with("gatewayctl: INVALID_ARGUMENT: unknown channel `smtp`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
     for bad in [
         &["sessions", "list", "--limit", "0"][..],
-        &["sessions", "list", "--channel", "smtp"],
+        &["sessions", "list", "--channel", ""],
         &["sessions", "show"],
         &["identities", "link", "1"],
         &[
@@ -694,11 +701,16 @@ async fn channels_and_dead_letters() {
         &["deadletters", "drop", "2", "--channel", "webchat"],
         &["deadletters", "retry", "x"],
         &["ratelimits", "--hottest", "0"],
-        &["channels", "reconnect", "smtp"],
+        &["channels", "reconnect", ""],
     ] {
         let err = fails(&gw, bad, 2).await;
         assert!(err.starts_with("error: "), "{bad:?}: {err}");
     }
+    let err = fails(&gw, &["channels", "reconnect", "smtp"], 1).await;
+    assert!(
+        err.starts_with("gatewayctl: INVALID_ARGUMENT: unknown channel `smtp`"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,28 +1,48 @@
-//! The console's state and its pure logic: [`App`] with one small struct per tab, the
-//! conversions from the admin API's proto messages into console types (views never see
-//! proto), and [`update`], which applies one [`Input`] and returns at most one [`Intent`] for
-//! the event loop to carry out.
+//! The console's state and its pure logic: [`App`] holds one struct per tab (each in
+//! `state/<tab>.rs`, owning its selection and its keys), the connection, the status line and
+//! at most one popup; [`update`] applies one [`Input`] and returns at most one [`Intent`] for
+//! the event loop to carry out. Global keys (quit, help, tab switching, the `/` filter) and the
+//! popups are handled here; every other key goes to the active tab's `update_input`, which
+//! answers with a [`TabIntent`] that the App acts on. The rows the tabs show are converted
+//! from proto in `state/data.rs`; views never see proto.
 //!
 //! **Invariant:** nothing here does I/O or reads the clock; the loop sets [`App::set_now`]
 //! before each input, so every test (and snapshot) is deterministic.
 
-use std::collections::{BTreeSet, VecDeque};
+mod action;
+mod channels;
+mod data;
+mod dead_letters;
+mod identities;
+mod list;
+mod modal;
+mod overview;
+mod rate_limits;
+mod runs;
+mod sessions;
 
-use gateway_proto::admin as pb;
-use pb::watch_events_response::Event as E;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::{
-    Address, Channel, ChannelInfo, ChannelState, ErrorClass, NodeState, RunState, channel_cell,
+pub use self::action::{Action, Letters, LinkOther};
+pub use self::channels::ChannelsTab;
+#[cfg(test)]
+pub use self::data::{AttemptError, Entry, RunNode};
+pub use self::data::{
+    Bucket, ChannelLimits, DeadLetter, DeadLetterDetail, Event, Identity, Overview, Run, Session,
+    SessionDetail,
 };
-use crate::output::{duration, text, time};
+pub use self::dead_letters::DeadLettersTab;
+pub use self::identities::IdentitiesTab;
+pub use self::list::{Filterable, List, scroll_offset};
+pub use self::modal::{Form, FormInput, FormKind, Modal};
+pub use self::overview::OverviewTab;
+pub use self::rate_limits::RateLimitsTab;
+pub use self::runs::RunsTab;
+pub use self::sessions::SessionsTab;
+use crate::model::ChannelInfo;
 
 /// Sessions fetched per page of ListSessions.
 pub const SESSION_PAGE: u32 = 200;
-/// Overview samples kept for the sparklines (one a second).
-pub const SAMPLES: usize = 120;
-/// Recent errors kept on the Overview tab.
-const RECENT_ERRORS: usize = 50;
 /// How long a status line stays.
 const STATUS_MS: i64 = 6_000;
 
@@ -116,76 +136,19 @@ pub enum Fetch {
     Identities,
 }
 
-/// Which dead letters an action covers: the DeadLetterSelector of RetryDeadLetters and
-/// DropDeadLetters.
+/// What a tab's key handling asks of the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Letters {
-    /// These ids, in the table's order.
-    Ids(Vec<i64>),
-    /// Every dead letter of this channel (also those not loaded or hidden by the filter).
-    Channel(Channel),
-}
-
-impl Letters {
-    /// "dead letter 7", "3 dead letters", "all http dead letters".
-    fn describe(&self) -> String {
-        match self {
-            Letters::Ids(ids) => match ids.as_slice() {
-                [id] => format!("dead letter {id}"),
-                ids => format!("{} dead letters", ids.len()),
-            },
-            Letters::Channel(c) => format!("all {} dead letters", c.name()),
-        }
-    }
-}
-
-/// What a link joins to the user that stays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkOther {
-    /// Another user, merged in (LinkIdentities `merge_user_id`).
-    User(i64),
-    /// One address, moved over (LinkIdentities `address`).
-    Address(Address),
-}
-
-/// An operator action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    EvictSession { key: String },
-    RetryDeadLetters { letters: Letters },
-    DropDeadLetters { letters: Letters },
-    ReconnectChannel { channel: Channel },
-    UnlinkAddress { address: Address },
-    LinkIdentities { user_id: i64, other: LinkOther },
-    RunWorkflow { name: String, inputs_json: String },
-}
-
-impl Action {
-    /// The confirmation question for a destructive or wide action; None when it needs none.
-    pub fn question(&self) -> Option<String> {
-        match self {
-            Action::EvictSession { key } => Some(format!("Evict {key}?")),
-            Action::DropDeadLetters { letters } => Some(format!("Drop {}?", letters.describe())),
-            Action::RetryDeadLetters {
-                letters: letters @ Letters::Channel(_),
-            } => Some(format!("Retry {}?", letters.describe())),
-            Action::UnlinkAddress { address } => Some(format!("Unlink {address}?")),
-            Action::LinkIdentities {
-                user_id,
-                other: LinkOther::User(merge),
-            } => Some(format!("Merge user {merge} into user {user_id}?")),
-            Action::LinkIdentities {
-                user_id,
-                other: LinkOther::Address(address),
-            } => Some(format!("Move {address} to user {user_id}?")),
-            Action::ReconnectChannel { channel } => Some(format!("Reconnect {}?", channel.name())),
-            // Retrying chosen letters and starting a run destroy nothing: they act at once.
-            Action::RetryDeadLetters {
-                letters: Letters::Ids(_),
-            }
-            | Action::RunWorkflow { .. } => None,
-        }
-    }
+pub enum TabIntent {
+    /// Nothing more to do.
+    None,
+    /// Fetch some data.
+    Fetch(Fetch),
+    /// An action: asked first when it needs confirmation, else sent at once.
+    Propose(Action),
+    /// Open a form.
+    Form(Form),
+    /// The key cannot act: say why on the status line.
+    Refuse(String),
 }
 
 /// The tabs, in order (keys 1–7).
@@ -255,750 +218,12 @@ pub enum Conn {
     },
 }
 
-/// A popup over the tabs; at most one at a time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Modal {
-    Help,
-    /// "Evict user:3? y/n".
-    Confirm(Action),
-    /// A small form (link, run workflow).
-    Form(Form),
-}
-
-/// What a form is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FormKind {
-    /// The user that stays, and a user id to merge into it or an address to move to it.
-    Link,
-    /// A workflow name and `k=v` inputs.
-    RunWorkflow,
-}
-
-/// A form: labelled text fields, one focused; Enter submits, Esc cancels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Form {
-    pub kind: FormKind,
-    pub fields: Vec<(&'static str, String)>,
-    pub focus: usize,
-    /// Why the last submit was refused.
-    pub error: Option<String>,
-}
-
-impl Form {
-    fn new(kind: FormKind, first: String) -> Self {
-        let labels: &[&'static str] = match kind {
-            FormKind::Link => &["keep user id", "user or address"],
-            FormKind::RunWorkflow => &["workflow", "inputs k=v …"],
-        };
-        let mut fields: Vec<(&'static str, String)> =
-            labels.iter().map(|l| (*l, String::new())).collect();
-        if let Some(f) = fields.first_mut() {
-            f.1 = first;
-        }
-        Self {
-            kind,
-            fields,
-            focus: 0,
-            error: None,
-        }
-    }
-
-    /// The action the form describes, or why it is not valid.
-    pub fn action(&self) -> Result<Action, String> {
-        let field = |i: usize| self.fields.get(i).map_or("", |f| f.1.trim());
-        match self.kind {
-            FormKind::Link => {
-                let id = |i: usize| {
-                    field(i)
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|v| *v > 0)
-                        .ok_or_else(|| format!("{} must be a user id", self.fields[i].0))
-                };
-                let user_id = id(0)?;
-                let other = field(1);
-                // An address always has a colon (`http:alice`); a user id never does.
-                let other =
-                    if other.contains(':') {
-                        LinkOther::Address(other.parse::<Address>()?)
-                    } else {
-                        let merge = other.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(
-                            || {
-                                "give a user id or an address CHANNEL:SENDER_ID, e.g. http:alice"
-                                    .to_owned()
-                            },
-                        )?;
-                        if merge == user_id {
-                            return Err("the two user ids are the same".to_owned());
-                        }
-                        LinkOther::User(merge)
-                    };
-                Ok(Action::LinkIdentities { user_id, other })
-            }
-            FormKind::RunWorkflow => {
-                let name = field(0);
-                if name.is_empty() {
-                    return Err("the workflow name is empty".to_owned());
-                }
-                let inputs = field(1)
-                    .split_whitespace()
-                    .map(crate::workflows::parse_input)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let inputs_json = crate::workflows::inputs_object(inputs)
-                    .map_err(|e| e.to_string())?
-                    .to_string();
-                Ok(Action::RunWorkflow {
-                    name: name.to_owned(),
-                    inputs_json,
-                })
-            }
-        }
-    }
-}
-
 /// A transient line at the bottom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusLine {
     pub text: String,
     pub error: bool,
     pub until_ms: i64,
-}
-
-/// A list with a selection and a filter, shared by the table tabs.
-#[derive(Debug, Clone)]
-pub struct List<T> {
-    pub items: Vec<T>,
-    /// Index into the filtered rows.
-    pub selected: usize,
-    pub filter: String,
-    pub loaded: bool,
-}
-
-impl<T> Default for List<T> {
-    fn default() -> Self {
-        Self {
-            items: Vec::new(),
-            selected: 0,
-            filter: String::new(),
-            loaded: false,
-        }
-    }
-}
-
-/// Something that can be matched by the `/` filter.
-pub trait Filterable {
-    /// The text the filter searches (case-insensitive).
-    fn haystack(&self) -> String;
-}
-
-impl<T: Filterable> List<T> {
-    /// The rows that pass the filter.
-    pub fn visible(&self) -> Vec<&T> {
-        self.passing().collect()
-    }
-
-    fn passing(&self) -> impl Iterator<Item = &T> {
-        let needle = self.filter.to_lowercase();
-        self.items
-            .iter()
-            .filter(move |i| needle.is_empty() || i.haystack().to_lowercase().contains(&needle))
-    }
-
-    /// How many rows pass the filter; without a filter this costs nothing.
-    pub fn visible_len(&self) -> usize {
-        if self.filter.is_empty() {
-            self.items.len()
-        } else {
-            self.passing().count()
-        }
-    }
-
-    /// At most `len` rows that pass the filter, from the `offset`th on. Without a filter this
-    /// touches only those rows, so a table over 100 000 items draws as fast as over ten.
-    pub fn window(&self, offset: usize, len: usize) -> Vec<&T> {
-        if self.filter.is_empty() {
-            let end = self.items.len().min(offset.saturating_add(len));
-            self.items
-                .get(offset.min(end)..end)
-                .unwrap_or_default()
-                .iter()
-                .collect()
-        } else {
-            self.passing().skip(offset).take(len).collect()
-        }
-    }
-
-    /// The selected row.
-    pub fn current(&self) -> Option<&T> {
-        self.window(self.selected, 1).first().copied()
-    }
-
-    fn replace(&mut self, items: Vec<T>) {
-        self.items = items;
-        self.loaded = true;
-        self.clamp();
-    }
-
-    fn clamp(&mut self) {
-        let n = self.visible_len();
-        self.selected = self.selected.min(n.saturating_sub(1));
-    }
-
-    fn step(&mut self, delta: isize) {
-        let n = self.visible_len();
-        if n == 0 {
-            self.selected = 0;
-            return;
-        }
-        self.selected = self.selected.saturating_add_signed(delta).min(n - 1);
-    }
-}
-
-/// The first visible row for a window of `height` rows that shows `selected`.
-pub fn scroll_offset(selected: usize, height: usize) -> usize {
-    if height == 0 {
-        return 0;
-    }
-    selected.saturating_sub(height - 1)
-}
-
-// ---- console types and their conversions from proto ------------------------------------
-
-/// GetOverview.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overview {
-    pub version: String,
-    pub uptime_seconds: u64,
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub rate_in: f64,
-    pub rate_out: f64,
-    pub sessions_resident: u64,
-    pub sessions_capacity: u64,
-    pub sessions_stored: u64,
-    pub channels: Vec<(String, ChannelState)>,
-    pub dead_letters: u64,
-    pub outbox_pending: u64,
-    pub inbox_pending: u64,
-    pub agent_provider: String,
-}
-
-impl From<pb::GetOverviewResponse> for Overview {
-    fn from(o: pb::GetOverviewResponse) -> Self {
-        Self {
-            version: o.version,
-            uptime_seconds: o.uptime_seconds,
-            messages_in: o.messages_in,
-            messages_out: o.messages_out,
-            rate_in: o.rate_in_per_second,
-            rate_out: o.rate_out_per_second,
-            sessions_resident: o.sessions_resident,
-            sessions_capacity: o.sessions_capacity,
-            sessions_stored: o.sessions_stored,
-            channels: o
-                .channels
-                .iter()
-                .map(|c| (channel_cell(c.channel), ChannelState::from_pb(c.state)))
-                .collect(),
-            dead_letters: o.dead_letters,
-            outbox_pending: o.outbox_pending,
-            inbox_pending: o.inbox_pending,
-            agent_provider: o.agent_provider,
-        }
-    }
-}
-
-/// One session row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub key: String,
-    pub group: bool,
-    pub last_channel: String,
-    pub last_active_ms: Option<i64>,
-    pub turns: u64,
-    pub resident: bool,
-    pub in_flight: u64,
-}
-
-impl From<pb::SessionInfo> for Session {
-    fn from(s: pb::SessionInfo) -> Self {
-        Self {
-            group: s.kind == pb::SessionKind::Group as i32,
-            last_channel: channel_cell(s.last_channel),
-            last_active_ms: time(s.last_active_ms),
-            turns: s.turns,
-            resident: s.resident,
-            in_flight: s.in_flight,
-            key: s.key,
-        }
-    }
-}
-
-impl Filterable for Session {
-    fn haystack(&self) -> String {
-        format!("{} {}", self.key, self.last_channel)
-    }
-}
-
-/// One transcript entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub role: &'static str,
-    pub text: String,
-    pub at_ms: i64,
-}
-
-/// GetSession: a session and its transcript tail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionDetail {
-    pub session: Session,
-    pub transcript: Vec<Entry>,
-}
-
-impl TryFrom<pb::GetSessionResponse> for SessionDetail {
-    type Error = String;
-    fn try_from(r: pb::GetSessionResponse) -> Result<Self, String> {
-        let session = r.session.ok_or("gatewayd sent no session")?.into();
-        let transcript = r
-            .transcript
-            .into_iter()
-            .map(|e| Entry {
-                role: match pb::Role::try_from(e.role) {
-                    Ok(pb::Role::User) => "user",
-                    Ok(pb::Role::Assistant) => "assistant",
-                    Ok(pb::Role::Notice) => "notice",
-                    _ => "?",
-                },
-                text: e.text,
-                at_ms: e.at_ms,
-            })
-            .collect();
-        Ok(Self {
-            session,
-            transcript,
-        })
-    }
-}
-
-impl Filterable for ChannelInfo {
-    fn haystack(&self) -> String {
-        format!(
-            "{} {} {}",
-            self.channel.map_or("?", Channel::name),
-            self.state.name(),
-            self.last_error.as_deref().unwrap_or("")
-        )
-    }
-}
-
-/// One rate-limit bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bucket {
-    pub chat_id: String,
-    pub per_second: f64,
-    pub burst: u32,
-    pub tokens: f64,
-    pub queued: u64,
-    pub throttled: u64,
-    pub paused_until_ms: Option<i64>,
-}
-
-impl From<pb::Bucket> for Bucket {
-    fn from(b: pb::Bucket) -> Self {
-        Self {
-            chat_id: b.chat_id,
-            per_second: b.per_second,
-            burst: b.burst,
-            tokens: b.tokens,
-            queued: b.queued,
-            throttled: b.throttled,
-            paused_until_ms: time(b.paused_until_ms),
-        }
-    }
-}
-
-/// One channel's buckets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChannelLimits {
-    pub channel: String,
-    pub bucket: Option<Bucket>,
-    pub chats: Vec<Bucket>,
-    pub throttled_total: u64,
-}
-
-impl From<pb::ChannelRateLimits> for ChannelLimits {
-    fn from(c: pb::ChannelRateLimits) -> Self {
-        Self {
-            channel: channel_cell(c.channel),
-            bucket: c.channel_bucket.map(Into::into),
-            chats: c.chats.into_iter().map(Into::into).collect(),
-            throttled_total: c.throttled_total,
-        }
-    }
-}
-
-/// One dead letter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub channel: String,
-    pub chat_id: String,
-    pub text: String,
-    pub attempts: u32,
-    pub last_error: String,
-    pub class: ErrorClass,
-    pub dead_at_ms: Option<i64>,
-}
-
-impl From<pb::DeadLetter> for DeadLetter {
-    fn from(d: pb::DeadLetter) -> Self {
-        Self {
-            id: d.id,
-            channel: channel_cell(d.channel),
-            chat_id: d.chat_id,
-            text: d.text,
-            attempts: d.attempts,
-            last_error: d.last_error,
-            class: ErrorClass::from_pb(d.error_class),
-            dead_at_ms: time(d.dead_at_ms),
-        }
-    }
-}
-
-impl Filterable for DeadLetter {
-    fn haystack(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.id, self.channel, self.chat_id, self.last_error
-        )
-    }
-}
-
-/// One failed attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptError {
-    pub at_ms: i64,
-    pub attempt: u32,
-    pub class: ErrorClass,
-    pub error: String,
-}
-
-/// GetDeadLetter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterDetail {
-    pub letter: DeadLetter,
-    pub errors: Vec<AttemptError>,
-}
-
-impl TryFrom<pb::GetDeadLetterResponse> for DeadLetterDetail {
-    type Error = String;
-    fn try_from(r: pb::GetDeadLetterResponse) -> Result<Self, String> {
-        Ok(Self {
-            letter: r.dead_letter.ok_or("gatewayd sent no dead letter")?.into(),
-            errors: r
-                .errors
-                .into_iter()
-                .map(|e| AttemptError {
-                    at_ms: e.at_ms,
-                    attempt: e.attempt,
-                    class: ErrorClass::from_pb(e.error_class),
-                    error: e.error,
-                })
-                .collect(),
-        })
-    }
-}
-
-/// One node of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunNode {
-    pub id: String,
-    pub kind: String,
-    pub state: NodeState,
-    pub attempts: u32,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    pub error: String,
-}
-
-/// A workflow run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    pub id: i64,
-    pub workflow: String,
-    pub state: RunState,
-    pub trigger: String,
-    pub error: String,
-    pub created_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    pub nodes: Vec<RunNode>,
-}
-
-impl From<pb::Run> for Run {
-    fn from(r: pb::Run) -> Self {
-        Self {
-            id: r.id,
-            workflow: r.workflow,
-            state: RunState::from_pb(r.state),
-            trigger: r.trigger,
-            error: r.error,
-            created_at_ms: time(r.created_at_ms),
-            finished_at_ms: time(r.finished_at_ms),
-            nodes: r
-                .nodes
-                .into_iter()
-                .map(|n| RunNode {
-                    id: n.id,
-                    kind: n.kind,
-                    state: NodeState::from_pb(n.state),
-                    attempts: n.attempts,
-                    started_at_ms: time(n.started_at_ms),
-                    finished_at_ms: time(n.finished_at_ms),
-                    error: n.error,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Filterable for Run {
-    fn haystack(&self) -> String {
-        format!("{} {} {}", self.id, self.workflow, self.state.name())
-    }
-}
-
-/// One row of the Identities tab: a user and one of their addresses (None: no address).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: i64,
-    pub address: Option<Address>,
-}
-
-impl Identity {
-    /// One row per address (a user without addresses gets one row).
-    pub fn rows(i: pb::Identity) -> Vec<Identity> {
-        let addresses: Vec<Address> = i.addresses.iter().filter_map(Address::from_pb).collect();
-        if addresses.is_empty() {
-            return vec![Identity {
-                user_id: i.user_id,
-                address: None,
-            }];
-        }
-        addresses
-            .into_iter()
-            .map(|a| Identity {
-                user_id: i.user_id,
-                address: Some(a),
-            })
-            .collect()
-    }
-}
-
-impl Filterable for Identity {
-    fn haystack(&self) -> String {
-        format!(
-            "user:{} {}",
-            self.user_id,
-            self.address
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        )
-    }
-}
-
-/// An event of WatchEvents, reduced to what the console acts on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub at_ms: i64,
-    /// Which tabs' data it changes.
-    pub affects: Vec<Tab>,
-    /// An error line for the Overview's "recent errors", when it is one.
-    pub error: Option<String>,
-    /// The stream fell behind: refresh everything.
-    pub lagged: bool,
-}
-
-impl From<pb::WatchEventsResponse> for Event {
-    fn from(r: pb::WatchEventsResponse) -> Self {
-        use Tab::*;
-        let ch = channel_cell;
-        let (affects, error, lagged): (Vec<Tab>, Option<String>, bool) = match r.event {
-            Some(E::MessageIn(_) | E::MessageOut(_)) => (vec![RateLimits], None, false),
-            Some(E::SessionCreated(_) | E::SessionEvicted(_) | E::TurnCommitted(_)) => {
-                (vec![Sessions], None, false)
-            }
-            Some(E::IdentityLinked(_) | E::IdentityUnlinked(_)) => {
-                (vec![Identities, Sessions], None, false)
-            }
-            Some(E::DeliveryFailed(d)) => (
-                vec![Channels],
-                Some(format!(
-                    "{} send failed (attempt {}): {}",
-                    ch(d.channel),
-                    d.attempts,
-                    d.error
-                )),
-                false,
-            ),
-            Some(E::DeadLettered(d)) => (
-                vec![DeadLetters],
-                Some(format!("{} dead letter: {}", ch(d.channel), d.error)),
-                false,
-            ),
-            Some(E::ChannelStateChanged(c)) => (
-                vec![Channels],
-                text(&c.error).map(|e| {
-                    format!(
-                        "{} {}: {e}",
-                        ch(c.channel),
-                        ChannelState::from_pb(c.state).name()
-                    )
-                }),
-                false,
-            ),
-            Some(E::RateLimited(r)) => (
-                vec![RateLimits],
-                Some(format!(
-                    "{} rate limited chat {} for {}",
-                    ch(r.channel),
-                    r.chat_id,
-                    duration(r.pause_ms.div_ceil(1000))
-                )),
-                false,
-            ),
-            Some(E::DeadLettersRetried(_)) => (vec![DeadLetters], None, false),
-            Some(E::RunChanged(r)) => (
-                vec![Runs],
-                text(&r.error).map(|e| format!("run {} ({}) failed: {e}", r.run_id, r.workflow)),
-                false,
-            ),
-            Some(E::NodeChanged(_)) => (vec![Runs], None, false),
-            Some(E::Lagged(_)) => (Tab::ALL.to_vec(), None, true),
-            None => (Vec::new(), None, false),
-        };
-        Self {
-            at_ms: r.at_ms,
-            affects,
-            error,
-            lagged,
-        }
-    }
-}
-
-// ---- tabs ------------------------------------------------------------------------------
-
-/// The Overview tab.
-#[derive(Debug, Clone, Default)]
-pub struct OverviewTab {
-    pub overview: Option<Overview>,
-    /// Rates in tenths of a message per second, oldest first.
-    pub rate_in: VecDeque<u64>,
-    pub rate_out: VecDeque<u64>,
-    /// (at_ms, text), newest first.
-    pub errors: VecDeque<(i64, String)>,
-    pub now_ms: i64,
-}
-
-impl OverviewTab {
-    fn sample(&mut self, o: Overview) {
-        for (samples, rate) in [
-            (&mut self.rate_in, o.rate_in),
-            (&mut self.rate_out, o.rate_out),
-        ] {
-            if samples.len() == SAMPLES {
-                samples.pop_front();
-            }
-            // Rates are never negative; tenths keep a slow trickle visible.
-            samples.push_back((rate.max(0.0) * 10.0).round() as u64);
-        }
-        self.overview = Some(o);
-    }
-}
-
-/// The Sessions tab: pages of ListSessions, a filter, and a detail pane.
-#[derive(Debug, Clone, Default)]
-pub struct SessionsTab {
-    pub list: List<Session>,
-    /// The cursor for the next page (None: everything is loaded).
-    pub next_cursor: Option<String>,
-    /// A page is being fetched.
-    pub paging: bool,
-    pub detail: Option<SessionDetail>,
-    pub now_ms: i64,
-}
-
-/// The Channels tab.
-#[derive(Debug, Clone, Default)]
-pub struct ChannelsTab {
-    pub list: List<ChannelInfo>,
-    pub now_ms: i64,
-}
-
-/// The Rate limits tab.
-#[derive(Debug, Clone, Default)]
-pub struct RateLimitsTab {
-    pub channels: Vec<ChannelLimits>,
-    pub loaded: bool,
-    pub now_ms: i64,
-}
-
-/// The Dead letters tab.
-#[derive(Debug, Clone, Default)]
-pub struct DeadLettersTab {
-    pub list: List<DeadLetter>,
-    pub total: u64,
-    pub detail: Option<DeadLetterDetail>,
-    /// The ids marked with Space (only ids still in the list; a refresh forgets the others).
-    pub marked: BTreeSet<i64>,
-    pub now_ms: i64,
-}
-
-impl DeadLettersTab {
-    /// Marks or unmarks the selected row.
-    fn toggle_mark(&mut self) {
-        let Some(id) = self.list.current().map(|d| d.id) else {
-            return;
-        };
-        if !self.marked.remove(&id) {
-            self.marked.insert(id);
-        }
-    }
-
-    /// The marked rows in the table's order (also those the filter hides), or else the
-    /// selected one.
-    fn chosen(&self) -> Option<Letters> {
-        if self.marked.is_empty() {
-            return self.list.current().map(|d| Letters::Ids(vec![d.id]));
-        }
-        let ids: Vec<i64> = self
-            .list
-            .items
-            .iter()
-            .map(|d| d.id)
-            .filter(|id| self.marked.contains(id))
-            .collect();
-        (!ids.is_empty()).then_some(Letters::Ids(ids))
-    }
-
-    fn replace(&mut self, items: Vec<DeadLetter>) {
-        self.marked.retain(|id| items.iter().any(|d| d.id == *id));
-        self.list.replace(items);
-    }
-}
-
-/// The Workflows/Runs tab.
-#[derive(Debug, Clone, Default)]
-pub struct RunsTab {
-    pub list: List<Run>,
-    pub detail: Option<Run>,
-    pub now_ms: i64,
-}
-
-/// The Identities tab.
-#[derive(Debug, Clone, Default)]
-pub struct IdentitiesTab {
-    pub list: List<Identity>,
 }
 
 /// The whole console.
@@ -1095,42 +320,6 @@ impl App {
         self.identities.list.clamp();
     }
 
-    /// Moves the selection of the current tab; may ask for the next page of sessions.
-    fn step(&mut self, delta: isize) -> Option<Intent> {
-        match self.tab {
-            Tab::Sessions => {
-                self.sessions.list.step(delta);
-                let at_end = self.sessions.list.selected + 1 >= self.sessions.list.visible_len();
-                if at_end
-                    && delta > 0
-                    && !self.sessions.paging
-                    && let Some(after) = self.sessions.next_cursor.clone()
-                {
-                    self.sessions.paging = true;
-                    return Some(Intent::Fetch(Fetch::Sessions { after: Some(after) }));
-                }
-                None
-            }
-            Tab::Channels => {
-                self.channels.list.step(delta);
-                None
-            }
-            Tab::DeadLetters => {
-                self.dead_letters.list.step(delta);
-                None
-            }
-            Tab::Runs => {
-                self.runs.list.step(delta);
-                None
-            }
-            Tab::Identities => {
-                self.identities.list.step(delta);
-                None
-            }
-            Tab::Overview | Tab::RateLimits => None,
-        }
-    }
-
     fn switch(&mut self, tab: Tab) -> Option<Intent> {
         self.tab = tab;
         self.filtering = false;
@@ -1149,30 +338,8 @@ impl App {
 
     /// Sends an (approved) action; the dead letters it names are no longer marked.
     fn send(&mut self, action: Action) -> Intent {
-        if let Action::RetryDeadLetters {
-            letters: Letters::Ids(ids),
-        }
-        | Action::DropDeadLetters {
-            letters: Letters::Ids(ids),
-        } = &action
-        {
-            self.dead_letters.marked.retain(|id| !ids.contains(id));
-        }
+        self.dead_letters.sent(&action);
         Intent::Rpc(action)
-    }
-
-    /// The channel of the selected dead letter, for `R` and `D`.
-    fn selected_letter_channel(&mut self) -> Option<Channel> {
-        let letter = self.dead_letters.list.current()?;
-        let channel = channel_named(&letter.channel);
-        if channel.is_none() {
-            let text = format!(
-                "dead letter {} is on a channel this gatewayctl does not know",
-                letter.id
-            );
-            self.say(text, true);
-        }
-        channel
     }
 
     fn apply(&mut self, data: Data) -> Option<Intent> {
@@ -1182,28 +349,11 @@ impl App {
                 after,
                 sessions,
                 next_cursor,
-            } => {
-                let tab = &mut self.sessions;
-                tab.paging = false;
-                if after.is_none() {
-                    tab.list.replace(sessions);
-                } else {
-                    let mut all = std::mem::take(&mut tab.list.items);
-                    all.extend(sessions);
-                    tab.list.replace(all);
-                }
-                tab.next_cursor = next_cursor;
-            }
+            } => self.sessions.page(after, sessions, next_cursor),
             Data::Session(d) => self.sessions.detail = Some(d),
             Data::Channels(c) => self.channels.list.replace(c),
-            Data::RateLimits(r) => {
-                self.rate_limits.channels = r;
-                self.rate_limits.loaded = true;
-            }
-            Data::DeadLetters { items, total } => {
-                self.dead_letters.replace(items);
-                self.dead_letters.total = total;
-            }
+            Data::RateLimits(r) => self.rate_limits.replace(r),
+            Data::DeadLetters { items, total } => self.dead_letters.replace(items, total),
             Data::DeadLetter(d) => self.dead_letters.detail = Some(d),
             Data::Runs(r) => self.runs.list.replace(r),
             Data::Run(r) => self.runs.detail = Some(r),
@@ -1214,24 +364,37 @@ impl App {
 
     /// The fetch that refreshes the current tab and its open detail.
     fn refresh_current(&self) -> Intent {
-        let fetch = match self.tab {
-            Tab::Sessions => match &self.sessions.detail {
-                Some(d) => Fetch::Session {
-                    key: d.session.key.clone(),
-                },
-                None => Fetch::Sessions { after: None },
-            },
-            Tab::DeadLetters => match &self.dead_letters.detail {
-                Some(d) => Fetch::DeadLetter { id: d.letter.id },
-                None => Fetch::DeadLetters,
-            },
-            Tab::Runs => match &self.runs.detail {
-                Some(r) => Fetch::Run { id: r.id },
-                None => Fetch::Runs,
-            },
+        Intent::Fetch(match self.tab {
+            Tab::Sessions => self.sessions.refresh(),
+            Tab::DeadLetters => self.dead_letters.refresh(),
+            Tab::Runs => self.runs.refresh(),
             tab => tab.fetch(),
+        })
+    }
+
+    /// Hands a key to the active tab and acts on what it asks.
+    fn tab_key(&mut self, code: KeyCode) -> Option<Intent> {
+        let intent = match self.tab {
+            Tab::Overview | Tab::RateLimits => TabIntent::None,
+            Tab::Sessions => self.sessions.update_input(code),
+            Tab::Channels => self.channels.update_input(code),
+            Tab::DeadLetters => self.dead_letters.update_input(code),
+            Tab::Runs => self.runs.update_input(code),
+            Tab::Identities => self.identities.update_input(code),
         };
-        Intent::Fetch(fetch)
+        match intent {
+            TabIntent::None => None,
+            TabIntent::Fetch(f) => Some(Intent::Fetch(f)),
+            TabIntent::Propose(action) => self.propose(action),
+            TabIntent::Form(form) => {
+                self.modal = Some(Modal::Form(form));
+                None
+            }
+            TabIntent::Refuse(why) => {
+                self.say(why, true);
+                None
+            }
+        }
     }
 }
 
@@ -1282,9 +445,7 @@ fn api_update(app: &mut App, u: ApiUpdate) -> Option<Intent> {
         }
         ApiUpdate::Event(ev) => {
             if let Some(e) = ev.error {
-                let errors = &mut app.overview.errors;
-                errors.push_front((ev.at_ms, e));
-                errors.truncate(RECENT_ERRORS);
+                app.overview.record_error(ev.at_ms, e);
             }
             (ev.lagged || ev.affects.contains(&app.tab)).then(|| app.refresh_current())
         }
@@ -1313,7 +474,16 @@ fn key(app: &mut App, k: KeyEvent) -> Option<Intent> {
                 }
             };
         }
-        Some(Modal::Form(form)) => return form_key(app, form, k),
+        Some(Modal::Form(mut form)) => {
+            return match form.update_input(k.code) {
+                FormInput::Open => {
+                    app.modal = Some(Modal::Form(form));
+                    None
+                }
+                FormInput::Cancel => None,
+                FormInput::Submit(action) => app.propose(action),
+            };
+        }
         None => {}
     }
     if app.filtering {
@@ -1351,134 +521,12 @@ fn key(app: &mut App, k: KeyEvent) -> Option<Intent> {
             app.switch(Tab::ALL[(app.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()])
         }
         KeyCode::Char(c @ '1'..='7') => app.switch(Tab::ALL[c as usize - '1' as usize]),
-        KeyCode::Down | KeyCode::Char('j') => app.step(1),
-        KeyCode::Up | KeyCode::Char('k') => app.step(-1),
-        KeyCode::PageDown => app.step(10),
-        KeyCode::PageUp => app.step(-10),
-        KeyCode::Home | KeyCode::Char('g') => app.step(isize::MIN / 2),
-        KeyCode::End | KeyCode::Char('G') => app.step(isize::MAX / 2),
         KeyCode::Char('/') if app.filter().is_some() => {
             app.filtering = true;
             None
         }
-        KeyCode::Esc => {
-            match app.tab {
-                Tab::Sessions => app.sessions.detail = None,
-                Tab::DeadLetters => app.dead_letters.detail = None,
-                Tab::Runs => app.runs.detail = None,
-                _ => {}
-            }
-            None
-        }
-        KeyCode::Enter => match app.tab {
-            Tab::Sessions => app
-                .sessions
-                .list
-                .current()
-                .map(|s| Intent::Fetch(Fetch::Session { key: s.key.clone() })),
-            Tab::DeadLetters => app
-                .dead_letters
-                .list
-                .current()
-                .map(|d| Intent::Fetch(Fetch::DeadLetter { id: d.id })),
-            Tab::Runs => app
-                .runs
-                .list
-                .current()
-                .map(|r| Intent::Fetch(Fetch::Run { id: r.id })),
-            _ => None,
-        },
-        KeyCode::Char(c) => action_key(app, c),
-        _ => None,
+        code => app.tab_key(code),
     }
-}
-
-/// The tab-specific action keys.
-fn action_key(app: &mut App, c: char) -> Option<Intent> {
-    let action = match (app.tab, c) {
-        (Tab::Sessions, 'e') => Action::EvictSession {
-            key: app.sessions.list.current()?.key.clone(),
-        },
-        (Tab::DeadLetters, ' ') => {
-            app.dead_letters.toggle_mark();
-            return None;
-        }
-        (Tab::DeadLetters, 'r') => Action::RetryDeadLetters {
-            letters: app.dead_letters.chosen()?,
-        },
-        (Tab::DeadLetters, 'd') => Action::DropDeadLetters {
-            letters: app.dead_letters.chosen()?,
-        },
-        (Tab::DeadLetters, 'R') => Action::RetryDeadLetters {
-            letters: Letters::Channel(app.selected_letter_channel()?),
-        },
-        (Tab::DeadLetters, 'D') => Action::DropDeadLetters {
-            letters: Letters::Channel(app.selected_letter_channel()?),
-        },
-        (Tab::Channels, 'c') => Action::ReconnectChannel {
-            channel: app.channels.list.current()?.channel?,
-        },
-        (Tab::Identities, 'u') => Action::UnlinkAddress {
-            address: app.identities.list.current()?.address.clone()?,
-        },
-        (Tab::Identities, 'l') => {
-            let first = app
-                .identities
-                .list
-                .current()
-                .map(|i| i.user_id.to_string())
-                .unwrap_or_default();
-            app.modal = Some(Modal::Form(Form::new(FormKind::Link, first)));
-            return None;
-        }
-        (Tab::Runs, 'w') => {
-            let first = app
-                .runs
-                .list
-                .current()
-                .map(|r| r.workflow.clone())
-                .unwrap_or_default();
-            app.modal = Some(Modal::Form(Form::new(FormKind::RunWorkflow, first)));
-            return None;
-        }
-        _ => return None,
-    };
-    app.propose(action)
-}
-
-fn form_key(app: &mut App, mut form: Form, k: KeyEvent) -> Option<Intent> {
-    let n = form.fields.len();
-    match k.code {
-        KeyCode::Esc => return None,
-        KeyCode::Tab | KeyCode::Down => form.focus = (form.focus + 1) % n,
-        KeyCode::BackTab | KeyCode::Up => form.focus = (form.focus + n - 1) % n,
-        KeyCode::Backspace => {
-            if let Some(f) = form.fields.get_mut(form.focus) {
-                f.1.pop();
-            }
-        }
-        KeyCode::Char(c) => {
-            if let Some(f) = form.fields.get_mut(form.focus) {
-                f.1.push(c);
-            }
-        }
-        KeyCode::Enter => match form.action() {
-            Ok(action) => return app.propose(action),
-            Err(e) => form.error = Some(e),
-        },
-        _ => {}
-    }
-    app.modal = Some(Modal::Form(form));
-    None
-}
-
-/// The channel with this name (as in a table cell); None for `-` or an unknown name.
-fn channel_named(name: &str) -> Option<Channel> {
-    use clap::ValueEnum as _;
-    Channel::value_variants()
-        .iter()
-        .copied()
-        .find(|c| c.name() == name)
 }
 
 /// The "retrying in Ns" of a lost connection.
@@ -1490,7 +538,13 @@ pub fn retry_in_secs(retry_at_ms: i64, now_ms: i64) -> u64 {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
+    use gateway_proto::admin as pb;
+    use pb::watch_events_response::Event as E;
+
     use super::*;
+    use crate::model::{Address, Channel, ChannelState, ErrorClass, NodeState, RunState};
 
     /// A fixed console with data on every tab, at `NOW`.
     pub const NOW: i64 = 1_750_000_000_000;
@@ -1543,7 +597,7 @@ pub(crate) mod tests {
         app.sessions.next_cursor = Some("user:40".into());
         app.channels.list.replace(vec![
             ChannelInfo {
-                channel: Some(Channel::Webchat),
+                channel: "webchat".parse().ok(),
                 state: ChannelState::Connected,
                 since_at_ms: Some(NOW - 3_600_000),
                 last_error: None,
@@ -1554,7 +608,7 @@ pub(crate) mod tests {
                 reconnects: 0,
             },
             ChannelInfo {
-                channel: Some(Channel::Http),
+                channel: "http".parse().ok(),
                 state: ChannelState::Reconnecting,
                 since_at_ms: Some(NOW - 20_000),
                 last_error: Some("503 Service Unavailable".into()),
@@ -1687,6 +741,10 @@ pub(crate) mod tests {
             last = press(app, KeyCode::Char(c));
         }
         last
+    }
+
+    pub fn channel(name: &str) -> Channel {
+        name.parse().expect("a channel name")
     }
 
     fn rpc(action: Action) -> Option<Intent> {
@@ -1875,7 +933,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::RetryDeadLetters {
-                letters: Letters::Channel(Channel::Webchat)
+                letters: Letters::Channel(channel("webchat"))
             })
         );
         assert_eq!(app.dead_letters.marked, BTreeSet::from([7]));
@@ -1890,7 +948,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::DropDeadLetters {
-                letters: Letters::Channel(Channel::Http)
+                letters: Letters::Channel(channel("http"))
             })
         );
     }
@@ -1932,7 +990,7 @@ pub(crate) mod tests {
         assert_eq!(
             press(&mut app, KeyCode::Char('y')),
             rpc(Action::ReconnectChannel {
-                channel: Channel::Http
+                channel: channel("http")
             })
         );
     }
@@ -2001,11 +1059,15 @@ pub(crate) mod tests {
             rpc(Action::LinkIdentities {
                 user_id: 1,
                 other: LinkOther::Address(Address {
-                    channel: Channel::Http,
+                    channel: channel("http"),
                     sender_id: "bob".into()
                 })
             })
         );
+        // Which channels exist is the gateway's to say: any name goes to it.
+        let mut app = link_form("fax:1");
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(question(&app).as_deref(), Some("Move fax:1 to user 1?"));
         // `n` cancels an address link too.
         let mut app = link_form("webchat:a:b");
         press(&mut app, KeyCode::Enter);
@@ -2017,8 +1079,8 @@ pub(crate) mod tests {
     fn link_with_a_bad_second_field_sends_nothing_and_says_why() {
         for (input, error) in [
             (
-                "fax:123",
-                "unknown channel `fax`; use one of webchat, http, telegram, discord",
+                ":123",
+                "the channel before `:123` is empty; expected CHANNEL:SENDER_ID, e.g. http:alice",
             ),
             ("http:", "the sender id after `http:` is empty"),
             (
@@ -2154,7 +1216,7 @@ pub(crate) mod tests {
                 &mut app,
                 event(E::DeadLettered(pb::DeadLettered {
                     outbox_id: 4,
-                    channel: pb::Channel::Http as i32,
+                    channel: "http".into(),
                     error: "400 bad".into()
                 }))
             ),

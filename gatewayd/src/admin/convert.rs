@@ -34,30 +34,23 @@ pub fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// A proto channel from a domain channel.
-pub fn channel(c: ChannelKind) -> pb::Channel {
-    pb::Channel::from_str_name(&format!("CHANNEL_{}", c.as_str().to_ascii_uppercase()))
-        .unwrap_or(pb::Channel::Unspecified)
+/// A channel's name as the admin API carries it, e.g. `telegram`.
+pub fn channel(c: ChannelKind) -> String {
+    c.as_str().to_owned()
 }
 
-/// A domain channel from a proto channel number; `None` for unspecified.
-pub fn channel_from(value: i32) -> Result<Option<ChannelKind>, String> {
-    match pb::Channel::try_from(value) {
-        Ok(pb::Channel::Unspecified) => Ok(None),
-        Ok(c) => c
-            .as_str_name()
-            .strip_prefix("CHANNEL_")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .parse()
-            .map(Some),
-        Err(_) => Err(format!("unknown channel number {value}")),
+/// The channel a request names; `None` for the empty string (unspecified, or any in a
+/// filter). An unknown name is an error that names it.
+pub fn channel_from(name: &str) -> Result<Option<ChannelKind>, String> {
+    if name.is_empty() {
+        return Ok(None);
     }
+    crate::channels::registry::kind(name).map(Some)
 }
 
 /// A domain address from a proto address.
 pub fn address_from(a: &pb::Address) -> Result<Address, String> {
-    let channel = channel_from(a.channel)?.ok_or("address.channel is required")?;
+    let channel = channel_from(&a.channel)?.ok_or("address.channel is required")?;
     if a.sender_id.is_empty() {
         return Err("address.sender_id is required".to_owned());
     }
@@ -70,7 +63,7 @@ pub fn address_from(a: &pb::Address) -> Result<Address, String> {
 /// A proto address.
 pub fn address(a: &Address) -> pb::Address {
     pb::Address {
-        channel: channel(a.channel) as i32,
+        channel: channel(a.channel),
         sender_id: a.sender_id.clone(),
     }
 }
@@ -93,7 +86,7 @@ pub fn session(s: &StoredSession, resident: Option<usize>) -> pb::SessionInfo {
         key: s.key.to_string(),
         kind: kind as i32,
         user_id,
-        last_channel: s.last_channel.map_or(pb::Channel::Unspecified, channel) as i32,
+        last_channel: s.last_channel.map(channel).unwrap_or_default(),
         created_at_ms: s.created_at_ms,
         last_active_ms: s.last_active_ms,
         turns: s.turns,
@@ -113,7 +106,7 @@ pub fn entry(e: &TranscriptEntry) -> pb::TranscriptEntry {
         role: role as i32,
         text: e.text.clone(),
         at_ms: e.at_ms,
-        channel: e.channel.map_or(pb::Channel::Unspecified, channel) as i32,
+        channel: e.channel.map(channel).unwrap_or_default(),
         inbox_id: 0,
     }
 }
@@ -160,7 +153,7 @@ pub fn channel_info(h: &HealthStatus) -> pb::ChannelInfo {
         _ => (0, 0),
     };
     pb::ChannelInfo {
-        channel: channel(h.channel) as i32,
+        channel: channel(h.channel),
         state: state(&h.state) as i32,
         last_error: h.last_error.clone().unwrap_or_default(),
         reconnect_attempt: attempt,
@@ -191,7 +184,7 @@ fn bucket(b: &BucketState) -> pb::Bucket {
 /// A proto channel's buckets.
 pub fn rate_limits(c: &ChannelBuckets) -> pb::ChannelRateLimits {
     pb::ChannelRateLimits {
-        channel: channel(c.channel) as i32,
+        channel: channel(c.channel),
         channel_bucket: c.channel_bucket.as_ref().map(bucket),
         chats: c.chats.iter().map(bucket).collect(),
         throttled_total: c.throttled_total,
@@ -210,7 +203,7 @@ fn class(c: ErrorClass) -> pb::ErrorClass {
 pub fn dead_letter(d: &DeadLetter) -> pb::DeadLetter {
     pb::DeadLetter {
         id: d.message.id,
-        channel: channel(d.message.channel) as i32,
+        channel: channel(d.message.channel),
         chat_id: d.message.chat_id.clone(),
         text: d.message.text.clone(),
         reply_to: d.message.reply_to.clone().unwrap_or_default(),
@@ -242,7 +235,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             chat_id,
         } => E::MessageIn(pb::MessageIn {
             inbox_id: *inbox_id,
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             chat_id: chat_id.clone(),
         }),
         Event::MessageOut {
@@ -251,7 +244,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             chat_id,
         } => E::MessageOut(pb::MessageOut {
             outbox_id: *outbox_id,
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             chat_id: chat_id.clone(),
         }),
         Event::SessionCreated { session } => E::SessionCreated(pb::SessionCreated {
@@ -280,7 +273,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             error,
         } => E::DeliveryFailed(pb::DeliveryFailed {
             outbox_id: *outbox_id,
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             attempts: *attempts,
             error: error.clone(),
         }),
@@ -290,7 +283,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             error,
         } => E::DeadLettered(pb::DeadLettered {
             outbox_id: *outbox_id,
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             error: error.clone(),
         }),
         Event::ChannelStateChanged {
@@ -298,7 +291,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             state,
             error,
         } => E::ChannelStateChanged(pb::ChannelStateChanged {
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             state: state_named(state) as i32,
             error: error.clone().unwrap_or_default(),
         }),
@@ -307,7 +300,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
             chat_id,
             pause_ms,
         } => E::RateLimited(pb::RateLimited {
-            channel: channel(*c) as i32,
+            channel: channel(*c),
             chat_id: chat_id.clone().unwrap_or_default(),
             pause_ms: *pause_ms,
         }),
@@ -335,7 +328,7 @@ pub fn event(e: &Event) -> pb::WatchEventsResponse {
         }),
         Event::DeadLettersRetried { channel: c, count } => {
             E::DeadLettersRetried(pb::DeadLettersRetried {
-                channel: c.map_or(pb::Channel::Unspecified, channel) as i32,
+                channel: c.map(channel).unwrap_or_default(),
                 count: *count,
             })
         }
@@ -567,11 +560,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn channels_round_trip_and_unknown_numbers_are_errors() {
-        for c in ["webchat", "http", "telegram", "discord"].map(ChannelKind::new) {
-            assert_eq!(channel_from(channel(c) as i32), Ok(Some(c)));
+    fn channels_travel_as_their_names_and_unknown_names_are_errors_naming_them() {
+        for name in ["webchat", "http", "telegram", "discord"] {
+            let kind = channel_from(name).expect("known").expect("named");
+            assert_eq!(channel(kind), name);
         }
-        assert_eq!(channel_from(0), Ok(None));
-        assert!(channel_from(99).is_err());
+        assert_eq!(channel_from(""), Ok(None));
+        let err = channel_from("smtp").expect_err("unknown");
+        assert!(err.contains("`smtp`"), "{err}");
+        assert!(channel_from("HTTP").is_err(), "names are exact");
     }
 }

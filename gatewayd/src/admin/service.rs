@@ -83,8 +83,10 @@ fn limit(requested: u32) -> usize {
     }) as usize
 }
 
-fn channel_arg(value: i32) -> Result<Option<ChannelKind>, Status> {
-    convert::channel_from(value).map_err(Status::invalid_argument)
+/// The channel a request names (`None`: empty, so unspecified or any); an unknown name is
+/// INVALID_ARGUMENT with a message that names it.
+fn channel_arg(name: &str) -> Result<Option<ChannelKind>, Status> {
+    convert::channel_from(name).map_err(Status::invalid_argument)
 }
 
 fn key_arg(key: &str) -> Result<SessionKey, Status> {
@@ -206,7 +208,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let r = request.into_inner();
         let limit = limit(r.limit);
-        let channel = channel_arg(r.channel)?;
+        let channel = channel_arg(&r.channel)?;
         let user = (r.user_id != 0).then_some(r.user_id);
         let after = (!r.cursor.is_empty()).then_some(r.cursor.as_str());
         if let Some(a) = after {
@@ -227,7 +229,7 @@ impl Admin for AdminService {
                 let Some(info) = self.session_info(&s.key).await? else {
                     continue;
                 };
-                if channel.is_none_or(|c| info.last_channel == convert::channel(c) as i32) {
+                if channel.is_none_or(|c| info.last_channel == c.as_str()) {
                     out.push(info);
                 }
                 if out.len() > limit {
@@ -303,7 +305,7 @@ impl Admin for AdminService {
         let users = self
             .state
             .store
-            .list_users(channel_arg(r.channel)?, id_cursor(&r.cursor)?, limit + 1)
+            .list_users(channel_arg(&r.channel)?, id_cursor(&r.cursor)?, limit + 1)
             .await
             .map_err(store_status)?;
         let (users, next_cursor) = page(users, limit, |u| u.id.to_string());
@@ -398,7 +400,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ReconnectChannelRequest>,
     ) -> Result<Response<pb::ReconnectChannelResponse>, Status> {
-        let channel = channel_arg(request.into_inner().channel)?
+        let channel = channel_arg(&request.into_inner().channel)?
             .ok_or_else(|| Status::invalid_argument("channel is required"))?;
         self.state
             .delivery
@@ -445,7 +447,7 @@ impl Admin for AdminService {
         let letters = self
             .state
             .delivery
-            .list_dead(channel_arg(r.channel)?, id_cursor(&r.cursor)?, limit + 1)
+            .list_dead(channel_arg(&r.channel)?, id_cursor(&r.cursor)?, limit + 1)
             .await
             .map_err(store_status)?;
         let (letters, next_cursor) = page(letters, limit, |d| d.message.id.to_string());
@@ -696,7 +698,7 @@ fn selector(s: Option<pb::DeadLetterSelector>) -> Result<DeadSelector, Status> {
         Some(Selector::Ids(ids)) if !ids.ids.is_empty() => Ok(DeadSelector::Ids(ids.ids)),
         Some(Selector::Channel(c)) => {
             let channel =
-                channel_arg(c)?.ok_or_else(|| Status::invalid_argument("channel is required"))?;
+                channel_arg(&c)?.ok_or_else(|| Status::invalid_argument("channel is required"))?;
             Ok(DeadSelector::Channel {
                 channel,
                 classes: None,
