@@ -496,6 +496,10 @@ impl NodeServices for WorkflowServices {
     fn channels(&self) -> Option<std::collections::BTreeSet<crate::message::ChannelKind>> {
         Some(self.channels.clone())
     }
+
+    fn all_channels(&self) -> Vec<&'static str> {
+        registry::names()
+    }
 }
 
 /// `run_workflow`'s way to the engine, which is built after the tools it uses.

@@ -343,3 +343,60 @@ async fn dead_letters_can_be_retried_or_dropped_one_by_one() {
     );
     gw.shutdown().await;
 }
+
+/// A reply stored for a channel this gatewayd does not have (its adapter was removed, or the row
+/// came from another build) is read back as data, not refused as corrupt: at the next start it
+/// becomes a dead letter whose error names the channel, and nothing panics. A stored name that is
+/// not a channel name at all is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_reply_for_an_unknown_channel_becomes_a_dead_letter_naming_it() {
+    use gatewayd::store::NewReply;
+    assert!(ChannelKind::parse("Not A Channel!").is_err());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let callback = FakeCallback::start().await;
+    let gw = Gateway::start(config(&data, &callback, ""), "test.toml")
+        .await
+        .expect("start");
+    let pager = ChannelKind::parse("pager").expect("a channel name");
+    assert!(gatewayd::channels::registry::get("pager").is_none());
+    let stored = gw
+        .store
+        .outbox_put(NewReply {
+            channel: pager,
+            chat_id: "7".to_owned(),
+            text: "for a channel that is gone".to_owned(),
+            reply_to: None,
+        })
+        .await
+        .expect("stored");
+    gw.shutdown().await;
+
+    // The next start resends pending rows: this one has no adapter.
+    let gw = Gateway::start(config(&data, &callback, ""), "test.toml")
+        .await
+        .expect("restart");
+    let mut events = gw.events.subscribe();
+    let store = gw.store.clone();
+    wait_for(&mut events, "the reply is a dead letter", || {
+        let store = store.clone();
+        async move {
+            store
+                .dead_letters(None, None, 100)
+                .await
+                .is_ok_and(|rows| rows.iter().any(|d| d.message.id == stored.id))
+        }
+    })
+    .await;
+    let (dead, attempts) = gw.store.dead_letter(stored.id).await.expect("dead letter");
+    assert_eq!(dead.message.channel, pager);
+    let error = attempts
+        .iter()
+        .map(|a| a.error.as_str())
+        .chain(std::iter::once(dead.last_error.as_str()))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    assert!(error.contains("channel pager is not enabled"), "{error}");
+    assert!(callback.received().is_empty(), "nothing was sent elsewhere");
+    gw.shutdown().await;
+}

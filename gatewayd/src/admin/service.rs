@@ -549,6 +549,8 @@ impl Admin for AdminService {
             to => {
                 let (channel, chat_id) = crate::workflow::run::parse_chat_target(to)
                     .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
+                crate::channels::registry::kind(channel.as_str())
+                    .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
                 if !engine.can_send_to(channel) {
                     return Err(Status::invalid_argument(format!(
                         "to: channel `{channel}` is not enabled on this gateway"

@@ -337,6 +337,10 @@ struct Gateway {
 }
 
 impl Connection for Gateway {
+    fn failure_message(&self) -> &'static str {
+        "Discord connection failed."
+    }
+
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
         let http = http(&self.token, &self.api_url);
         let me = http.get_current_user().await.map_err(|e| classify(&e))?;

@@ -30,6 +30,12 @@ pub trait Connection: Send {
     /// Connects and runs until the connection fails (the error says how) or `link.shutdown`
     /// fires (then `Ok`). Calls [`Link::connected`] whenever it gets through.
     fn connect(&mut self, link: &mut Link) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// What the log says when an attempt fails (the channel, the class, the attempt and the wait
+    /// come with it as fields).
+    fn failure_message(&self) -> &'static str {
+        "Channel connection failed."
+    }
 }
 
 /// What one attempt is given.
@@ -110,7 +116,7 @@ pub async fn keep_connected(name: &str, mut connection: impl Connection, ctx: &L
         };
         failures = failures.saturating_add(1);
         let delay = backoff(failures, &error);
-        tracing::warn!(message = "Channel connection failed.", channel = name, class = error.class().as_str(), attempt = failures, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %error);
+        tracing::warn!(message = connection.failure_message(), channel = name, class = error.class().as_str(), attempt = failures, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %error);
         health.failed(error.class(), &error.to_string(), delay);
         if error.class() == ErrorClass::Auth {
             // Held: the next turn of the loop waits for the operator's reconnect.

@@ -247,6 +247,10 @@ struct Poll {
 }
 
 impl Connection for Poll {
+    fn failure_message(&self) -> &'static str {
+        "Telegram polling failed."
+    }
+
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
         loop {
             // A send refused for its credentials holds the listener too.

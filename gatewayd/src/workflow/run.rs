@@ -52,6 +52,11 @@ pub trait NodeServices: Send + Sync {
     fn channels(&self) -> Option<BTreeSet<ChannelKind>> {
         None
     }
+    /// Every channel the gateway has, enabled or not, so an unknown one is named as such; empty
+    /// (the default) when not known.
+    fn all_channels(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// Why a run could not start.
@@ -136,7 +141,7 @@ impl Engine {
         let known = Known {
             tools: self.services.tool_names(),
             channels: self.services.channels(),
-            all_channels: Vec::new(),
+            all_channels: self.services.all_channels(),
         };
         validate::load_dir(&self.dir, &known)
     }
