@@ -405,7 +405,6 @@ impl ChannelAdapter for TelegramAdapter {
             }
         }
         if !tg.enabled {
-            drop(err);
             return errors;
         }
         if let Some(e) = check_secret(
