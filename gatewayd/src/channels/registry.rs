@@ -246,25 +246,13 @@ pub fn check(config: &Config, text: &str) -> Vec<ConfigError> {
         message,
     };
     for name in config.channels.keys() {
-        if get(name).is_none() {
-            errors.push(err(
-                format!("channels.{name}"),
-                format!(
-                    "unknown channel `{name}`; known channels: {}",
-                    names().join(", ")
-                ),
-            ));
+        if let Err(message) = kind(name) {
+            errors.push(err(format!("channels.{name}"), message));
         }
     }
     for name in config.rate_limits.keys() {
-        if get(name).is_none() {
-            errors.push(err(
-                format!("rate_limits.{name}"),
-                format!(
-                    "unknown channel `{name}`; known channels: {}",
-                    names().join(", ")
-                ),
-            ));
+        if let Err(message) = kind(name) {
+            errors.push(err(format!("rate_limits.{name}"), message));
         }
     }
     for adapter in ADAPTERS {
