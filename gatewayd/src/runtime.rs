@@ -297,6 +297,7 @@ impl Gateway {
         let hooks = WebhookCtx {
             inbox: inbox.clone(),
             body_timeout: config.http.body_timeout.get(),
+            receipts: crate::channels::adapter::Receipts::new(store.clone()),
         };
         let app = crate::http::router(
             crate::http::AppState {
