@@ -119,6 +119,9 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     lanes_done: Mutex<Option<mpsc::Sender<()>>>,
     supervisor: Arc<Supervisor>,
+    /// How long the store keeps inbound messages (`store.dedupe_window`), in ms: a reply window
+    /// longer than this cannot be judged from the store when no message is on record.
+    inbound_kept_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The delivery service. Cloning shares it.
@@ -174,10 +177,22 @@ impl Delivery {
                 shutdown,
                 lanes_done: Mutex::new(Some(done_tx)),
                 supervisor,
+                inbound_kept_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
         }
+    }
+
+    /// Says how long the store keeps inbound messages (`store.dedupe_window`; unbounded by
+    /// default). When it is shorter than a channel's reply window, a reply to a chat with no
+    /// message on record is sent and left to the platform to judge, since the message that
+    /// opened the window may have been pruned.
+    pub fn set_inbound_kept(&self, kept: Duration) {
+        self.inner.inbound_kept_ms.store(
+            i64::try_from(kept.as_millis()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Hands committed outbox rows to their lanes, in order.
@@ -620,6 +635,14 @@ impl Delivery {
             }
         };
         let hours = window.as_secs_f64() / 3600.0;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let kept_ms = self
+            .inner
+            .inbound_kept_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last.is_none() && kept_ms < window_ms {
+            return None;
+        }
         let Some(last) = last else {
             return Some(format!(
                 "outside {}'s {hours}-hour reply window: no message from chat {} is on record, and {} accepts a free-form reply only within {hours} hours of the person's last message; send an approved template, or wait for them to write",
@@ -627,7 +650,6 @@ impl Delivery {
             ));
         };
         let age_ms = crate::message::now_ms().saturating_sub(last);
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         if age_ms <= window_ms {
             return None;
         }
@@ -812,6 +834,49 @@ mod tests {
             .await
             .expect("receipt");
         assert_eq!(known, Some(ids[2]));
+        delivery.shutdown(Duration::from_secs(1)).await;
+
+        // A store that keeps inbound messages for less than the window cannot tell "never wrote"
+        // from "pruned": such a reply is sent, and the platform judges it.
+        let events = EventBus::new(64);
+        let mut rx = events.subscribe();
+        let delivery = Delivery::new(
+            store.clone(),
+            events,
+            vec![(sender.clone(), RateSettings::default())],
+            RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+        );
+        delivery.set_inbound_kept(Duration::from_secs(3600));
+        let row = store
+            .outbox_put(NewReply {
+                channel: kind,
+                chat_id: "pruned".to_owned(),
+                text: "to pruned".to_owned(),
+                reply_to: None,
+            })
+            .await
+            .expect("outbox_put");
+        let id = row.id;
+        delivery.enqueue(vec![row]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::MessageOut { outbox_id, .. } if outbox_id == id => return,
+                    Event::DeadLettered { error, .. } => panic!("dead-lettered: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("sent");
+        assert_eq!(
+            lock(&sender.sent).last().map(String::as_str),
+            Some("pruned")
+        );
         delivery.shutdown(Duration::from_secs(1)).await;
         store.close().await;
     }

@@ -167,6 +167,7 @@ impl Gateway {
             },
             supervisor.clone(),
         );
+        delivery.set_inbound_kept(config.store.dedupe_window.get());
         let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
