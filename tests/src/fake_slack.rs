@@ -366,7 +366,13 @@ impl FakeSlack {
     /// Sends `callback` over the newest open Socket Mode connection as an `events_api`
     /// envelope; its `envelope_id`.
     pub fn push_envelope(&self, callback: &Value) -> anyhow::Result<String> {
-        socket::push_envelope(&self.shared, callback)
+        socket::push_envelope(&self.shared, callback, None)
+    }
+
+    /// Sends `callback` as an `events_api` envelope over connection `id` (1-based), open or
+    /// closing; its `envelope_id`.
+    pub fn push_envelope_on(&self, id: usize, callback: &Value) -> anyhow::Result<String> {
+        socket::push_envelope(&self.shared, callback, Some(id))
     }
 
     /// Sends a command to the newest open Socket Mode connection.

@@ -80,16 +80,25 @@ pub(crate) fn new_ticket(shared: &Shared) -> String {
     ticket
 }
 
-pub(crate) fn push_envelope(shared: &Shared, callback: &Value) -> anyhow::Result<String> {
+pub(crate) fn push_envelope(
+    shared: &Shared,
+    callback: &Value,
+    on: Option<usize>,
+) -> anyhow::Result<String> {
     let mut st = lock(&shared.state);
     st.socket.next_envelope += 1;
     let id = format!("env-{:06}", st.socket.next_envelope);
     let frame = json!({"envelope_id": id, "type": "events_api", "payload": callback,
                        "accepts_response_payload": false});
-    let tx = st
-        .socket
-        .newest_open()
-        .ok_or_else(|| anyhow::anyhow!("no open Socket Mode connection"))?;
+    let tx = match on {
+        Some(n) => st
+            .socket
+            .conns
+            .get(n.wrapping_sub(1))
+            .and_then(|(c, tx)| tx.as_ref().filter(|_| c.closed_at.is_none())),
+        None => st.socket.newest_open(),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no open Socket Mode connection {on:?}"))?;
     tx.send(Out::Text(frame.to_string()))
         .map_err(|_| anyhow::anyhow!("the connection is gone"))?;
     Ok(id)
