@@ -267,7 +267,12 @@ impl FakeSlack {
     }
 
     /// Waits until `method` was called `n` times.
-    pub async fn wait_calls(&self, method: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_calls(
+        &self,
+        method: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         wait_notified(&self.shared.notify, timeout, || {
             (self.calls_of(method) >= n).then_some(())
         })
@@ -401,7 +406,12 @@ impl FakeSlack {
             pred(&c).then_some(c)
         })
         .await
-        .ok_or_else(|| anyhow::anyhow!("timed out waiting on connections: {:#?}", self.connections()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "timed out waiting on connections: {:#?}",
+                self.connections()
+            )
+        })
     }
 
     /// Waits until `envelope_id` is acknowledged; the connection it came on.
@@ -512,7 +522,12 @@ async fn api(
             ts: stored_post,
         });
     }
-    record(&shared, &method, if lost { 0 } else { status }, code.as_deref());
+    record(
+        &shared,
+        &method,
+        if lost { 0 } else { status },
+        code.as_deref(),
+    );
     if lost {
         conn.kill();
         shared.shutdown.wait().await;
@@ -528,11 +543,7 @@ fn str_of(body: &Value, key: &str) -> String {
 }
 
 /// The `ok:false` code a call was answered with.
-fn code_of(
-    fault: &Option<SlackFault>,
-    token: Option<&str>,
-    want: &str,
-) -> Option<String> {
+fn code_of(fault: &Option<SlackFault>, token: Option<&str>, want: &str) -> Option<String> {
     match (fault, token) {
         (Some(SlackFault::RateLimited(_)), _) => Some("ratelimited".to_owned()),
         (Some(SlackFault::Status(_)), _) => Some("internal_error".to_owned()),
@@ -553,8 +564,10 @@ fn handle(
     match method {
         "auth.test" => (
             200,
-            ok(json!({"url": "https://fake.slack.test/", "team": "Fake", "user": "gateway",
-                      "team_id": "T0FAKE", "user_id": BOT_USER_ID, "bot_id": BOT_ID})),
+            ok(
+                json!({"url": "https://fake.slack.test/", "team": "Fake", "user": "gateway",
+                      "team_id": "T0FAKE", "user_id": BOT_USER_ID, "bot_id": BOT_ID}),
+            ),
             None,
         ),
         "chat.postMessage" => {
@@ -594,7 +607,9 @@ fn handle(
             if method == "conversations.replies" && thread.is_none() {
                 return refuse("thread_not_found");
             }
-            let with_metadata = query.get("include_all_metadata").is_some_and(|v| v == "true");
+            let with_metadata = query
+                .get("include_all_metadata")
+                .is_some_and(|v| v == "true");
             let st = lock(&shared.state);
             let messages: Vec<Value> = st
                 .posts
@@ -643,11 +658,19 @@ mod tests {
     fn the_signature_helper_matches_the_official_vector() {
         let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
         assert_eq!(
-            sign(b"8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body.as_bytes()),
+            sign(
+                b"8f742231b10e8888abcd99yyyzzz85a5",
+                "1531420618",
+                body.as_bytes()
+            ),
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
         );
         assert_ne!(
-            sign(b"8f742231b10e8888abcd99yyyzzz85a6", "1531420618", body.as_bytes()),
+            sign(
+                b"8f742231b10e8888abcd99yyyzzz85a6",
+                "1531420618",
+                body.as_bytes()
+            ),
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
             "another secret signs differently"
         );
@@ -665,24 +688,39 @@ mod tests {
                               "metadata": {"event_type": "gateway_reply", "event_payload": {"id": "7"}}}))
                 .send()
         };
-        let wrong: Value = post("xoxb-other", "x").await.expect("post").json().await.expect("json");
+        let wrong: Value = post("xoxb-other", "x")
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
         assert_eq!(wrong["error"], "invalid_auth");
         fake.push_fault("chat.postMessage", SlackFault::LoseResponse);
-        assert!(post("xoxb-t", "lost").await.is_err(), "the response is dropped");
+        assert!(
+            post("xoxb-t", "lost").await.is_err(),
+            "the response is dropped"
+        );
         let posts = fake.posts();
         assert_eq!(posts.len(), 2);
         assert!(posts[1].is_stored() && !posts[1].is_success());
         let history: Value = client
             .get(format!("{}/conversations.history", fake.api_url()))
             .bearer_auth("xoxb-t")
-            .query(&[("channel", "C1"), ("include_all_metadata", "true"), ("oldest", "0")])
+            .query(&[
+                ("channel", "C1"),
+                ("include_all_metadata", "true"),
+                ("oldest", "0"),
+            ])
             .send()
             .await
             .expect("history")
             .json()
             .await
             .expect("json");
-        assert_eq!(history["messages"][0]["metadata"]["event_payload"]["id"], "7", "{history}");
+        assert_eq!(
+            history["messages"][0]["metadata"]["event_payload"]["id"], "7",
+            "{history}"
+        );
         assert_eq!(history["messages"].as_array().map(Vec::len), Some(1));
     }
 }

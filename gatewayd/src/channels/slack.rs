@@ -219,7 +219,10 @@ impl Intake {
         if let Some(id) = callback.event_id.as_deref()
             && self.recent.contains(id)
         {
-            tracing::debug!(message = "Repeated Slack event acknowledged.", event_id = id);
+            tracing::debug!(
+                message = "Repeated Slack event acknowledged.",
+                event_id = id
+            );
             return Ok(());
         }
         let mut identity = self.identity.clone();
@@ -388,7 +391,11 @@ impl ChannelAdapter for SlackAdapter {
     }
 
     fn build(sl: &SlackConfig, _: &BuildEnv) -> anyhow::Result<Self> {
-        let bot_token = secret("channels.slack.bot_token", &sl.bot_token_env, &sl.bot_token_file)?;
+        let bot_token = secret(
+            "channels.slack.bot_token",
+            &sl.bot_token_env,
+            &sl.bot_token_file,
+        )?;
         let (signing_secret, app_token) = match sl.mode {
             SlackMode::Events => (
                 Some(secret(

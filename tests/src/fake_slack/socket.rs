@@ -122,7 +122,12 @@ pub(crate) async fn upgrade(
     let ticket = query.get("ticket").cloned().unwrap_or_default();
     let valid = {
         let mut st = lock(&shared.state);
-        match st.socket.tickets.iter_mut().find(|(t, used)| *t == ticket && !used) {
+        match st
+            .socket
+            .tickets
+            .iter_mut()
+            .find(|(t, used)| *t == ticket && !used)
+        {
             Some((_, used)) => {
                 *used = true;
                 true

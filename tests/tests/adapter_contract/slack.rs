@@ -144,7 +144,11 @@ impl PlatformSide for Slack {
 fn slack_chat(chat: Chat) -> (String, &'static str, String) {
     match chat {
         Chat::Direct(n) => (format!("D{}", 1000 + n), "im", format!("U{}", 1000 + n)),
-        Chat::Group(n) => (format!("C{}", 4000 + n), "channel", format!("U{}", 2000 + n)),
+        Chat::Group(n) => (
+            format!("C{}", 4000 + n),
+            "channel",
+            format!("U{}", 2000 + n),
+        ),
     }
 }
 

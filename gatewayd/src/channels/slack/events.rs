@@ -109,7 +109,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-pub(crate) async fn slack_event(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn slack_event(
+    State(hook): State<Hook>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let too_large = || format!("body is larger than {BODY_LIMIT} bytes");
     let body = match read_body(&headers, body, BODY_LIMIT, hook.body_timeout, too_large).await {
         Ok(b) => b,
@@ -128,10 +132,7 @@ pub(crate) async fn slack_event(State(hook): State<Hook>, headers: HeaderMap, bo
     let callback: Callback = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not a Slack event: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("not a Slack event: {e}"));
         }
     };
     if callback.kind == "url_verification" {
@@ -142,7 +143,10 @@ pub(crate) async fn slack_event(State(hook): State<Hook>, headers: HeaderMap, bo
     match hook.intake.take(&callback).await {
         Ok(()) => (StatusCode::OK, Json(json!({"ok": true}))).into_response(),
         Err(Refused::NoIdentity) => {
-            tracing::warn!(message = "Slack event before the bot is identified (auth.test); Slack will deliver it again.", event_id = callback.event_id.as_deref().unwrap_or_default());
+            tracing::warn!(
+                message = "Slack event before the bot is identified (auth.test); Slack will deliver it again.",
+                event_id = callback.event_id.as_deref().unwrap_or_default()
+            );
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the bot's identity (auth.test) is not known yet".to_owned(),
@@ -191,16 +195,76 @@ mod tests {
     #[test]
     fn every_signature_failure_is_named() {
         for (secret, ts, sig, now, want) in [
-            (&b"wrong-secret"[..], Some(TS), Some(SIGNATURE), NOW, SignatureError::Mismatch),
-            (SECRET, Some(TS), Some(SIGNATURE), NOW + 301, SignatureError::Stale),
-            (SECRET, Some(TS), Some(SIGNATURE), NOW - 301, SignatureError::Stale),
-            (SECRET, Some(TS), Some("v0=zz14d57b"), NOW, SignatureError::BadFormat),
-            (SECRET, Some(TS), Some(&SIGNATURE[3..]), NOW, SignatureError::BadFormat),
-            (SECRET, Some(TS), Some("v0=a2114d57"), NOW, SignatureError::BadFormat),
-            (SECRET, None, Some(SIGNATURE), NOW, SignatureError::MissingTimestamp),
-            (SECRET, Some("soon"), Some(SIGNATURE), NOW, SignatureError::BadTimestamp),
-            (SECRET, Some(TS), None, NOW, SignatureError::MissingSignature),
-            (SECRET, Some("1531420619"), Some(SIGNATURE), NOW, SignatureError::Mismatch),
+            (
+                &b"wrong-secret"[..],
+                Some(TS),
+                Some(SIGNATURE),
+                NOW,
+                SignatureError::Mismatch,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some(SIGNATURE),
+                NOW + 301,
+                SignatureError::Stale,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some(SIGNATURE),
+                NOW - 301,
+                SignatureError::Stale,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some("v0=zz14d57b"),
+                NOW,
+                SignatureError::BadFormat,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some(&SIGNATURE[3..]),
+                NOW,
+                SignatureError::BadFormat,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                Some("v0=a2114d57"),
+                NOW,
+                SignatureError::BadFormat,
+            ),
+            (
+                SECRET,
+                None,
+                Some(SIGNATURE),
+                NOW,
+                SignatureError::MissingTimestamp,
+            ),
+            (
+                SECRET,
+                Some("soon"),
+                Some(SIGNATURE),
+                NOW,
+                SignatureError::BadTimestamp,
+            ),
+            (
+                SECRET,
+                Some(TS),
+                None,
+                NOW,
+                SignatureError::MissingSignature,
+            ),
+            (
+                SECRET,
+                Some("1531420619"),
+                Some(SIGNATURE),
+                NOW,
+                SignatureError::Mismatch,
+            ),
         ] {
             assert_eq!(check(secret, ts, sig, now), Err(want.clone()), "{want:?}");
             assert!(

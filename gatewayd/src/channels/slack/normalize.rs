@@ -139,7 +139,10 @@ pub fn normalize(
     }
     let thread = plain(&event.thread_ts).filter(|t| *t != ts);
     let (channel_message_id, reply_to) = match thread {
-        Some(t) => (format!("{channel}:{ts}:{t}"), Some(format!("{channel}:{t}"))),
+        Some(t) => (
+            format!("{channel}:{ts}:{t}"),
+            Some(format!("{channel}:{t}")),
+        ),
         None => (format!("{channel}:{ts}"), None),
     };
     Some(InboundMessage {
@@ -256,7 +259,12 @@ mod tests {
 
     #[test]
     fn edits_and_deletions_are_not_answered() {
-        for subtype in ["message_changed", "message_deleted", "bot_message", "channel_join"] {
+        for subtype in [
+            "message_changed",
+            "message_deleted",
+            "bot_message",
+            "channel_join",
+        ] {
             let mut e = message("D1", "im", "changed");
             e["subtype"] = json!(subtype);
             assert!(check(e, false).is_none(), "{subtype}");
@@ -267,7 +275,10 @@ mod tests {
         let m = check(shared, false).expect("file_share is answered");
         assert_eq!(m.attachments.len(), 1);
         assert_eq!(
-            (m.attachments[0].kind.as_str(), m.attachments[0].file_id.as_str()),
+            (
+                m.attachments[0].kind.as_str(),
+                m.attachments[0].file_id.as_str()
+            ),
             ("file", "F1")
         );
         assert_eq!(m.attachments[0].name.as_deref(), Some("report.pdf"));
@@ -296,7 +307,10 @@ mod tests {
         assert_eq!(reply_thread(Some("C1:1:2:3")), None);
         let mut colon = message("C1", "channel", "<@UBOT> x");
         colon["ts"] = json!("1:2");
-        assert!(check(colon, true).is_none(), "a `:` would break the encoding");
+        assert!(
+            check(colon, true).is_none(),
+            "a `:` would break the encoding"
+        );
     }
 
     #[test]
@@ -324,7 +338,10 @@ mod tests {
             m.channel_message_id, "C1:1700000000.000100",
             "the same key as its message event"
         );
-        assert!(check(message("C1", "channel", "<@UBOT>"), true).is_none(), "empty");
+        assert!(
+            check(message("C1", "channel", "<@UBOT>"), true).is_none(),
+            "empty"
+        );
     }
 
     #[test]

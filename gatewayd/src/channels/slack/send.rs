@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 
 use super::normalize::reply_thread;
 use super::{BotIdentity, KIND, LIMIT};
-use crate::channels::{ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after};
+use crate::channels::{
+    ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after,
+};
 use crate::message::ChannelKind;
 use crate::send::Limit;
 
@@ -46,7 +48,11 @@ pub fn classify_code(code: &str) -> SendError {
         "invalid_auth" | "not_authed" | "token_revoked" | "account_inactive" | "token_expired" => {
             SendError::Auth(message)
         }
-        "ratelimited" | "rate_limited" | "request_timeout" | "fatal_error" | "internal_error"
+        "ratelimited"
+        | "rate_limited"
+        | "request_timeout"
+        | "fatal_error"
+        | "internal_error"
         | "service_unavailable" => SendError::retryable(message),
         // channel_not_found, not_in_channel, is_archived, msg_too_long, invalid_arguments,
         // no_text, missing_scope, …
@@ -182,7 +188,10 @@ impl SlackSender {
 
     /// `auth.test` with the bot token: the bot's identity.
     pub async fn auth_test(&self) -> Result<BotIdentity, SendError> {
-        match self.call("auth.test", &self.authorization, Some(&json!({})), &[]).await {
+        match self
+            .call("auth.test", &self.authorization, Some(&json!({})), &[])
+            .await
+        {
             Answer::Ok(body) => {
                 let user_id = body
                     .get("user_id")
@@ -203,8 +212,15 @@ impl SlackSender {
     }
 
     /// Calls `method` with the app-level token `authorization` (Socket Mode).
-    pub(crate) async fn call_app(&self, method: &str, authorization: &str) -> Result<Value, SendError> {
-        match self.call(method, authorization, Some(&json!({})), &[]).await {
+    pub(crate) async fn call_app(
+        &self,
+        method: &str,
+        authorization: &str,
+    ) -> Result<Value, SendError> {
+        match self
+            .call(method, authorization, Some(&json!({})), &[])
+            .await
+        {
             Answer::Ok(body) => Ok(body),
             Answer::Refused(e) => Err(e),
             Answer::Lost(e) => Err(SendError::retryable(format!("Slack unreachable: {e}"))),
@@ -250,11 +266,16 @@ impl SlackSender {
             };
             let messages = body.get("messages").and_then(Value::as_array);
             let found = messages.into_iter().flatten().find(|m| {
-                m.pointer("/metadata/event_payload/id").and_then(Value::as_str) == Some(id)
+                m.pointer("/metadata/event_payload/id")
+                    .and_then(Value::as_str)
+                    == Some(id)
             });
             if let Some(m) = found {
                 return Ok(Some(
-                    m.get("ts").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    m.get("ts")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
                 ));
             }
             let cursor = body
@@ -307,7 +328,10 @@ impl SlackSender {
             body["thread_ts"] = json!(t);
         }
         let posted_at = SystemTime::now();
-        match self.call("chat.postMessage", &self.authorization, Some(&body), &[]).await {
+        match self
+            .call("chat.postMessage", &self.authorization, Some(&body), &[])
+            .await
+        {
             Answer::Ok(body) => {
                 lock(&self.uncertain).remove(&id);
                 lock(&self.refused).remove(&id);

@@ -93,7 +93,9 @@ impl Socket {
             )
             .await
             .map_err(|_| SendError::retryable("the Socket Mode WebSocket did not open in time"))?
-            .map_err(|e| SendError::retryable(format!("cannot open the Socket Mode WebSocket: {e}")))?;
+            .map_err(|e| {
+                SendError::retryable(format!("cannot open the Socket Mode WebSocket: {e}"))
+            })?;
             let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
                 while let Some(frame) = ws.next().await {
                     if let Ok(Message::Text(t)) = frame
@@ -125,7 +127,10 @@ impl Socket {
             return Ok(false);
         };
         if frame.kind == "disconnect" {
-            tracing::info!(message = "Slack asked for a new Socket Mode connection.", reason = frame.reason.as_deref().unwrap_or_default());
+            tracing::info!(
+                message = "Slack asked for a new Socket Mode connection.",
+                reason = frame.reason.as_deref().unwrap_or_default()
+            );
             return Ok(true);
         }
         let Some(envelope_id) = frame.envelope_id else {
@@ -168,7 +173,8 @@ impl Connection for Socket {
         };
         link.connected();
         let mut next: Option<Opening> = None;
-        let mut ping = tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
         let mut awaiting_since: Option<Instant> = None;
         loop {
             let opening = async {
