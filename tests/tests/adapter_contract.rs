@@ -54,6 +54,8 @@ use tonic::transport::Channel;
 mod discord;
 #[path = "adapter_contract/http.rs"]
 mod http;
+#[path = "adapter_contract/slack.rs"]
+mod slack;
 #[path = "adapter_contract/telegram.rs"]
 mod telegram;
 #[path = "adapter_contract/webchat.rs"]
@@ -80,6 +82,7 @@ adapters! {
     http_passes_the_adapter_contract => http::HttpCallback,
     telegram_passes_the_adapter_contract => telegram::Telegram,
     discord_passes_the_adapter_contract => discord::Discord,
+    slack_passes_the_adapter_contract => slack::Slack,
 }
 
 // ---------------------------------------------------------------------------------------------
