@@ -14,6 +14,7 @@ pub mod supervise;
 pub mod telegram;
 pub mod webchat;
 pub mod webhook;
+pub mod whatsapp;
 
 pub use crate::send::{
     ChannelSender, ErrorClass, Limit, MAX_PLATFORM_DELAY, OutgoingChunk, SendError, Unit,

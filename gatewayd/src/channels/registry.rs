@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::task::JoinHandle;
 
 use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
-use super::{discord, http, telegram, webchat};
+use super::{discord, http, telegram, webchat, whatsapp};
 use crate::config::{Config, ConfigError, NumericKey, deserialize_in_passes, under_removed};
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
@@ -25,6 +25,7 @@ pub static ADAPTERS: &[&dyn Entry] = &[
     &Of::<http::HttpAdapter>(PhantomData),
     &Of::<telegram::TelegramAdapter>(PhantomData),
     &Of::<discord::DiscordAdapter>(PhantomData),
+    &Of::<whatsapp::WhatsAppAdapter>(PhantomData),
 ];
 
 /// One adapter as the registry drives it, whatever its config type.
