@@ -58,6 +58,8 @@ mod http;
 mod telegram;
 #[path = "adapter_contract/webchat.rs"]
 mod webchat;
+#[path = "adapter_contract/whatsapp.rs"]
+mod whatsapp;
 
 // ---------------------------------------------------------------------------------------------
 // The adapters: one test each
@@ -80,6 +82,7 @@ adapters! {
     http_passes_the_adapter_contract => http::HttpCallback,
     telegram_passes_the_adapter_contract => telegram::Telegram,
     discord_passes_the_adapter_contract => discord::Discord,
+    whatsapp_passes_the_adapter_contract => whatsapp::WhatsApp,
 }
 
 // ---------------------------------------------------------------------------------------------
