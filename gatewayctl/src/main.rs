@@ -12,6 +12,7 @@ mod deadletters;
 mod events;
 mod identities;
 mod model;
+mod outbox;
 mod output;
 mod ratelimits;
 mod runs;
@@ -93,6 +94,9 @@ enum Command {
     /// Replies that could not be delivered: list, show, retry, drop.
     #[command(subcommand)]
     Deadletters(deadletters::Cmd),
+    /// Replies in the outbox: their status and what the platform reported about them.
+    #[command(subcommand)]
+    Outbox(outbox::Cmd),
     /// DAG workflows: list, validate the files, start a run.
     #[command(subcommand)]
     Workflows(workflows::Cmd),
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Channels(cmd) => channels::run(api, format, cmd).await,
         Command::Ratelimits { hottest } => ratelimits::run(api, format, hottest).await,
         Command::Deadletters(cmd) => deadletters::run(api, format, cmd).await,
+        Command::Outbox(cmd) => outbox::run(api, format, cmd).await,
         Command::Workflows(cmd) => workflows::run(api, format, cmd).await,
         Command::Runs(cmd) => runs::run(api, format, cmd).await,
         Command::Events => events::run(api, format, &cli.addr).await,

@@ -17,6 +17,6 @@ pub mod webhook;
 pub mod whatsapp;
 
 pub use crate::send::{
-    ChannelSender, ErrorClass, Limit, MAX_PLATFORM_DELAY, OutgoingChunk, SendError, Unit,
+    ChannelSender, ErrorClass, Limit, MAX_PLATFORM_DELAY, OutgoingChunk, SendError, Sent, Unit,
     classify_status, parse_retry_after, platform_delay_secs,
 };

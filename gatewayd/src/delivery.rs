@@ -119,6 +119,9 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     lanes_done: Mutex<Option<mpsc::Sender<()>>>,
     supervisor: Arc<Supervisor>,
+    /// How long the store keeps inbound messages (`store.dedupe_window`), in ms: a reply window
+    /// longer than this cannot be judged from the store when no message is on record.
+    inbound_kept_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The delivery service. Cloning shares it.
@@ -174,10 +177,22 @@ impl Delivery {
                 shutdown,
                 lanes_done: Mutex::new(Some(done_tx)),
                 supervisor,
+                inbound_kept_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
         }
+    }
+
+    /// Says how long the store keeps inbound messages (`store.dedupe_window`; unbounded by
+    /// default). When it is shorter than a channel's reply window, a reply to a chat with no
+    /// message on record is sent and left to the platform to judge, since the message that
+    /// opened the window may have been pruned.
+    pub fn set_inbound_kept(&self, kept: Duration) {
+        self.inner.inbound_kept_ms.store(
+            i64::try_from(kept.as_millis()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Hands committed outbox rows to their lanes, in order.
@@ -490,6 +505,13 @@ impl Delivery {
             None => vec![row.text.clone()],
         };
         let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        if row.chunks_sent == 0
+            && let Some(window) = c.sender.reply_window()
+            && let Some(why) = self.outside_window(row, window).await
+        {
+            self.dead(row, ErrorClass::Permanent, &why).await;
+            return;
+        }
         while row.chunks_sent < count {
             c.health.wait_sendable(shutdown).await;
             if *shutdown.borrow() {
@@ -510,8 +532,16 @@ impl Delivery {
                 count,
             };
             let error = match c.sender.send(&chunk).await {
-                Ok(()) => {
+                Ok(sent) => {
                     c.health.sent();
+                    if let Some(platform_id) = sent.platform_id
+                        && let Err(e) = inner
+                            .store
+                            .outbox_platform_id(row.id, index, row.channel, &platform_id)
+                            .await
+                    {
+                        tracing::warn!(message = "Cannot record the platform's id of a sent chunk; its receipts will not show on the reply.", outbox_id = row.id, error = %e);
+                    }
                     self.succeeded(row.channel, c);
                     row.chunks_sent += 1;
                     if row.chunks_sent < count
@@ -589,6 +619,49 @@ impl Delivery {
         });
     }
 
+    /// Why `row` is too late for its chat's reply window, or `None` when it may be sent. A
+    /// store that cannot answer lets it go: the platform refuses it itself if it is too late.
+    async fn outside_window(&self, row: &OutboundMessage, window: Duration) -> Option<String> {
+        let last = match self
+            .inner
+            .store
+            .last_inbound_at(row.channel, &row.chat_id)
+            .await
+        {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(message = "Cannot read the chat's last inbound message; sending without checking the reply window.", channel = %row.channel, outbox_id = row.id, error = %e);
+                return None;
+            }
+        };
+        let hours = window.as_secs_f64() / 3600.0;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let kept_ms = self
+            .inner
+            .inbound_kept_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last.is_none() && kept_ms < window_ms {
+            return None;
+        }
+        let Some(last) = last else {
+            return Some(format!(
+                "outside {}'s {hours}-hour reply window: no message from chat {} is on record, and {} accepts a free-form reply only within {hours} hours of the person's last message; send an approved template, or wait for them to write",
+                row.channel, row.chat_id, row.channel
+            ));
+        };
+        let age_ms = crate::message::now_ms().saturating_sub(last);
+        if age_ms <= window_ms {
+            return None;
+        }
+        Some(format!(
+            "outside {}'s {hours}-hour reply window: the person last wrote {:.1} hours ago (at {}), and {} accepts a free-form reply only within {hours} hours of it; send an approved template, or wait for them to write again",
+            row.channel,
+            age_ms as f64 / 3_600_000.0,
+            crate::message::rfc3339_ms(last),
+            row.channel
+        ))
+    }
+
     async fn record_failure(&self, row: &OutboundMessage, class: ErrorClass, error: &str) {
         tracing::warn!(message = "Send failed; will retry.", channel = %row.channel, outbox_id = row.id, attempts = row.attempts, class = class.as_str(), error = %error);
         if let Err(e) = self
@@ -628,6 +701,185 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::send::Sent;
+
+    /// A sender with WhatsApp's 24-hour window that counts its sends and names each one.
+    struct WindowSender {
+        sent: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ChannelSender for WindowSender {
+        fn kind(&self) -> ChannelKind {
+            ChannelKind::new("whatsapp")
+        }
+
+        fn split_limit(&self) -> Option<crate::send::Limit> {
+            None
+        }
+
+        async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
+            lock(&self.sent).push(chunk.message.chat_id.clone());
+            Ok(Sent::with_id(format!("p-{}", chunk.message.id)))
+        }
+
+        fn reply_window(&self) -> Option<Duration> {
+            Some(Duration::from_secs(24 * 3600))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_outside_the_reply_window_is_a_dead_letter_saying_why_and_is_never_sent() {
+        use crate::message::{ChatType, InboundMessage, now_ms};
+        use crate::store::{NewReply, ReceiptStatus};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: SharedStore = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("gateway.db"))
+                .expect("open the store"),
+        );
+        let kind = ChannelKind::new("whatsapp");
+        let hour = 3_600_000;
+        for (chat, age) in [("stale", 25 * hour), ("fresh", hour)] {
+            let msg = InboundMessage {
+                channel: kind,
+                channel_message_id: format!("in-{chat}"),
+                chat_id: chat.to_owned(),
+                chat_type: ChatType::Direct,
+                sender_id: chat.to_owned(),
+                text: "hi".to_owned(),
+                reply_to: None,
+                attachments: Vec::new(),
+                received_at_ms: now_ms() - age,
+            };
+            store.inbox_commit(&msg).await.expect("commit");
+        }
+        let events = EventBus::new(64);
+        let mut rx = events.subscribe();
+        let sender = Arc::new(WindowSender {
+            sent: Mutex::new(Vec::new()),
+        });
+        let delivery = Delivery::new(
+            store.clone(),
+            events,
+            vec![(sender.clone(), RateSettings::default())],
+            RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+        );
+        let mut rows = Vec::new();
+        for chat in ["never", "stale", "fresh"] {
+            let row = store
+                .outbox_put(NewReply {
+                    channel: kind,
+                    chat_id: chat.to_owned(),
+                    text: format!("to {chat}"),
+                    reply_to: None,
+                })
+                .await
+                .expect("outbox_put");
+            rows.push(row);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        delivery.enqueue(rows);
+        let mut dead = HashMap::new();
+        let mut delivered = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while dead.len() + delivered.len() < 3 {
+                match rx.recv().await.expect("events") {
+                    Event::DeadLettered {
+                        outbox_id, error, ..
+                    } => {
+                        dead.insert(outbox_id, error);
+                    }
+                    Event::MessageOut { outbox_id, .. } => delivered.push(outbox_id),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("every reply ends delivered or dead");
+        assert_eq!(
+            delivered,
+            vec![ids[2]],
+            "only the fresh chat's reply goes out"
+        );
+        assert_eq!(
+            *lock(&sender.sent),
+            vec!["fresh".to_owned()],
+            "nothing else is sent"
+        );
+        let never = &dead[&ids[0]];
+        assert!(
+            never.contains("24-hour reply window") && never.contains("no message from chat never"),
+            "{never}"
+        );
+        let stale = &dead[&ids[1]];
+        assert!(
+            stale.contains("last wrote 25.0 hours ago") && stale.contains("template"),
+            "{stale}"
+        );
+        let letter = store.dead_letter(ids[1]).await.expect("dead letter").0;
+        assert_eq!(letter.class, ErrorClass::Permanent, "not retried");
+        // The fresh reply's platform id was recorded, so the platform's receipt lands on it.
+        let known = store
+            .record_receipt(
+                kind,
+                &format!("p-{}", ids[2]),
+                ReceiptStatus::Failed,
+                Some("x"),
+            )
+            .await
+            .expect("receipt");
+        assert_eq!(known, Some(ids[2]));
+        delivery.shutdown(Duration::from_secs(1)).await;
+
+        // A store that keeps inbound messages for less than the window cannot tell "never wrote"
+        // from "pruned": such a reply is sent, and the platform judges it.
+        let events = EventBus::new(64);
+        let mut rx = events.subscribe();
+        let delivery = Delivery::new(
+            store.clone(),
+            events,
+            vec![(sender.clone(), RateSettings::default())],
+            RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+        );
+        delivery.set_inbound_kept(Duration::from_secs(3600));
+        let row = store
+            .outbox_put(NewReply {
+                channel: kind,
+                chat_id: "pruned".to_owned(),
+                text: "to pruned".to_owned(),
+                reply_to: None,
+            })
+            .await
+            .expect("outbox_put");
+        let id = row.id;
+        delivery.enqueue(vec![row]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::MessageOut { outbox_id, .. } if outbox_id == id => return,
+                    Event::DeadLettered { error, .. } => panic!("dead-lettered: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("sent");
+        assert_eq!(
+            lock(&sender.sent).last().map(String::as_str),
+            Some("pruned")
+        );
+        delivery.shutdown(Duration::from_secs(1)).await;
+        store.close().await;
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

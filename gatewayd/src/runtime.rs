@@ -167,6 +167,7 @@ impl Gateway {
             },
             supervisor.clone(),
         );
+        delivery.set_inbound_kept(config.store.dedupe_window.get());
         let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
@@ -297,6 +298,7 @@ impl Gateway {
         let hooks = WebhookCtx {
             inbox: inbox.clone(),
             body_timeout: config.http.body_timeout.get(),
+            receipts: crate::channels::adapter::Receipts::new(store.clone()),
         };
         let app = crate::http::router(
             crate::http::AppState {

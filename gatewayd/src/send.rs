@@ -137,6 +137,23 @@ impl OutgoingChunk<'_> {
     }
 }
 
+/// What a platform said about a chunk it accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The platform's id of the sent message, for channels that later report on it by that id
+    /// (WhatsApp's delivery receipts); `None` when nothing will.
+    pub platform_id: Option<String>,
+}
+
+impl Sent {
+    /// Accepted under the platform's id `id`.
+    pub fn with_id(id: impl Into<String>) -> Self {
+        Self {
+            platform_id: Some(id.into()),
+        }
+    }
+}
+
 /// The sending half of a channel adapter.
 #[async_trait]
 pub trait ChannelSender: Send + Sync {
@@ -147,7 +164,15 @@ pub trait ChannelSender: Send + Sync {
     fn split_limit(&self) -> Option<Limit>;
 
     /// Sends one chunk. `Ok` means the platform accepted it.
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError>;
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError>;
+
+    /// How long after a chat's last inbound message the platform still accepts a free-form
+    /// reply in it (WhatsApp: 24 hours); `None`, the default, for no such window. Delivery
+    /// checks a reply against it before its first chunk and dead-letters one that is too late,
+    /// saying why, instead of sending it to be refused.
+    fn reply_window(&self) -> Option<Duration> {
+        None
+    }
 
     /// Checks that the channel can be reached, for the health probe and the operator's
     /// reconnect. Channels without a connection of their own answer `Ok`.

@@ -152,6 +152,36 @@ pub trait Store: Send + Sync + 'static {
     /// Commits an inbound message, deduplicated by `(channel, channel_message_id)`.
     async fn inbox_commit(&self, msg: &InboundMessage) -> Result<InboxOutcome, StoreError>;
 
+    /// When the newest inbound message of `chat_id` on `channel` arrived (ms since the epoch);
+    /// `None` when none is on record. Delivery asks it for channels with a reply window.
+    async fn last_inbound_at(
+        &self,
+        channel: ChannelKind,
+        chat_id: &str,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Records the platform's id of chunk `chunk` of outbox row `id`, so the platform's later
+    /// receipts for it ([`Store::record_receipt`]) land on the row.
+    async fn outbox_platform_id(
+        &self,
+        id: i64,
+        chunk: u32,
+        channel: ChannelKind,
+        platform_id: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Records a platform's receipt for the message it knows as `platform_id`. A receipt only
+    /// moves forward (`sent → delivered → read`, `failed` from any); an older one changes
+    /// nothing. A receipt that arrives before the send is recorded is kept and joined to the row
+    /// when it is. Returns the outbox id when the row is known.
+    async fn record_receipt(
+        &self,
+        channel: ChannelKind,
+        platform_id: &str,
+        status: ReceiptStatus,
+        error: Option<&str>,
+    ) -> Result<Option<i64>, StoreError>;
+
     /// Inbound messages without a finished turn, oldest first (replayed at start).
     async fn inbox_pending(&self) -> Result<Vec<PendingInbound>, StoreError>;
 
@@ -701,6 +731,43 @@ impl OutboxStatus {
     }
 }
 
+/// What a platform reported about a message it accepted (WhatsApp's `statuses[]`), in the
+/// order it can only move forward: `sent → delivered → read`, and `failed` from any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReceiptStatus {
+    /// The platform sent it on.
+    Sent,
+    /// It reached the person's device.
+    Delivered,
+    /// The person read it.
+    Read,
+    /// The platform could not deliver it after accepting it.
+    Failed,
+}
+
+impl ReceiptStatus {
+    /// Stable lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored (or platform) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
 /// Which outbox rows [`Store::list_outbox`] returns; `None` matches any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboxFilter {
@@ -743,4 +810,9 @@ pub struct OutboxRecord {
     pub updated_at_ms: i64,
     /// Its failed attempts, oldest first (filled only when asked for).
     pub errors: Vec<AttemptError>,
+    /// What the platform last reported about it after accepting it (the least advanced of its
+    /// chunks, `failed` first); `None` when the platform reports nothing.
+    pub receipt: Option<ReceiptStatus>,
+    /// The platform's error with a `failed` receipt.
+    pub receipt_error: Option<String>,
 }

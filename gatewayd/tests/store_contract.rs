@@ -17,8 +17,9 @@ use gatewayd::message::{
 use gatewayd::send::ErrorClass;
 use gatewayd::store::sqlite::SqliteStore;
 use gatewayd::store::{
-    DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus, Role, RunOrigin, RunStatus,
-    SessionFilter, SharedStore, Store, StoreError, TranscriptEntry, TurnRecord,
+    DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus, OutboxFilter, ReceiptStatus,
+    Role, RunOrigin, RunStatus, SessionFilter, SharedStore, Store, StoreError, TranscriptEntry,
+    TurnRecord,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ contract! {
         runs_page_newest_first_every_row_once,
         a_stranded_message_is_handed_out_once_while_pending,
         a_closed_store_refuses_writes,
+        the_last_inbound_time_is_the_newest_message_of_that_chat_on_that_channel,
+        receipts_land_on_their_row_only_move_forward_and_may_come_first,
     ],
 }
 
@@ -1347,4 +1350,145 @@ async fn a_closed_store_refuses_writes(store: &dyn Store) {
         .await
         .expect_err("closed");
     assert!(matches!(err, StoreError::Closed), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply windows and receipts.
+
+async fn the_last_inbound_time_is_the_newest_message_of_that_chat_on_that_channel(
+    store: &dyn Store,
+) {
+    let wa = ChannelKind::new("whatsapp");
+    let http = ChannelKind::new("http");
+    assert_eq!(
+        store.last_inbound_at(wa, "chat-ada").await.expect("read"),
+        None
+    );
+    let mut old = msg(wa, "m1", "ada");
+    old.received_at_ms = 1_000;
+    let mut new = msg(wa, "m2", "ada");
+    new.received_at_ms = 5_000;
+    let mut other_chat = msg(wa, "m3", "bob");
+    other_chat.received_at_ms = 9_000;
+    let mut other_channel = msg(http, "m4", "ada");
+    other_channel.received_at_ms = 9_000;
+    for m in [&new, &old, &other_chat, &other_channel] {
+        new_inbox_row(store, m).await;
+    }
+    assert_eq!(
+        store.last_inbound_at(wa, "chat-ada").await.expect("read"),
+        Some(5_000)
+    );
+    assert_eq!(
+        store.last_inbound_at(wa, "chat-bob").await.expect("read"),
+        Some(9_000)
+    );
+    assert_eq!(
+        store.last_inbound_at(wa, "chat-eve").await.expect("read"),
+        None
+    );
+}
+
+async fn receipts_land_on_their_row_only_move_forward_and_may_come_first(store: &dyn Store) {
+    let wa = ChannelKind::new("whatsapp");
+    let receipt = |id: i64| async move {
+        let rows = store
+            .list_outbox(&OutboxFilter::default(), None, 100, false)
+            .await
+            .expect("list_outbox");
+        let row = rows
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("outbox row {id} is listed"));
+        (row.receipt, row.receipt_error)
+    };
+    let row = pending_reply(store, wa, "hello").await;
+    assert_eq!(receipt(row.id).await, (None, None), "nothing reported yet");
+    store
+        .outbox_platform_id(row.id, 0, wa, "wamid.1")
+        .await
+        .expect("platform id");
+    store.outbox_delivered(row.id).await.expect("delivered");
+    assert_eq!(
+        receipt(row.id).await,
+        (None, None),
+        "an id is not a receipt"
+    );
+
+    let known = store
+        .record_receipt(wa, "wamid.1", ReceiptStatus::Read, None)
+        .await
+        .expect("read");
+    assert_eq!(known, Some(row.id));
+    assert_eq!(receipt(row.id).await, (Some(ReceiptStatus::Read), None));
+    // An older report arriving late changes nothing.
+    store
+        .record_receipt(wa, "wamid.1", ReceiptStatus::Delivered, None)
+        .await
+        .expect("delivered");
+    assert_eq!(receipt(row.id).await, (Some(ReceiptStatus::Read), None));
+    // A failure is recorded whatever came before, with its reason, on a delivered row.
+    store
+        .record_receipt(
+            wa,
+            "wamid.1",
+            ReceiptStatus::Failed,
+            Some("131026 undeliverable"),
+        )
+        .await
+        .expect("failed");
+    assert_eq!(
+        receipt(row.id).await,
+        (
+            Some(ReceiptStatus::Failed),
+            Some("131026 undeliverable".to_owned())
+        )
+    );
+
+    // A receipt for a send not yet recorded is kept, and joins its row when the send is.
+    let second = pending_reply(store, wa, "two chunks").await;
+    let early = store
+        .record_receipt(wa, "wamid.2b", ReceiptStatus::Delivered, None)
+        .await
+        .expect("early receipt");
+    assert_eq!(early, None, "no row knows wamid.2b yet");
+    store
+        .outbox_platform_id(second.id, 0, wa, "wamid.2a")
+        .await
+        .expect("chunk 1");
+    store
+        .outbox_platform_id(second.id, 1, wa, "wamid.2b")
+        .await
+        .expect("chunk 2");
+    assert_eq!(
+        receipt(second.id).await,
+        (Some(ReceiptStatus::Delivered), None)
+    );
+    store
+        .record_receipt(wa, "wamid.2a", ReceiptStatus::Read, None)
+        .await
+        .expect("read");
+    assert_eq!(
+        receipt(second.id).await,
+        (Some(ReceiptStatus::Delivered), None),
+        "a split reply shows its least advanced chunk"
+    );
+    // The same platform id on another channel is another message.
+    assert_eq!(
+        store
+            .record_receipt(
+                ChannelKind::new("http"),
+                "wamid.2a",
+                ReceiptStatus::Failed,
+                None
+            )
+            .await
+            .expect("other channel"),
+        None
+    );
+    assert_eq!(
+        receipt(second.id).await,
+        (Some(ReceiptStatus::Delivered), None)
+    );
+    assert_eq!(receipt(row.id).await.0, Some(ReceiptStatus::Failed));
 }

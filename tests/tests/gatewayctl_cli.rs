@@ -626,6 +626,33 @@ async fn channels_and_dead_letters() {
     );
     assert_eq!(json(&gw, &["status"]).await["dead_letters"], 2);
 
+    // The outbox: every reply with its status; the HTTP channel reports no receipts.
+    let outbox = json(&gw, &["outbox", "list", "--channel", "http"]).await;
+    let entries = outbox["entries"].as_array().expect("entries");
+    let statuses: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["delivered", "dead", "dead"],
+        "oldest first: {outbox}"
+    );
+    assert_eq!(entries[0]["chat_id"], "fine", "{outbox}");
+    assert_eq!(entries[0]["receipt_status"], Value::Null, "{outbox}");
+    assert_eq!(entries[1]["error_class"], "permanent", "{outbox}");
+    let dead = json(
+        &gw,
+        &["outbox", "list", "--status", "dead", "--chat", "dead"],
+    )
+    .await;
+    assert_eq!(dead["entries"].as_array().map(Vec::len), Some(2), "{dead}");
+    let page = json(&gw, &["outbox", "list", "--limit", "1"]).await;
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let t = table(&gw, &["outbox", "list"]).await;
+    assert!(t.starts_with("ID") && t.contains("RECEIPT"), "{t}");
+    assert!(t.contains("delivered") && t.contains("400"), "{t}");
+
     // channels: health and counters, then a reconnect.
     let channels = json(&gw, &["channels", "list"]).await;
     let http = find(&channels["channels"], "channel", &json!("http")).expect("http");

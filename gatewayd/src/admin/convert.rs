@@ -552,6 +552,18 @@ pub fn outbox_entry(r: &crate::store::OutboxRecord) -> pb::OutboxEntry {
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
         errors: r.errors.iter().map(attempt).collect(),
+        receipt_status: r.receipt.map_or(pb::ReceiptStatus::Unspecified, receipt) as i32,
+        receipt_error: r.receipt_error.clone().unwrap_or_default(),
+    }
+}
+
+fn receipt(s: crate::store::ReceiptStatus) -> pb::ReceiptStatus {
+    use crate::store::ReceiptStatus as R;
+    match s {
+        R::Sent => pb::ReceiptStatus::Sent,
+        R::Delivered => pb::ReceiptStatus::Delivered,
+        R::Read => pb::ReceiptStatus::Read,
+        R::Failed => pb::ReceiptStatus::Failed,
     }
 }
 

@@ -222,7 +222,8 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-pub use current_time::{CurrentTime, rfc3339_ms};
+pub use crate::message::rfc3339_ms;
+pub use current_time::CurrentTime;
 pub use http_get::{DEFAULT_HTTP_MAX_BYTES, HttpGet};
 pub use run_workflow::{RunWorkflow, WorkflowRunner};
 pub use schema::{check_schema, validate};

@@ -20,6 +20,8 @@ use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::ChannelKind;
 use crate::send::{ChannelSender, ErrorClass};
+pub use crate::store::ReceiptStatus;
+use crate::store::SharedStore;
 
 /// One channel: its config section, its sender, its routes and its listener.
 ///
@@ -100,6 +102,49 @@ pub struct WebhookCtx {
     pub inbox: Arc<Inbox>,
     /// How long a client may take to send a request body (`http.body_timeout`).
     pub body_timeout: Duration,
+    /// Where the platform's receipts for sent messages go.
+    pub receipts: Receipts,
+}
+
+/// What a platform reports about messages it accepted (delivered, read, failed), recorded on
+/// the replies they belong to so the operator sees them (`gatewayctl outbox list`). The only
+/// part of the store an adapter sees.
+#[derive(Clone)]
+pub struct Receipts {
+    store: SharedStore,
+}
+
+impl Receipts {
+    /// Receipts recorded in `store`.
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    /// Records what the platform reported about the message it knows as `platform_id`: it only
+    /// moves forward (`sent → delivered → read`, `failed` from any), and one that arrives
+    /// before its send is recorded is kept for it. `Err` means nothing was recorded: answer the
+    /// platform so that it reports again.
+    pub async fn record(
+        &self,
+        channel: ChannelKind,
+        platform_id: &str,
+        status: ReceiptStatus,
+        error: Option<&str>,
+    ) -> Result<(), String> {
+        match self
+            .store
+            .record_receipt(channel, platform_id, status, error)
+            .await
+        {
+            Ok(outbox_id) => {
+                if status == ReceiptStatus::Failed {
+                    tracing::warn!(message = "The platform could not deliver a sent reply.", %channel, platform_id, outbox_id, error = error.unwrap_or_default());
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// What a listener is given, and nothing more.

@@ -33,7 +33,7 @@ use crate::config::{Config, ConfigError, check_secret, check_url};
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
-use crate::send::{Limit, Unit};
+use crate::send::{Limit, Sent, Unit};
 
 /// The Discord channel.
 pub const KIND: ChannelKind = ChannelKind::new("discord");
@@ -187,7 +187,7 @@ impl ChannelSender for DiscordSender {
         Some(LIMIT)
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
         let msg = chunk.message;
         let channel = snowflake(&msg.chat_id, "channel")?;
         let mut body = serde_json::json!({
@@ -208,7 +208,9 @@ impl ChannelSender for DiscordSender {
             });
         }
         let url = format!("{}/channels/{channel}/messages", self.api);
-        self.request(self.client.post(url).json(&body)).await
+        self.request(self.client.post(url).json(&body))
+            .await
+            .map(|()| Sent::default())
     }
 
     async fn probe(&self) -> Result<(), SendError> {

@@ -34,7 +34,7 @@ use crate::config::{
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
-use crate::send::{Limit, Unit};
+use crate::send::{Limit, Sent, Unit};
 
 /// The HTTP channel.
 pub const KIND: ChannelKind = ChannelKind::new("http");
@@ -237,7 +237,7 @@ impl ChannelSender for HttpSender {
         })
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
         let msg = chunk.message;
         let mut body = serde_json::json!({
             "message_id": chunk.id(),
@@ -257,7 +257,7 @@ impl ChannelSender for HttpSender {
             .map_err(transport_error)?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(Sent::default());
         }
         let retry_after = resp
             .headers()

@@ -45,7 +45,7 @@ use crate::config::{
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
-use crate::send::{Limit, Unit};
+use crate::send::{Limit, Sent, Unit};
 
 /// The Telegram channel.
 pub const KIND: ChannelKind = ChannelKind::new("telegram");
@@ -133,7 +133,7 @@ impl ChannelSender for TelegramSender {
         Some(LIMIT)
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
         let msg = chunk.message;
         let chat = parse_chat(&msg.chat_id)?;
         let mut request = self.bot.send_message(chat, chunk.text);
@@ -148,7 +148,10 @@ impl ChannelSender for TelegramSender {
                 ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
             );
         }
-        request.await.map(|_| ()).map_err(|e| classify(&e))
+        request
+            .await
+            .map(|_| Sent::default())
+            .map_err(|e| classify(&e))
     }
 
     async fn probe(&self) -> Result<(), SendError> {

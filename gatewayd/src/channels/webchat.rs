@@ -32,7 +32,7 @@ use crate::config::{ConfigError, MIB, Number, NumericKey, channel_key, ints};
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{ChannelKind, ChatType, InboundMessage, now_ms};
-use crate::send::Limit;
+use crate::send::{Limit, Sent};
 
 /// The WebChat channel.
 pub const KIND: ChannelKind = ChannelKind::new("webchat");
@@ -326,7 +326,7 @@ impl ChannelSender for WebChat {
         None
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
         let msg = chunk.message;
         let reply_to = msg
             .reply_to
@@ -349,7 +349,7 @@ impl ChannelSender for WebChat {
             sent |= tx.try_send(frame.clone()).is_ok();
         }
         if sent {
-            Ok(())
+            Ok(Sent::default())
         } else {
             Err(SendError::retryable(format!(
                 "no open WebChat connection for chat {}; the reply waits for the client to reconnect",

@@ -28,6 +28,7 @@ mod identity;
 mod inbox;
 mod migrations;
 mod outbox;
+mod receipts;
 mod retention;
 mod runs;
 #[cfg(test)]
@@ -272,6 +273,34 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn last_inbound_at(
+        &self,
+        channel: ChannelKind,
+        chat_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        receipts::last_inbound_at(self, channel, chat_id).await
+    }
+
+    async fn outbox_platform_id(
+        &self,
+        id: i64,
+        chunk: u32,
+        channel: ChannelKind,
+        platform_id: &str,
+    ) -> Result<(), StoreError> {
+        receipts::platform_id(self, id, chunk, channel, platform_id).await
+    }
+
+    async fn record_receipt(
+        &self,
+        channel: ChannelKind,
+        platform_id: &str,
+        status: super::ReceiptStatus,
+        error: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        receipts::record(self, channel, platform_id, status, error).await
+    }
+
     async fn list_inbox(
         &self,
         f: &super::InboxFilter,

@@ -157,7 +157,12 @@ impl SqliteStore {
                     created_at_ms: created,
                     updated_at_ms: updated,
                     errors: Vec::new(),
+                    receipt: None,
+                    receipt_error: None,
                 });
+            }
+            for record in &mut out {
+                (record.receipt, record.receipt_error) = super::receipts::of_row(conn, record.id)?;
             }
             if with_errors {
                 for record in &mut out {

@@ -129,6 +129,20 @@ ALTER TABLE addresses ADD COLUMN last_chat_id TEXT;
 ALTER TABLE addresses ADD COLUMN last_chat_inbox INTEGER;
 CREATE TABLE space_probe (id INTEGER PRIMARY KEY, filler BLOB);
 "#,
+    r#"
+CREATE TABLE outbox_receipts (
+    channel TEXT NOT NULL,
+    platform_id TEXT NOT NULL,
+    outbox_id INTEGER,
+    chunk INTEGER,
+    status TEXT,
+    error TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, platform_id)
+);
+CREATE INDEX outbox_receipts_outbox ON outbox_receipts (outbox_id);
+CREATE INDEX inbox_chat ON inbox (channel, chat_id, received_at);
+"#,
 ];
 
 /// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to

@@ -34,6 +34,7 @@ const TABLES: &[&str] = &[
     "transcript",
     "outbox",
     "delivery_errors",
+    "outbox_receipts",
     "sessions",
     "users",
     "addresses",
@@ -366,6 +367,9 @@ fn prune_outbox(
             continue;
         }
         conn.prepare_cached("DELETE FROM delivery_errors WHERE outbox_id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(db)?;
+        conn.prepare_cached("DELETE FROM outbox_receipts WHERE outbox_id = ?1")
             .and_then(|mut s| s.execute([id]))
             .map_err(db)?;
         conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")
