@@ -510,7 +510,10 @@ async fn window_and_undeliverable_codes_are_dead_letters_that_say_why() {
         assert_eq!(s.attempts_for(wamid).len(), 1, "sent once");
     }
     let listed = s.listed().await;
-    assert_ne!(listed["state"], "reauth_needed", "one chat's refusal: {listed}");
+    assert_ne!(
+        listed["state"], "reauth_needed",
+        "one chat's refusal: {listed}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

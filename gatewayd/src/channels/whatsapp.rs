@@ -22,9 +22,14 @@
 //! a button or list choice is its title as text. Reactions, `unsupported`, `system`, `order`
 //! and unknown types are acknowledged and not answered. The sender's profile name is only
 //! logged at debug level: an inbound message has no field for it. Status events (`sent`,
-//! `delivered`, `read`, `failed`) are logged; a `failed` one names its error.
+//! `delivered`, `read`, `failed`) are recorded on the reply they belong to, by its `wamid`
+//! (a `failed` one with `"{code} {title}: {message} ({details})"`), where `gatewayctl outbox
+//! list` shows them; one that cannot be recorded gets a 503, so Meta sends it again.
 //!
-//! Sending: replies are split at 4096 characters; the first chunk carries `context.message_id`.
+//! Sending: replies are split at 4096 characters; the first chunk carries `context.message_id`,
+//! and each chunk's `wamid` is handed to delivery for its receipts. The sender declares the
+//! 24-hour customer-service window ([`sender::REPLY_WINDOW`]): delivery dead-letters a reply to a
+//! chat whose last message is older, saying why, without sending it.
 //! Errors are classed by `error.code` ([`sender::classify`]): rate limits retry, token and
 //! permission codes hold the channel for re-authentication, 131047 (outside the 24-hour
 //! window) and 131026 (undeliverable) are dead letters that say why.
@@ -47,7 +52,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ChannelSender;
-use super::adapter::{BuildEnv, ChannelAdapter, Route, WebhookCtx};
+use super::adapter::{BuildEnv, ChannelAdapter, ReceiptStatus, Receipts, Route, WebhookCtx};
 use super::webhook::{error, read_body};
 use crate::config::{
     Config, ConfigError, HumanDuration, MIN, Number, NumericKey, SEC, channel_key, check_secret,
@@ -132,6 +137,7 @@ struct Hook {
     verify_token: Arc<str>,
     phone_number_id: Arc<str>,
     inbox: Option<Arc<Inbox>>,
+    receipts: Option<Receipts>,
     body_timeout: Duration,
 }
 
@@ -253,6 +259,7 @@ impl ChannelAdapter for WhatsAppAdapter {
                 verify_token: verify_token.into(),
                 phone_number_id: wa.phone_number_id.as_str().into(),
                 inbox: None,
+                receipts: None,
                 body_timeout: Duration::from_secs(10),
             },
             webhook_path: wa.webhook_path.clone(),
@@ -266,6 +273,7 @@ impl ChannelAdapter for WhatsAppAdapter {
     fn routes(&self, ctx: &WebhookCtx) -> Vec<Route> {
         let hook = Hook {
             inbox: Some(ctx.inbox.clone()),
+            receipts: Some(ctx.receipts.clone()),
             body_timeout: ctx.body_timeout,
             ..self.hook.clone()
         };
@@ -332,7 +340,7 @@ async fn verify(
 
 /// A POST of messages and statuses.
 async fn events(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Response {
-    let Some(inbox) = hook.inbox.clone() else {
+    let (Some(inbox), Some(receipts)) = (hook.inbox.clone(), hook.receipts.clone()) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the WhatsApp channel is not started".to_owned(),
@@ -385,15 +393,17 @@ async fn events(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Res
             }
         }
         for status in &value.statuses {
-            if let Some(r) = payload::receipt(status) {
-                match &r.error {
-                    Some(error) => {
-                        tracing::warn!(message = "WhatsApp reports a sent message failed.", channel = %KIND, platform_id = %r.platform_id, %error)
-                    }
-                    None => {
-                        tracing::debug!(message = "WhatsApp message status.", channel = %KIND, platform_id = %r.platform_id, status = %r.status)
-                    }
-                }
+            let Some((r, kind)) = payload::receipt(status)
+                .and_then(|r| ReceiptStatus::parse(&r.status).map(|k| (r, k)))
+            else {
+                continue;
+            };
+            if let Err(e) = receipts
+                .record(KIND, &r.platform_id, kind, r.error.as_deref())
+                .await
+            {
+                tracing::error!(message = "Cannot record a WhatsApp status; Meta will redeliver it.", channel = %KIND, platform_id = %r.platform_id, status = %r.status, error = %e);
+                failed = true;
             }
         }
         for e in &value.errors {
@@ -403,7 +413,7 @@ async fn events(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Res
     if failed {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "cannot store the messages right now".to_owned(),
+            "cannot store the messages or statuses right now".to_owned(),
         );
     }
     (StatusCode::OK, Json(json!({"ok": true}))).into_response()

@@ -17,8 +17,12 @@ use super::payload::ApiError;
 use super::{KIND, LIMIT};
 use crate::message::ChannelKind;
 use crate::send::{
-    ChannelSender, Limit, OutgoingChunk, SendError, classify_status, parse_retry_after,
+    ChannelSender, Limit, OutgoingChunk, SendError, Sent, classify_status, parse_retry_after,
 };
+
+/// The customer-service window: free-form replies reach a person only this long after their
+/// last message.
+pub const REPLY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why a 131047 cannot be sent, in the dead letter.
 pub const WINDOW_CLOSED: &str = "outside the 24-hour customer-service window: the person has \
@@ -226,7 +230,7 @@ impl ChannelSender for WhatsAppSender {
         Some(LIMIT)
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
         let to = &chunk.message.chat_id;
         if to.is_empty() || !to.bytes().all(|b| b.is_ascii_digit()) {
             return Err(SendError::Permanent(format!(
@@ -249,7 +253,11 @@ impl ChannelSender for WhatsAppSender {
                 outbox_id = %chunk.id()
             );
         }
-        Ok(())
+        Ok(Sent { platform_id: id })
+    }
+
+    fn reply_window(&self) -> Option<Duration> {
+        Some(REPLY_WINDOW)
     }
 
     async fn probe(&self) -> Result<(), SendError> {
