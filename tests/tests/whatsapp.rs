@@ -7,8 +7,11 @@
 //! characters; every class of `error.code` ending where it should (rate limits retried then
 //! delivered, token codes holding the channel as `reauth_needed` in `gatewayctl channels list`
 //! until `gatewayctl channels reconnect`, 131047 and 131026 dead letters whose error says why in
-//! `gatewayctl deadletters show`); and a SIGKILL between the inbox commit and the reply, after
-//! which the reply still arrives, once.
+//! `gatewayctl deadletters show`); a reply to a chat outside the 24-hour customer-service window
+//! (here a workflow's message to a chat that never wrote) dead-lettered saying why, with no
+//! request to the Cloud API; a `failed` status of a delivered reply recorded on it and shown by
+//! `gatewayctl outbox list`; and a SIGKILL between the inbox commit and the reply, after which
+//! the reply still arrives, once.
 //!
 //! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`). Stored state
 //! and `gatewayctl` output have no change notification, so those are polled; what the fakes see
@@ -551,4 +554,139 @@ async fn a_kill_9_between_the_inbox_commit_and_the_reply_still_answers_once() {
         .filter(|t| t.is_success())
         .count();
     assert_eq!(ok, 1, "answered once: {:#?}", s.wa.sent());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 24-hour window and delivery statuses
+// ---------------------------------------------------------------------------------------------
+
+/// A workflow whose message node writes to a WhatsApp chat that never wrote to the business.
+const COLD_MESSAGE: &str = r#"
+name = "cold_message"
+
+[[nodes]]
+id = "hello"
+kind = "message"
+channel = "whatsapp"
+chat_id = "15550012345"
+text = "are you there?"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_outside_the_24_hour_window_is_a_dead_letter_saying_why_and_never_sent() {
+    let dir = tempfile::tempdir().expect("a workflows dir");
+    std::fs::write(dir.path().join("cold_message.toml"), COLD_MESSAGE).expect("write workflow");
+    let s = start(&format!(
+        "[workflows]\nenabled = true\ndir = {}\n",
+        gateway_tests::gateway::toml_string(&dir.path().to_string_lossy())
+    ))
+    .await;
+    let run =
+        s.gw.gatewayctl_json(&["workflows", "run", "cold_message", "--wait"])
+            .await;
+    let list = s.wait_dead_letters(1).await;
+    let d = &list["dead_letters"][0];
+    assert_eq!(d["chat_id"], "15550012345", "{list}");
+    assert_eq!(d["error_class"], "permanent", "not retried: {d}");
+    let show =
+        s.gw.gatewayctl_json(&["deadletters", "show", &d["id"].to_string()])
+            .await;
+    let error = show["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("24-hour") && error.contains("no message from chat 15550012345"),
+        "the dead letter says why: {show}"
+    );
+    assert!(
+        s.wa.sent().is_empty(),
+        "nothing was sent to be refused: {:#?} (run: {run})",
+        s.wa.sent()
+    );
+
+    // Once the person writes, the window is open and a reply goes out.
+    let id = s.send_text("15550012345", "now I wrote").await;
+    s.wait_reply("15550012345", &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_of_a_delivered_reply_is_recorded_on_it_and_shown_by_gatewayctl() {
+    let s = start("").await;
+    let from = "15550013579";
+    let id = s.send_text(from, "will it arrive").await;
+    let reply = s.wait_reply(from, &id).await;
+    let wamid = reply.wamid.clone().expect("the reply's wamid");
+    let outbox = || async {
+        let list =
+            s.gw.gatewayctl_json(&["outbox", "list", "--channel", "whatsapp", "--chat", from])
+                .await;
+        list["entries"]
+            .as_array()
+            .and_then(|e| e.first())
+            .cloned()
+            .unwrap_or_else(|| panic!("one reply in the outbox: {list}"))
+    };
+    poll_until_async(TIMEOUT, "the reply is delivered", || async {
+        outbox().await["status"] == "delivered"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.stderr_tail(40)));
+
+    // Statuses arrive: delivered, then failed with Meta's error.
+    let delivered = s.wa.status_envelope(&wamid, from, "delivered", None);
+    assert_eq!(s.wa.deliver(&s.url(), &delivered, Signing::Good).await, 200);
+    poll_until_async(TIMEOUT, "the receipt says delivered", || async {
+        outbox().await["receipt_status"] == "delivered"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", outbox_json(&s, from)));
+    let failed = s.wa.status_envelope(
+        &wamid,
+        from,
+        "failed",
+        Some((
+            131026,
+            "Message undeliverable",
+            "the recipient's phone cannot receive it",
+        )),
+    );
+    assert_eq!(s.wa.deliver(&s.url(), &failed, Signing::Good).await, 200);
+    poll_until_async(TIMEOUT, "the receipt says failed", || async {
+        outbox().await["receipt_status"] == "failed"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", outbox_json(&s, from)));
+    let entry = outbox().await;
+    let error = entry["receipt_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("131026")
+            && error.contains("Message undeliverable")
+            && error.contains("the recipient's phone cannot receive it"),
+        "{entry}"
+    );
+    assert_eq!(
+        entry["status"], "delivered",
+        "the send itself did succeed: {entry}"
+    );
+
+    // A status for a message the gateway does not know is taken, not refused; a forged one is.
+    let unknown = s.wa.status_envelope("wamid.UNKNOWN", from, "read", None);
+    assert_eq!(s.wa.deliver(&s.url(), &unknown, Signing::Good).await, 200);
+    let read = s.wa.status_envelope(&wamid, from, "read", None);
+    assert_eq!(s.wa.deliver(&s.url(), &read, Signing::Missing).await, 401);
+    assert_eq!(
+        outbox().await["receipt_status"],
+        "failed",
+        "the forged status changed nothing"
+    );
+}
+
+/// The outbox of `from` as gatewayctl shows it, for a failure message.
+fn outbox_json(s: &Setup, from: &str) -> String {
+    let out = std::process::Command::new(gateway_tests::gatewayctl_bin())
+        .args(["--addr", &s.gw.admin_url(), "--output", "json"])
+        .args(["outbox", "list", "--channel", "whatsapp", "--chat", from])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("gatewayctl did not run: {e}"),
+    }
 }
