@@ -8,8 +8,8 @@
 //! delivered, token codes holding the channel as `reauth_needed` in `gatewayctl channels list`
 //! until `gatewayctl channels reconnect`, 131047 and 131026 dead letters whose error says why in
 //! `gatewayctl deadletters show`); a reply to a chat outside the 24-hour customer-service window
-//! (here a workflow's message to a chat that never wrote) dead-lettered saying why, with no
-//! request to the Cloud API; a `failed` status of a delivered reply recorded on it and shown by
+//! (a workflow's message to a chat that never wrote, and one to a chat whose last message was
+//! made 25 hours old in the store) dead-lettered saying why, with no request to the Cloud API; a `failed` status of a delivered reply recorded on it and shown by
 //! `gatewayctl outbox list`; and a SIGKILL between the inbox commit and the reply, after which
 //! the reply still arrives, once.
 //!
@@ -605,6 +605,70 @@ async fn a_reply_outside_the_24_hour_window_is_a_dead_letter_saying_why_and_neve
     // Once the person writes, the window is open and a reply goes out.
     let id = s.send_text("15550012345", "now I wrote").await;
     s.wait_reply("15550012345", &id).await;
+}
+
+/// A workflow whose message node writes to the chat that last wrote 25 hours ago.
+const LATE_MESSAGE: &str = r#"
+name = "late_message"
+
+[[nodes]]
+id = "hello"
+kind = "message"
+channel = "whatsapp"
+chat_id = "15550024680"
+text = "sorry for the wait"
+"#;
+
+/// The chat's last message is made 25 hours old in the store (stopped gateway, the `sqlite3`
+/// CLI, which the build image ships), then a message to it is a dead letter naming the age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_a_day_after_the_last_message_is_a_dead_letter_naming_its_age() {
+    let dir = tempfile::tempdir().expect("a workflows dir");
+    std::fs::write(dir.path().join("late_message.toml"), LATE_MESSAGE).expect("write workflow");
+    let mut s = start(&format!(
+        "[workflows]\nenabled = true\ndir = {}\n",
+        gateway_tests::gateway::toml_string(&dir.path().to_string_lossy())
+    ))
+    .await;
+    let from = "15550024680";
+    let id = s.send_text(from, "hello yesterday").await;
+    s.wait_reply(from, &id).await;
+    s.gw.stop().await.expect("stop gatewayd");
+    let db = s.gw.data_dir().join("gateway.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(
+            "UPDATE inbox SET received_at = received_at - 25 * 3600 * 1000 \
+             WHERE channel = 'whatsapp' AND chat_id = '{from}';"
+        ))
+        .output()
+        .expect("this test needs the sqlite3 CLI (Debian package sqlite3) to age a stored message");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.gw.restart().await.expect("restart");
+    let sent_before = s.wa.sent().len();
+
+    s.gw.gatewayctl_json(&["workflows", "run", "late_message", "--wait"])
+        .await;
+    let list = s.wait_dead_letters(1).await;
+    let d = &list["dead_letters"][0];
+    assert_eq!(d["chat_id"], from, "{list}");
+    let show =
+        s.gw.gatewayctl_json(&["deadletters", "show", &d["id"].to_string()])
+            .await;
+    let error = show["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("24-hour") && error.contains("last wrote 25.0 hours ago"),
+        "the dead letter says why: {show}"
+    );
+    assert_eq!(
+        s.wa.sent().len(),
+        sent_before,
+        "nothing was sent to be refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
