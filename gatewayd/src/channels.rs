@@ -15,6 +15,7 @@ pub mod supervise;
 pub mod telegram;
 pub mod webchat;
 pub mod webhook;
+pub mod whatsapp;
 
 pub use crate::send::{
     ChannelSender, ErrorClass, Limit, MAX_PLATFORM_DELAY, OutgoingChunk, SendError, Sent, Unit,

@@ -10,6 +10,7 @@ pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_slack;
 pub mod fake_telegram;
+pub mod fake_whatsapp;
 pub mod gateway;
 pub mod inspect;
 mod support;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use fake_callback::{CallbackFault, Delivery, FakeCallback};
 pub use fake_openai::{FakeOpenAi, Fault, last_user_content};
 pub use fake_slack::FakeSlack;
+pub use fake_whatsapp::FakeWhatsApp;
 pub use gateway::{
     Gateway, GatewayOptions, HttpReply, gatewayctl_bin, gatewayd_bin, run_cli, strip_ansi,
 };

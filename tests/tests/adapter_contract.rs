@@ -60,6 +60,8 @@ mod slack;
 mod telegram;
 #[path = "adapter_contract/webchat.rs"]
 mod webchat;
+#[path = "adapter_contract/whatsapp.rs"]
+mod whatsapp;
 
 // ---------------------------------------------------------------------------------------------
 // The adapters: one test each
@@ -83,6 +85,7 @@ adapters! {
     telegram_passes_the_adapter_contract => telegram::Telegram,
     discord_passes_the_adapter_contract => discord::Discord,
     slack_passes_the_adapter_contract => slack::Slack,
+    whatsapp_passes_the_adapter_contract => whatsapp::WhatsApp,
 }
 
 // ---------------------------------------------------------------------------------------------
