@@ -30,7 +30,7 @@ use crate::channels::{
     ChannelSender, OutgoingChunk, SendError, classify_status, parse_retry_after,
 };
 use crate::message::ChannelKind;
-use crate::send::Limit;
+use crate::send::{Limit, Sent};
 
 /// How far before the first post the duplicate check reads.
 pub const CHECK_MARGIN: Duration = Duration::from_secs(60);
@@ -364,9 +364,9 @@ impl ChannelSender for SlackSender {
         Some(LIMIT)
     }
 
-    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<(), SendError> {
-        // The one success path: the posted message's `ts`.
-        self.deliver(chunk).await.map(|_ts| ())
+    async fn send(&self, chunk: &OutgoingChunk<'_>) -> Result<Sent, SendError> {
+        // The one success path. Slack sends no receipts, so its `ts` is not recorded.
+        self.deliver(chunk).await.map(|_ts| Sent::default())
     }
 
     async fn probe(&self) -> Result<(), SendError> {
