@@ -1,0 +1,250 @@
+//! One person across four channels, through the real `gatewayd` with the echo agent: WebChat,
+//! Telegram (long polling on `FakeTelegram`), Slack (the Events API from `FakeSlack`) and
+//! WhatsApp (the Cloud API webhook from `FakeWhatsApp`). Before linking, each address is a user
+//! of its own; `/link` on WebChat and `/link CODE` on each of the other three join them into one
+//! user, whose `/whoami` on any channel lists all four addresses and names the same direct
+//! conversation; each reply goes back to the channel and chat the command came from.
+
+use gateway_tests::fake_slack::{FakeSlack, Post, Signing as SlackSigning};
+use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram};
+use gateway_tests::fake_whatsapp::{FakeWhatsApp, SentMessage, Signing as WaSigning};
+use gateway_tests::{Gateway, GatewayOptions, TIMEOUT, WebChatClient};
+
+const TG_TOKEN: &str = "4242:telegram-test-token";
+const SLACK_BOT: &str = "xoxb-slack-test-token";
+const SLACK_APP: &str = "xapp-slack-test-token";
+const SLACK_SECRET: &str = "slack-signing-secret-42";
+const WA_TOKEN: &str = "EAAG-whatsapp-test-token";
+const WA_SECRET: &str = "wa-app-secret-42";
+const WA_VERIFY: &str = "wa-verify-token";
+const WA_NUMBER: &str = "106540352242922";
+
+struct Four {
+    gw: Gateway,
+    tg: FakeTelegram,
+    slack: FakeSlack,
+    wa: FakeWhatsApp,
+}
+
+async fn start() -> Four {
+    let tg = FakeTelegram::start(TG_TOKEN).await;
+    let slack = FakeSlack::start(SLACK_BOT, SLACK_APP, SLACK_SECRET).await;
+    let wa = FakeWhatsApp::start(WA_TOKEN, WA_NUMBER, WA_SECRET).await;
+    let mut opts = GatewayOptions::with_config(format!(
+        "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\n\n\
+         [channels.slack]\nenabled = true\nmode = \"events\"\nbot_token_env = \"SLACK_BOT_TOKEN\"\n\
+         signing_secret_env = \"SLACK_SIGNING_SECRET\"\napi_url = \"{}\"\n\n\
+         [channels.whatsapp]\nenabled = true\naccess_token_env = \"WA_TOKEN\"\napp_secret_env = \"WA_APP_SECRET\"\n\
+         verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"{WA_NUMBER}\"\napi_url = \"{}\"\n",
+        tg.api_url(),
+        slack.api_url(),
+        wa.api_url()
+    ));
+    for (k, v) in [
+        ("TG_TOKEN", TG_TOKEN),
+        ("SLACK_BOT_TOKEN", SLACK_BOT),
+        ("SLACK_SIGNING_SECRET", SLACK_SECRET),
+        ("WA_TOKEN", WA_TOKEN),
+        ("WA_APP_SECRET", WA_SECRET),
+        ("WA_VERIFY_TOKEN", WA_VERIFY),
+    ] {
+        opts.env.push((k.to_owned(), v.to_owned()));
+    }
+    let gw = Gateway::start(opts).await.expect("start gatewayd");
+    Four { gw, tg, slack, wa }
+}
+
+const TG_USER: i64 = 4242;
+const SLACK_USER: &str = "U0ADA";
+const SLACK_DM: &str = "D0ADA";
+const WA_USER: &str = "15550001111";
+
+impl Four {
+    /// `text` from the Telegram user in their private chat; the reply's text.
+    async fn telegram(&self, text: &str) -> String {
+        let chat = TG_USER.to_string();
+        let before = self
+            .tg
+            .sent_ok()
+            .iter()
+            .filter(|m| m.chat_id == chat)
+            .count();
+        self.tg.push_text(ChatSpec::private(TG_USER), TG_USER, text);
+        let sent = self
+            .tg
+            .wait_sent(
+                |s| s.iter().filter(|m| m.chat_id == chat).count() > before,
+                TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("Telegram reply to {text:?}: {e:#}"));
+        let replies: Vec<_> = sent.iter().filter(|m| m.chat_id == chat).collect();
+        replies[before].text.clone()
+    }
+
+    /// `text` from the Slack user in their DM with the bot; the reply's text.
+    async fn slack(&self, text: &str) -> String {
+        let of = |p: &[Post]| -> Vec<Post> {
+            p.iter()
+                .filter(|p| p.channel == SLACK_DM && p.is_success())
+                .cloned()
+                .collect()
+        };
+        let before = of(&self.slack.posts()).len();
+        let (body, _) = self
+            .slack
+            .message_event(SLACK_DM, "im", SLACK_USER, text, None);
+        let url = format!("{}/channels/slack/events", self.gw.http_base());
+        let (status, answer) = self
+            .slack
+            .deliver(&url, &body, SlackSigning::Correct, None)
+            .await
+            .expect("POST the event");
+        assert_eq!(status, 200, "{answer}");
+        let posts = self
+            .slack
+            .wait_posts(|p| of(p).len() > before, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("Slack reply to {text:?}: {e:#}"));
+        of(&posts)[before].text.clone()
+    }
+
+    /// `text` from the WhatsApp user; the reply's text.
+    async fn whatsapp(&self, text: &str) -> String {
+        let (wamid, envelope) = self.wa.text_message(WA_USER, "Ada L", text, None);
+        let url = format!("{}/channels/whatsapp/webhook", self.gw.http_base());
+        assert_eq!(self.wa.deliver(&url, &envelope, WaSigning::Good).await, 200);
+        let is_reply = |m: &SentMessage| {
+            m.to == WA_USER && m.is_success() && m.context_message_id.as_deref() == Some(&wamid)
+        };
+        let sent = self
+            .wa
+            .wait_sent(|s| s.iter().any(is_reply), TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("WhatsApp reply to {text:?}: {e:#}"));
+        sent.iter()
+            .find(|m| is_reply(m))
+            .map(|m| m.text.clone())
+            .expect("found by the wait")
+    }
+}
+
+/// Sends `text` on a WebChat socket; the text of its reply.
+async fn web(client: &mut WebChatClient, id: &str, text: &str) -> String {
+    client.send_message(id, text).await.expect("send");
+    let frames = client
+        .recv_until(|f| f["type"] == "message" && f["reply_to"] == id, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("WebChat reply to {text:?}: {e:#}"));
+    frames
+        .last()
+        .and_then(|f| f["text"].as_str())
+        .expect("reply frame has text")
+        .to_owned()
+}
+
+fn user_id(whoami: &str) -> u64 {
+    whoami
+        .strip_prefix("You are user ")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a /whoami reply: {whoami:?}"))
+}
+
+fn addresses(whoami: &str) -> Vec<String> {
+    let line = whoami
+        .lines()
+        .find_map(|l| l.strip_prefix("Linked addresses: "))
+        .unwrap_or_else(|| panic!("no `Linked addresses:` line in {whoami:?}"));
+    let mut out: Vec<String> = line.split(", ").map(str::to_owned).collect();
+    out.sort();
+    out
+}
+
+fn conversation(whoami: &str) -> String {
+    whoami
+        .lines()
+        .find_map(|l| l.strip_prefix("This conversation: "))
+        .unwrap_or_else(|| panic!("no `This conversation:` line in {whoami:?}"))
+        .to_owned()
+}
+
+fn code(reply: &str) -> String {
+    let code: String = reply
+        .strip_prefix("Your link code is ")
+        .unwrap_or_else(|| panic!("not a link-code reply: {reply:?}"))
+        .chars()
+        .take(8)
+        .collect();
+    assert_eq!(code.len(), 8, "{reply:?}");
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
+    let four = start().await;
+    let mut ada = WebChatClient::connect(&four.gw.ws_url("ada-web"))
+        .await
+        .expect("connect");
+
+    // Four addresses, four users.
+    let web_user = user_id(&web(&mut ada, "w1", "/whoami").await);
+    let others = [
+        user_id(&four.telegram("/whoami").await),
+        user_id(&four.slack("/whoami").await),
+        user_id(&four.whatsapp("/whoami").await),
+    ];
+    for other in others {
+        assert_ne!(other, web_user, "unknown addresses are isolated users");
+    }
+
+    // One code per link, each asked for on WebChat and used on another channel.
+    let linked = |address: &str| {
+        format!(
+            "Linked. {address} now belongs to user {web_user}, and your conversations are merged."
+        )
+    };
+    let c = code(&web(&mut ada, "w2", "/link").await);
+    assert_eq!(
+        four.telegram(&format!("/link {c}")).await,
+        linked(&format!("telegram:{TG_USER}"))
+    );
+    let c = code(&web(&mut ada, "w3", "/link").await);
+    assert_eq!(
+        four.slack(&format!("/link {c}")).await,
+        linked(&format!("slack:{SLACK_USER}"))
+    );
+    let c = code(&web(&mut ada, "w4", "/link").await);
+    assert_eq!(
+        four.whatsapp(&format!("/link {c}")).await,
+        linked(&format!("whatsapp:{WA_USER}"))
+    );
+
+    // Whichever channel asks, it is one user with four addresses and one direct conversation.
+    let all = {
+        let mut a = vec![
+            "webchat:ada-web".to_owned(),
+            format!("telegram:{TG_USER}"),
+            format!("slack:{SLACK_USER}"),
+            format!("whatsapp:{WA_USER}"),
+        ];
+        a.sort();
+        a
+    };
+    let answers = [
+        web(&mut ada, "w5", "/whoami").await,
+        four.telegram("/whoami").await,
+        four.slack("/whoami").await,
+        four.whatsapp("/whoami").await,
+    ];
+    for whoami in &answers {
+        assert_eq!(user_id(whoami), web_user, "{whoami}");
+        assert_eq!(addresses(whoami), all, "{whoami}");
+        assert_eq!(conversation(whoami), format!("user:{web_user}"), "{whoami}");
+    }
+
+    // A message on one channel is in the history the others see.
+    assert_eq!(four.slack("said on slack").await, "said on slack");
+    let history = four.whatsapp("/history").await;
+    assert!(history.contains("[slack] you: said on slack"), "{history}");
+}
