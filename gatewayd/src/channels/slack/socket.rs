@@ -11,6 +11,8 @@
 //! is the old one closed, so nothing crosses the switch unread. Liveness: a WebSocket Ping goes
 //! out every `ping_interval`; a socket from which nothing at all (no frame, no pong) arrived for
 //! `ping_interval` after a Ping is dead, and the attempt fails so `keep_connected` replaces it.
+//! The bot token is checked with `auth.test` before each connection, and a switch to the next
+//! socket leaves the channel's health as it is (a send refused for its credentials stays held).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -162,8 +164,10 @@ impl Connection for Socket {
     }
 
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
-        if self.identity.borrow().is_none() {
-            let bot = self.sender.auth_test().await?;
+        // The bot token is checked before each connection, so a refused one ends as an auth
+        // hold instead of a connected socket that cannot answer.
+        let bot = self.sender.auth_test().await?;
+        if self.identity.borrow().as_ref() != Some(&bot) {
             tracing::info!(message = "Slack bot identified.", user_id = %bot.user_id);
             self.identity.send_replace(Some(bot));
         }
@@ -201,13 +205,11 @@ impl Connection for Socket {
                                 r = f => r?,
                                 () = stopped(&mut link.shutdown) => return Ok(()),
                             };
-                            link.connected();
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             if let Some(f) = next.take() {
                                 ws = f.await?;
-                                link.connected();
                             } else {
                                 return Err(SendError::retryable(format!("the Socket Mode WebSocket failed: {e}")));
                             }
@@ -221,7 +223,6 @@ impl Connection for Socket {
                     awaiting_since = None;
                     tokio::spawn(async move { let _ = old.close(None).await; });
                     tracing::info!(message = "Slack Socket Mode switched to its new connection.");
-                    link.connected();
                 }
                 _ = ping.tick() => {
                     if let Some(since) = awaiting_since && since.elapsed() >= self.ping_interval {
