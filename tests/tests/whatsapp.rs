@@ -298,6 +298,54 @@ async fn signature_failures_are_refused_and_nothing_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_numbers_webhook_is_acknowledged_and_ignored() {
+    let s = start("").await;
+    let from = "15550003131";
+    let (_, mut env) =
+        s.wa.text_message(from, "Ada L", "for the other number", None);
+    env["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] =
+        serde_json::json!("999999999999999");
+    assert_eq!(
+        s.wa.deliver(&s.url(), &env, Signing::Good).await,
+        200,
+        "acknowledged, so Meta does not redeliver it"
+    );
+    s.barrier(from, "for this number").await;
+    assert_eq!(
+        s.agent_inputs(),
+        ["for this number"],
+        "another number's message reached no agent"
+    );
+    assert_eq!(
+        inspect::inbox(&s.gw, "whatsapp", from)
+            .await
+            .expect("ListInbox")
+            .len(),
+        1,
+        "and was not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_channel_answers_its_path_with_how_to_enable_it() {
+    let gw = Gateway::start(GatewayOptions::with_config(
+        "[channels.webchat]\nenabled = true\n",
+    ))
+    .await
+    .expect("start gatewayd");
+    let reply = gw
+        .post_json(WEBHOOK_PATH, &serde_json::json!({}))
+        .await
+        .expect("POST");
+    assert_eq!(reply.status, 404, "{}", reply.text);
+    assert!(
+        reply.text.contains("channels.whatsapp.enabled = true"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_message_is_answered_once() {
     let s = start("").await;
     let from = "15550001111";
