@@ -377,12 +377,18 @@ async fn a_long_reply_is_split_within_4096_characters() {
     assert!(expected.chars().count() > 2 * MAX_TEXT_CHARS);
     let id = s.send_text(from, &text).await;
     let want = squeeze(&expected);
-    let chunks = s
+    // A send is recorded on arrival, before it is answered: wait for the accepted ones.
+    let chunks: Vec<SentMessage> = s
         .wait_sent_to(from, "every chunk", |m| {
-            squeeze(&m.iter().map(|m| m.text.as_str()).collect::<String>()).len() >= want.len()
+            let accepted = m.iter().filter(|m| m.is_success());
+            squeeze(&accepted.map(|m| m.text.as_str()).collect::<String>()).len() >= want.len()
         })
-        .await;
+        .await
+        .into_iter()
+        .filter(SentMessage::is_success)
+        .collect();
     assert_eq!(chunks.len(), 3, "{chunks:#?}");
+    assert_eq!(s.wa.sent().len(), 3, "no chunk was refused or sent twice");
     for c in &chunks {
         assert!(c.is_success(), "{c:?}");
         let n = c.text.chars().count();
@@ -447,7 +453,14 @@ async fn rate_limit_codes_are_retried_then_delivered() {
     assert_eq!(tries.len(), 2, "{tries:#?}");
     assert_eq!(tries[0].status_returned, 0, "the first answer was lost");
     assert_eq!(s.wa.sent().iter().filter(|m| m.is_success()).count(), 7);
-    assert_eq!(s.listed().await["state"], "connected");
+    // The fake answers before the gateway reads the answer: wait for it to count the success.
+    poll_until_async(
+        TIMEOUT,
+        "the channel is connected after the retries",
+        || async { s.listed().await["state"] == "connected" },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", s.gw.stderr_tail(40)));
     let dead = s.gw.gatewayctl_json(&["deadletters", "list"]).await;
     assert_eq!(dead["total"], 0, "{dead}");
 }
