@@ -298,6 +298,54 @@ async fn signature_failures_are_refused_and_nothing_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_numbers_webhook_is_acknowledged_and_ignored() {
+    let s = start("").await;
+    let from = "15550003131";
+    let (_, mut env) =
+        s.wa.text_message(from, "Ada L", "for the other number", None);
+    env["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] =
+        serde_json::json!("999999999999999");
+    assert_eq!(
+        s.wa.deliver(&s.url(), &env, Signing::Good).await,
+        200,
+        "acknowledged, so Meta does not redeliver it"
+    );
+    s.barrier(from, "for this number").await;
+    assert_eq!(
+        s.agent_inputs(),
+        ["for this number"],
+        "another number's message reached no agent"
+    );
+    assert_eq!(
+        inspect::inbox(&s.gw, "whatsapp", from)
+            .await
+            .expect("ListInbox")
+            .len(),
+        1,
+        "and was not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_channel_answers_its_path_with_how_to_enable_it() {
+    let gw = Gateway::start(GatewayOptions::with_config(
+        "[channels.webchat]\nenabled = true\n",
+    ))
+    .await
+    .expect("start gatewayd");
+    let reply = gw
+        .post_json(WEBHOOK_PATH, &serde_json::json!({}))
+        .await
+        .expect("POST");
+    assert_eq!(reply.status, 404, "{}", reply.text);
+    assert!(
+        reply.text.contains("channels.whatsapp.enabled = true"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_message_is_answered_once() {
     let s = start("").await;
     let from = "15550001111";
@@ -329,12 +377,18 @@ async fn a_long_reply_is_split_within_4096_characters() {
     assert!(expected.chars().count() > 2 * MAX_TEXT_CHARS);
     let id = s.send_text(from, &text).await;
     let want = squeeze(&expected);
-    let chunks = s
+    // A send is recorded on arrival, before it is answered: wait for the accepted ones.
+    let chunks: Vec<SentMessage> = s
         .wait_sent_to(from, "every chunk", |m| {
-            squeeze(&m.iter().map(|m| m.text.as_str()).collect::<String>()).len() >= want.len()
+            let accepted = m.iter().filter(|m| m.is_success());
+            squeeze(&accepted.map(|m| m.text.as_str()).collect::<String>()).len() >= want.len()
         })
-        .await;
+        .await
+        .into_iter()
+        .filter(SentMessage::is_success)
+        .collect();
     assert_eq!(chunks.len(), 3, "{chunks:#?}");
+    assert_eq!(s.wa.sent().len(), 3, "no chunk was refused or sent twice");
     for c in &chunks {
         assert!(c.is_success(), "{c:?}");
         let n = c.text.chars().count();
@@ -399,7 +453,14 @@ async fn rate_limit_codes_are_retried_then_delivered() {
     assert_eq!(tries.len(), 2, "{tries:#?}");
     assert_eq!(tries[0].status_returned, 0, "the first answer was lost");
     assert_eq!(s.wa.sent().iter().filter(|m| m.is_success()).count(), 7);
-    assert_eq!(s.listed().await["state"], "connected");
+    // The fake answers before the gateway reads the answer: wait for it to count the success.
+    poll_until_async(
+        TIMEOUT,
+        "the channel is connected after the retries",
+        || async { s.listed().await["state"] == "connected" },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", s.gw.stderr_tail(40)));
     let dead = s.gw.gatewayctl_json(&["deadletters", "list"]).await;
     assert_eq!(dead["total"], 0, "{dead}");
 }

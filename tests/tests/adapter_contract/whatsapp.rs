@@ -82,10 +82,14 @@ impl PlatformSide for WhatsApp {
         pred: &dyn Fn(&[Sent]) -> bool,
     ) -> anyhow::Result<Vec<Sent>> {
         let to = self.chat_id(chat);
+        // Only accepted sends count: a send is recorded on arrival, before it is answered.
+        let accepted = |s: &[fake_whatsapp::SentMessage]| -> Vec<Sent> {
+            sent_in(s, &to).into_iter().filter(|s| s.ok).collect()
+        };
         self.wa
-            .wait_sent(|s| pred(&sent_in(s, &to)), TIMEOUT)
+            .wait_sent(|s| pred(&accepted(s)), TIMEOUT)
             .await
-            .map(|s| sent_in(&s, &to))
+            .map(|s| accepted(&s))
     }
 
     fn inject_fault(&self, _chat: Chat, fault: PlatformFault) {

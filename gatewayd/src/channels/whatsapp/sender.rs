@@ -362,6 +362,25 @@ mod tests {
     }
 
     #[test]
+    fn the_sender_declares_the_24_hour_window_and_the_4096_character_limit() {
+        let sender = WhatsAppSender::new(
+            "http://127.0.0.1:9/v21.0",
+            "106540352242922",
+            "token",
+            Duration::from_secs(1),
+        )
+        .expect("a client");
+        assert_eq!(sender.reply_window(), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            sender.split_limit(),
+            Some(Limit {
+                max: 4096,
+                unit: crate::send::Unit::Chars
+            })
+        );
+    }
+
+    #[test]
     fn the_first_chunk_of_a_reply_carries_the_context() {
         use crate::message::OutboundMessage;
         let msg = OutboundMessage {
