@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # missing, and only as root.
 need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then

@@ -20,7 +20,10 @@ fn numeric_keys() -> Vec<&'static NumericKey> {
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-const CHANNELS: [&str; 4] = ["webchat", "http", "telegram", "discord"];
+/// Every channel the registry knows: each has a `[rate_limits.<channel>]` table.
+fn channels() -> Vec<&'static str> {
+    gatewayd::channels::registry::names()
+}
 
 /// One generated value: its TOML text and whether the key's range admits it.
 #[derive(Debug, Clone)]
@@ -310,7 +313,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
         let mut keys = Keys::new();
         for (i, key) in numeric_keys().into_iter().enumerate() {
             let (inside, _) = edges(key.range);
-            for channel in CHANNELS {
+            for channel in channels() {
                 keys.insert(full_path(i, channel), inside[end].clone());
             }
         }
@@ -321,7 +324,7 @@ fn every_numeric_key_at_and_beyond_the_ends_of_its_range() {
         for (i, key) in numeric_keys().into_iter().enumerate() {
             let (_, outside) = edges(key.range);
             let value = outside.get(side).unwrap_or(&outside[0]);
-            for channel in CHANNELS {
+            for channel in channels() {
                 keys.insert(full_path(i, channel), value.clone());
             }
         }
@@ -338,13 +341,11 @@ fn cases() -> u32 {
 
 /// A few keys, each with a generated value (inside, at the ends of, or outside its range).
 fn generated_keys() -> impl Strategy<Value = Keys> {
-    let one = (
-        0..numeric_keys().len(),
-        prop::sample::select(CHANNELS.to_vec()),
-    )
-        .prop_flat_map(|(index, channel)| {
+    let one = (0..numeric_keys().len(), prop::sample::select(channels())).prop_flat_map(
+        |(index, channel)| {
             values(numeric_keys()[index].range).prop_map(move |v| (full_path(index, channel), v))
-        });
+        },
+    );
     prop::collection::vec(one, 1..6).prop_map(|pairs| {
         let mut keys = Keys::new();
         for (path, value) in pairs {
