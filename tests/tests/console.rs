@@ -243,3 +243,64 @@ async fn the_console_shows_a_session_and_evicts_it_with_e_y() {
         console.capture()
     );
 }
+
+/// The Channels tab shows each channel's health and last error, whatever the channel: here
+/// Slack (events mode, connected once `auth.test` passed) and WhatsApp, held as
+/// `reauth_needed` after the Cloud API refused its token with code 190.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_tab_shows_slack_and_whatsapp_health_and_last_error() {
+    use gateway_tests::fake_slack::FakeSlack;
+    use gateway_tests::fake_whatsapp::{FakeWhatsApp, Signing, WaFault};
+
+    let slack = FakeSlack::start("xoxb-console", "xapp-console", "slack-secret").await;
+    let wa = FakeWhatsApp::start("wa-console-token", "1065", "wa-secret").await;
+    wa.set_mode(Some(WaFault::Unauthorized));
+    let mut opts = GatewayOptions::with_config(format!(
+        "[channels.slack]\nenabled = true\nmode = \"events\"\nbot_token_env = \"SLACK_BOT_TOKEN\"\n\
+         signing_secret_env = \"SLACK_SIGNING_SECRET\"\napi_url = \"{}\"\n\n\
+         [channels.whatsapp]\nenabled = true\naccess_token_env = \"WA_TOKEN\"\napp_secret_env = \"WA_APP_SECRET\"\n\
+         verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"1065\"\napi_url = \"{}\"\n",
+        slack.api_url(),
+        wa.api_url()
+    ));
+    for (k, v) in [
+        ("SLACK_BOT_TOKEN", "xoxb-console"),
+        ("SLACK_SIGNING_SECRET", "slack-secret"),
+        ("WA_TOKEN", "wa-console-token"),
+        ("WA_APP_SECRET", "wa-secret"),
+        ("WA_VERIFY_TOKEN", "wa-verify"),
+    ] {
+        opts.env.push((k.to_owned(), v.to_owned()));
+    }
+    let gw = Gateway::start(opts).await.expect("start gatewayd");
+    // A WhatsApp message whose reply is refused for its token.
+    let (_, envelope) = wa.text_message("15550002222", "Bo", "hello", None);
+    let url = format!("{}/channels/whatsapp/webhook", gw.http_base());
+    assert_eq!(wa.deliver(&url, &envelope, Signing::Good).await, 200);
+
+    let console = Tmux::start(&format!(
+        "env -u GATEWAYCTL_TOKEN TERM=xterm-256color '{}' console --addr '{}'",
+        gatewayctl_bin().display(),
+        gw.admin_url()
+    ));
+    console
+        .wait_for("the console connects", |s| s.contains("connected to"))
+        .await;
+    console.keys(&["3"]);
+    let screen = console
+        .wait_for(
+            "the Channels tab shows slack connected and whatsapp held with its error",
+            |s| {
+                row(s, "slack").is_some_and(|l| l.contains("connected"))
+                    && row(s, "whatsapp").is_some_and(|l| l.contains("reauth") && l.contains("190"))
+            },
+        )
+        .await;
+    assert!(screen.contains("LAST ERROR"), "{screen}");
+    assert!(
+        !screen.contains("wa-console-token"),
+        "the token is never shown: {screen}"
+    );
+    println!("--- Channels tab ---\n{screen}");
+    console.keys(&["q"]);
+}
