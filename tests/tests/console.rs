@@ -292,7 +292,9 @@ async fn the_channels_tab_shows_slack_and_whatsapp_health_and_last_error() {
             "the Channels tab shows slack connected and whatsapp held with its error",
             |s| {
                 row(s, "slack").is_some_and(|l| l.contains("connected"))
-                    && row(s, "whatsapp").is_some_and(|l| l.contains("reauth") && l.contains("190"))
+                    && row(s, "whatsapp").is_some_and(|l| {
+                        l.contains("reauth_needed") && l.contains("authentication refused")
+                    })
             },
         )
         .await;
