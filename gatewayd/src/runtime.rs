@@ -299,6 +299,8 @@ impl Gateway {
             inbox: inbox.clone(),
             body_timeout: config.http.body_timeout.get(),
             receipts: crate::channels::adapter::Receipts::new(store.clone()),
+            cursors: crate::channels::adapter::Cursors::new(store.clone()),
+            inbound_kept: config.store.dedupe_window.get(),
         };
         let app = crate::http::router(
             crate::http::AppState {
@@ -320,6 +322,8 @@ impl Gateway {
                 health: HealthReporter::new(adapter.kind(), delivery.clone()),
                 shutdown: stop_server.subscribe(),
                 http: http_client.clone(),
+                cursors: hooks.cursors.clone(),
+                inbound_kept: hooks.inbound_kept,
             };
             background.push(adapter.start(ctx, &supervisor));
         }

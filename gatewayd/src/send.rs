@@ -15,10 +15,12 @@ use crate::message::{ChannelKind, OutboundMessage};
 /// How a channel measures its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
-    /// Unicode scalar values (Discord, Slack, WhatsApp, Signal).
+    /// Unicode scalar values (Discord, Slack, WhatsApp).
     Chars,
     /// UTF-16 code units (Telegram).
     Utf16,
+    /// Bytes of UTF-8 (Signal).
+    Utf8Bytes,
 }
 
 impl Unit {
@@ -27,6 +29,7 @@ impl Unit {
         match self {
             Self::Chars => s.chars().count(),
             Self::Utf16 => s.encode_utf16().count(),
+            Self::Utf8Bytes => s.len(),
         }
     }
 }

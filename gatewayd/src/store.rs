@@ -182,6 +182,20 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
     ) -> Result<Option<i64>, StoreError>;
 
+    /// Watermark `name` of `channel`: a durable number an adapter keeps beside the messages it
+    /// commits (where its catch-up starts: the platform time of the newest message it
+    /// committed). `None` until it is first advanced.
+    async fn cursor(&self, channel: ChannelKind, name: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Moves watermark `name` of `channel` to `value` when that is later than the stored value;
+    /// a watermark never moves back. Returns the value now stored.
+    async fn advance_cursor(
+        &self,
+        channel: ChannelKind,
+        name: &str,
+        value: i64,
+    ) -> Result<i64, StoreError>;
+
     /// Inbound messages without a finished turn, oldest first (replayed at start).
     async fn inbox_pending(&self) -> Result<Vec<PendingInbound>, StoreError>;
 

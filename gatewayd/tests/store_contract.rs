@@ -87,6 +87,7 @@ contract! {
         a_closed_store_refuses_writes,
         the_last_inbound_time_is_the_newest_message_of_that_chat_on_that_channel,
         receipts_land_on_their_row_only_move_forward_and_may_come_first,
+        cursors_only_move_forward_per_channel_and_name,
     ],
 }
 
@@ -1491,4 +1492,58 @@ async fn receipts_land_on_their_row_only_move_forward_and_may_come_first(store: 
         (Some(ReceiptStatus::Delivered), None)
     );
     assert_eq!(receipt(row.id).await.0, Some(ReceiptStatus::Failed));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adapters' watermarks.
+
+async fn cursors_only_move_forward_per_channel_and_name(store: &dyn Store) {
+    let bb = ChannelKind::new("imessage");
+    let signal = ChannelKind::new("signal");
+    assert_eq!(store.cursor(bb, "after").await.expect("read"), None);
+    assert_eq!(
+        store
+            .advance_cursor(bb, "after", 5_000)
+            .await
+            .expect("advance"),
+        5_000
+    );
+    assert_eq!(
+        store
+            .advance_cursor(bb, "after", 3_000)
+            .await
+            .expect("advance"),
+        5_000,
+        "an earlier value leaves the watermark where it is"
+    );
+    assert_eq!(store.cursor(bb, "after").await.expect("read"), Some(5_000));
+    assert_eq!(
+        store
+            .advance_cursor(bb, "after", 7_000)
+            .await
+            .expect("advance"),
+        7_000
+    );
+    assert_eq!(store.cursor(bb, "after").await.expect("read"), Some(7_000));
+    assert_eq!(
+        store.cursor(bb, "other").await.expect("read"),
+        None,
+        "names are apart"
+    );
+    assert_eq!(
+        store.cursor(signal, "after").await.expect("read"),
+        None,
+        "channels are apart"
+    );
+    let concurrent: Vec<_> = (1..=20)
+        .map(|i| store.advance_cursor(signal, "after", i * 100))
+        .collect();
+    for r in futures_util::future::join_all(concurrent).await {
+        r.expect("advance");
+    }
+    assert_eq!(
+        store.cursor(signal, "after").await.expect("read"),
+        Some(2_000),
+        "concurrent advances end at the largest"
+    );
 }

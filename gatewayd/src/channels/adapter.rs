@@ -104,6 +104,12 @@ pub struct WebhookCtx {
     pub body_timeout: Duration,
     /// Where the platform's receipts for sent messages go.
     pub receipts: Receipts,
+    /// The channels' durable watermarks (where a catch-up starts).
+    pub cursors: Cursors,
+    /// How long the inbox keeps a committed message's dedupe key (`store.dedupe_window`): a
+    /// platform's redelivery of a message older than this can no longer be recognised as a
+    /// repeat, so an adapter that receives replays drops such stale messages instead.
+    pub inbound_kept: Duration,
 }
 
 /// What a platform reports about messages it accepted (delivered, read, failed), recorded on
@@ -158,6 +164,53 @@ pub struct ListenerCtx {
     pub shutdown: watch::Receiver<bool>,
     /// The gateway's pooled HTTP client, for adapters that speak plain HTTP.
     pub http: reqwest::Client,
+    /// The channels' durable watermarks (where a catch-up starts).
+    pub cursors: Cursors,
+    /// How long the inbox keeps a committed message's dedupe key; see
+    /// [`WebhookCtx::inbound_kept`].
+    pub inbound_kept: Duration,
+}
+
+/// Durable watermarks an adapter keeps beside the messages it commits: one number per channel
+/// and name, such as the platform time of the newest committed message, from which the channel
+/// asks its platform for what arrived while the gateway was down. A watermark only moves
+/// forward. The only other part of the store an adapter sees.
+///
+/// Advance a watermark only after the messages it covers are committed: a crash in between then
+/// leaves it behind, the next catch-up fetches those messages again, and the inbox's dedupe
+/// absorbs them.
+#[derive(Clone)]
+pub struct Cursors {
+    store: SharedStore,
+}
+
+impl Cursors {
+    /// Watermarks kept in `store`.
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    /// Watermark `name` of `channel`; `None` until it is first advanced.
+    pub async fn get(&self, channel: ChannelKind, name: &str) -> Result<Option<i64>, String> {
+        self.store
+            .cursor(channel, name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Moves watermark `name` of `channel` to `value` if that is later; returns the value now
+    /// stored.
+    pub async fn advance(
+        &self,
+        channel: ChannelKind,
+        name: &str,
+        value: i64,
+    ) -> Result<i64, String> {
+        self.store
+            .advance_cursor(channel, name, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A channel's health, as its listener reports it: connected, failed (and when it tries

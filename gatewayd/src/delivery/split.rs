@@ -226,6 +226,34 @@ mod tests {
     }
 
     #[test]
+    fn signal_counts_utf8_bytes_and_keeps_graphemes_whole() {
+        // "é" as e + U+0301 is 3 bytes, each emoji 4: a limit of 8 bytes holds two of either,
+        // and the 18-byte family emoji is never cut.
+        let limit = Limit {
+            max: 8,
+            unit: Unit::Utf8Bytes,
+        };
+        check("😀😀😀", limit, &["😀😀", "😀"]);
+        check(
+            "e\u{301}e\u{301}e\u{301}",
+            limit,
+            &["e\u{301}e\u{301}", "e\u{301}"],
+        );
+        let family = "👨\u{200d}👩\u{200d}👧";
+        let chunks = check_invariants(
+            &format!("ab {family} cd"),
+            Limit {
+                max: 20,
+                unit: Unit::Utf8Bytes,
+            },
+        );
+        assert!(
+            chunks.iter().any(|c| c.body.contains(family)),
+            "the grapheme stays whole: {chunks:?}"
+        );
+    }
+
+    #[test]
     fn a_ten_thousand_character_word_is_cut_within_the_limit() {
         let word = "x".repeat(10_000);
         let chunks = check_invariants(&word, chars(2000));
@@ -268,9 +296,14 @@ mod tests {
         fn chunks_fit_and_concatenate_back(
             text in "(\\PC|\n|```|👨\u{200d}👩\u{200d}👧|🇫🇷|e\u{301}| ){0,400}",
             max in 1usize..300,
-            utf16 in any::<bool>(),
+            unit in 0u8..3,
         ) {
-            let limit = Limit { max: max.max(2), unit: if utf16 { Unit::Utf16 } else { Unit::Chars } };
+            // The widest grapheme the text can hold is the 18-byte family emoji.
+            let limit = match unit {
+                0 => Limit { max: max.max(2), unit: Unit::Chars },
+                1 => Limit { max: max.max(2), unit: Unit::Utf16 },
+                _ => Limit { max: max.max(18), unit: Unit::Utf8Bytes },
+            };
             let chunks = split_chunks(&text, limit);
             for c in &chunks {
                 prop_assert!(limit.unit.len(&c.text()) <= limit.max, "chunk {:?} over {}", c.text(), limit.max);

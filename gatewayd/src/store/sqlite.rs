@@ -22,8 +22,10 @@
 //!
 //! This file holds the handle, its connections and the [`Store`] implementation, which hands
 //! each operation to the submodule of its area: [`inbox`], [`transcript`] (turns and sessions),
-//! [`outbox`] (with dead letters), [`identity`] and [`runs`] (workflow runs).
+//! [`outbox`] (with dead letters), [`receipts`], [`cursors`] (adapters' watermarks),
+//! [`identity`] and [`runs`] (workflow runs).
 
+mod cursors;
 mod identity;
 mod inbox;
 mod migrations;
@@ -273,6 +275,19 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn cursor(&self, channel: ChannelKind, name: &str) -> Result<Option<i64>, StoreError> {
+        cursors::get(self, channel, name).await
+    }
+
+    async fn advance_cursor(
+        &self,
+        channel: ChannelKind,
+        name: &str,
+        value: i64,
+    ) -> Result<i64, StoreError> {
+        cursors::advance(self, channel, name, value).await
+    }
+
     async fn last_inbound_at(
         &self,
         channel: ChannelKind,

@@ -143,6 +143,15 @@ CREATE TABLE outbox_receipts (
 CREATE INDEX outbox_receipts_outbox ON outbox_receipts (outbox_id);
 CREATE INDEX inbox_chat ON inbox (channel, chat_id, received_at);
 "#,
+    r#"
+CREATE TABLE channel_cursors (
+    channel TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, name)
+);
+"#,
 ];
 
 /// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to

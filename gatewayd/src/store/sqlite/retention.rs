@@ -35,6 +35,7 @@ const TABLES: &[&str] = &[
     "outbox",
     "delivery_errors",
     "outbox_receipts",
+    "channel_cursors",
     "sessions",
     "users",
     "addresses",
