@@ -88,6 +88,7 @@ fn message(i: usize, n: u64) -> InboundMessage {
         text: "hello".to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: 1_700_000_000_000,
     }
 }

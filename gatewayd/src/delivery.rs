@@ -750,6 +750,7 @@ mod tests {
                 text: "hi".to_owned(),
                 reply_to: None,
                 attachments: Vec::new(),
+                sender_name: None,
                 received_at_ms: now_ms() - age,
             };
             store.inbox_commit(&msg).await.expect("commit");

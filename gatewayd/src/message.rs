@@ -188,6 +188,9 @@ pub struct InboundMessage {
     pub chat_type: ChatType,
     /// Who wrote it.
     pub sender_id: String,
+    /// The name the platform shows for the sender (Signal's `sourceName`, a Telegram first
+    /// name), when it gives one; informational only, never an identity.
+    pub sender_name: Option<String>,
     /// The text (or a media caption).
     pub text: String,
     /// The platform's id of the message this one replies to, if any.

@@ -111,6 +111,7 @@ fn msg(channel: ChannelKind, id: &str, sender: &str) -> InboundMessage {
         text: format!("text {id}"),
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: now_ms(),
     }
 }

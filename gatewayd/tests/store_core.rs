@@ -248,6 +248,7 @@ async fn the_database_is_the_file_store_path_names_relative_to_the_data_dir() {
         text: "hello".to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: 0,
     };
     let outcome = store.inbox_commit(&again).await.expect("commit");

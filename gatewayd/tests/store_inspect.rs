@@ -26,6 +26,7 @@ fn msg(channel: ChannelKind, id: &str, chat: &str, chat_type: ChatType) -> Inbou
         text: format!("text {id}"),
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: now_ms(),
     }
 }

@@ -288,6 +288,7 @@ pub(crate) fn normalize_message(
             .and_then(|r| r.message_id)
             .map(|id| id.get().to_string()),
         attachments,
+        sender_name: None,
         received_at_ms: now_ms(),
     })
 }

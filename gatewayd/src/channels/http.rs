@@ -165,6 +165,7 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         text,
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: now_ms(),
     })
 }

@@ -234,6 +234,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
         text,
         reply_to: m.reply_to_message().map(|r| format!("{chat}:{}", r.id.0)),
         attachments,
+        sender_name: None,
         received_at_ms: now_ms(),
     })
 }

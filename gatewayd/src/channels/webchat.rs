@@ -294,6 +294,7 @@ impl WebChat {
             text,
             reply_to: None,
             attachments: Vec::new(),
+            sender_name: None,
             received_at_ms: now_ms(),
         };
         match inbox.commit(msg).await {

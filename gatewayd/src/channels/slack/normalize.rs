@@ -154,6 +154,7 @@ pub fn normalize(
         text,
         reply_to,
         attachments,
+        sender_name: None,
         received_at_ms: now_ms(),
     })
 }

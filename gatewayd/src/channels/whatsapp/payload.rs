@@ -492,6 +492,7 @@ pub fn normalize(m: &Message) -> Option<InboundMessage> {
             .map(|c| c.id.clone())
             .filter(|id| !id.is_empty()),
         attachments,
+        sender_name: None,
         received_at_ms: now_ms(),
     })
 }

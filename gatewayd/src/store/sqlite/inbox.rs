@@ -30,8 +30,8 @@ pub(super) async fn commit(
                 .prepare_cached(
                     "INSERT OR IGNORE INTO inbox
                  (channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
-                  reply_to, attachments)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                  reply_to, attachments, sender_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -43,7 +43,8 @@ pub(super) async fn commit(
                         msg.text,
                         msg.received_at_ms,
                         msg.reply_to,
-                        attachments
+                        attachments,
+                        msg.sender_name
                     ])
                 })
                 .map_err(db)?;
@@ -69,7 +70,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
         let mut stmt = conn
             .prepare(
                 "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
-                        reply_to, attachments
+                        reply_to, attachments, sender_name
                  FROM inbox WHERE done = 0 ORDER BY id",
             )
             .map_err(db)?;
@@ -86,13 +87,25 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                     r.get::<_, i64>(7)?,
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(db)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, channel, mid, chat, chat_type, sender, text, at, reply_to, attachments) =
-                row.map_err(db)?;
+            let (
+                id,
+                channel,
+                mid,
+                chat,
+                chat_type,
+                sender,
+                text,
+                at,
+                reply_to,
+                attachments,
+                sender_name,
+            ) = row.map_err(db)?;
             let attachments = match attachments {
                 Some(json) => serde_json::from_str(&json).map_err(|e| {
                     StoreError::Database(format!("corrupt attachments of inbox row {id}: {e}"))
@@ -109,6 +122,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                         .parse::<ChatType>()
                         .map_err(StoreError::Database)?,
                     sender_id: sender,
+                    sender_name,
                     text,
                     reply_to,
                     attachments,

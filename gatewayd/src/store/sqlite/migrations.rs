@@ -151,6 +151,7 @@ CREATE TABLE channel_cursors (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (channel, name)
 );
+ALTER TABLE inbox ADD COLUMN sender_name TEXT;
 "#,
 ];
 

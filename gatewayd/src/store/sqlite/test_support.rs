@@ -19,6 +19,7 @@ pub(super) fn msg(id: &str, sender: &str) -> InboundMessage {
         text: format!("text {id}"),
         reply_to: None,
         attachments: Vec::new(),
+        sender_name: None,
         received_at_ms: now_ms(),
     }
 }
