@@ -699,6 +699,8 @@ pub struct InboxRecord {
     pub chat_type: String,
     /// The sender on that channel.
     pub sender_id: String,
+    /// The platform's display name of the sender, if it gave one.
+    pub sender_name: Option<String>,
     /// The text.
     pub text: String,
     /// The channel message id it replies to.

@@ -275,6 +275,7 @@ async fn pending_inbound_messages_come_back_whole_and_oldest_first(store: &dyn S
     ];
     let mut unicode = msg(ChannelKind::new("webchat"), "w1", "ana");
     unicode.text = "héllo 👋\nsecond line".to_owned();
+    unicode.sender_name = Some("Ana Lúcia".to_owned());
     let done = msg(ChannelKind::new("http"), "h1", "carl");
     let first = new_inbox_row(store, &group).await;
     let done_id = new_inbox_row(store, &done).await;

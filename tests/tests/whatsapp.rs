@@ -208,6 +208,10 @@ async fn a_direct_chat_round_trips_with_escaped_text_media_and_reply_context() {
         .expect("the message is stored under its wamid");
     assert_eq!(row.chat_type, "direct");
     assert_eq!(row.sender_id, from);
+    assert_eq!(
+        row.sender_name, "Ada L",
+        "the contact's profile name is kept as the sender's display name"
+    );
 
     // A captioned image replying to the gateway's reply: the caption is the text, the media id
     // an attachment, and `context.id` the reply reference.

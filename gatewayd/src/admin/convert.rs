@@ -494,6 +494,7 @@ pub fn inbox_entry(r: &crate::store::InboxRecord) -> pb::InboxEntry {
         chat_id: r.chat_id.clone(),
         chat_type: r.chat_type.clone(),
         sender_id: r.sender_id.clone(),
+        sender_name: r.sender_name.clone().unwrap_or_default(),
         text: r.text.clone(),
         reply_to: r.reply_to.clone().unwrap_or_default(),
         received_at_ms: r.received_at_ms,

@@ -288,7 +288,13 @@ pub(crate) fn normalize_message(
             .and_then(|r| r.message_id)
             .map(|id| id.get().to_string()),
         attachments,
-        sender_name: None,
+        sender_name: Some(
+            msg.author
+                .global_name
+                .clone()
+                .unwrap_or_else(|| msg.author.name.clone()),
+        )
+        .filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
     })
 }

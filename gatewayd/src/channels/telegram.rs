@@ -234,7 +234,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
         text,
         reply_to: m.reply_to_message().map(|r| format!("{chat}:{}", r.id.0)),
         attachments,
-        sender_name: None,
+        sender_name: Some(from.full_name()).filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
     })
 }

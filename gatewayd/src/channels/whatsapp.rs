@@ -381,12 +381,10 @@ async fn events(State(hook): State<Hook>, headers: HeaderMap, body: Body) -> Res
             continue;
         }
         for m in &value.messages {
-            let Some(msg) = payload::normalize(m) else {
+            let Some(mut msg) = payload::normalize(m) else {
                 continue;
             };
-            if let Some(name) = payload::display_name(value, &m.from) {
-                tracing::debug!(message = "WhatsApp sender profile.", channel = %KIND, sender_id = %m.from, display_name = %name);
-            }
+            msg.sender_name = payload::display_name(value, &m.from).map(str::to_owned);
             if let Err(e) = inbox.accept(msg).await {
                 tracing::error!(message = "Cannot commit a WhatsApp message; Meta will redeliver it.", channel = %KIND, message_id = %m.id, error = %e);
                 failed = true;
