@@ -13,6 +13,7 @@ pub mod fake_telegram;
 pub mod fake_whatsapp;
 pub mod gateway;
 pub mod inspect;
+pub mod replies;
 mod support;
 pub mod webchat;
 

@@ -113,11 +113,9 @@ async fn the_model_uses_the_built_in_tools() {
 
     // send_message to a user reaches their direct chat.
     let whoami = ask(&gw, &callback, "bob", "/whoami").await;
-    let user: i64 = whoami
-        .strip_prefix("You are user ")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("user id in {whoami:?}"));
+    let user: i64 = gateway_tests::replies::whoami_user(&whoami)
+        .try_into()
+        .expect("user id fits");
     llm.push_tool_call(
         "send_message",
         &json!({"text": "hello bob", "user_id": user}).to_string(),

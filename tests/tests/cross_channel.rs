@@ -8,6 +8,7 @@
 use gateway_tests::fake_slack::{FakeSlack, Post, Signing as SlackSigning};
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram};
 use gateway_tests::fake_whatsapp::{FakeWhatsApp, SentMessage, Signing as WaSigning};
+use gateway_tests::replies::{link_code, whoami_addresses, whoami_conversation, whoami_user};
 use gateway_tests::{Gateway, GatewayOptions, TIMEOUT, WebChatClient};
 
 const TG_TOKEN: &str = "4242:telegram-test-token";
@@ -143,43 +144,6 @@ async fn web(client: &mut WebChatClient, id: &str, text: &str) -> String {
         .to_owned()
 }
 
-fn user_id(whoami: &str) -> u64 {
-    whoami
-        .strip_prefix("You are user ")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a /whoami reply: {whoami:?}"))
-}
-
-fn addresses(whoami: &str) -> Vec<String> {
-    let line = whoami
-        .lines()
-        .find_map(|l| l.strip_prefix("Linked addresses: "))
-        .unwrap_or_else(|| panic!("no `Linked addresses:` line in {whoami:?}"));
-    let mut out: Vec<String> = line.split(", ").map(str::to_owned).collect();
-    out.sort();
-    out
-}
-
-fn conversation(whoami: &str) -> String {
-    whoami
-        .lines()
-        .find_map(|l| l.strip_prefix("This conversation: "))
-        .unwrap_or_else(|| panic!("no `This conversation:` line in {whoami:?}"))
-        .to_owned()
-}
-
-fn code(reply: &str) -> String {
-    let code: String = reply
-        .strip_prefix("Your link code is ")
-        .unwrap_or_else(|| panic!("not a link-code reply: {reply:?}"))
-        .chars()
-        .take(8)
-        .collect();
-    assert_eq!(code.len(), 8, "{reply:?}");
-    code
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     let four = start().await;
@@ -188,11 +152,11 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         .expect("connect");
 
     // Four addresses, four users.
-    let web_user = user_id(&web(&mut ada, "w1", "/whoami").await);
+    let web_user = whoami_user(&web(&mut ada, "w1", "/whoami").await);
     let others = [
-        user_id(&four.telegram("/whoami").await),
-        user_id(&four.slack("/whoami").await),
-        user_id(&four.whatsapp("/whoami").await),
+        whoami_user(&four.telegram("/whoami").await),
+        whoami_user(&four.slack("/whoami").await),
+        whoami_user(&four.whatsapp("/whoami").await),
     ];
     for other in others {
         assert_ne!(other, web_user, "unknown addresses are isolated users");
@@ -204,17 +168,17 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
             "Linked. {address} now belongs to user {web_user}, and your conversations are merged."
         )
     };
-    let c = code(&web(&mut ada, "w2", "/link").await);
+    let c = link_code(&web(&mut ada, "w2", "/link").await);
     assert_eq!(
         four.telegram(&format!("/link {c}")).await,
         linked(&format!("telegram:{TG_USER}"))
     );
-    let c = code(&web(&mut ada, "w3", "/link").await);
+    let c = link_code(&web(&mut ada, "w3", "/link").await);
     assert_eq!(
         four.slack(&format!("/link {c}")).await,
         linked(&format!("slack:{SLACK_USER}"))
     );
-    let c = code(&web(&mut ada, "w4", "/link").await);
+    let c = link_code(&web(&mut ada, "w4", "/link").await);
     assert_eq!(
         four.whatsapp(&format!("/link {c}")).await,
         linked(&format!("whatsapp:{WA_USER}"))
@@ -238,9 +202,13 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         four.whatsapp("/whoami").await,
     ];
     for whoami in &answers {
-        assert_eq!(user_id(whoami), web_user, "{whoami}");
-        assert_eq!(addresses(whoami), all, "{whoami}");
-        assert_eq!(conversation(whoami), format!("user:{web_user}"), "{whoami}");
+        assert_eq!(whoami_user(whoami), web_user, "{whoami}");
+        assert_eq!(whoami_addresses(whoami), all, "{whoami}");
+        assert_eq!(
+            whoami_conversation(whoami),
+            format!("user:{web_user}"),
+            "{whoami}"
+        );
     }
 
     // A message on one channel is in the history the others see.

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use gateway_tests::replies::{link_code, whoami_addresses, whoami_conversation, whoami_user};
 use gateway_tests::{FakeCallback, Gateway, GatewayOptions, TIMEOUT, WebChatClient};
 use serde_json::json;
 
@@ -108,58 +109,6 @@ async fn ask_web(web: &mut WebChatClient, text: &str) -> String {
         .to_owned()
 }
 
-/// The user id from a `/whoami` reply (`You are user N.\n…`).
-fn user_id(whoami: &str) -> u64 {
-    whoami
-        .strip_prefix("You are user ")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a /whoami reply: {whoami:?}"))
-}
-
-/// The sorted addresses from a `/whoami` reply's `Linked addresses:` line.
-fn addresses(whoami: &str) -> Vec<String> {
-    let line = whoami
-        .lines()
-        .find_map(|l| l.strip_prefix("Linked addresses: "))
-        .unwrap_or_else(|| panic!("no `Linked addresses:` line in {whoami:?}"));
-    let mut out: Vec<String> = line.split(", ").map(str::to_owned).collect();
-    out.sort();
-    out
-}
-
-/// The `This conversation:` line of a `/whoami` reply.
-fn conversation(whoami: &str) -> String {
-    whoami
-        .lines()
-        .find_map(|l| l.strip_prefix("This conversation: "))
-        .unwrap_or_else(|| panic!("no `This conversation:` line in {whoami:?}"))
-        .to_owned()
-}
-
-/// The code from a `/link` reply, checked against the documented format.
-fn link_code(reply: &str) -> String {
-    let code: String = reply
-        .strip_prefix("Your link code is ")
-        .unwrap_or_else(|| panic!("not a link-code reply: {reply:?}"))
-        .chars()
-        .take(8)
-        .collect();
-    assert_eq!(code.len(), 8, "{reply:?}");
-    assert!(
-        code.chars()
-            .all(|c| c.is_ascii_uppercase() || ('2'..='9').contains(&c)),
-        "code is 8 characters of A-Z2-9: {code:?}"
-    );
-    assert_eq!(
-        reply,
-        format!(
-            "Your link code is {code}. Send /link {code} from your other channel within 10 minutes. It works once."
-        )
-    );
-    code
-}
-
 fn history(lines: &[&str]) -> String {
     format!("History (oldest first):\n{}", lines.join("\n"))
 }
@@ -185,14 +134,20 @@ async fn unknown_addresses_are_isolated_users() {
     let who_a = alice.ask(&gw, &callback, "/whoami").await;
     let who_b = bob.ask(&gw, &callback, "/whoami").await;
     assert_ne!(
-        user_id(&who_a),
-        user_id(&who_b),
+        whoami_user(&who_a),
+        whoami_user(&who_b),
         "two unknown addresses are two users: {who_a:?} / {who_b:?}"
     );
-    assert_eq!(addresses(&who_a), ["http:alice"]);
-    assert_eq!(addresses(&who_b), ["http:bob"]);
-    assert_eq!(conversation(&who_a), format!("user:{}", user_id(&who_a)));
-    assert_eq!(conversation(&who_b), format!("user:{}", user_id(&who_b)));
+    assert_eq!(whoami_addresses(&who_a), ["http:alice"]);
+    assert_eq!(whoami_addresses(&who_b), ["http:bob"]);
+    assert_eq!(
+        whoami_conversation(&who_a),
+        format!("user:{}", whoami_user(&who_a))
+    );
+    assert_eq!(
+        whoami_conversation(&who_b),
+        format!("user:{}", whoami_user(&who_b))
+    );
 
     assert_eq!(
         alice.ask(&gw, &callback, "/history").await,
@@ -222,8 +177,8 @@ async fn linking_webchat_and_http_makes_one_user_with_one_history() {
         http.ask(&gw, &callback, "written over http").await,
         "written over http"
     );
-    let web_user = user_id(&ask_web(&mut web, "/whoami").await);
-    let http_user = user_id(&http.ask(&gw, &callback, "/whoami").await);
+    let web_user = whoami_user(&ask_web(&mut web, "/whoami").await);
+    let http_user = whoami_user(&http.ask(&gw, &callback, "/whoami").await);
     assert_ne!(web_user, http_user, "not linked yet");
 
     let code = link_code(&ask_web(&mut web, "/link").await);
@@ -238,15 +193,19 @@ async fn linking_webchat_and_http_makes_one_user_with_one_history() {
     // Both sides are now the same user, with both addresses.
     let who_web = ask_web(&mut web, "/whoami").await;
     let who_http = http.ask(&gw, &callback, "/whoami").await;
-    assert_eq!(user_id(&who_web), web_user, "{who_web:?}");
-    assert_eq!(user_id(&who_http), web_user, "{who_http:?}");
+    assert_eq!(whoami_user(&who_web), web_user, "{who_web:?}");
+    assert_eq!(whoami_user(&who_http), web_user, "{who_http:?}");
     for who in [&who_web, &who_http] {
         assert_eq!(
-            addresses(who),
+            whoami_addresses(who),
             ["http:carol-h", "webchat:web-carol"],
             "{who:?}"
         );
-        assert_eq!(conversation(who), format!("user:{web_user}"), "{who:?}");
+        assert_eq!(
+            whoami_conversation(who),
+            format!("user:{web_user}"),
+            "{who:?}"
+        );
     }
 
     // The HTTP side sees both earlier conversations, merged in time order.
@@ -287,7 +246,7 @@ async fn link_codes_work_once_and_wrong_guesses_lock_out() {
     let eve = HttpChat::direct("eve");
     let mallory = HttpChat::direct("mallory");
 
-    let web_user = user_id(&ask_web(&mut web, "/whoami").await);
+    let web_user = whoami_user(&ask_web(&mut web, "/whoami").await);
     let code = link_code(&ask_web(&mut web, "/link").await);
     let linked = dora.ask(&gw, &callback, &format!("/link {code}")).await;
     assert!(linked.starts_with("Linked. http:dora-h"), "{linked:?}");
@@ -299,8 +258,8 @@ async fn link_codes_work_once_and_wrong_guesses_lock_out() {
         "a code works once: {reused:?}"
     );
     let who_eve = eve.ask(&gw, &callback, "/whoami").await;
-    assert_ne!(user_id(&who_eve), web_user, "eve was not linked");
-    assert_eq!(addresses(&who_eve), ["http:eve"]);
+    assert_ne!(whoami_user(&who_eve), web_user, "eve was not linked");
+    assert_eq!(whoami_addresses(&who_eve), ["http:eve"]);
 
     // Five wrong codes lock mallory out, even for a code that is valid afterwards.
     // ('0' is not in the code alphabet, so these can never be real codes.)
@@ -321,12 +280,19 @@ async fn link_codes_work_once_and_wrong_guesses_lock_out() {
         "locked out after 5 wrong codes: {locked:?}"
     );
     let who_mallory = mallory.ask(&gw, &callback, "/whoami").await;
-    assert_ne!(user_id(&who_mallory), web_user, "mallory was not linked");
-    assert_eq!(addresses(&who_mallory), ["http:mallory"]);
+    assert_ne!(
+        whoami_user(&who_mallory),
+        web_user,
+        "mallory was not linked"
+    );
+    assert_eq!(whoami_addresses(&who_mallory), ["http:mallory"]);
 
     // The linked pair is unaffected.
     let who_web = ask_web(&mut web, "/whoami").await;
-    assert_eq!(addresses(&who_web), ["http:dora-h", "webchat:web-dora"]);
+    assert_eq!(
+        whoami_addresses(&who_web),
+        ["http:dora-h", "webchat:web-dora"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +310,7 @@ async fn unlink_gives_the_address_a_new_user_and_the_history_stays() {
     let linked = http.ask(&gw, &callback, &format!("/link {code}")).await;
     assert!(linked.starts_with("Linked. "), "{linked:?}");
     assert_eq!(http.ask(&gw, &callback, "http two").await, "http two");
-    let shared_user = user_id(&http.ask(&gw, &callback, "/whoami").await);
+    let shared_user = whoami_user(&http.ask(&gw, &callback, "/whoami").await);
     let shared = history(&[
         "[webchat] you: web one",
         "[webchat] agent: web one",
@@ -370,9 +336,9 @@ async fn unlink_gives_the_address_a_new_user_and_the_history_stays() {
     );
 
     let who_http = http.ask(&gw, &callback, "/whoami").await;
-    assert_eq!(user_id(&who_http), new_user, "{who_http:?}");
-    assert_eq!(addresses(&who_http), ["http:finn-h"]);
-    assert_eq!(conversation(&who_http), format!("user:{new_user}"));
+    assert_eq!(whoami_user(&who_http), new_user, "{who_http:?}");
+    assert_eq!(whoami_addresses(&who_http), ["http:finn-h"]);
+    assert_eq!(whoami_conversation(&who_http), format!("user:{new_user}"));
     assert_eq!(
         http.ask(&gw, &callback, "/history").await,
         NO_HISTORY,
@@ -380,8 +346,8 @@ async fn unlink_gives_the_address_a_new_user_and_the_history_stays() {
     );
 
     let who_web = ask_web(&mut web, "/whoami").await;
-    assert_eq!(user_id(&who_web), shared_user, "{who_web:?}");
-    assert_eq!(addresses(&who_web), ["webchat:web-finn"]);
+    assert_eq!(whoami_user(&who_web), shared_user, "{who_web:?}");
+    assert_eq!(whoami_addresses(&who_web), ["webchat:web-finn"]);
     assert_eq!(
         ask_web(&mut web, "/history").await,
         shared,
@@ -439,18 +405,24 @@ async fn group_chats_have_their_own_session_and_never_merge_with_direct_chats() 
     let who_group = alice_group.ask(&gw, &callback, "/whoami").await;
     let who_dm = alice_dm.ask(&gw, &callback, "/whoami").await;
     assert_eq!(
-        conversation(&who_group),
+        whoami_conversation(&who_group),
         "group:http:team-1 (a group chat has its own session)"
     );
     assert_eq!(
-        user_id(&who_group),
-        user_id(&who_dm),
+        whoami_user(&who_group),
+        whoami_user(&who_dm),
         "the sender is the same user in the group and in the direct chat"
     );
-    assert_eq!(conversation(&who_dm), format!("user:{}", user_id(&who_dm)));
+    assert_eq!(
+        whoami_conversation(&who_dm),
+        format!("user:{}", whoami_user(&who_dm))
+    );
     let who_bob = bob_group.ask(&gw, &callback, "/whoami").await;
-    assert_eq!(conversation(&who_bob), conversation(&who_group));
-    assert_ne!(user_id(&who_bob), user_id(&who_group));
+    assert_eq!(
+        whoami_conversation(&who_bob),
+        whoami_conversation(&who_group)
+    );
+    assert_ne!(whoami_user(&who_bob), whoami_user(&who_group));
 
     // The direct chat has only its own messages, and the group never sees them.
     assert_eq!(
@@ -475,7 +447,7 @@ async fn group_chats_have_their_own_session_and_never_merge_with_direct_chats() 
         );
     }
     assert_eq!(
-        addresses(&alice_dm.ask(&gw, &callback, "/whoami").await),
+        whoami_addresses(&alice_dm.ask(&gw, &callback, "/whoami").await),
         ["http:alice"]
     );
 }

@@ -124,11 +124,7 @@ async fn lru_eviction_loses_nothing() {
     // Three users with room for two: alice's session, the least recently used when carol
     // arrived, was evicted (and so her history above came back from the store).
     let whoami = ask(&gw, &callback, "alice", "/whoami").await;
-    let alice: u64 = whoami
-        .strip_prefix("You are user ")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a /whoami reply: {whoami:?}"));
+    let alice: u64 = gateway_tests::replies::whoami_user(&whoami);
     let lru = evictions(&gw, "lru");
     assert!(
         lru.iter()
