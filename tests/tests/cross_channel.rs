@@ -1,10 +1,12 @@
-//! One person across four channels, through the real `gatewayd` with the echo agent: WebChat,
-//! Telegram (long polling on `FakeTelegram`), Slack (the Events API from `FakeSlack`) and
-//! WhatsApp (the Cloud API webhook from `FakeWhatsApp`). Before linking, each address is a user
-//! of its own; `/link` on WebChat and `/link CODE` on each of the other three join them into one
-//! user, whose `/whoami` on any channel lists all four addresses and names the same direct
-//! conversation; each reply goes back to the channel and chat the command came from.
+//! One person across the channels, through the real `gatewayd` with the echo agent: WebChat,
+//! Telegram (long polling on `FakeTelegram`), Discord (the gateway and REST of `FakeDiscord`),
+//! Slack (the Events API from `FakeSlack`) and WhatsApp (the Cloud API webhook from
+//! `FakeWhatsApp`). Before linking, each address is a user of its own; `/link` on WebChat and
+//! `/link CODE` on each of the others join them into one user, whose `/whoami` on any channel
+//! lists every address and names the same direct conversation; each reply goes back to the
+//! channel and chat the command came from.
 
+use gateway_tests::fake_discord::FakeDiscord;
 use gateway_tests::fake_slack::{FakeSlack, Post, Signing as SlackSigning};
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram};
 use gateway_tests::fake_whatsapp::{FakeWhatsApp, SentMessage, Signing as WaSigning};
@@ -12,6 +14,7 @@ use gateway_tests::replies::{link_code, whoami_addresses, whoami_conversation, w
 use gateway_tests::{Gateway, GatewayOptions, TIMEOUT, WebChatClient};
 
 const TG_TOKEN: &str = "4242:telegram-test-token";
+const DC_TOKEN: &str = "discord-test-token";
 const SLACK_BOT: &str = "xoxb-slack-test-token";
 const SLACK_APP: &str = "xapp-slack-test-token";
 const SLACK_SECRET: &str = "slack-signing-secret-42";
@@ -20,29 +23,34 @@ const WA_SECRET: &str = "wa-app-secret-42";
 const WA_VERIFY: &str = "wa-verify-token";
 const WA_NUMBER: &str = "106540352242922";
 
-struct Four {
+struct Channels {
     gw: Gateway,
     tg: FakeTelegram,
+    dc: FakeDiscord,
     slack: FakeSlack,
     wa: FakeWhatsApp,
 }
 
-async fn start() -> Four {
+async fn start() -> Channels {
     let tg = FakeTelegram::start(TG_TOKEN).await;
+    let dc = FakeDiscord::start(DC_TOKEN).await;
     let slack = FakeSlack::start(SLACK_BOT, SLACK_APP, SLACK_SECRET).await;
     let wa = FakeWhatsApp::start(WA_TOKEN, WA_NUMBER, WA_SECRET).await;
     let mut opts = GatewayOptions::with_config(format!(
         "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\n\n\
+         [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n\n\
          [channels.slack]\nenabled = true\nmode = \"events\"\nbot_token_env = \"SLACK_BOT_TOKEN\"\n\
          signing_secret_env = \"SLACK_SIGNING_SECRET\"\napi_url = \"{}\"\n\n\
          [channels.whatsapp]\nenabled = true\naccess_token_env = \"WA_TOKEN\"\napp_secret_env = \"WA_APP_SECRET\"\n\
          verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"{WA_NUMBER}\"\napi_url = \"{}\"\n",
         tg.api_url(),
+        dc.url(),
         slack.api_url(),
         wa.api_url()
     ));
     for (k, v) in [
         ("TG_TOKEN", TG_TOKEN),
+        ("DC_TOKEN", DC_TOKEN),
         ("SLACK_BOT_TOKEN", SLACK_BOT),
         ("SLACK_SIGNING_SECRET", SLACK_SECRET),
         ("WA_TOKEN", WA_TOKEN),
@@ -52,15 +60,26 @@ async fn start() -> Four {
         opts.env.push((k.to_owned(), v.to_owned()));
     }
     let gw = Gateway::start(opts).await.expect("start gatewayd");
-    Four { gw, tg, slack, wa }
+    dc.wait_identified(TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr_tail(40)));
+    Channels {
+        gw,
+        tg,
+        dc,
+        slack,
+        wa,
+    }
 }
 
 const TG_USER: i64 = 4242;
+const DC_USER: u64 = 80_001;
+const DC_DM: u64 = 80_101;
 const SLACK_USER: &str = "U0ADA";
 const SLACK_DM: &str = "D0ADA";
 const WA_USER: &str = "15550001111";
 
-impl Four {
+impl Channels {
     /// `text` from the Telegram user in their private chat; the reply's text.
     async fn telegram(&self, text: &str) -> String {
         let chat = TG_USER.to_string();
@@ -81,6 +100,23 @@ impl Four {
             .unwrap_or_else(|e| panic!("Telegram reply to {text:?}: {e:#}"));
         let replies: Vec<_> = sent.iter().filter(|m| m.chat_id == chat).collect();
         replies[before].text.clone()
+    }
+
+    /// `text` from the Discord user in their DM with the bot; the reply's text.
+    async fn discord(&self, text: &str) -> String {
+        let id = self.dc.push_dm(DC_DM, DC_USER, text);
+        let is_reply = |m: &gateway_tests::fake_discord::SentMessage| {
+            m.channel_id == DC_DM && m.reference_message_id == Some(id)
+        };
+        let sent = self
+            .dc
+            .wait_sent(|s| s.iter().any(is_reply), TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("Discord reply to {text:?}: {e:#}"));
+        sent.iter()
+            .find(|m| is_reply(m))
+            .map(|m| m.content.clone())
+            .expect("found by the wait")
     }
 
     /// `text` from the Slack user in their DM with the bot; the reply's text.
@@ -146,17 +182,18 @@ async fn web(client: &mut WebChatClient, id: &str, text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
-    let four = start().await;
-    let mut ada = WebChatClient::connect(&four.gw.ws_url("ada-web"))
+    let ch = start().await;
+    let mut ada = WebChatClient::connect(&ch.gw.ws_url("ada-web"))
         .await
         .expect("connect");
 
-    // Four addresses, four users.
+    // One user per address.
     let web_user = whoami_user(&web(&mut ada, "w1", "/whoami").await);
     let others = [
-        whoami_user(&four.telegram("/whoami").await),
-        whoami_user(&four.slack("/whoami").await),
-        whoami_user(&four.whatsapp("/whoami").await),
+        whoami_user(&ch.telegram("/whoami").await),
+        whoami_user(&ch.discord("/whoami").await),
+        whoami_user(&ch.slack("/whoami").await),
+        whoami_user(&ch.whatsapp("/whoami").await),
     ];
     for other in others {
         assert_ne!(other, web_user, "unknown addresses are isolated users");
@@ -170,25 +207,31 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     };
     let c = link_code(&web(&mut ada, "w2", "/link").await);
     assert_eq!(
-        four.telegram(&format!("/link {c}")).await,
+        ch.telegram(&format!("/link {c}")).await,
         linked(&format!("telegram:{TG_USER}"))
+    );
+    let c = link_code(&web(&mut ada, "w3d", "/link").await);
+    assert_eq!(
+        ch.discord(&format!("/link {c}")).await,
+        linked(&format!("discord:{DC_USER}"))
     );
     let c = link_code(&web(&mut ada, "w3", "/link").await);
     assert_eq!(
-        four.slack(&format!("/link {c}")).await,
+        ch.slack(&format!("/link {c}")).await,
         linked(&format!("slack:{SLACK_USER}"))
     );
     let c = link_code(&web(&mut ada, "w4", "/link").await);
     assert_eq!(
-        four.whatsapp(&format!("/link {c}")).await,
+        ch.whatsapp(&format!("/link {c}")).await,
         linked(&format!("whatsapp:{WA_USER}"))
     );
 
-    // Whichever channel asks, it is one user with four addresses and one direct conversation.
+    // Whichever channel asks, it is one user with every address and one direct conversation.
     let all = {
         let mut a = vec![
             "webchat:ada-web".to_owned(),
             format!("telegram:{TG_USER}"),
+            format!("discord:{DC_USER}"),
             format!("slack:{SLACK_USER}"),
             format!("whatsapp:{WA_USER}"),
         ];
@@ -197,9 +240,10 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     };
     let answers = [
         web(&mut ada, "w5", "/whoami").await,
-        four.telegram("/whoami").await,
-        four.slack("/whoami").await,
-        four.whatsapp("/whoami").await,
+        ch.telegram("/whoami").await,
+        ch.discord("/whoami").await,
+        ch.slack("/whoami").await,
+        ch.whatsapp("/whoami").await,
     ];
     for whoami in &answers {
         assert_eq!(whoami_user(whoami), web_user, "{whoami}");
@@ -212,7 +256,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     }
 
     // A message on one channel is in the history the others see.
-    assert_eq!(four.slack("said on slack").await, "said on slack");
-    let history = four.whatsapp("/history").await;
+    assert_eq!(ch.slack("said on slack").await, "said on slack");
+    let history = ch.whatsapp("/history").await;
     assert!(history.contains("[slack] you: said on slack"), "{history}");
 }
