@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod discord;
 pub mod http;
 pub mod registry;
+pub mod signal;
 pub mod slack;
 pub mod supervise;
 pub mod telegram;

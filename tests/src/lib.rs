@@ -8,6 +8,7 @@
 pub mod fake_callback;
 pub mod fake_discord;
 pub mod fake_openai;
+pub mod fake_signal;
 pub mod fake_slack;
 pub mod fake_telegram;
 pub mod fake_whatsapp;

@@ -54,6 +54,8 @@ use tonic::transport::Channel;
 mod discord;
 #[path = "adapter_contract/http.rs"]
 mod http;
+#[path = "adapter_contract/signal.rs"]
+mod signal;
 #[path = "adapter_contract/slack.rs"]
 mod slack;
 #[path = "adapter_contract/telegram.rs"]
@@ -86,6 +88,7 @@ adapters! {
     discord_passes_the_adapter_contract => discord::Discord,
     slack_passes_the_adapter_contract => slack::Slack,
     whatsapp_passes_the_adapter_contract => whatsapp::WhatsApp,
+    signal_passes_the_adapter_contract => signal::Signal,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,6 +484,7 @@ trait PlatformSide: Sized {
 enum Unit {
     Chars,
     Utf16,
+    Utf8Bytes,
 }
 
 impl Unit {
@@ -488,6 +492,7 @@ impl Unit {
         match self {
             Unit::Chars => s.chars().count(),
             Unit::Utf16 => s.encode_utf16().count(),
+            Unit::Utf8Bytes => s.len(),
         }
     }
 }
