@@ -1,12 +1,13 @@
 //! One person across the channels, through the real `gatewayd` with the echo agent: WebChat,
 //! Telegram (long polling on `FakeTelegram`), Discord (the gateway and REST of `FakeDiscord`),
-//! Slack (the Events API from `FakeSlack`) and WhatsApp (the Cloud API webhook from
-//! `FakeWhatsApp`). Before linking, each address is a user of its own; `/link` on WebChat and
+//! Slack (the Events API from `FakeSlack`), WhatsApp (the Cloud API webhook from
+//! `FakeWhatsApp`) and Signal (the event stream of `FakeSignal`). Before linking, each address is a user of its own; `/link` on WebChat and
 //! `/link CODE` on each of the others join them into one user, whose `/whoami` on any channel
 //! lists every address and names the same direct conversation; each reply goes back to the
 //! channel and chat the command came from.
 
 use gateway_tests::fake_discord::FakeDiscord;
+use gateway_tests::fake_signal::{self, FakeSignal};
 use gateway_tests::fake_slack::{FakeSlack, Post, Signing as SlackSigning};
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram};
 use gateway_tests::fake_whatsapp::{FakeWhatsApp, SentMessage, Signing as WaSigning};
@@ -22,6 +23,7 @@ const WA_TOKEN: &str = "EAAG-whatsapp-test-token";
 const WA_SECRET: &str = "wa-app-secret-42";
 const WA_VERIFY: &str = "wa-verify-token";
 const WA_NUMBER: &str = "106540352242922";
+const SIGNAL_ACCOUNT: &str = "+15550009999";
 
 struct Channels {
     gw: Gateway,
@@ -29,6 +31,7 @@ struct Channels {
     dc: FakeDiscord,
     slack: FakeSlack,
     wa: FakeWhatsApp,
+    sig: FakeSignal,
 }
 
 async fn start() -> Channels {
@@ -36,17 +39,20 @@ async fn start() -> Channels {
     let dc = FakeDiscord::start(DC_TOKEN).await;
     let slack = FakeSlack::start(SLACK_BOT, SLACK_APP, SLACK_SECRET).await;
     let wa = FakeWhatsApp::start(WA_TOKEN, WA_NUMBER, WA_SECRET).await;
+    let sig = FakeSignal::start(SIGNAL_ACCOUNT).await;
     let mut opts = GatewayOptions::with_config(format!(
         "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\n\n\
          [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n\n\
          [channels.slack]\nenabled = true\nmode = \"events\"\nbot_token_env = \"SLACK_BOT_TOKEN\"\n\
          signing_secret_env = \"SLACK_SIGNING_SECRET\"\napi_url = \"{}\"\n\n\
          [channels.whatsapp]\nenabled = true\naccess_token_env = \"WA_TOKEN\"\napp_secret_env = \"WA_APP_SECRET\"\n\
-         verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"{WA_NUMBER}\"\napi_url = \"{}\"\n",
+         verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"{WA_NUMBER}\"\napi_url = \"{}\"\n\n\
+         [channels.signal]\nenabled = true\naccount = \"{SIGNAL_ACCOUNT}\"\nrpc_url = \"{}\"\n",
         tg.api_url(),
         dc.url(),
         slack.api_url(),
-        wa.api_url()
+        wa.api_url(),
+        sig.rpc_url()
     ));
     for (k, v) in [
         ("TG_TOKEN", TG_TOKEN),
@@ -69,6 +75,7 @@ async fn start() -> Channels {
         dc,
         slack,
         wa,
+        sig,
     }
 }
 
@@ -78,6 +85,8 @@ const DC_DM: u64 = 80_101;
 const SLACK_USER: &str = "U0ADA";
 const SLACK_DM: &str = "D0ADA";
 const WA_USER: &str = "15550001111";
+/// The Signal user's UUID is `fake_signal::uuid(SIGNAL_USER)`.
+const SIGNAL_USER: u32 = 42;
 
 impl Channels {
     /// `text` from the Telegram user in their private chat; the reply's text.
@@ -166,6 +175,31 @@ impl Channels {
     }
 }
 
+impl Channels {
+    /// `text` from the Signal user in their direct chat; the reply's text.
+    async fn signal(&self, text: &str) -> String {
+        let user = fake_signal::uuid(SIGNAL_USER);
+        let id = self.sig.write(&user, "Ada", None, text, None);
+        let is_reply = |m: &fake_signal::SignalSend| {
+            m.ok && m
+                .quote_author
+                .as_ref()
+                .zip(m.quote_timestamp)
+                .map(|(a, t)| format!("{a}:{t}"))
+                == Some(id.clone())
+        };
+        let sent = self
+            .sig
+            .wait_sends(|s| s.iter().any(is_reply), TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("Signal reply to {text:?}: {e:#}"));
+        sent.iter()
+            .find(|m| is_reply(m))
+            .map(|m| m.message.clone())
+            .expect("found by the wait")
+    }
+}
+
 /// Sends `text` on a WebChat socket; the text of its reply.
 async fn web(client: &mut WebChatClient, id: &str, text: &str) -> String {
     client.send_message(id, text).await.expect("send");
@@ -194,6 +228,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         whoami_user(&ch.discord("/whoami").await),
         whoami_user(&ch.slack("/whoami").await),
         whoami_user(&ch.whatsapp("/whoami").await),
+        whoami_user(&ch.signal("/whoami").await),
     ];
     for other in others {
         assert_ne!(other, web_user, "unknown addresses are isolated users");
@@ -225,6 +260,12 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         ch.whatsapp(&format!("/link {c}")).await,
         linked(&format!("whatsapp:{WA_USER}"))
     );
+    let c = link_code(&web(&mut ada, "w4s", "/link").await);
+    let signal_user = fake_signal::uuid(SIGNAL_USER);
+    assert_eq!(
+        ch.signal(&format!("/link {c}")).await,
+        linked(&format!("signal:{signal_user}"))
+    );
 
     // Whichever channel asks, it is one user with every address and one direct conversation.
     let all = {
@@ -234,6 +275,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
             format!("discord:{DC_USER}"),
             format!("slack:{SLACK_USER}"),
             format!("whatsapp:{WA_USER}"),
+            format!("signal:{signal_user}"),
         ];
         a.sort();
         a
@@ -244,6 +286,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         ch.discord("/whoami").await,
         ch.slack("/whoami").await,
         ch.whatsapp("/whoami").await,
+        ch.signal("/whoami").await,
     ];
     for whoami in &answers {
         assert_eq!(whoami_user(whoami), web_user, "{whoami}");
@@ -258,5 +301,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     // A message on one channel is in the history the others see.
     assert_eq!(ch.slack("said on slack").await, "said on slack");
     let history = ch.whatsapp("/history").await;
+    assert!(history.contains("[slack] you: said on slack"), "{history}");
+    let history = ch.signal("/history").await;
     assert!(history.contains("[slack] you: said on slack"), "{history}");
 }
