@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod discord;
 pub mod http;
+pub mod imessage;
 pub mod registry;
 pub mod slack;
 pub mod supervise;

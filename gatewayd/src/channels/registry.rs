@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::task::JoinHandle;
 
 use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
-use super::{discord, http, slack, telegram, webchat, whatsapp};
+use super::{discord, http, imessage, slack, telegram, webchat, whatsapp};
 use crate::config::{Config, ConfigError, NumericKey, deserialize_in_passes, under_removed};
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
@@ -27,6 +27,7 @@ pub static ADAPTERS: &[&dyn Entry] = &[
     &Of::<discord::DiscordAdapter>(PhantomData),
     &Of::<slack::SlackAdapter>(PhantomData),
     &Of::<whatsapp::WhatsAppAdapter>(PhantomData),
+    &Of::<imessage::IMessageAdapter>(PhantomData),
 ];
 
 /// One adapter as the registry drives it, whatever its config type.
