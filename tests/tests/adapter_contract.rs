@@ -54,6 +54,8 @@ use tonic::transport::Channel;
 mod discord;
 #[path = "adapter_contract/http.rs"]
 mod http;
+#[path = "adapter_contract/imessage.rs"]
+mod imessage;
 #[path = "adapter_contract/slack.rs"]
 mod slack;
 #[path = "adapter_contract/telegram.rs"]
@@ -86,6 +88,7 @@ adapters! {
     discord_passes_the_adapter_contract => discord::Discord,
     slack_passes_the_adapter_contract => slack::Slack,
     whatsapp_passes_the_adapter_contract => whatsapp::WhatsApp,
+    imessage_passes_the_adapter_contract => imessage::IMessage,
 }
 
 // ---------------------------------------------------------------------------------------------
