@@ -511,16 +511,29 @@ impl Listener {
 
 impl Connection for Listener {
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
-        self.api.ping().await?;
+        // Every request is cut by the gateway's stop: a catch-up cut between its commit and its
+        // watermark only fetches that page again next time.
+        let mut shutdown = link.shutdown.clone();
+        tokio::select! {
+            r = self.api.ping() => r?,
+            () = stopped(&mut shutdown) => return Ok(()),
+        }
         link.connected();
-        self.catch_up(link).await?;
+        tokio::select! {
+            r = self.catch_up(link) => r?,
+            () = stopped(&mut shutdown) => return Ok(()),
+        }
         let start = tokio::time::Instant::now() + PING_INTERVAL;
         let mut tick = tokio::time::interval_at(start, PING_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.api.ping().await?,
-                () = stopped(&mut link.shutdown) => return Ok(()),
+                _ = tick.tick() => {}
+                () = stopped(&mut shutdown) => return Ok(()),
+            }
+            tokio::select! {
+                r = self.api.ping() => r?,
+                () = stopped(&mut shutdown) => return Ok(()),
             }
         }
     }
