@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod discord;
 pub mod http;
+pub mod imessage;
 pub mod registry;
 pub mod signal;
 pub mod slack;

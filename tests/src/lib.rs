@@ -5,6 +5,7 @@
 //! only, and every wait is notification-based with a timeout except
 //! [`poll_until`], which exists for state that has no change notification.
 
+pub mod fake_bluebubbles;
 pub mod fake_callback;
 pub mod fake_discord;
 pub mod fake_openai;
@@ -21,6 +22,7 @@ pub mod webchat;
 use std::future::Future;
 use std::time::Duration;
 
+pub use fake_bluebubbles::FakeBlueBubbles;
 pub use fake_callback::{CallbackFault, Delivery, FakeCallback};
 pub use fake_openai::{FakeOpenAi, Fault, last_user_content};
 pub use fake_slack::FakeSlack;

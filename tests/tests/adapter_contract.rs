@@ -54,6 +54,8 @@ use tonic::transport::Channel;
 mod discord;
 #[path = "adapter_contract/http.rs"]
 mod http;
+#[path = "adapter_contract/imessage.rs"]
+mod imessage;
 #[path = "adapter_contract/signal.rs"]
 mod signal;
 #[path = "adapter_contract/slack.rs"]
@@ -89,6 +91,7 @@ adapters! {
     slack_passes_the_adapter_contract => slack::Slack,
     whatsapp_passes_the_adapter_contract => whatsapp::WhatsApp,
     signal_passes_the_adapter_contract => signal::Signal,
+    imessage_passes_the_adapter_contract => imessage::IMessage,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::task::JoinHandle;
 
 use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
-use super::{discord, http, signal, slack, telegram, webchat, whatsapp};
+use super::{discord, http, imessage, signal, slack, telegram, webchat, whatsapp};
 use crate::config::{Config, ConfigError, NumericKey, deserialize_in_passes, under_removed};
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
@@ -28,6 +28,7 @@ pub static ADAPTERS: &[&dyn Entry] = &[
     &Of::<slack::SlackAdapter>(PhantomData),
     &Of::<whatsapp::WhatsAppAdapter>(PhantomData),
     &Of::<signal::SignalAdapter>(PhantomData),
+    &Of::<imessage::IMessageAdapter>(PhantomData),
 ];
 
 /// One adapter as the registry drives it, whatever its config type.
