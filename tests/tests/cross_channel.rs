@@ -1,11 +1,13 @@
 //! One person across the channels, through the real `gatewayd` with the echo agent: WebChat,
 //! Telegram (long polling on `FakeTelegram`), Discord (the gateway and REST of `FakeDiscord`),
 //! Slack (the Events API from `FakeSlack`), WhatsApp (the Cloud API webhook from
-//! `FakeWhatsApp`) and Signal (the event stream of `FakeSignal`). Before linking, each address is a user of its own; `/link` on WebChat and
+//! `FakeWhatsApp`), Signal (the event stream of `FakeSignal`) and iMessage (the webhook of
+//! `FakeBlueBubbles`). Before linking, each address is a user of its own; `/link` on WebChat and
 //! `/link CODE` on each of the others join them into one user, whose `/whoami` on any channel
 //! lists every address and names the same direct conversation; each reply goes back to the
-//! channel and chat the command came from.
+//! channel and chat the command came from, and `gatewayctl channels list` shows all seven.
 
+use gateway_tests::fake_bluebubbles::{self, FakeBlueBubbles};
 use gateway_tests::fake_discord::FakeDiscord;
 use gateway_tests::fake_signal::{self, FakeSignal};
 use gateway_tests::fake_slack::{FakeSlack, Post, Signing as SlackSigning};
@@ -24,6 +26,7 @@ const WA_SECRET: &str = "wa-app-secret-42";
 const WA_VERIFY: &str = "wa-verify-token";
 const WA_NUMBER: &str = "106540352242922";
 const SIGNAL_ACCOUNT: &str = "+15550009999";
+const BB_PASSWORD: &str = "bb-cross-channel-password";
 
 struct Channels {
     gw: Gateway,
@@ -32,6 +35,7 @@ struct Channels {
     slack: FakeSlack,
     wa: FakeWhatsApp,
     sig: FakeSignal,
+    bb: FakeBlueBubbles,
 }
 
 async fn start() -> Channels {
@@ -40,6 +44,7 @@ async fn start() -> Channels {
     let slack = FakeSlack::start(SLACK_BOT, SLACK_APP, SLACK_SECRET).await;
     let wa = FakeWhatsApp::start(WA_TOKEN, WA_NUMBER, WA_SECRET).await;
     let sig = FakeSignal::start(SIGNAL_ACCOUNT).await;
+    let bb = FakeBlueBubbles::start(BB_PASSWORD).await;
     let mut opts = GatewayOptions::with_config(format!(
         "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\n\n\
          [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n\n\
@@ -47,12 +52,14 @@ async fn start() -> Channels {
          signing_secret_env = \"SLACK_SIGNING_SECRET\"\napi_url = \"{}\"\n\n\
          [channels.whatsapp]\nenabled = true\naccess_token_env = \"WA_TOKEN\"\napp_secret_env = \"WA_APP_SECRET\"\n\
          verify_token_env = \"WA_VERIFY_TOKEN\"\nphone_number_id = \"{WA_NUMBER}\"\napi_url = \"{}\"\n\n\
-         [channels.signal]\nenabled = true\naccount = \"{SIGNAL_ACCOUNT}\"\nrpc_url = \"{}\"\n",
+         [channels.signal]\nenabled = true\naccount = \"{SIGNAL_ACCOUNT}\"\nrpc_url = \"{}\"\n\n\
+         [channels.imessage]\nenabled = true\nserver_url = \"{}\"\npassword_env = \"BB_PASSWORD\"\nsend_method = \"private-api\"\n",
         tg.api_url(),
         dc.url(),
         slack.api_url(),
         wa.api_url(),
-        sig.rpc_url()
+        sig.rpc_url(),
+        bb.server_url()
     ));
     for (k, v) in [
         ("TG_TOKEN", TG_TOKEN),
@@ -62,6 +69,7 @@ async fn start() -> Channels {
         ("WA_TOKEN", WA_TOKEN),
         ("WA_APP_SECRET", WA_SECRET),
         ("WA_VERIFY_TOKEN", WA_VERIFY),
+        ("BB_PASSWORD", BB_PASSWORD),
     ] {
         opts.env.push((k.to_owned(), v.to_owned()));
     }
@@ -76,6 +84,7 @@ async fn start() -> Channels {
         slack,
         wa,
         sig,
+        bb,
     }
 }
 
@@ -87,6 +96,7 @@ const SLACK_DM: &str = "D0ADA";
 const WA_USER: &str = "15550001111";
 /// The Signal user's UUID is `fake_signal::uuid(SIGNAL_USER)`.
 const SIGNAL_USER: u32 = 42;
+const IM_USER: &str = "ada@example.com";
 
 impl Channels {
     /// `text` from the Telegram user in their private chat; the reply's text.
@@ -198,6 +208,29 @@ impl Channels {
             .map(|m| m.message.clone())
             .expect("found by the wait")
     }
+
+    /// `text` from the iMessage user in their direct chat; the reply's text.
+    async fn imessage(&self, text: &str) -> String {
+        let chat = fake_bluebubbles::direct_chat(IM_USER);
+        let url = format!("{}/channels/imessage/webhook", self.gw.http_base());
+        let (guid, status) = self
+            .bb
+            .receive(&url, self.bb.incoming(IM_USER, &chat, text))
+            .await;
+        assert_eq!(status, 200);
+        let is_reply = |m: &fake_bluebubbles::SentText| {
+            m.is_success() && m.selected_message_guid.as_deref() == Some(guid.as_str())
+        };
+        let sent = self
+            .bb
+            .wait_sent(|s| s.iter().any(is_reply), TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("iMessage reply to {text:?}: {e:#}"));
+        sent.iter()
+            .find(|m| is_reply(m))
+            .map(|m| m.message.clone())
+            .expect("found by the wait")
+    }
 }
 
 /// Sends `text` on a WebChat socket; the text of its reply.
@@ -215,7 +248,7 @@ async fn web(client: &mut WebChatClient, id: &str, text: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
+async fn one_person_is_linked_across_all_seven_channels() {
     let ch = start().await;
     let mut ada = WebChatClient::connect(&ch.gw.ws_url("ada-web"))
         .await
@@ -229,6 +262,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         whoami_user(&ch.slack("/whoami").await),
         whoami_user(&ch.whatsapp("/whoami").await),
         whoami_user(&ch.signal("/whoami").await),
+        whoami_user(&ch.imessage("/whoami").await),
     ];
     for other in others {
         assert_ne!(other, web_user, "unknown addresses are isolated users");
@@ -266,6 +300,11 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         ch.signal(&format!("/link {c}")).await,
         linked(&format!("signal:{signal_user}"))
     );
+    let c = link_code(&web(&mut ada, "w4i", "/link").await);
+    assert_eq!(
+        ch.imessage(&format!("/link {c}")).await,
+        linked(&format!("imessage:{IM_USER}"))
+    );
 
     // Whichever channel asks, it is one user with every address and one direct conversation.
     let all = {
@@ -276,6 +315,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
             format!("slack:{SLACK_USER}"),
             format!("whatsapp:{WA_USER}"),
             format!("signal:{signal_user}"),
+            format!("imessage:{IM_USER}"),
         ];
         a.sort();
         a
@@ -287,6 +327,7 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
         ch.slack("/whoami").await,
         ch.whatsapp("/whoami").await,
         ch.signal("/whoami").await,
+        ch.imessage("/whoami").await,
     ];
     for whoami in &answers {
         assert_eq!(whoami_user(whoami), web_user, "{whoami}");
@@ -304,4 +345,21 @@ async fn one_person_is_linked_across_webchat_telegram_slack_and_whatsapp() {
     assert!(history.contains("[slack] you: said on slack"), "{history}");
     let history = ch.signal("/history").await;
     assert!(history.contains("[slack] you: said on slack"), "{history}");
+    let history = ch.imessage("/history").await;
+    assert!(history.contains("[slack] you: said on slack"), "{history}");
+
+    // `gatewayctl channels list` shows every channel.
+    let listed = ch.gw.gatewayctl_json(&["channels", "list"]).await;
+    let mut names: Vec<&str> = listed["channels"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["channel"].as_str()).collect())
+        .unwrap_or_default();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "discord", "imessage", "signal", "slack", "telegram", "webchat", "whatsapp"
+        ],
+        "{listed}"
+    );
 }
