@@ -157,13 +157,13 @@ impl ChannelAdapter for SignalAdapter {
 
     fn default_rates() -> RateSettings {
         // Signal publishes no limits; signal-cli users meet RATE_LIMIT_FAILURE and captchas when
-        // a number sends fast, so one message a second with a small burst, and no more than one
-        // every two seconds to one chat after a burst of three.
+        // a number sends fast, so one message a second with a small burst for the number, and
+        // one every two seconds to one chat.
         RateSettings {
             per_second: Some(1.0),
             burst: Some(3),
             per_chat_per_second: Some(0.5),
-            per_chat_burst: Some(3),
+            per_chat_burst: Some(1),
         }
     }
 
@@ -456,5 +456,15 @@ mod tests {
         assert_eq!(c.stream_max_age.get(), Duration::from_secs(600));
         assert_eq!(c.stream_idle_timeout.get(), Duration::from_secs(45));
         assert_eq!(LIMIT.max, 2000);
+        let r = SignalAdapter::default_rates();
+        assert_eq!(
+            (
+                r.per_second,
+                r.burst,
+                r.per_chat_per_second,
+                r.per_chat_burst
+            ),
+            (Some(1.0), Some(3), Some(0.5), Some(1))
+        );
     }
 }
