@@ -96,6 +96,17 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
     let ws_url = format!("ws://{}/ws?chat_id=w1", gw.http_addr);
     let mut chat = WebChatClient::connect(&ws_url).await.expect("connect");
     let mut chat_acknowledged: BTreeSet<String> = BTreeSet::new();
+    // Replies may arrive among the frames read while waiting for an ack: count them all.
+    let mut chat_answered: BTreeSet<String> = BTreeSet::new();
+    let note_replies = |frames: &[serde_json::Value], answered: &mut BTreeSet<String>| {
+        for f in frames {
+            if f["type"] == "message"
+                && let Some(to) = f["reply_to"].as_str()
+            {
+                answered.insert(to.to_owned());
+            }
+        }
+    };
     let mut chat_refused = false;
     for i in 0..200 {
         let id = format!("w-{i}");
@@ -107,6 +118,7 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
             )
             .await
             .expect("an answer to the frame");
+        note_replies(&frames, &mut chat_answered);
         let last = frames.last().expect("a frame");
         if last["type"] == "ack" {
             chat_acknowledged.insert(id);
@@ -166,6 +178,7 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         .recv_until(|f| f["type"] == "ack" || f["type"] == "error", TIMEOUT)
         .await
         .expect("ack");
+    note_replies(&frames, &mut chat_answered);
     assert_eq!(
         frames.last().map(|f| f["type"].clone()),
         Some("ack".into()),
@@ -183,7 +196,6 @@ async fn a_full_disk_refuses_new_messages_loses_none_and_recovers_without_a_rest
         .await
         .expect("every acknowledged message answered");
     chat_acknowledged.insert("w-after".to_owned());
-    let mut chat_answered: BTreeSet<String> = BTreeSet::new();
     while !chat_acknowledged.is_subset(&chat_answered) {
         let frame = chat
             .recv(Duration::from_secs(60))
