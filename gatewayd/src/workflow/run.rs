@@ -45,6 +45,17 @@ pub trait NodeServices: Send + Sync {
     ) -> Result<Value, String>;
     /// Sends a message through the outbox; returns the outbox id.
     async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String>;
+    /// A `message` node's send for a run started from `origin`; the default sends as
+    /// [`send_message`](Self::send_message). The gateway's checks the run's user against
+    /// `[tools.send_message] scope`.
+    async fn send_message_for(
+        &self,
+        target: MessageTarget,
+        text: &str,
+        _origin: Option<&RunOrigin>,
+    ) -> Result<i64, String> {
+        self.send_message(target, text).await
+    }
     /// The names of the shared tools, for validation.
     fn tool_names(&self) -> HashSet<String>;
     /// The enabled channels, for validating message nodes; `None` (the default) skips that
@@ -573,7 +584,10 @@ impl Engine {
                         )
                     }
                 };
-                let id = self.services.send_message(target, &text).await?;
+                let id = self
+                    .services
+                    .send_message_for(target, &text, origin)
+                    .await?;
                 Ok(serde_json::json!({"outbox_id": id, "text": text}))
             }
         }
