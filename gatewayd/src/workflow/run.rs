@@ -461,6 +461,16 @@ impl Engine {
             return (Err(format!("node {index} is not in the workflow")), 0);
         };
         let id = node.id.as_str();
+        // Validation refuses an undeclared tool; checked again so no file reaches a tool it
+        // does not declare.
+        for (_, tool) in node.tools() {
+            if !workflow.tools.iter().any(|t| t == tool) {
+                tracing::warn!(message = "Workflow node refused: its tool is not declared.", workflow = %workflow.name, node = %id, tool);
+                metrics::counter!("gateway_tool_refusals_total", "tool" => tool.to_owned())
+                    .increment(1);
+                return (Err(validate::undeclared_tool(tool, &workflow.tools)), 0);
+            }
+        }
         // Validation keeps both in range; bounded again so no value overflows a timer.
         let timeout = node
             .timeout
