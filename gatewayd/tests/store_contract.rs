@@ -114,6 +114,7 @@ fn msg(channel: ChannelKind, id: &str, sender: &str) -> InboundMessage {
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     }
 }
 

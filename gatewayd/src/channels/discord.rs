@@ -296,6 +296,7 @@ pub(crate) fn normalize_message(
         )
         .filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
+        mentioned: false,
     })
 }
 
@@ -411,6 +412,7 @@ pub struct DiscordAdapter {
 
 impl ChannelAdapter for DiscordAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = DiscordConfig;
 
     fn enabled(config: &DiscordConfig) -> bool {

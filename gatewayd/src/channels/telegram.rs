@@ -236,6 +236,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
         attachments,
         sender_name: Some(from.full_name()).filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
+        mentioned: false,
     })
 }
 
@@ -380,6 +381,7 @@ struct Hook {
 
 impl ChannelAdapter for TelegramAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = TelegramConfig;
     const NUMERIC_KEYS: &'static [NumericKey] = &[channel_key(
         "channels.telegram.poll_timeout",

@@ -213,6 +213,7 @@ pub fn normalize(envelope: &Envelope, account: &str) -> Result<InboundMessage, S
         reply_to,
         attachments,
         received_at_ms: timestamp,
+        mentioned: false,
     })
 }
 

@@ -156,6 +156,7 @@ pub fn normalize(
         attachments,
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     })
 }
 
