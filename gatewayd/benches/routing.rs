@@ -90,6 +90,7 @@ fn message(i: usize, n: u64) -> InboundMessage {
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: 1_700_000_000_000,
+        mentioned: false,
     }
 }
 

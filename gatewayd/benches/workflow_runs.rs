@@ -37,8 +37,9 @@ impl NodeServices for NoOp {
 const NODES: usize = 10;
 
 fn workflow() -> String {
-    let mut toml =
-        String::from("name = \"fan\"\n[[nodes]]\nid = \"n0\"\nkind = \"tool\"\ntool = \"noop\"\n");
+    let mut toml = String::from(
+        "name = \"fan\"\ntools = [\"noop\"]\n[[nodes]]\nid = \"n0\"\nkind = \"tool\"\ntool = \"noop\"\n",
+    );
     for i in 1..NODES - 1 {
         toml.push_str(&format!(
             "[[nodes]]\nid = \"n{i}\"\nkind = \"tool\"\ntool = \"noop\"\nafter = [\"n0\"]\n"

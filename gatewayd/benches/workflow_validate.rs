@@ -65,7 +65,7 @@ fn chain(n: usize) -> String {
 /// `n` tool nodes in layers of `width`: each after four nodes of the layer above, with a
 /// template reading a node two layers up.
 fn dag(n: usize, width: usize) -> String {
-    let mut toml = String::from("name = \"dag\"\n");
+    let mut toml = String::from("name = \"dag\"\ntools = [\"noop\"]\n");
     for i in 0..n {
         let (layer, pos) = (i / width, i % width);
         toml.push_str(&format!(
@@ -89,8 +89,9 @@ fn dag(n: usize, width: usize) -> String {
 
 /// A fan: one root, `n - 2` nodes after it, one join after all of them.
 fn fan(n: usize) -> String {
-    let mut toml =
-        String::from("name = \"fan\"\n[[nodes]]\nid = \"f0\"\nkind = \"tool\"\ntool = \"noop\"\n");
+    let mut toml = String::from(
+        "name = \"fan\"\ntools = [\"noop\"]\n[[nodes]]\nid = \"f0\"\nkind = \"tool\"\ntool = \"noop\"\n",
+    );
     for i in 1..n - 1 {
         toml.push_str(&format!(
             "[[nodes]]\nid = \"f{i}\"\nkind = \"tool\"\ntool = \"noop\"\nafter = [\"f0\"]\n"
@@ -107,8 +108,9 @@ fn fan(n: usize) -> String {
 
 /// A chain of no-op tool nodes (the scheduler's case: one node ready at a time).
 fn tool_chain(n: usize) -> String {
-    let mut toml =
-        String::from("name = \"line\"\n[[nodes]]\nid = \"l0\"\nkind = \"tool\"\ntool = \"noop\"\n");
+    let mut toml = String::from(
+        "name = \"line\"\ntools = [\"noop\"]\n[[nodes]]\nid = \"l0\"\nkind = \"tool\"\ntool = \"noop\"\n",
+    );
     for i in 1..n {
         toml.push_str(&format!(
             "[[nodes]]\nid = \"l{i}\"\nkind = \"tool\"\ntool = \"noop\"\nafter = [\"l{}\"]\n",

@@ -147,6 +147,8 @@ pub struct ToolsConfig {
     pub http_max_bytes: usize,
     /// Timeout of one tool call.
     pub timeout: HumanDuration,
+    /// `[tools.send_message]`.
+    pub send_message: SendMessageToolConfig,
 }
 
 impl Default for ToolsConfig {
@@ -155,8 +157,17 @@ impl Default for ToolsConfig {
             http_allowlist: Vec::new(),
             http_max_bytes: 256 * 1024,
             timeout: HumanDuration(Duration::from_secs(15)),
+            send_message: SendMessageToolConfig::default(),
         }
     }
+}
+
+/// `[tools.send_message]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendMessageToolConfig {
+    /// Where the tool may send for a user's turn: `same_chat`, `same_user` or `any`.
+    pub scope: crate::agent::tools::SendScope,
 }
 
 /// `[gateway]`.
@@ -799,6 +810,39 @@ pub(crate) mod tests {
             "{errs:?}"
         );
         assert!(parse_config("[store]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn send_message_scope_defaults_to_same_user_and_names_the_accepted_values() {
+        use crate::agent::tools::SendScope;
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.tools.send_message.scope, SendScope::SameUser);
+        for (value, want) in [
+            ("same_chat", SendScope::SameChat),
+            ("same_user", SendScope::SameUser),
+            ("any", SendScope::Any),
+        ] {
+            let text = format!(
+                "[tools]\nhttp_max_bytes = 1024\n[tools.send_message]\nscope = \"{value}\"\n"
+            );
+            let c = Config::parse(&text).expect(value);
+            assert_eq!(c.tools.send_message.scope, want);
+            assert_eq!(
+                c.tools.http_max_bytes, 1024,
+                "the other [tools] keys still work"
+            );
+        }
+        let errs =
+            Config::parse("[tools.send_message]\nscope = \"everyone\"\n").expect_err("everyone");
+        let e = errs
+            .iter()
+            .find(|e| e.path == "tools.send_message.scope")
+            .unwrap_or_else(|| panic!("no tools.send_message.scope error: {errs:?}"));
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(
+            e.message.contains("`everyone`") && e.message.contains("same_chat"),
+            "{e}"
+        );
     }
 
     #[test]

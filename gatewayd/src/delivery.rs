@@ -752,6 +752,7 @@ mod tests {
                 attachments: Vec::new(),
                 sender_name: None,
                 received_at_ms: now_ms() - age,
+                mentioned: false,
             };
             store.inbox_commit(&msg).await.expect("commit");
         }

@@ -199,6 +199,9 @@ pub struct InboundMessage {
     pub attachments: Vec<Attachment>,
     /// Arrival time, milliseconds since the Unix epoch.
     pub received_at_ms: i64,
+    /// In a group chat, whether the message addresses the bot: an @-mention of it, or a reply
+    /// to one of its messages; false in direct chats, and on channels without mentions.
+    pub mentioned: bool,
 }
 
 /// A file attached to an inbound message, referenced by the platform's id (never downloaded).

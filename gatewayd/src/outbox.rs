@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::agent::tools::{MessageTarget, OutboxSink};
 use crate::delivery::Delivery;
+use crate::message::{ChannelKind, UserId};
 use crate::store::{NewReply, SharedStore};
 
 /// Commits and hands over messages that are not replies.
@@ -52,5 +53,27 @@ impl OutboxSink for Outbox {
         let id = row.id;
         self.delivery.enqueue(vec![row]);
         Ok(id)
+    }
+
+    async fn direct_chat_of_user(
+        &self,
+        user: UserId,
+    ) -> Result<Option<(ChannelKind, String)>, String> {
+        self.store
+            .last_direct_chat(user)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn is_direct_chat_of(
+        &self,
+        user: UserId,
+        channel: ChannelKind,
+        chat_id: &str,
+    ) -> Result<bool, String> {
+        self.store
+            .is_direct_chat_of(user, channel, chat_id)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

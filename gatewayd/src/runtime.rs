@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::agent::tools::{
-    CurrentTime, HttpGet, MessageTarget, OutboxSink, RunWorkflow, SendMessage, Tool,
-    ToolCallContext, ToolRegistry, WorkflowRunner,
+    CurrentTime, HttpGet, MessageTarget, OutboxSink, RunWorkflow, SendMessage, SendScope, Tool,
+    ToolCallContext, ToolRegistry, WorkflowRunner, check_scope,
 };
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
@@ -186,6 +186,7 @@ impl Gateway {
                 tools: tools.clone(),
                 outbox: outbox.clone(),
                 channels: channels.iter().copied().collect(),
+                scope: config.tools.send_message.scope,
             });
             Engine::load(
                 config.workflows.dir.clone(),
@@ -446,7 +447,9 @@ pub fn builtin_tools(
     let tools: [Arc<dyn Tool>; 4] = [
         Arc::new(CurrentTime::new()),
         Arc::new(http),
-        Arc::new(SendMessage::new(outbox, registry::names())),
+        Arc::new(
+            SendMessage::new(outbox, registry::names()).with_scope(config.tools.send_message.scope),
+        ),
         Arc::new(RunWorkflow::new(runner)),
     ];
     for tool in tools {
@@ -463,6 +466,8 @@ struct WorkflowServices {
     tools: ToolRegistry,
     outbox: Arc<Outbox>,
     channels: std::collections::BTreeSet<crate::message::ChannelKind>,
+    /// `[tools.send_message] scope`, for message nodes of a run a user started.
+    scope: SendScope,
 }
 
 #[async_trait]
@@ -492,6 +497,26 @@ impl NodeServices for WorkflowServices {
     }
 
     async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String> {
+        self.outbox.send(target, text.to_owned()).await
+    }
+
+    async fn send_message_for(
+        &self,
+        target: MessageTarget,
+        text: &str,
+        origin: Option<&RunOrigin>,
+    ) -> Result<i64, String> {
+        let chat = origin.map(|o| (o.channel, o.chat_id.clone()));
+        let user = origin.and_then(|o| o.user);
+        let target = check_scope(
+            self.scope,
+            self.outbox.as_ref(),
+            user,
+            chat.as_ref(),
+            target,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.outbox.send(target, text.to_owned()).await
     }
 

@@ -231,6 +231,16 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
     ) -> Result<Option<(ChannelKind, String)>, StoreError>;
 
+    /// Whether `chat_id` on `channel` is a direct chat of `user`: one of the user's addresses
+    /// wrote to the gateway from it (an inbox row, or the chat its address remembers after the
+    /// row was pruned).
+    async fn is_direct_chat_of(
+        &self,
+        user: UserId,
+        channel: ChannelKind,
+        chat_id: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Commits a reply that answers no inbound message (a tool or workflow sending one).
     async fn outbox_put(&self, reply: NewReply) -> Result<OutboundMessage, StoreError>;
 

@@ -81,6 +81,7 @@ contract! {
         users_page_by_id_every_row_once_in_order,
         link_codes_are_single_use_expire_and_one_per_user,
         the_last_direct_chat_is_the_newest_direct_message_of_the_user,
+        a_direct_chat_belongs_to_the_users_linked_addresses_only,
         workflow_runs_keep_their_state_and_nodes,
         runs_page_newest_first_every_row_once,
         a_stranded_message_is_handed_out_once_while_pending,
@@ -113,6 +114,7 @@ fn msg(channel: ChannelKind, id: &str, sender: &str) -> InboundMessage {
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     }
 }
 
@@ -1160,6 +1162,75 @@ async fn the_last_direct_chat_is_the_newest_direct_message_of_the_user(store: &d
         .await
         .expect("stranger");
     assert_eq!(store.last_direct_chat(stranger).await.expect("read"), None);
+}
+
+async fn a_direct_chat_belongs_to_the_users_linked_addresses_only(store: &dyn Store) {
+    let http = ChannelKind::new("http");
+    let telegram = ChannelKind::new("telegram");
+    let user = store
+        .resolve_address(&address(http, "s"))
+        .await
+        .expect("user");
+    assert!(
+        !store
+            .is_direct_chat_of(user, http, "c1")
+            .await
+            .expect("read")
+    );
+    let mut direct = msg(http, "d1", "s");
+    direct.chat_id = "c1".to_owned();
+    new_inbox_row(store, &direct).await;
+    let mut group = msg(http, "g1", "s");
+    group.chat_type = ChatType::Group;
+    group.chat_id = "room".to_owned();
+    new_inbox_row(store, &group).await;
+    assert!(
+        store
+            .is_direct_chat_of(user, http, "c1")
+            .await
+            .expect("read")
+    );
+    assert!(
+        !store
+            .is_direct_chat_of(user, http, "room")
+            .await
+            .expect("read"),
+        "a group the user wrote in is not theirs"
+    );
+    assert!(
+        !store
+            .is_direct_chat_of(user, telegram, "c1")
+            .await
+            .expect("read"),
+        "the same chat id on another channel is another chat"
+    );
+    let stranger = store
+        .resolve_address(&address(telegram, "x"))
+        .await
+        .expect("stranger");
+    let mut theirs = msg(telegram, "x1", "x");
+    theirs.chat_id = "xc".to_owned();
+    new_inbox_row(store, &theirs).await;
+    assert!(
+        !store
+            .is_direct_chat_of(user, telegram, "xc")
+            .await
+            .expect("read")
+    );
+    assert!(
+        store
+            .is_direct_chat_of(stranger, telegram, "xc")
+            .await
+            .expect("read")
+    );
+    // Linked, the stranger's direct chat is the kept user's too.
+    store.link_users(user, stranger).await.expect("link");
+    assert!(
+        store
+            .is_direct_chat_of(user, telegram, "xc")
+            .await
+            .expect("read")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -262,6 +262,7 @@ async fn the_database_is_the_file_store_path_names_relative_to_the_data_dir() {
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: 0,
+        mentioned: false,
     };
     let outcome = store.inbox_commit(&again).await.expect("commit");
     assert!(matches!(outcome, InboxOutcome::Duplicate(_)), "{outcome:?}");

@@ -28,6 +28,7 @@ fn msg(channel: ChannelKind, id: &str, chat: &str, chat_type: ChatType) -> Inbou
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     }
 }
 

@@ -147,6 +147,7 @@ async fn independent_branches_run_at_the_same_time() {
         "fan",
         r#"
 name = "fan"
+tools = ["slow"]
 [[nodes]]
 id = "a"
 kind = "tool"
@@ -190,6 +191,7 @@ async fn the_untaken_branch_is_skipped_all_the_way_down() {
         "branch",
         r#"
 name = "branch"
+tools = ["count"]
 [inputs.level]
 type = "number"
 [[nodes]]
@@ -253,6 +255,7 @@ async fn a_missing_variable_fails_its_node_and_is_never_left_in_the_text() {
         "missing",
         r#"
 name = "missing"
+tools = ["count"]
 [[nodes]]
 id = "fetch"
 kind = "tool"
@@ -295,6 +298,7 @@ async fn a_node_that_exhausts_its_retries_fails_the_run_and_the_operator_hears_o
         "flaky",
         r#"
 name = "flaky"
+tools = ["fail", "count"]
 [[nodes]]
 id = "try"
 kind = "tool"
@@ -365,6 +369,7 @@ async fn an_interrupted_run_resumes_without_running_finished_nodes_again() {
         "long",
         r#"
 name = "long"
+tools = ["count", "hold"]
 [[nodes]]
 id = "first"
 kind = "tool"

@@ -302,7 +302,7 @@ fn check_config_reports_every_workflow_error_and_loads_the_rest() {
     write(
         &flows,
         "good.toml",
-        "name = \"good\"\n[[nodes]]\nid = \"now\"\nkind = \"tool\"\ntool = \"current_time\"\n",
+        "name = \"good\"\ntools = [\"current_time\"]\n[[nodes]]\nid = \"now\"\nkind = \"tool\"\ntool = \"current_time\"\n",
     );
     write(
         &flows,
@@ -327,6 +327,37 @@ fn check_config_reports_every_workflow_error_and_loads_the_rest() {
         !err.contains("good.toml"),
         "the good file has no error: {err}"
     );
+}
+
+#[test]
+fn check_config_refuses_a_workflow_node_calling_an_undeclared_tool() {
+    let dir = tempdir();
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir_all(&flows).expect("workflows dir");
+    write(
+        &flows,
+        "sneaky.toml",
+        "name = \"sneaky\"\ntools = [\"http_get\"]\n\
+         [[nodes]]\nid = \"fetch\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = { url = \"https://example.com/\" }\n\
+         [[nodes]]\nid = \"tell\"\nkind = \"tool\"\ntool = \"send_message\"\nafter = [\"fetch\"]\n\
+         args = { text = \"hi\", user_id = 1 }\n",
+    );
+    let config = write(
+        dir.path(),
+        "gatewayd.toml",
+        "[gateway]\ndata_dir = \"data\"\n",
+    );
+    let out = check_config(dir.path(), &config);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "node `tell`, field `tool`: tool `send_message` is not declared by this workflow; \
+             add it to the top-level list: tools = [\"http_get\", \"send_message\"]"
+        ),
+        "names the node, the tool and the fix: {err}"
+    );
+    assert!(!err.contains("`fetch`"), "the declared tool is fine: {err}");
 }
 
 /// The error line for `path` in a refused check, or a panic listing them all.

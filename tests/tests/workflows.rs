@@ -914,6 +914,7 @@ async fn resume_after_sigkill_does_not_rerun_finished_nodes() {
     let resumable = format!(
         r#"
 name = "resumable"
+tools = ["http_get"]
 
 [[nodes]]
 id = "count"
@@ -980,6 +981,7 @@ async fn a_failing_node_fails_the_run_and_the_chat_hears_of_it() {
     let callback = FakeCallback::start().await;
     let fragile = r#"
 name = "fragile"
+tools = ["http_get"]
 
 [[nodes]]
 id = "fetch"

@@ -227,7 +227,7 @@ pub use current_time::CurrentTime;
 pub use http_get::{DEFAULT_HTTP_MAX_BYTES, HttpGet};
 pub use run_workflow::{RunWorkflow, WorkflowRunner};
 pub use schema::{check_schema, validate};
-pub use send_message::{MessageTarget, OutboxSink, SendMessage};
+pub use send_message::{MessageTarget, OutboxSink, SendMessage, SendScope, check_scope};
 
 #[cfg(test)]
 mod tests {

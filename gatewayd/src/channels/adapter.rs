@@ -38,6 +38,10 @@ pub trait ChannelAdapter: Sized + Send + Sync + 'static {
     /// checks them and README.md lists them.
     const NUMERIC_KEYS: &'static [NumericKey] = &[];
 
+    /// Whether the platform has mentions, so the adapter sets
+    /// [`InboundMessage::mentioned`](crate::message::InboundMessage::mentioned) in group chats.
+    const MENTIONS: bool = false;
+
     /// Whether the section turns the channel on.
     fn enabled(config: &Self::Config) -> bool;
 

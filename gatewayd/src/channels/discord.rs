@@ -238,6 +238,13 @@ pub(crate) fn normalize_message(
     }
     let guild = msg.guild_id.is_some();
     let mut text = msg.content.clone();
+    // `mentioned`: the bot in `mentions`, or a reply to one of its messages.
+    let addressed = guild
+        && (msg.mentions.iter().any(|u| u.id.get() == bot)
+            || msg
+                .referenced_message
+                .as_ref()
+                .is_some_and(|r| r.author.id.get() == bot));
     if guild {
         let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
         if require_mention && !mentioned {
@@ -296,6 +303,7 @@ pub(crate) fn normalize_message(
         )
         .filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
+        mentioned: addressed,
     })
 }
 
@@ -411,6 +419,7 @@ pub struct DiscordAdapter {
 
 impl ChannelAdapter for DiscordAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = DiscordConfig;
 
     fn enabled(config: &DiscordConfig) -> bool {
@@ -570,6 +579,57 @@ mod props {
                 n.text.as_str()
             ),
             ("1", "2", "hi")
+        );
+    }
+
+    #[test]
+    fn a_guild_message_is_mentioned_by_the_bots_id_or_a_reply_to_the_bot() {
+        let user = |id: u64, bot: bool| {
+            json!({"id": id.to_string(), "username": "u", "discriminator": "0000",
+                   "avatar": null, "bot": bot, "global_name": null})
+        };
+        let normalized = |extra: serde_json::Value, guild: Option<u64>, require: bool| {
+            let mut raw = message(1, 2, 3, false, "hello there", guild);
+            if let (Some(m), Some(extra)) = (raw.as_object_mut(), extra.as_object()) {
+                m.extend(extra.clone());
+            }
+            let m: Message = serde_json::from_value(raw).expect("a Discord message");
+            normalize_message(&m, 99, require)
+        };
+        let to_bot = json!({"mentions": [user(99, true)]});
+        let to_other = json!({"mentions": [user(7, false)]});
+        let reply = |author: u64| {
+            let mut r = message(5, 2, author, author == 99, "earlier", Some(10));
+            r["author"] = user(author, author == 99);
+            json!({"referenced_message": r, "message_reference": {"message_id": "5", "channel_id": "2"}})
+        };
+        let flag = |extra, require| normalized(extra, Some(10), require).map(|n| n.mentioned);
+        assert_eq!(
+            flag(to_bot.clone(), true),
+            Some(true),
+            "the bot in mentions"
+        );
+        assert_eq!(
+            flag(to_other.clone(), false),
+            Some(false),
+            "someone else mentioned"
+        );
+        assert_eq!(flag(json!({}), false), Some(false), "no mention");
+        assert_eq!(flag(reply(99), false), Some(true), "a reply to the bot");
+        assert_eq!(
+            flag(reply(7), false),
+            Some(false),
+            "a reply to someone else"
+        );
+        assert_eq!(
+            flag(to_other, true),
+            None,
+            "require_mention_in_guilds still drops what does not mention the bot"
+        );
+        assert_eq!(
+            normalized(to_bot, None, true).map(|n| n.mentioned),
+            Some(false),
+            "a direct message is never `mentioned`"
         );
     }
 

@@ -167,6 +167,7 @@ pub fn parse_inbound(body: &[u8], max_text_bytes: usize) -> Result<InboundMessag
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     })
 }
 

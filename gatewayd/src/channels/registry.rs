@@ -50,6 +50,8 @@ pub trait Entry: Send + Sync {
     fn traced_numeric_keys(&self) -> Vec<(String, crate::config::tests::trace::Kind)>;
     /// Builds the adapter if its section enables it.
     fn build(&self, config: &Config, env: &BuildEnv) -> anyhow::Result<Option<Box<dyn Built>>>;
+    /// Whether the platform has mentions (its messages carry a meaningful `mentioned` flag).
+    fn mentions(&self) -> bool;
 }
 
 /// A built adapter, ready to start.
@@ -86,6 +88,10 @@ fn section<A: ChannelAdapter>(
 impl<A: ChannelAdapter> Entry for Of<A> {
     fn kind(&self) -> ChannelKind {
         A::KIND
+    }
+
+    fn mentions(&self) -> bool {
+        A::MENTIONS
     }
 
     fn numeric_keys(&self) -> &'static [NumericKey] {
@@ -307,6 +313,17 @@ pub fn build(config: &Config, env: &BuildEnv) -> anyhow::Result<Vec<Box<dyn Buil
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_platforms_with_mentions_are_telegram_discord_slack_and_signal() {
+        let mut with: Vec<&str> = ADAPTERS
+            .iter()
+            .filter(|a| a.mentions())
+            .map(|a| a.kind().as_str())
+            .collect();
+        with.sort_unstable();
+        assert_eq!(with, ["discord", "signal", "slack", "telegram"]);
+    }
 
     #[test]
     fn every_adapter_has_a_valid_unique_name() {

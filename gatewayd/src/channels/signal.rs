@@ -105,6 +105,7 @@ pub struct SignalAdapter {
 
 impl ChannelAdapter for SignalAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = SignalConfig;
     const NUMERIC_KEYS: &'static [NumericKey] = &[
         channel_key(

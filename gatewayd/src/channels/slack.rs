@@ -306,6 +306,7 @@ fn secret(key: &str, env: &Option<String>, file: &Option<PathBuf>) -> anyhow::Re
 
 impl ChannelAdapter for SlackAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = SlackConfig;
     const NUMERIC_KEYS: &'static [NumericKey] = &[
         channel_key(

@@ -4,7 +4,10 @@
 //! (channel posts are ignored); the text is the message text or the media caption; photos,
 //! documents, audio, video, voice notes and stickers become attachments by file id; a reply keeps
 //! the id of the message it answers. Telegram message ids are per chat, so the dedupe key is
-//! `<chat id>:<message id>`. **Edited messages are acknowledged and not answered again:** the
+//! `<chat id>:<message id>`. A group message is `mentioned` when an entity mentions the bot
+//! (`@username`, or a `text_mention` of its id) or it replies to one of the bot's messages; the
+//! bot's id is the token's prefix and its username comes from `getMe` when the listener starts
+//! ([`BotIdentity`]). **Edited messages are acknowledged and not answered again:** the
 //! agent already answered the original, and answering each edit would surprise the person.
 //!
 //! Polling acknowledges updates only by the next `getUpdates` offset, and the offset moves past
@@ -163,10 +166,89 @@ impl ChannelSender for TelegramSender {
     }
 }
 
+/// Who the bot is, for `mentioned`: its user id (the token's prefix) and its `@username` (from
+/// `getMe`; unknown until the listener asked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotIdentity {
+    /// The bot's user id.
+    pub id: Option<u64>,
+    /// The bot's username, without `@`.
+    pub username: Option<String>,
+}
+
+impl BotIdentity {
+    /// The identity a token names: its id is the part before `:`.
+    pub fn from_token(token: &str) -> Self {
+        Self {
+            id: token.split_once(':').and_then(|(id, _)| id.parse().ok()),
+            username: None,
+        }
+    }
+
+    fn is(&self, user: &teloxide::types::User) -> bool {
+        self.id == Some(user.id.0)
+    }
+}
+
+/// The identity shared by the listener (which learns the username) and the normalizers.
+type SharedIdentity = Arc<std::sync::RwLock<BotIdentity>>;
+
+fn identity(shared: &SharedIdentity) -> BotIdentity {
+    shared
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Asks `getMe` for the bot's username and records it; a failure is logged and leaves mentions
+/// by `@username` unseen until the next attempt.
+async fn learn_username(bot: &Bot, shared: &SharedIdentity) {
+    if identity(shared).username.is_some() {
+        return;
+    }
+    match bot.get_me().await {
+        Ok(me) => {
+            let mut id = shared
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            id.id = Some(me.user.id.0);
+            id.username = me.user.username.clone();
+        }
+        Err(e) => {
+            tracing::warn!(message = "Cannot read the Telegram bot's username (getMe); @-mentions of it are not recognised yet.", error = %e);
+        }
+    }
+}
+
+/// Whether group message `m` addresses the bot `me`.
+fn mentions_bot(m: &Message, me: &BotIdentity) -> bool {
+    use teloxide::types::MessageEntityKind;
+    if m.reply_to_message()
+        .and_then(|r| r.from.as_ref())
+        .is_some_and(|u| me.is(u))
+    {
+        return true;
+    }
+    let entities = m
+        .parse_entities()
+        .or_else(|| m.parse_caption_entities())
+        .unwrap_or_default();
+    entities.iter().any(|e| match e.kind() {
+        MessageEntityKind::Mention => me.username.as_deref().is_some_and(|name| {
+            e.text()
+                .strip_prefix('@')
+                .is_some_and(|t| t.eq_ignore_ascii_case(name))
+        }),
+        MessageEntityKind::TextMention { user } => me.is(user),
+        _ => false,
+    })
+}
+
 /// Turns an update into an inbound message; `None` for updates the gateway does not answer.
-pub fn normalize(update: &Update) -> Option<InboundMessage> {
+/// `me` is the bot, for `mentioned`.
+pub fn normalize(update: &Update, me: &BotIdentity) -> Option<InboundMessage> {
     match &update.kind {
-        UpdateKind::Message(m) => normalize_message(m),
+        UpdateKind::Message(m) => normalize_message(m, me),
         UpdateKind::EditedMessage(m) => {
             tracing::debug!(
                 message = "Edited Telegram message acknowledged, not answered again.",
@@ -179,7 +261,7 @@ pub fn normalize(update: &Update) -> Option<InboundMessage> {
     }
 }
 
-fn normalize_message(m: &Message) -> Option<InboundMessage> {
+fn normalize_message(m: &Message, me: &BotIdentity) -> Option<InboundMessage> {
     let from = m.from.as_ref()?;
     if from.is_bot {
         return None;
@@ -225,6 +307,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
         return None;
     }
     let chat = m.chat.id.0;
+    let mentioned = chat_type == ChatType::Group && mentions_bot(m, me);
     Some(InboundMessage {
         channel: KIND,
         channel_message_id: format!("{chat}:{}", m.id.0),
@@ -236,6 +319,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
         attachments,
         sender_name: Some(from.full_name()).filter(|n| !n.trim().is_empty()),
         received_at_ms: now_ms(),
+        mentioned,
     })
 }
 
@@ -244,6 +328,7 @@ fn normalize_message(m: &Message) -> Option<InboundMessage> {
 /// attempt.
 struct Poll {
     bot: Bot,
+    me: SharedIdentity,
     inbox: Arc<Inbox>,
     poll_timeout: Duration,
     offset: i32,
@@ -256,6 +341,8 @@ impl Connection for Poll {
     }
 
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
+        // Once a connection: a failure is retried with the next one.
+        learn_username(&self.bot, &self.me).await;
         loop {
             // A send refused for its credentials holds the listener too.
             let health = link.health().clone();
@@ -280,8 +367,9 @@ impl Connection for Poll {
             let updates = result.map_err(|e| classify(&e))?;
             self.webhook_cleared = true;
             link.connected();
+            let me = identity(&self.me);
             for update in updates {
-                if let Some(msg) = normalize(&update) {
+                if let Some(msg) = normalize(&update, &me) {
                     match self.inbox.commit(msg).await {
                         Ok(committed) => self.inbox.dispatch(committed).await,
                         Err(e) => {
@@ -365,6 +453,7 @@ impl Default for TelegramConfig {
 /// The Telegram adapter: the bot, its sender, and polling or the webhook.
 pub struct TelegramAdapter {
     bot: Bot,
+    me: SharedIdentity,
     mode: TelegramMode,
     poll_timeout: Duration,
     webhook: Option<(String, String, String)>,
@@ -373,6 +462,7 @@ pub struct TelegramAdapter {
 /// What the webhook handler needs.
 #[derive(Clone)]
 struct Hook {
+    me: SharedIdentity,
     inbox: Arc<Inbox>,
     secret: String,
     body_timeout: Duration,
@@ -380,6 +470,7 @@ struct Hook {
 
 impl ChannelAdapter for TelegramAdapter {
     const KIND: ChannelKind = KIND;
+    const MENTIONS: bool = true;
     type Config = TelegramConfig;
     const NUMERIC_KEYS: &'static [NumericKey] = &[channel_key(
         "channels.telegram.poll_timeout",
@@ -486,6 +577,7 @@ impl ChannelAdapter for TelegramAdapter {
         };
         Ok(Self {
             bot,
+            me: Arc::new(std::sync::RwLock::new(BotIdentity::from_token(&token))),
             mode: tg.mode,
             poll_timeout: tg.poll_timeout.get(),
             webhook,
@@ -501,6 +593,7 @@ impl ChannelAdapter for TelegramAdapter {
             return Vec::new();
         };
         let hook = Hook {
+            me: self.me.clone(),
             inbox: ctx.inbox.clone(),
             secret: secret.clone(),
             body_timeout: ctx.body_timeout,
@@ -518,6 +611,7 @@ impl ChannelAdapter for TelegramAdapter {
             (TelegramMode::Polling, _) => {
                 let poll = Poll {
                     bot: self.bot.clone(),
+                    me: self.me.clone(),
                     inbox: ctx.inbox.clone(),
                     poll_timeout: self.poll_timeout,
                     offset: 0,
@@ -527,7 +621,10 @@ impl ChannelAdapter for TelegramAdapter {
             }
             (TelegramMode::Webhook, Some((_, secret, url))) => {
                 match register_webhook(&self.bot, url, secret).await {
-                    Ok(()) => ctx.health.connected(),
+                    Ok(()) => {
+                        ctx.health.connected();
+                        learn_username(&self.bot, &self.me).await;
+                    }
                     Err(e) => {
                         tracing::error!(message = "Cannot register the Telegram webhook; register it yourself or fix channels.telegram.webhook_url.", error = %e);
                         ctx.health.failed(ErrorClass::Retryable, &e, Duration::ZERO);
@@ -565,7 +662,7 @@ async fn telegram_update(State(hook): State<Hook>, headers: HeaderMap, body: Bod
             );
         }
     };
-    let Some(msg) = normalize(&update) else {
+    let Some(msg) = normalize(&update, &identity(&hook.me)) else {
         return (StatusCode::OK, Json(json!({"ok": true}))).into_response();
     };
     match hook.inbox.accept(msg).await {
@@ -583,6 +680,100 @@ async fn telegram_update(State(hook): State<Hook>, headers: HeaderMap, body: Bod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Normalizes as a bot whose identity is not known.
+    fn norm(u: &Update) -> Option<InboundMessage> {
+        normalize(u, &BotIdentity::default())
+    }
+
+    #[test]
+    fn a_group_message_is_mentioned_by_username_text_mention_or_reply_to_the_bot() {
+        let me = BotIdentity {
+            id: Some(777),
+            username: Some("gate_bot".to_owned()),
+        };
+        let group = serde_json::json!({"id": -100, "type": "supergroup", "title": "g"});
+        let private = serde_json::json!({"id": 42, "type": "private", "first_name": "Ada"});
+        let bot = serde_json::json!({"id": 777, "is_bot": true, "first_name": "Gate", "username": "gate_bot"});
+        let other_bot = serde_json::json!({"id": 778, "is_bot": true, "first_name": "Else"});
+        let mention = |name: &str| {
+            let text = format!("hey @{name} hi");
+            let len = name.len() + 1;
+            serde_json::json!({"text": text, "entities": [{"type": "mention", "offset": 4, "length": len}]})
+        };
+        let cases = [
+            (group.clone(), mention("gate_bot"), true, "@username"),
+            (
+                group.clone(),
+                mention("Gate_Bot"),
+                true,
+                "@username, any case",
+            ),
+            (
+                group.clone(),
+                mention("other_bot"),
+                false,
+                "another @username",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "hey Gate", "entities": [{"type": "text_mention", "offset": 4, "length": 4, "user": bot}]}),
+                true,
+                "text_mention of the bot",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "thanks", "reply_to_message": {
+                    "message_id": 5, "date": 1_700_000_000, "chat": group, "from": bot, "text": "an answer"}}),
+                true,
+                "reply to the bot",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "thanks", "reply_to_message": {
+                    "message_id": 5, "date": 1_700_000_000, "chat": group, "from": other_bot, "text": "x"}}),
+                false,
+                "reply to someone else",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"caption": "look @gate_bot", "photo": [{"file_id": "p", "file_unique_id": "u", "width": 1, "height": 1}],
+                    "caption_entities": [{"type": "mention", "offset": 5, "length": 9}]}),
+                true,
+                "@username in a caption",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "just talking"}),
+                false,
+                "no mention",
+            ),
+            (
+                private,
+                mention("gate_bot"),
+                false,
+                "a direct chat is never `mentioned`",
+            ),
+        ];
+        for (chat, extra, want, what) in cases {
+            let u = update(serde_json::json!({"update_id": 1, "message": message(chat, extra)}));
+            let m = normalize(&u, &me).unwrap_or_else(|| panic!("{what}: {u:?}"));
+            assert_eq!(m.mentioned, want, "{what}");
+        }
+        // Without the username (getMe not answered yet), the id still recognises a reply.
+        let by_id = BotIdentity::from_token("777:secret");
+        assert_eq!(
+            by_id,
+            BotIdentity {
+                id: Some(777),
+                username: None
+            }
+        );
+        let u = update(
+            serde_json::json!({"update_id": 1, "message": message(group.clone(), mention("gate_bot"))}),
+        );
+        assert!(!normalize(&u, &by_id).expect("message").mentioned);
+    }
 
     fn update(json: serde_json::Value) -> Update {
         // Parsed from text, as it arrives: teloxide's `Update` does not read from a `Value`.
@@ -608,7 +799,7 @@ mod tests {
         let u = update(
             serde_json::json!({"update_id": 1, "message": message(private.clone(), serde_json::json!({"text": "hi"}))}),
         );
-        let m = normalize(&u).unwrap_or_else(|| panic!("text message: {u:?}"));
+        let m = norm(&u).unwrap_or_else(|| panic!("text message: {u:?}"));
         assert_eq!(
             (
                 m.chat_type,
@@ -622,7 +813,7 @@ mod tests {
         let photo = serde_json::json!({"caption": "look", "photo": [
             {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90},
             {"file_id": "big", "file_unique_id": "b", "width": 800, "height": 600}]});
-        let m = normalize(&update(
+        let m = norm(&update(
             serde_json::json!({"update_id": 2, "message": message(group.clone(), photo)}),
         ))
         .expect("photo");
@@ -632,7 +823,7 @@ mod tests {
         assert!(m.agent_input().contains("[photo attached: big]"));
 
         let reply = serde_json::json!({"text": "yes", "reply_to_message": message(group.clone(), serde_json::json!({"message_id": 3, "text": "q"}))});
-        let m = normalize(&update(
+        let m = norm(&update(
             serde_json::json!({"update_id": 3, "message": message(group, reply)}),
         ))
         .expect("reply");
@@ -640,7 +831,7 @@ mod tests {
 
         let edited = serde_json::json!({"update_id": 4, "edited_message": message(private, serde_json::json!({"text": "hi!", "edit_date": 1_700_000_100}))});
         assert!(
-            normalize(&update(edited)).is_none(),
+            norm(&update(edited)).is_none(),
             "edits are not answered again"
         );
     }
@@ -711,7 +902,7 @@ mod props {
         #[test]
         fn prop_telegram_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(update) = serde_json::from_slice::<Update>(&body) {
-                let _ = normalize(&update);
+                let _ = normalize(&update, &BotIdentity::default());
             }
         }
 
@@ -741,7 +932,7 @@ mod props {
             let raw = json!({"update_id": update_id, "message": message}).to_string();
             let update = serde_json::from_str::<Update>(&raw)
                 .map_err(|e| TestCaseError::fail(format!("not an update ({e}): {raw}")))?;
-            let got = normalize(&update);
+            let got = normalize(&update, &BotIdentity::default());
             let answerable = !is_bot
                 && chat_type.is_some()
                 && text.as_deref().is_some_and(|t| !t.trim().is_empty());

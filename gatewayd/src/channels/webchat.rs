@@ -296,6 +296,7 @@ impl WebChat {
             attachments: Vec::new(),
             sender_name: None,
             received_at_ms: now_ms(),
+            mentioned: false,
         };
         match inbox.commit(msg).await {
             Ok(c) => (

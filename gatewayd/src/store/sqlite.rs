@@ -489,6 +489,15 @@ impl Store for SqliteStore {
         identity::last_direct_chat(self, user).await
     }
 
+    async fn is_direct_chat_of(
+        &self,
+        user: UserId,
+        channel: ChannelKind,
+        chat_id: &str,
+    ) -> Result<bool, StoreError> {
+        identity::is_direct_chat_of(self, user, channel, chat_id).await
+    }
+
     async fn outbox_put(&self, reply: NewReply) -> Result<OutboundMessage, StoreError> {
         outbox::put(self, reply).await
     }

@@ -72,6 +72,10 @@ pub struct Workflow {
     /// `[inputs.<name>]`: the values a run takes.
     #[serde(default)]
     pub inputs: BTreeMap<String, InputSpec>,
+    /// `tools`: the tools its nodes may call; a node calling any other is refused at validation
+    /// and at run time. Absent: none.
+    #[serde(default)]
+    pub tools: Vec<String>,
     /// `[[nodes]]`, in file order.
     #[serde(default)]
     pub nodes: Vec<Node>,

@@ -45,6 +45,17 @@ pub trait NodeServices: Send + Sync {
     ) -> Result<Value, String>;
     /// Sends a message through the outbox; returns the outbox id.
     async fn send_message(&self, target: MessageTarget, text: &str) -> Result<i64, String>;
+    /// A `message` node's send for a run started from `origin`; the default sends as
+    /// [`send_message`](Self::send_message). The gateway's checks the run's user against
+    /// `[tools.send_message] scope`.
+    async fn send_message_for(
+        &self,
+        target: MessageTarget,
+        text: &str,
+        _origin: Option<&RunOrigin>,
+    ) -> Result<i64, String> {
+        self.send_message(target, text).await
+    }
     /// The names of the shared tools, for validation.
     fn tool_names(&self) -> HashSet<String>;
     /// The enabled channels, for validating message nodes; `None` (the default) skips that
@@ -450,6 +461,16 @@ impl Engine {
             return (Err(format!("node {index} is not in the workflow")), 0);
         };
         let id = node.id.as_str();
+        // Validation refuses an undeclared tool; checked again so no file reaches a tool it
+        // does not declare.
+        for (_, tool) in node.tools() {
+            if !workflow.tools.iter().any(|t| t == tool) {
+                tracing::warn!(message = "Workflow node refused: its tool is not declared.", workflow = %workflow.name, node = %id, tool);
+                metrics::counter!("gateway_tool_refusals_total", "tool" => tool.to_owned())
+                    .increment(1);
+                return (Err(validate::undeclared_tool(tool, &workflow.tools)), 0);
+            }
+        }
         // Validation keeps both in range; bounded again so no value overflows a timer.
         let timeout = node
             .timeout
@@ -573,7 +594,10 @@ impl Engine {
                         )
                     }
                 };
-                let id = self.services.send_message(target, &text).await?;
+                let id = self
+                    .services
+                    .send_message_for(target, &text, origin)
+                    .await?;
                 Ok(serde_json::json!({"outbox_id": id, "text": text}))
             }
         }
@@ -762,5 +786,98 @@ pub fn check_inputs(workflow: &Workflow, inputs: Value) -> Result<Value, String>
         Ok(Value::Object(given))
     } else {
         Err(errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    /// Node services that record the tools called.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl NodeServices for Recording {
+        async fn complete(&self, _: Option<&str>, prompt: &str) -> Result<String, String> {
+            Ok(prompt.to_owned())
+        }
+        async fn call_tool(
+            &self,
+            name: &str,
+            _: Value,
+            _: Option<&RunOrigin>,
+        ) -> Result<Value, String> {
+            self.0
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push(name.to_owned());
+            Ok(Value::Null)
+        }
+        async fn send_message(&self, _: MessageTarget, _: &str) -> Result<i64, String> {
+            Ok(1)
+        }
+        fn tool_names(&self) -> HashSet<String> {
+            HashSet::from(["current_time".to_owned()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_calling_an_undeclared_tool_is_refused_at_run_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: SharedStore =
+            Arc::new(SqliteStore::open(&dir.path().join("g.db")).expect("store"));
+        let events = EventBus::new(64);
+        let mut rx = events.subscribe();
+        let services = Arc::new(Recording::default());
+        let engine = Engine::load(dir.path().to_path_buf(), store, events, services.clone());
+        let text =
+            "name = \"w\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"current_time\"\n";
+        let wf = Workflow::from_toml(text, "w.toml").expect("parse");
+        let known = Known {
+            tools: services.tool_names(),
+            ..Known::default()
+        };
+        assert!(
+            !validate::validate(&wf, &known).is_empty(),
+            "validation refuses it first"
+        );
+        // Past validation (as no loaded file can be), the run refuses it too.
+        engine
+            .workflows
+            .write()
+            .expect("lock")
+            .insert("w".to_owned(), Arc::new(wf));
+        let run = engine.start("w", Value::Null, None).await.expect("start");
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::RunChanged { run: r, status, .. }
+                        if r == run && status != RunStatus::Running =>
+                    {
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "run {run} did not end");
+        let record = engine.run(run).await.expect("run");
+        assert_eq!(record.status, RunStatus::Failed, "{record:?}");
+        let node = record.nodes.iter().find(|n| n.node == "a").expect("node a");
+        assert_eq!(
+            node.error.as_deref(),
+            Some(
+                "tool `current_time` is not declared by this workflow; add it to the top-level list: tools = [\"current_time\"]"
+            )
+        );
+        assert!(
+            services.0.lock().expect("lock").is_empty(),
+            "the tool never ran"
+        );
     }
 }

@@ -20,6 +20,7 @@
 //! not run before the node that uses it.
 
 mod checks;
+pub(crate) use checks::undeclared_tool;
 mod script_refs;
 mod text;
 
@@ -319,7 +320,7 @@ mod tests {
         assert_eq!(got, expected, "\n--- for ---\n{toml}");
     }
 
-    const HEAD: &str = "name = \"t\"\n[inputs.q]\ntype = \"string\"\n";
+    const HEAD: &str = "name = \"t\"\ntools = [\"http_get\"]\n[inputs.q]\ntype = \"string\"\n";
 
     fn wf(nodes: &str) -> String {
         format!("{HEAD}{nodes}")
@@ -389,7 +390,7 @@ text = "{{sum.output}}"
             (
                 "name = \"t\"\nnme = 1\n",
                 &[
-                    "field `nme`: unknown field `nme`, expected one of `name`, `description`, `inputs`, `nodes` (line 2)",
+                    "field `nme`: unknown field `nme`, expected one of `name`, `description`, `inputs`, `tools`, `nodes` (line 2)",
                 ],
             ),
             (
@@ -460,6 +461,24 @@ text = "{{sum.output}}"
                 ),
                 &[
                     "node `a`, field `do.tool`: unknown tool `nope`; known tools: current_time, http_get, run_workflow, send_message",
+                ],
+            ),
+            (
+                &wf("[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"send_message\"\n"),
+                &[
+                    "node `a`, field `tool`: tool `send_message` is not declared by this workflow; add it to the top-level list: tools = [\"http_get\", \"send_message\"]",
+                ],
+            ),
+            (
+                "name = \"t\"\n[inputs.q]\ntype = \"string\"\n[[nodes]]\nid = \"a\"\nkind = \"foreach\"\nitems = \"{{inputs.q}}\"\ndo = { kind = \"tool\", tool = \"current_time\" }\n",
+                &[
+                    "node `a`, field `do.tool`: tool `current_time` is not declared by this workflow; add it to the top-level list: tools = [\"current_time\"]",
+                ],
+            ),
+            (
+                "name = \"t\"\ntools = [\"http_get\", \"wget\"]\n[[nodes]]\nid = \"a\"\nkind = \"code\"\nscript = \"1\"\n",
+                &[
+                    "field `tools[1]`: unknown tool `wget`; known tools: current_time, http_get, run_workflow, send_message",
                 ],
             ),
             // Templates.
@@ -648,13 +667,13 @@ text = "{{sum.output}}"
             "big.toml: field `nodes`: the workflow has 10001 nodes, more than the limit of 10000; split it into workflows that run each other (`run_workflow`)"
         );
         let deep = format!(
-            "name = \"t\"\n# [[[[ in a comment\nx = \"[[[[\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}{} }}\n",
+            "name = \"t\"\ntools = [\"http_get\"]\n# [[[[ in a comment\nx = \"[[[[\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}{} }}\n",
             "[".repeat(40),
             "]".repeat(40)
         );
         assert_eq!(
             message(&deep),
-            "big.toml: arrays and tables are nested deeper than 32 levels (line 8)"
+            "big.toml: arrays and tables are nested deeper than 32 levels (line 9)"
         );
         // A hundred thousand levels: refused before the TOML parser could recurse into them.
         let deeper = format!("name = \"t\"\nx = {}\n", "[".repeat(100_000));
@@ -666,7 +685,7 @@ text = "{{sum.output}}"
         );
         // Nesting right at the limit is fine.
         let ok = format!(
-            "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}1{} }}\n",
+            "name = \"t\"\ntools = [\"http_get\"]\n[[nodes]]\nid = \"a\"\nkind = \"tool\"\ntool = \"http_get\"\nargs = {{ a = {}1{} }}\n",
             "[".repeat(MAX_NESTING - 1),
             "]".repeat(MAX_NESTING - 1)
         );
@@ -856,6 +875,7 @@ script = "2"
 
         /// A valid file touching every node kind, to garble.
         const BASE: &str = r#"name = "t"
+tools = ["http_get"]
 [inputs.q]
 type = "string"
 [inputs.n]

@@ -217,6 +217,7 @@ pub fn normalize(m: &Value) -> Result<InboundMessage, Skip> {
         reply_to: text_at(&m["threadOriginatorGuid"]).map(str::to_owned),
         attachments,
         received_at_ms: date_created(m).unwrap_or_else(now_ms),
+        mentioned: false,
     })
 }
 

@@ -51,6 +51,7 @@ pub struct DataMessage {
     pub message: Option<String>,
     pub group_info: Option<GroupInfo>,
     pub quote: Option<Quote>,
+    pub mentions: Vec<Mention>,
     pub attachments: Vec<SignalAttachment>,
     pub reaction: Option<serde_json::Value>,
     pub remote_delete: Option<serde_json::Value>,
@@ -71,6 +72,27 @@ pub struct Quote {
     pub author: Option<String>,
     pub author_uuid: Option<String>,
     pub author_number: Option<String>,
+}
+
+/// A mention in a message's text (`name` is the mentioned account's number or uuid).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Mention {
+    pub name: Option<String>,
+    pub number: Option<String>,
+    pub uuid: Option<String>,
+}
+
+/// Whether group message `dm` addresses `account`: a mention of it, or a quote of its message.
+fn addresses(dm: &DataMessage, account: &str) -> bool {
+    let is_me = |s: &Option<String>| s.as_deref() == Some(account);
+    dm.mentions
+        .iter()
+        .any(|m| is_me(&m.number) || is_me(&m.uuid) || is_me(&m.name))
+        || dm
+            .quote
+            .as_ref()
+            .is_some_and(|q| is_me(&q.author) || is_me(&q.author_number) || is_me(&q.author_uuid))
 }
 
 /// A file of a message (signal-cli stores it; the id is its file name there).
@@ -213,6 +235,7 @@ pub fn normalize(envelope: &Envelope, account: &str) -> Result<InboundMessage, S
         reply_to,
         attachments,
         received_at_ms: timestamp,
+        mentioned: chat_type == ChatType::Group && addresses(dm, account),
     })
 }
 
@@ -238,6 +261,53 @@ mod tests {
             .expect("valid")
             .into_envelope()
             .expect("an envelope")
+    }
+
+    #[test]
+    fn a_group_message_is_mentioned_by_a_mention_or_a_quote_of_the_account() {
+        let group = r#""groupInfo":{"groupId":"Z3JvdXA=","type":"DELIVER"}"#;
+        let flag = |extra: &str, group: &str| {
+            let e = envelope(&format!(
+                r#"{{"envelope":{{"sourceUuid":"{ADA}","timestamp":5,
+                "dataMessage":{{"timestamp":5,"message":"￼ hi"{group}{extra}}}}}}}"#
+            ));
+            normalize(&e, ME).expect("a message").mentioned
+        };
+        let g = format!(",{group}");
+        let mention = |who: &str| {
+            format!(r#","mentions":[{{"name":"{who}","number":"{who}","start":0,"length":1}}]"#)
+        };
+        assert!(flag(&mention(ME), &g), "a mention of the account's number");
+        assert!(
+            flag(
+                r#","mentions":[{"uuid":"x","number":"+15550001111","start":0,"length":1}]"#,
+                &g
+            ),
+            "number matches though the uuid is unknown"
+        );
+        assert!(
+            !flag(&mention("+15559999999"), &g),
+            "someone else mentioned"
+        );
+        assert!(
+            flag(
+                &format!(r#","quote":{{"id":3,"author":"{ME}","authorNumber":"{ME}","text":"q"}}"#),
+                &g
+            ),
+            "a quote of the account's message"
+        );
+        assert!(
+            !flag(
+                &format!(r#","quote":{{"id":3,"authorUuid":"{ADA}","text":"q"}}"#),
+                &g
+            ),
+            "a quote of someone else"
+        );
+        assert!(!flag("", &g), "no mention");
+        assert!(
+            !flag(&mention(ME), ""),
+            "a direct message is never `mentioned`"
+        );
     }
 
     #[test]

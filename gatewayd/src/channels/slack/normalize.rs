@@ -156,6 +156,7 @@ pub fn normalize(
         attachments,
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: chat_type == ChatType::Group && mentioned,
     })
 }
 
@@ -218,6 +219,32 @@ mod tests {
 
     fn check(event: serde_json::Value, require_mention: bool) -> Option<InboundMessage> {
         normalize(&callback(event), &bot(), require_mention)
+    }
+
+    #[test]
+    fn a_group_message_is_mentioned_by_app_mention_or_the_bots_tag() {
+        let flag = |event: serde_json::Value| check(event, false).map(|m| m.mentioned);
+        assert_eq!(flag(message("C1", "channel", "<@UBOT> hi")), Some(true));
+        assert_eq!(
+            flag(message("C1", "channel", "hi <@UBOT|gate>")),
+            Some(true)
+        );
+        assert_eq!(flag(message("C1", "channel", "hi <@UOTHER>")), Some(false));
+        assert_eq!(flag(message("C1", "channel", "hi <@UBOTX>")), Some(false));
+        assert_eq!(flag(message("C1", "channel", "just talking")), Some(false));
+        let mut app_mention = message("C1", "channel", "hi");
+        app_mention["type"] = json!("app_mention");
+        assert_eq!(flag(app_mention), Some(true));
+        assert_eq!(
+            flag(message("D1", "im", "<@UBOT> hi")),
+            Some(false),
+            "a direct message is never `mentioned`"
+        );
+        // The channel's own mention rule is unchanged: it still drops the unmentioned.
+        assert_eq!(
+            check(message("C1", "channel", "just talking"), true).map(|m| m.mentioned),
+            None
+        );
     }
 
     #[test]

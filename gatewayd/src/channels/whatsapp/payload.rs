@@ -494,6 +494,7 @@ pub fn normalize(m: &Message) -> Option<InboundMessage> {
         attachments,
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     })
 }
 

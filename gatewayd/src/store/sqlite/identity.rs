@@ -270,6 +270,29 @@ pub(super) async fn last_direct_chat(
         .await
 }
 
+pub(super) async fn is_direct_chat_of(
+    store: &SqliteStore,
+    user: UserId,
+    channel: ChannelKind,
+    chat_id: &str,
+) -> Result<bool, StoreError> {
+    let chat = chat_id.to_owned();
+    store
+        .read(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM addresses a
+                 WHERE a.user_id = ?1 AND a.channel = ?2 AND (a.last_chat_id = ?3
+                   OR EXISTS (SELECT 1 FROM inbox i WHERE i.channel = a.channel
+                     AND i.chat_id = ?3 AND i.sender_id = a.sender_id
+                     AND i.chat_type = 'direct')))",
+                params![user, channel.as_str(), chat],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(db)
+        })
+        .await
+}
+
 pub(super) async fn put_link_code(
     store: &SqliteStore,
     code: &str,

@@ -127,6 +127,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                     reply_to,
                     attachments,
                     received_at_ms: at,
+                    mentioned: false,
                 },
             });
         }

@@ -677,6 +677,13 @@ mod tests {
             .expect("prune");
         assert_eq!(report.inbox, 1);
         assert_eq!(store.last_direct_chat(user).await.expect("read"), before);
+        assert!(
+            store
+                .is_direct_chat_of(user, ChannelKind::new("http"), "chat-s4")
+                .await
+                .expect("read"),
+            "the pruned chat is still the user's"
+        );
     }
 
     #[tokio::test]

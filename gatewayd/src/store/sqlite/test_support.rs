@@ -21,6 +21,7 @@ pub(super) fn msg(id: &str, sender: &str) -> InboundMessage {
         attachments: Vec::new(),
         sender_name: None,
         received_at_ms: now_ms(),
+        mentioned: false,
     }
 }
 

@@ -99,6 +99,17 @@ impl Validator<'_> {
                 ),
             );
         }
+        for (i, tool) in wf.tools.iter().enumerate() {
+            if !self.known.tools.contains(tool) {
+                let mut known: Vec<&str> = self.known.tools.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                self.push(
+                    None,
+                    Some(&format!("tools[{i}]")),
+                    format!("unknown tool `{tool}`; known tools: {}", known.join(", ")),
+                );
+            }
+        }
         for (name, spec) in &wf.inputs {
             let key = |k: &str| format!("inputs.{name}{k}");
             if !is_id(name) {
@@ -226,6 +237,12 @@ impl Validator<'_> {
                     here,
                     Some(field),
                     format!("unknown tool `{tool}`; known tools: {}", known.join(", ")),
+                );
+            } else if !self.workflow.tools.iter().any(|t| t == tool) {
+                self.push(
+                    here,
+                    Some(field),
+                    undeclared_tool(tool, &self.workflow.tools),
                 );
             }
         }
@@ -391,4 +408,14 @@ impl Validator<'_> {
             None
         }
     }
+}
+
+/// The error of a node calling `tool` that the file's `tools` (`declared`) does not list.
+pub(crate) fn undeclared_tool(tool: &str, declared: &[String]) -> String {
+    let mut all: Vec<String> = declared.iter().map(|t| format!("\"{t}\"")).collect();
+    all.push(format!("\"{tool}\""));
+    format!(
+        "tool `{tool}` is not declared by this workflow; add it to the top-level list: tools = [{}]",
+        all.join(", ")
+    )
 }
