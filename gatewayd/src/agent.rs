@@ -114,7 +114,9 @@ impl Usage {
     pub fn add(self, other: Usage) -> Self {
         Self {
             prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
-            completion_tokens: self.completion_tokens.saturating_add(other.completion_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
             estimated: self.estimated || other.estimated,
         }
     }
@@ -424,9 +426,10 @@ impl Agent {
             let (step, usage) = self
                 .retrying(|| self.provider.step_counted(&messages, &specs))
                 .await?;
-            spent = spent.add(usage.unwrap_or_else(|| {
-                Usage::estimate(message_chars(&messages), step_chars(&step))
-            }));
+            spent =
+                spent.add(usage.unwrap_or_else(|| {
+                    Usage::estimate(message_chars(&messages), step_chars(&step))
+                }));
             let (content, calls) = match step {
                 Step::Answer(text) => return Ok((text, spent)),
                 Step::ToolCalls { content, calls } => (content, calls),
@@ -712,7 +715,13 @@ mod tests {
                     completion_tokens: 7,
                     estimated: false,
                 };
-                return Ok((Step::ToolCalls { content: None, calls }, Some(usage)));
+                return Ok((
+                    Step::ToolCalls {
+                        content: None,
+                        calls,
+                    },
+                    Some(usage),
+                ));
             }
             Ok((Step::Answer("done!!!!".to_owned()), None))
         }

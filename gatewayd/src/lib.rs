@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod budget;
 pub mod channels;
 pub mod config;
 pub mod delivery;

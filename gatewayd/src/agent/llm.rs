@@ -572,22 +572,27 @@ mod tests {
 
     #[test]
     fn usage_is_read_when_both_counts_are_whole_numbers() {
-        let completion = |body: Value| -> Completion {
-            serde_json::from_value(body).expect("a completion")
-        };
+        let completion =
+            |body: Value| -> Completion { serde_json::from_value(body).expect("a completion") };
         let choices = json!([{"message": {"content": "hi"}}]);
         assert_eq!(
             completion(json!({"choices": choices, "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}})).usage(),
             Some(Usage { prompt_tokens: 12, completion_tokens: 3, estimated: false })
         );
         assert_eq!(completion(json!({"choices": choices})).usage(), None);
-        assert_eq!(completion(json!({"choices": choices, "usage": null})).usage(), None);
+        assert_eq!(
+            completion(json!({"choices": choices, "usage": null})).usage(),
+            None
+        );
         assert_eq!(
             completion(json!({"choices": choices, "usage": {"prompt_tokens": "12", "completion_tokens": 3}})).usage(),
             None
         );
         assert_eq!(
-            completion(json!({"choices": choices, "usage": {"prompt_tokens": -1, "completion_tokens": 3}})).usage(),
+            completion(
+                json!({"choices": choices, "usage": {"prompt_tokens": -1, "completion_tokens": 3}})
+            )
+            .usage(),
             None
         );
     }

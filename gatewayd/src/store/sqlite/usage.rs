@@ -250,7 +250,11 @@ mod tests {
         };
         store.set_budget_override(7, limits).await.expect("set");
         assert_eq!(
-            store.budget_override(7).await.expect("get").turns_per_minute,
+            store
+                .budget_override(7)
+                .await
+                .expect("get")
+                .turns_per_minute,
             Some(i64::MAX as u64),
             "stored saturated"
         );
