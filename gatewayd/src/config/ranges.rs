@@ -153,6 +153,8 @@ pub const MIB: u64 = 1024 * 1024;
 /// The largest token budget (a day's): far beyond any real one, and well inside the store's
 /// `i64` counts.
 pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000_000;
+/// The largest turn budget (a minute's).
+pub const MAX_BUDGET_TURNS: u64 = 1_000_000;
 
 pub const fn ints(lo: u64, hi: u64) -> Range {
     Range::Int(lo, hi)
@@ -305,9 +307,11 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
         ints(1, MAX_BUDGET_TOKENS),
         |c| c.budgets.user_tokens_per_day.and_then(int),
     ),
-    key("budgets.user_turns_per_minute", ints(1, 1_000_000), |c| {
-        c.budgets.user_turns_per_minute.and_then(int)
-    }),
+    key(
+        "budgets.user_turns_per_minute",
+        ints(1, MAX_BUDGET_TURNS),
+        |c| c.budgets.user_turns_per_minute.and_then(int),
+    ),
     key(
         "budgets.global_tokens_per_day",
         ints(1, MAX_BUDGET_TOKENS),
