@@ -111,7 +111,7 @@ impl Usage {
     }
 
     /// Both counts summed; estimated if either part is.
-    pub fn add(self, other: Usage) -> Self {
+    pub fn plus(self, other: Usage) -> Self {
         Self {
             prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
             completion_tokens: self
@@ -427,7 +427,7 @@ impl Agent {
                 .retrying(|| self.provider.step_counted(&messages, &specs))
                 .await?;
             spent =
-                spent.add(usage.unwrap_or_else(|| {
+                spent.plus(usage.unwrap_or_else(|| {
                     Usage::estimate(message_chars(&messages), step_chars(&step))
                 }));
             let (content, calls) = match step {
@@ -661,15 +661,15 @@ mod tests {
             estimated: false,
         };
         assert_eq!(
-            reported.add(Usage::estimate(4, 4)),
+            reported.plus(Usage::estimate(4, 4)),
             Usage {
                 prompt_tokens: 11,
                 completion_tokens: 2,
                 estimated: true
             }
         );
-        assert_eq!(reported.add(reported).total(), 22);
-        assert!(!reported.add(reported).estimated);
+        assert_eq!(reported.plus(reported).total(), 22);
+        assert!(!reported.plus(reported).estimated);
     }
 
     #[tokio::test]
