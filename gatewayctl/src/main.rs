@@ -109,7 +109,7 @@ enum Command {
     Events,
     /// The live operator console: every tab, actions with confirmation (`?` for keys).
     Console,
-    /// LLM tokens per user (today, or over --since), and the day's use against the budgets.
+    /// LLM tokens per user, and today's use against the budgets.
     Usage {
         /// Only this user.
         #[arg(long, value_name = "USER_ID")]
