@@ -138,6 +138,17 @@ async fn a_token_budget_refuses_once_keeps_the_messages_and_counts_across_a_rest
     // Told once: the next refused message is kept without a reply.
     refused_quietly(&gw, &callback, "alice", "four").await;
     assert_eq!(fake.requests().len(), 2, "the model saw no refused message");
+    let metrics = gw.get("/metrics").await.expect("metrics").text;
+    for series in [
+        "gateway_budget_refusals_total 2",
+        "gateway_llm_tokens_total{kind=\"prompt\"} 120",
+        "gateway_llm_tokens_total{kind=\"completion\"} 20",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in:\n{metrics}"
+        );
+    }
 
     // The usage table, against what the fake reported.
     let reported = fake.reported_usage();
