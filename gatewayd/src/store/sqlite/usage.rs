@@ -40,6 +40,37 @@ pub(super) fn insert(conn: &Connection, usage: &UsageRecord) -> Result<(), Store
     Ok(())
 }
 
+/// Moves `merge`'s usage to `keep` (inside the link's transaction), so a linked person's
+/// budget counts what both spent. `keep`'s budget override stays; `merge`'s is taken only when
+/// `keep` has none.
+pub(super) fn merge_users(
+    conn: &Connection,
+    keep: UserId,
+    merge: UserId,
+) -> Result<(), StoreError> {
+    let keep_key = crate::message::SessionKey::User(keep).to_string();
+    let merge_key = crate::message::SessionKey::User(merge).to_string();
+    conn.execute(
+        "UPDATE usage SET user_id = ?1 WHERE user_id = ?2",
+        params![keep, merge],
+    )
+    .map_err(db)?;
+    conn.execute(
+        "UPDATE usage SET session_key = ?1 WHERE session_key = ?2",
+        params![keep_key, merge_key],
+    )
+    .map_err(db)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO budget_overrides (user_id, tokens_per_day, turns_per_minute, updated_at)
+         SELECT ?1, tokens_per_day, turns_per_minute, updated_at FROM budget_overrides WHERE user_id = ?2",
+        params![keep, merge],
+    )
+    .map_err(db)?;
+    conn.execute("DELETE FROM budget_overrides WHERE user_id = ?1", [merge])
+        .map_err(db)?;
+    Ok(())
+}
+
 pub(super) async fn totals(
     store: &SqliteStore,
     user: Option<UserId>,
@@ -229,6 +260,42 @@ mod tests {
             store.turn_times(1, 0).await.expect("times"),
             [now - 120_000, now]
         );
+    }
+
+    #[tokio::test]
+    async fn linking_users_moves_the_merged_users_usage_and_override() {
+        let (_dir, store) = open();
+        let now = now_ms();
+        let a = new_inbox_row(&store, "a", "u1").await;
+        let b = new_inbox_row(&store, "b", "u2").await;
+        let keep = store
+            .resolve_address(&msg("a", "u1").address())
+            .await
+            .expect("u1");
+        let merge = store
+            .resolve_address(&msg("b", "u2").address())
+            .await
+            .expect("u2");
+        for (row, user) in [(a, keep), (b, merge)] {
+            store
+                .commit_turn_with_usage(turn(row, user), Some(usage(row, user, now, 10, 1, false)))
+                .await
+                .expect("turn");
+        }
+        let limits = BudgetOverride {
+            tokens_per_day: Some(5),
+            turns_per_minute: None,
+        };
+        store.set_budget_override(merge, limits).await.expect("set");
+        store.link_users(keep, merge).await.expect("link");
+        let totals = store.usage_totals(None, 0).await.expect("totals");
+        assert_eq!(totals.len(), 1, "{totals:?}");
+        assert_eq!(
+            (totals[0].user, totals[0].tokens(), totals[0].turns),
+            (keep, 22, 2)
+        );
+        assert_eq!(store.budget_override(keep).await.expect("get"), limits);
+        assert!(store.budget_override(merge).await.expect("get").is_empty());
     }
 
     #[tokio::test]
