@@ -137,6 +137,9 @@ async fn a_token_budget_refuses_once_keeps_the_messages_and_counts_across_a_rest
     );
     // Told once: the next refused message is kept without a reply.
     refused_quietly(&gw, &callback, "alice", "four").await;
+    // Gateway commands come before the budget check: they still work.
+    let help = ask(&gw, &callback, "alice", "/help").await;
+    assert!(help.contains("/whoami"), "{help}");
     assert_eq!(fake.requests().len(), 2, "the model saw no refused message");
     let metrics = gw.get("/metrics").await.expect("metrics").text;
     for series in [
