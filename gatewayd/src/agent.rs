@@ -11,6 +11,10 @@
 //! the model as the call's result, never to the user as a failure), and the model is asked again
 //! with the results. The loop runs at most `max_tool_steps` rounds of calls; a model still
 //! calling tools after that gets no more, and the user gets an honest "could not finish" reply.
+//!
+//! [`Agent::respond_counted`] also returns the turn's [`Usage`]: the provider's `usage` counts
+//! summed over every request of the turn, each request without them estimated
+//! ([`estimate_tokens`], a token per four characters) and the sum then marked `estimated`.
 
 pub mod llm;
 pub mod tools;

@@ -7,6 +7,7 @@
 //! through the adapter. [`events`] carries every state change to whoever watches, [`admin`] serves
 //! the operator's gRPC API, and [`http`] and [`runtime`] wire it all to the network and to the
 //! process's life, with [`supervise`] watching every long-lived task.
+//! [`budget`] decides, before an agent turn, whether the sender may still spend LLM tokens.
 
 pub mod admin;
 pub mod agent;

@@ -7,6 +7,11 @@
 //! then hand the reply to delivery. If the commit cannot be made the message stays pending in the
 //! inbox and is replayed at the next start, so nothing acknowledged is lost.
 //!
+//! Just before an agent turn (after gateway commands) the sender's LLM budgets are checked
+//! ([`crate::budget`]): a refused message is committed to the transcript without reaching the
+//! agent, answered with the refusal once per window. An agent turn's token usage is committed
+//! with the turn.
+//!
 //! A panic while handling a message restarts the worker in place (see [`run`]): the message is
 //! handled again from its pending inbox row, at most [`MAX_TURN_PANICS`] times, then answered
 //! with a generic error reply; other sessions never notice.
