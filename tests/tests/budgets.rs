@@ -263,6 +263,29 @@ async fn usage_without_a_reported_count_is_estimated() {
         usage,
         json!([{"user_id": user, "prompt_tokens": 3, "completion_tokens": 3, "turns": 1, "estimated": true}])
     );
+    let table = tokio::process::Command::new(gateway_tests::gatewayctl_bin())
+        .args(["--addr", &gw.admin_url(), "usage"])
+        .env_remove("GATEWAYCTL_ADDR")
+        .env_remove("GATEWAYCTL_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let table = tokio::time::timeout(TIMEOUT, table)
+        .await
+        .expect("gatewayctl usage finished in time")
+        .expect("gatewayctl usage ran");
+    let table = String::from_utf8_lossy(&table.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("USER"), "{table}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row,
+        [user.to_string().as_str(), "3", "3", "6", "1", "yes"],
+        "{table}"
+    );
+    assert!(
+        table.contains("today (UTC): 6 tokens of the global budget (no limit)"),
+        "{table}"
+    );
     drop(gw);
 
     // A server that sends no `usage` is estimated too.
