@@ -5,6 +5,7 @@
 //! Exit codes: 0 on success, 1 when the command fails (one `gatewayctl: …` line on stderr),
 //! 2 for bad arguments (clap's usage message).
 
+mod budgets;
 mod channels;
 mod client;
 mod console;
@@ -18,6 +19,7 @@ mod ratelimits;
 mod runs;
 mod sessions;
 mod status;
+mod usage;
 mod workflows;
 
 use std::process::ExitCode;
@@ -107,6 +109,18 @@ enum Command {
     Events,
     /// The live operator console: every tab, actions with confirmation (`?` for keys).
     Console,
+    /// LLM tokens per user, and today's use against the budgets.
+    Usage {
+        /// Only this user.
+        #[arg(long, value_name = "USER_ID")]
+        user: Option<i64>,
+        /// The period back from now, e.g. 7d, 12h, 30m (default: the current UTC day).
+        #[arg(long, value_name = "PERIOD", value_parser = usage::parse_since)]
+        since: Option<u64>,
+    },
+    /// Per-user LLM budgets: set or clear a user's own limits.
+    #[command(subcommand)]
+    Budgets(budgets::Cmd),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell.
@@ -171,6 +185,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflows(cmd) => workflows::run(api, format, cmd).await,
         Command::Runs(cmd) => runs::run(api, format, cmd).await,
         Command::Events => events::run(api, format, &cli.addr).await,
+        Command::Usage { user, since } => usage::run(api, format, user, since).await,
+        Command::Budgets(cmd) => budgets::run(api, format, cmd).await,
         Command::Completions { .. } | Command::Console => Ok(()),
     }
 }

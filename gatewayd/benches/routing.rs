@@ -165,6 +165,10 @@ impl Parts {
             history_window: 20,
             workflows: None,
             supervisor: gatewayd::supervise::Supervisor::new(),
+            budgets: Arc::new(gatewayd::budget::Budgets::new(
+                Default::default(),
+                self.store.clone(),
+            )),
         })
     }
 

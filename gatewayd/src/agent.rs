@@ -11,6 +11,10 @@
 //! the model as the call's result, never to the user as a failure), and the model is asked again
 //! with the results. The loop runs at most `max_tool_steps` rounds of calls; a model still
 //! calling tools after that gets no more, and the user gets an honest "could not finish" reply.
+//!
+//! [`Agent::respond_counted`] also returns the turn's [`Usage`]: the provider's `usage` counts
+//! summed over every request of the turn, each request without them estimated
+//! ([`estimate_tokens`], a token per four characters) and the sum then marked `estimated`.
 
 pub mod llm;
 pub mod tools;
@@ -86,6 +90,83 @@ pub enum Step {
     },
 }
 
+/// The tokens one turn (or one model request) spent.
+///
+/// From the provider's `usage` object when it sends one; otherwise estimated with
+/// [`estimate_tokens`] from the text sent and received, and marked `estimated`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the request(s).
+    pub prompt_tokens: u64,
+    /// Tokens of the answer(s).
+    pub completion_tokens: u64,
+    /// Whether any part of the count is an estimate rather than the provider's.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// The estimate for a request of `sent_chars` characters answered with `received_chars`.
+    pub fn estimate(sent_chars: usize, received_chars: usize) -> Self {
+        Self {
+            prompt_tokens: estimate_tokens(sent_chars),
+            completion_tokens: estimate_tokens(received_chars),
+            estimated: true,
+        }
+    }
+
+    /// Both counts summed; estimated if either part is.
+    pub fn plus(self, other: Usage) -> Self {
+        Self {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+            estimated: self.estimated || other.estimated,
+        }
+    }
+
+    /// Prompt and completion tokens together.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// The token estimate of `chars` characters of text: one token per four characters, rounded up.
+pub fn estimate_tokens(chars: usize) -> u64 {
+    u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+/// Characters of the text in `messages` (contents, tool names, arguments and results).
+fn message_chars(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|m| match m {
+            Message::Chat(c) => c.content.chars().count(),
+            Message::ToolCalls { content, calls } => {
+                content.as_deref().map_or(0, |c| c.chars().count()) + calls_chars(calls)
+            }
+            Message::ToolResult { content, .. } => content.chars().count(),
+        })
+        .sum()
+}
+
+fn calls_chars(calls: &[ToolCall]) -> usize {
+    calls
+        .iter()
+        .map(|c| c.name.chars().count() + c.arguments.chars().count())
+        .sum()
+}
+
+/// Characters of what the model answered in `step`.
+fn step_chars(step: &Step) -> usize {
+    match step {
+        Step::Answer(text) => text.chars().count(),
+        Step::ToolCalls { content, calls } => {
+            content.as_deref().map_or(0, |c| c.chars().count()) + calls_chars(calls)
+        }
+    }
+}
+
 /// Why a completion failed.
 ///
 /// Nothing the model server sent is kept here: its error bodies and malformed responses are
@@ -158,6 +239,25 @@ pub trait Provider: Send + Sync {
             })
             .collect();
         self.complete(&chat).await.map(Step::Answer)
+    }
+
+    /// [`step`](Self::step), with the `usage` the server reported for it, if any. The default
+    /// reports none (the caller estimates).
+    async fn step_counted(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<(Step, Option<Usage>), LlmError> {
+        self.step(messages, tools).await.map(|s| (s, None))
+    }
+
+    /// [`complete`](Self::complete), with the `usage` the server reported for it, if any. The
+    /// default reports none (the caller estimates).
+    async fn complete_counted(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<(String, Option<Usage>), LlmError> {
+        self.complete(messages).await.map(|t| (t, None))
     }
 }
 
@@ -288,9 +388,35 @@ impl Agent {
         input: &str,
         ctx: &ToolCallContext,
     ) -> Result<String, LlmError> {
+        self.respond_counted(history, input, ctx)
+            .await
+            .map(|(text, _)| text)
+    }
+
+    /// [`respond_with_tools`](Self::respond_with_tools), with the tokens the turn spent: the
+    /// sum over every model request of the turn (each round of the tool-call loop), from the
+    /// provider's `usage` where it reports one and estimated where it does not.
+    pub async fn respond_counted(
+        &self,
+        history: &[TranscriptEntry],
+        input: &str,
+        ctx: &ToolCallContext,
+    ) -> Result<(String, Usage), LlmError> {
         let registry = match &self.tools {
             Some(r) if self.provider.supports_tools() && !r.is_empty() => r,
-            _ => return self.respond(history, input).await,
+            _ => {
+                let messages = self.messages(history, input);
+                let (text, usage) = self
+                    .retrying(|| self.provider.complete_counted(&messages))
+                    .await?;
+                let usage = usage.unwrap_or_else(|| {
+                    Usage::estimate(
+                        messages.iter().map(|m| m.content.chars().count()).sum(),
+                        text.chars().count(),
+                    )
+                });
+                return Ok((text, usage));
+            }
         };
         let specs = registry.specs();
         let mut messages: Vec<Message> = self
@@ -299,12 +425,17 @@ impl Agent {
             .map(Message::Chat)
             .collect();
         let mut rounds = 0;
+        let mut spent = Usage::default();
         loop {
-            let step = self
-                .retrying(|| self.provider.step(&messages, &specs))
+            let (step, usage) = self
+                .retrying(|| self.provider.step_counted(&messages, &specs))
                 .await?;
+            spent =
+                spent.plus(usage.unwrap_or_else(|| {
+                    Usage::estimate(message_chars(&messages), step_chars(&step))
+                }));
             let (content, calls) = match step {
-                Step::Answer(text) => return Ok(text),
+                Step::Answer(text) => return Ok((text, spent)),
                 Step::ToolCalls { content, calls } => (content, calls),
             };
             if rounds == self.max_tool_steps {
@@ -314,9 +445,12 @@ impl Agent {
                     provider = self.provider.name(),
                     max_tool_steps = self.max_tool_steps
                 );
-                return Ok(format!(
-                    "I could not finish within {} tool steps.",
-                    self.max_tool_steps
+                return Ok((
+                    format!(
+                        "I could not finish within {} tool steps.",
+                        self.max_tool_steps
+                    ),
+                    spent,
                 ));
             }
             rounds += 1;
@@ -509,5 +643,115 @@ mod tests {
             Echo.step(&messages, &[]).await.expect("step"),
             Step::Answer("hi".to_owned())
         );
+    }
+
+    #[test]
+    fn the_estimate_is_a_token_per_four_characters_rounded_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(4), 1);
+        assert_eq!(estimate_tokens(5), 2);
+        assert_eq!(
+            Usage::estimate(9, 8),
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                estimated: true
+            }
+        );
+        let reported = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 1,
+            estimated: false,
+        };
+        assert_eq!(
+            reported.plus(Usage::estimate(4, 4)),
+            Usage {
+                prompt_tokens: 11,
+                completion_tokens: 2,
+                estimated: true
+            }
+        );
+        assert_eq!(reported.plus(reported).total(), 22);
+        assert!(!reported.plus(reported).estimated);
+    }
+
+    #[tokio::test]
+    async fn the_echo_agent_estimates_its_usage() {
+        let agent = Agent::new(Arc::new(Echo), Some("sys!".into()), 1, Duration::ZERO);
+        let (reply, usage) = agent
+            .respond_counted(&[], "hello", &ToolCallContext::default())
+            .await
+            .expect("reply");
+        assert_eq!(reply, "hello");
+        // "sys!" + "hello" = 9 characters sent, 5 received.
+        assert_eq!(usage, Usage::estimate(9, 5));
+    }
+
+    /// Calls `current_time` once (reporting usage), then answers without usage.
+    struct TwoRounds(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl Provider for TwoRounds {
+        fn name(&self) -> &'static str {
+            "two-rounds"
+        }
+        async fn complete(&self, _: &[ChatMessage]) -> Result<String, LlmError> {
+            Ok(String::new())
+        }
+        fn supports_tools(&self) -> bool {
+            true
+        }
+        async fn step_counted(
+            &self,
+            _: &[Message],
+            _: &[ToolSpec],
+        ) -> Result<(Step, Option<Usage>), LlmError> {
+            let round = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if round == 0 {
+                let calls = vec![ToolCall {
+                    id: "c1".to_owned(),
+                    name: "current_time".to_owned(),
+                    arguments: "{}".to_owned(),
+                }];
+                let usage = Usage {
+                    prompt_tokens: 100,
+                    completion_tokens: 7,
+                    estimated: false,
+                };
+                return Ok((
+                    Step::ToolCalls {
+                        content: None,
+                        calls,
+                    },
+                    Some(usage),
+                ));
+            }
+            Ok((Step::Answer("done!!!!".to_owned()), None))
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_is_summed_over_the_rounds_of_a_turn() {
+        let registry = ToolRegistry::new();
+        registry
+            .register(Arc::new(tools::CurrentTime::new()), Duration::from_secs(1))
+            .expect("register");
+        let agent = Agent::new(
+            Arc::new(TwoRounds(Default::default())),
+            None,
+            1,
+            Duration::ZERO,
+        )
+        .with_tools(registry, 3);
+        let (reply, usage) = agent
+            .respond_counted(&[], "time?", &ToolCallContext::default())
+            .await
+            .expect("reply");
+        assert_eq!(reply, "done!!!!");
+        assert!(usage.estimated, "the second round had no usage: {usage:?}");
+        assert!(usage.prompt_tokens > 100, "{usage:?}");
+        // 7 reported + "done!!!!" (8 characters) estimated as 2.
+        assert_eq!(usage.completion_tokens, 9);
     }
 }

@@ -51,6 +51,22 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[store]`: the database's backend, file and retention of its rows.
     pub store: StoreConfig,
+    /// `[budgets]`: limits on what each user, and the gateway, may spend on the LLM.
+    pub budgets: BudgetsConfig,
+}
+
+/// `[budgets]`: LLM spending limits; an absent key is no limit. Tokens per day are counted over
+/// the UTC calendar day, turns per minute over a sliding 60 seconds. `gatewayctl budgets set`
+/// overrides the user limits for one user.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Prompt plus completion tokens one user may spend per UTC day.
+    pub user_tokens_per_day: Option<u64>,
+    /// Agent turns one user may have in any 60 seconds.
+    pub user_turns_per_minute: Option<u64>,
+    /// Prompt plus completion tokens the whole gateway may spend per UTC day.
+    pub global_tokens_per_day: Option<u64>,
 }
 
 /// `[store]`: where the database is and how long it keeps what it no longer needs.

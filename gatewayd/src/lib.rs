@@ -7,9 +7,11 @@
 //! through the adapter. [`events`] carries every state change to whoever watches, [`admin`] serves
 //! the operator's gRPC API, and [`http`] and [`runtime`] wire it all to the network and to the
 //! process's life, with [`supervise`] watching every long-lived task.
+//! [`budget`] decides, before an agent turn, whether the sender may still spend LLM tokens.
 
 pub mod admin;
 pub mod agent;
+pub mod budget;
 pub mod channels;
 pub mod config;
 pub mod delivery;

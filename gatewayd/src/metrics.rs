@@ -6,7 +6,9 @@
 //! `gateway_rate_limit_waits_total{channel}`, `gateway_tool_calls_total{tool,outcome}`,
 //! `gateway_turn_seconds` (histogram), and the gauges
 //! `gateway_outbox_pending`, `gateway_inbox_pending`, `gateway_dead_letters`,
-//! `gateway_sessions_resident`.
+//! `gateway_sessions_resident`. The budgets (`budget`) add `gateway_llm_tokens_total{kind}`
+//! (`kind` is `prompt` or `completion`; each committed agent turn's tokens, reported or
+//! estimated) and `gateway_budget_refusals_total` (agent turns refused for a budget).
 //!
 //! The recorder keeps every histogram sample in a buffer until it is drained into the histogram's
 //! buckets. A scrape drains them, but most deployments are never scraped, so a background thread

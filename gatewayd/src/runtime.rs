@@ -207,6 +207,7 @@ impl Gateway {
             events: events.clone(),
             history_window: config.gateway.history_window,
             supervisor: supervisor.clone(),
+            budgets: Arc::new(crate::budget::Budgets::new(config.budgets, store.clone())),
         });
         let router = Router::new(
             ctx,

@@ -36,4 +36,6 @@ pub struct Context {
     pub workflows: Option<Arc<crate::workflow::run::Engine>>,
     /// Where a worker reports a panic it restarted from.
     pub supervisor: Arc<crate::supervise::Supervisor>,
+    /// The LLM budgets checked before each agent turn.
+    pub budgets: Arc<crate::budget::Budgets>,
 }

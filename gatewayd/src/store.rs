@@ -26,6 +26,7 @@ mod inspect;
 mod records;
 mod retention;
 mod runs;
+mod usage;
 
 pub use dead::{AttemptError, DeadLetter, DeadSelector};
 pub use inspect::{
@@ -37,6 +38,7 @@ pub use records::{
 };
 pub use retention::{Retention, StorageStats};
 pub use runs::{NodeRecord, NodeStatus, RunOrigin, RunRecord, RunStatus};
+pub use usage::{BudgetOverride, UsageRecord, UsageTotal};
 
 use async_trait::async_trait;
 
@@ -342,6 +344,33 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionKey,
         limit: usize,
     ) -> Result<Vec<TracedEntry>, StoreError>;
+
+    /// [`Store::commit_turn`] with the tokens the turn spent, inserted in the same transaction.
+    async fn commit_turn_with_usage(
+        &self,
+        turn: TurnRecord,
+        usage: Option<UsageRecord>,
+    ) -> Result<Vec<OutboundMessage>, StoreError>;
+
+    /// Usage since `since_ms` summed per user (only `user`'s with `Some`), most tokens first.
+    async fn usage_totals(
+        &self,
+        user: Option<UserId>,
+        since_ms: i64,
+    ) -> Result<Vec<UsageTotal>, StoreError>;
+
+    /// When `user`'s agent turns since `since_ms` were made, oldest first.
+    async fn turn_times(&self, user: UserId, since_ms: i64) -> Result<Vec<i64>, StoreError>;
+
+    /// `user`'s budget override (empty if none was set).
+    async fn budget_override(&self, user: UserId) -> Result<BudgetOverride, StoreError>;
+
+    /// Sets `user`'s budget override; an empty one removes it.
+    async fn set_budget_override(
+        &self,
+        user: UserId,
+        limits: BudgetOverride,
+    ) -> Result<(), StoreError>;
 }
 
 /// A shared handle to whichever backend is configured.

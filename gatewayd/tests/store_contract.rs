@@ -16,6 +16,7 @@ use gatewayd::message::{
 };
 use gatewayd::send::ErrorClass;
 use gatewayd::store::sqlite::SqliteStore;
+use gatewayd::store::{BudgetOverride, UsageRecord};
 use gatewayd::store::{
     DeadSelector, InboxOutcome, NewReply, NodeRecord, NodeStatus, OutboxFilter, ReceiptStatus,
     Role, RunOrigin, RunStatus, SessionFilter, SharedStore, Store, StoreError, TranscriptEntry,
@@ -89,6 +90,8 @@ contract! {
         the_last_inbound_time_is_the_newest_message_of_that_chat_on_that_channel,
         receipts_land_on_their_row_only_move_forward_and_may_come_first,
         cursors_only_move_forward_per_channel_and_name,
+        usage_commits_with_its_turn_sums_per_user_and_follows_a_link,
+        budget_overrides_are_set_and_cleared_per_user,
     ],
 }
 
@@ -1619,4 +1622,94 @@ async fn cursors_only_move_forward_per_channel_and_name(store: &dyn Store) {
         Some(2_000),
         "concurrent advances end at the largest"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage and budgets.
+
+fn usage_row(user: UserId, inbox_id: i64, at_ms: i64, tokens: (u64, u64)) -> UsageRecord {
+    UsageRecord {
+        user,
+        session: SessionKey::User(user),
+        inbox_id,
+        at_ms,
+        prompt_tokens: tokens.0,
+        completion_tokens: tokens.1,
+        estimated: false,
+    }
+}
+
+async fn usage_commits_with_its_turn_sums_per_user_and_follows_a_link(store: &dyn Store) {
+    let http = ChannelKind::new("http");
+    let (m1, m2) = (msg(http, "u1", "ann"), msg(http, "u2", "ben"));
+    let ann = store.resolve_address(&m1.address()).await.expect("ann");
+    let ben = store.resolve_address(&m2.address()).await.expect("ben");
+    let now = now_ms();
+    for (m, user, at, tokens) in [(&m1, ann, now - 1_000, (30, 5)), (&m2, ben, now, (7, 1))] {
+        let inbox_id = new_inbox_row(store, m).await;
+        let record = TurnRecord {
+            inbox_id,
+            session: SessionKey::User(user),
+            entries: vec![entry(Role::User, "hi", at, Some(http))],
+            replies: vec![reply(http, "chat", "hello")],
+        };
+        let rows = store
+            .commit_turn_with_usage(record.clone(), Some(usage_row(user, inbox_id, at, tokens)))
+            .await
+            .expect("turn");
+        assert_eq!(rows.len(), 1, "the reply is committed with the usage");
+        // A second turn for the row is refused and records nothing.
+        let again = store
+            .commit_turn_with_usage(record, Some(usage_row(user, inbox_id, at, (999, 999))))
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    }
+    let totals = store.usage_totals(None, 0).await.expect("totals");
+    let by_user: Vec<_> = totals
+        .iter()
+        .map(|t| (t.user, t.prompt_tokens, t.completion_tokens, t.turns))
+        .collect();
+    assert_eq!(
+        by_user,
+        [(ann, 30, 5, 1), (ben, 7, 1, 1)],
+        "most tokens first"
+    );
+    assert!(
+        store
+            .usage_totals(Some(ann), now)
+            .await
+            .expect("since")
+            .is_empty()
+    );
+    assert_eq!(
+        store.turn_times(ann, 0).await.expect("times"),
+        [now - 1_000]
+    );
+    store.link_users(ann, ben).await.expect("link");
+    let totals = store.usage_totals(None, 0).await.expect("totals");
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    assert_eq!(
+        (totals[0].user, totals[0].tokens(), totals[0].turns),
+        (ann, 43, 2)
+    );
+    assert_eq!(
+        store.turn_times(ann, 0).await.expect("times"),
+        [now - 1_000, now]
+    );
+}
+
+async fn budget_overrides_are_set_and_cleared_per_user(store: &dyn Store) {
+    assert!(store.budget_override(1).await.expect("none").is_empty());
+    let limits = BudgetOverride {
+        tokens_per_day: Some(10),
+        turns_per_minute: Some(2),
+    };
+    store.set_budget_override(1, limits).await.expect("set");
+    assert_eq!(store.budget_override(1).await.expect("get"), limits);
+    assert!(store.budget_override(2).await.expect("other").is_empty());
+    store
+        .set_budget_override(1, BudgetOverride::default())
+        .await
+        .expect("clear");
+    assert!(store.budget_override(1).await.expect("cleared").is_empty());
 }

@@ -12,6 +12,12 @@
 //! answer is `llm: {last user message}`. The `tools` array of each request and
 //! every `role: "tool"` message (once per `tool_call_id`) are recorded.
 //!
+//! Every completion reports a `usage` object: by default `prompt_tokens` is the number of
+//! whitespace-separated words of the request's message contents and `completion_tokens` that
+//! of the answer; [`FakeOpenAi::fix_usage`] makes it fixed numbers and
+//! [`FakeOpenAi::omit_usage`] leaves it out (a server that reports none). What each answered
+//! request reported is kept, in order, for [`FakeOpenAi::reported_usage`].
+//!
 //! Waiting is Notify-based: every recorded request or parked/unparked request
 //! wakes the `wait_*` helpers, which then re-check their condition.
 
@@ -89,6 +95,20 @@ struct Recorded {
     script: VecDeque<Scripted>,
     tool_results: Vec<ToolResultSeen>,
     seen_tool_call_ids: HashSet<String>,
+    usage: UsageMode,
+    reported: Vec<(u64, u64)>,
+}
+
+/// What the `usage` object of a completion says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum UsageMode {
+    /// Word counts of the request and the answer.
+    #[default]
+    Counted,
+    /// These `(prompt_tokens, completion_tokens)`.
+    Fixed(u64, u64),
+    /// No `usage` key.
+    Omitted,
 }
 
 #[derive(Debug)]
@@ -246,6 +266,26 @@ impl FakeOpenAi {
         lock(&self.shared.state)
             .script
             .push_back(Scripted::Answer(text.to_owned()));
+    }
+
+    /// Makes every later completion report `prompt` and `completion` tokens.
+    pub fn fix_usage(&self, prompt: u64, completion: u64) {
+        lock(&self.shared.state).usage = UsageMode::Fixed(prompt, completion);
+    }
+
+    /// Makes every later completion carry no `usage` object (`false`: back to word counts).
+    pub fn omit_usage(&self, omit: bool) {
+        lock(&self.shared.state).usage = if omit {
+            UsageMode::Omitted
+        } else {
+            UsageMode::Counted
+        };
+    }
+
+    /// The `(prompt_tokens, completion_tokens)` each answered completion reported, in the order
+    /// they were answered (none for a completion without `usage`, a fault, or a stream).
+    pub fn reported_usage(&self) -> Vec<(u64, u64)> {
+        lock(&self.shared.state).reported.clone()
     }
 
     /// Number of scripted responses not yet used.
@@ -543,6 +583,11 @@ async fn chat_completions(
     let completion_tokens = content
         .as_deref()
         .map_or(0, |c| c.split_whitespace().count());
+    let mode = lock(&shared.state).usage;
+    let (prompt_tokens, completion_tokens) = match mode {
+        UsageMode::Fixed(p, c) => (p, c),
+        UsageMode::Counted | UsageMode::Omitted => (prompt_tokens as u64, completion_tokens as u64),
+    };
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -584,7 +629,7 @@ async fn chat_completions(
     } else {
         json!({"role": "assistant", "content": null, "tool_calls": tool_calls})
     };
-    axum::Json(json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -596,6 +641,15 @@ async fn chat_completions(
             "finish_reason": finish
         }],
         "usage": usage,
-    }))
-    .into_response()
+    });
+    if mode == UsageMode::Omitted {
+        if let Some(o) = body.as_object_mut() {
+            o.remove("usage");
+        }
+    } else {
+        lock(&shared.state)
+            .reported
+            .push((prompt_tokens, completion_tokens));
+    }
+    axum::Json(body).into_response()
 }

@@ -128,9 +128,24 @@ async fn serve(
 async fn fetch(api: &mut Api, f: Fetch) -> Result<Data, String> {
     let c = &mut api.client;
     let result = match f {
-        Fetch::Overview => within(c.get_overview(pb::GetOverviewRequest {}))
+        Fetch::Overview => {
+            let mut overview: super::state::Overview =
+                within(api.client.get_overview(pb::GetOverviewRequest {}))
+                    .await
+                    .map_err(|s| api.error(s).to_string())?
+                    .into_inner()
+                    .into();
+            // Today's usage for its panel; a gatewayd without budgets leaves the panel empty.
+            let now = crate::output::now_ms();
+            overview.usage = within(api.client.list_usage(pb::ListUsageRequest {
+                user_id: None,
+                since_ms: now - now.rem_euclid(86_400_000),
+            }))
             .await
-            .map(|r| Data::Overview(r.into_inner().into())),
+            .ok()
+            .map(|r| r.into_inner().into());
+            return Ok(Data::Overview(overview));
+        }
         Fetch::Sessions { after } => within(c.list_sessions(pb::ListSessionsRequest {
             cursor: after.clone().unwrap_or_default(),
             limit: SESSION_PAGE,

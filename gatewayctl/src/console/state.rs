@@ -25,6 +25,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 pub use self::action::{Action, Letters, LinkOther};
 pub use self::channels::ChannelsTab;
+pub use self::data::UsageToday;
 #[cfg(test)]
 pub use self::data::{AttemptError, Entry, RunNode};
 pub use self::data::{
@@ -575,6 +576,11 @@ pub(crate) mod tests {
                 outbox_pending: 1,
                 inbox_pending: 0,
                 agent_provider: "echo".into(),
+                usage: Some(UsageToday {
+                    global_tokens: 1_250_000,
+                    global_budget: Some(5_000_000),
+                    top_users: vec![(3, 900_000, 41), (7, 300_000, 12), (1, 50_000, 2)],
+                }),
             });
         }
         app.overview.errors.push_front((

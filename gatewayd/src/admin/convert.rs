@@ -568,6 +568,17 @@ fn receipt(s: crate::store::ReceiptStatus) -> pb::ReceiptStatus {
     }
 }
 
+/// One user's usage over a period.
+pub fn user_usage(u: &crate::store::UsageTotal) -> pb::UserUsage {
+    pb::UserUsage {
+        user_id: u.user,
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        turns: u.turns,
+        estimated: u.estimated,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -687,6 +687,79 @@ impl Admin for AdminService {
             next_cursor,
         }))
     }
+
+    async fn list_usage(
+        &self,
+        request: Request<pb::ListUsageRequest>,
+    ) -> Result<Response<pb::ListUsageResponse>, Status> {
+        let r = request.into_inner();
+        let budgets = &self.state.router.context().budgets;
+        let now = crate::message::now_ms();
+        let users = self
+            .state
+            .store
+            .usage_totals(r.user_id, r.since_ms)
+            .await
+            .map_err(store_status)?;
+        let global = budgets.global_today(now).await.map_err(store_status)?;
+        let config = budgets.config();
+        Ok(Response::new(pb::ListUsageResponse {
+            users: users.iter().map(convert::user_usage).collect(),
+            global_tokens_today: global,
+            global_tokens_per_day: config.global_tokens_per_day,
+            user_tokens_per_day: config.user_tokens_per_day,
+            user_turns_per_minute: config.user_turns_per_minute,
+            day_start_ms: crate::budget::window::day_start(now),
+        }))
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::SetBudgetResponse>, Status> {
+        let r = request.into_inner();
+        let check = |name: &str, value: Option<u64>, range: crate::config::Range| match value {
+            Some(v) => range
+                .check(crate::config::Number::Int(v))
+                .map_err(|e| Status::invalid_argument(format!("{name} {e}"))),
+            None => Ok(()),
+        };
+        check(
+            "tokens_per_day",
+            r.tokens_per_day,
+            crate::config::ints(1, crate::config::MAX_BUDGET_TOKENS),
+        )?;
+        check(
+            "turns_per_minute",
+            r.turns_per_minute,
+            crate::config::ints(1, crate::config::MAX_BUDGET_TURNS),
+        )?;
+        let store = &self.state.store;
+        // The user must exist: a mistyped id would otherwise set a budget nobody has.
+        store.user(r.user_id).await.map_err(store_status)?;
+        let mut limits = if r.clear {
+            crate::store::BudgetOverride::default()
+        } else {
+            store
+                .budget_override(r.user_id)
+                .await
+                .map_err(store_status)?
+        };
+        if r.tokens_per_day.is_some() {
+            limits.tokens_per_day = r.tokens_per_day;
+        }
+        if r.turns_per_minute.is_some() {
+            limits.turns_per_minute = r.turns_per_minute;
+        }
+        store
+            .set_budget_override(r.user_id, limits)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::SetBudgetResponse {
+            tokens_per_day: limits.tokens_per_day,
+            turns_per_minute: limits.turns_per_minute,
+        }))
+    }
 }
 
 /// A request's string filter: `None` when empty (any).

@@ -17,6 +17,11 @@
 //! "function"`), the assistant's earlier calls as `tool_calls` and their results as `role:
 //! "tool"` messages, and reads `choices[0].message.tool_calls` back. A request without tools has
 //! no `tools` key, so plain chat is byte-for-byte what it was.
+//!
+//! Each completion's `usage` object (`prompt_tokens`, `completion_tokens`) is read and handed
+//! back with it ([`Provider::step_counted`], [`Provider::complete_counted`]); a response
+//! without one (or with counts that are not whole numbers) reports none, and the agent
+//! estimates.
 
 use std::time::Duration;
 
@@ -26,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::tools::ToolSpec;
-use super::{ChatMessage, LlmError, Message, Provider, Step, ToolCall};
+use super::{ChatMessage, LlmError, Message, Provider, Step, ToolCall, Usage};
 
 /// The most of a successful response body read; a longer one is refused.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -49,6 +54,21 @@ pub struct OpenAi {
 #[derive(Deserialize)]
 struct Completion {
     choices: Vec<Choice>,
+    /// Read leniently: a malformed `usage` is as good as none, never a failed turn.
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+impl Completion {
+    /// The token counts the server reported, if it reported both as whole numbers.
+    fn usage(&self) -> Option<Usage> {
+        let usage = self.usage.as_ref()?;
+        Some(Usage {
+            prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+            estimated: false,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -361,13 +381,22 @@ impl Provider for OpenAi {
     }
 
     async fn complete(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        self.complete_counted(messages).await.map(|(text, _)| text)
+    }
+
+    async fn complete_counted(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<(String, Option<Usage>), LlmError> {
         let body = json!({ "model": self.model, "messages": messages });
-        self.post(&body)
-            .await?
+        let completion = self.post(&body).await?;
+        let usage = completion.usage();
+        completion
             .choices
             .into_iter()
             .next()
             .and_then(|c| c.message.content)
+            .map(|text| (text, usage))
             .ok_or(LlmError::BadResponse("no choices[0].message.content"))
     }
 
@@ -376,6 +405,14 @@ impl Provider for OpenAi {
     }
 
     async fn step(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<Step, LlmError> {
+        self.step_counted(messages, tools).await.map(|(s, _)| s)
+    }
+
+    async fn step_counted(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<(Step, Option<Usage>), LlmError> {
         let mut body = json!({
             "model": self.model,
             "messages": messages.iter().map(wire_message).collect::<Vec<_>>(),
@@ -383,7 +420,9 @@ impl Provider for OpenAi {
         if !tools.is_empty() {
             body["tools"] = tools.iter().map(wire_tool).collect();
         }
-        step_of(self.post(&body).await?)
+        let completion = self.post(&body).await?;
+        let usage = completion.usage();
+        Ok((step_of(completion)?, usage))
     }
 }
 
@@ -528,6 +567,33 @@ mod tests {
         assert_eq!(
             wire_tool(&spec),
             json!({"type": "function", "function": {"name": "t", "description": "d", "parameters": {"type": "object"}}})
+        );
+    }
+
+    #[test]
+    fn usage_is_read_when_both_counts_are_whole_numbers() {
+        let completion =
+            |body: Value| -> Completion { serde_json::from_value(body).expect("a completion") };
+        let choices = json!([{"message": {"content": "hi"}}]);
+        assert_eq!(
+            completion(json!({"choices": choices, "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}})).usage(),
+            Some(Usage { prompt_tokens: 12, completion_tokens: 3, estimated: false })
+        );
+        assert_eq!(completion(json!({"choices": choices})).usage(), None);
+        assert_eq!(
+            completion(json!({"choices": choices, "usage": null})).usage(),
+            None
+        );
+        assert_eq!(
+            completion(json!({"choices": choices, "usage": {"prompt_tokens": "12", "completion_tokens": 3}})).usage(),
+            None
+        );
+        assert_eq!(
+            completion(
+                json!({"choices": choices, "usage": {"prompt_tokens": -1, "completion_tokens": 3}})
+            )
+            .usage(),
+            None
         );
     }
 }

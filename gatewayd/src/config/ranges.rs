@@ -150,6 +150,11 @@ pub const MIN: u64 = 60 * SEC;
 pub const HOUR: u64 = 60 * MIN;
 pub const DAY: u64 = 24 * HOUR;
 pub const MIB: u64 = 1024 * 1024;
+/// The largest token budget (a day's): far beyond any real one, and well inside the store's
+/// `i64` counts.
+pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000_000;
+/// The largest turn budget (a minute's).
+pub const MAX_BUDGET_TURNS: u64 = 1_000_000;
 
 pub const fn ints(lo: u64, hi: u64) -> Range {
     Range::Int(lo, hi)
@@ -297,6 +302,21 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("store.prune_interval", millis(SEC, DAY), |c| {
         dur(c.store.prune_interval)
     }),
+    key(
+        "budgets.user_tokens_per_day",
+        ints(1, MAX_BUDGET_TOKENS),
+        |c| c.budgets.user_tokens_per_day.and_then(int),
+    ),
+    key(
+        "budgets.user_turns_per_minute",
+        ints(1, MAX_BUDGET_TURNS),
+        |c| c.budgets.user_turns_per_minute.and_then(int),
+    ),
+    key(
+        "budgets.global_tokens_per_day",
+        ints(1, MAX_BUDGET_TOKENS),
+        |c| c.budgets.global_tokens_per_day.and_then(int),
+    ),
     rate(
         "rate_limits.*.per_second",
         Range::Float(0.001, 1_000_000.0),

@@ -250,6 +250,8 @@ fn reply(text: impl Into<String>) -> Outcome {
         entries: Vec::new(),
         reply: text.into(),
         reset: false,
+        usage: None,
+        silent: false,
     }
 }
 
@@ -367,6 +369,8 @@ pub async fn execute(
             }],
             reply: "Started a fresh conversation. The earlier history is kept but no longer sent to the agent.".to_owned(),
             reset: true,
+            usage: None,
+            silent: false,
         },
     }
 }

@@ -7,6 +7,11 @@
 //! then hand the reply to delivery. If the commit cannot be made the message stays pending in the
 //! inbox and is replayed at the next start, so nothing acknowledged is lost.
 //!
+//! Just before an agent turn (after gateway commands) the sender's LLM budgets are checked
+//! ([`crate::budget`]): a refused message is committed to the transcript without reaching the
+//! agent, answered with the refusal once per window. An agent turn's token usage is committed
+//! with the turn.
+//!
 //! A panic while handling a message restarts the worker in place (see [`run`]): the message is
 //! handled again from its pending inbox row, at most [`MAX_TURN_PANICS`] times, then answered
 //! with a generic error reply; other sessions never notice.
@@ -46,6 +51,10 @@ pub struct Outcome {
     pub reply: String,
     /// Whether the session starts afresh (`/reset`).
     pub reset: bool,
+    /// The tokens an agent turn spent, recorded with the turn.
+    pub usage: Option<crate::agent::Usage>,
+    /// Commit without sending the reply (a budget refusal the sender was already told of).
+    pub silent: bool,
 }
 
 /// A worker's memory of its conversation.
@@ -131,6 +140,8 @@ pub async fn run(
             ],
             reply: SET_ASIDE_REPLY.to_owned(),
             reset: false,
+            usage: None,
+            silent: false,
         };
         let mut settled = false;
         let answered = AssertUnwindSafe(commit(
@@ -234,6 +245,9 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         Some(w) => w.make_contiguous(),
         None => &[],
     };
+    if let Some(refusal) = ctx.budgets.check(job.user, now_ms()).await {
+        return Some(refused(job, refusal));
+    }
     let user_entry = user_entry(job);
     let input = user_entry.text.clone();
     let started = std::time::Instant::now();
@@ -242,12 +256,8 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         origin: Some((job.msg.channel, job.msg.chat_id.clone())),
         user: Some(job.user),
     };
-    let (role, reply) = match ctx
-        .agent
-        .respond_with_tools(window, &input, &tool_ctx)
-        .await
-    {
-        Ok(reply) => (Role::Assistant, reply),
+    let (role, reply, usage) = match ctx.agent.respond_counted(window, &input, &tool_ctx).await {
+        Ok((reply, usage)) => (Role::Assistant, reply, Some(usage)),
         Err(e) => {
             tracing::error!(message = "Agent turn failed after retries; the user gets an error reply.", session = %state.key, inbox_id = job.inbox_id, provider = ctx.agent.provider_name(), error = %e);
             (
@@ -256,6 +266,7 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
                     "Sorry, the assistant could not answer just now ({}). Your message is saved; please try again in a moment.",
                     e.user_reason()
                 ),
+                None,
             )
         }
     };
@@ -274,7 +285,33 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         ],
         reply,
         reset: false,
+        usage,
+        silent: false,
     })
+}
+
+/// The outcome of a message refused for its budget: the message is kept in the transcript,
+/// with the refusal as a notice when the sender is told (once per window), else alone and
+/// without a reply.
+fn refused(job: &Job, refusal: crate::budget::Refusal) -> Outcome {
+    let mut entries = vec![user_entry(job)];
+    let silent = refusal.reply.is_none();
+    let reply = refusal.reply.unwrap_or_default();
+    if !silent {
+        entries.push(TranscriptEntry {
+            role: Role::Notice,
+            text: reply.clone(),
+            at_ms: now_ms().max(job.msg.received_at_ms),
+            channel: Some(job.msg.channel),
+        });
+    }
+    Outcome {
+        entries,
+        reply,
+        reset: false,
+        usage: None,
+        silent,
+    }
 }
 
 /// The transcript entry of what the user said.
@@ -297,7 +334,7 @@ async fn commit(
     settled: &mut bool,
 ) {
     let ctx = router.context();
-    let record = TurnRecord {
+    let mut record = TurnRecord {
         inbox_id: job.inbox_id,
         session: state.key.clone(),
         entries: outcome.entries.clone(),
@@ -308,10 +345,29 @@ async fn commit(
             reply_to: Some(job.msg.channel_message_id.clone()),
         }],
     };
+    if outcome.silent {
+        record.replies.clear();
+    }
+    let usage = outcome.usage.map(|u| crate::store::UsageRecord {
+        user: job.user,
+        session: state.key.clone(),
+        inbox_id: job.inbox_id,
+        at_ms: now_ms(),
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        estimated: u.estimated,
+    });
     let mut attempt = 1;
     let rows = loop {
-        match ctx.store.commit_turn(record.clone()).await {
+        match ctx
+            .store
+            .commit_turn_with_usage(record.clone(), usage.clone())
+            .await
+        {
             Ok(rows) => {
+                if let Some(u) = &outcome.usage {
+                    crate::budget::record_metrics(u);
+                }
                 *settled = true;
                 break rows;
             }

@@ -36,6 +36,7 @@ mod runs;
 #[cfg(test)]
 mod test_support;
 mod transcript;
+mod usage;
 mod writer;
 
 mod inspect;
@@ -57,6 +58,7 @@ use super::{
     Retention, RunOrigin, RunRecord, RunStatus, SessionFilter, StorageStats, Store, StoreError,
     StoredSession, TranscriptEntry, TurnRecord, UserRecord,
 };
+use super::{BudgetOverride, UsageRecord, UsageTotal};
 use crate::message::{Address, ChannelKind, InboundMessage, OutboundMessage, SessionKey, UserId};
 use crate::send::ErrorClass;
 use migrations::{incremental_vacuum_mode, migrate};
@@ -352,7 +354,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit_turn(&self, turn: TurnRecord) -> Result<Vec<OutboundMessage>, StoreError> {
-        transcript::commit_turn(self, turn).await
+        transcript::commit_turn(self, turn, None).await
     }
 
     async fn history(
@@ -605,6 +607,38 @@ impl Store for SqliteStore {
                 .map_err(db)
         })
         .await
+    }
+
+    async fn commit_turn_with_usage(
+        &self,
+        turn: TurnRecord,
+        usage: Option<UsageRecord>,
+    ) -> Result<Vec<OutboundMessage>, StoreError> {
+        transcript::commit_turn(self, turn, usage).await
+    }
+
+    async fn usage_totals(
+        &self,
+        user: Option<UserId>,
+        since_ms: i64,
+    ) -> Result<Vec<UsageTotal>, StoreError> {
+        usage::totals(self, user, since_ms).await
+    }
+
+    async fn turn_times(&self, user: UserId, since_ms: i64) -> Result<Vec<i64>, StoreError> {
+        usage::turn_times(self, user, since_ms).await
+    }
+
+    async fn budget_override(&self, user: UserId) -> Result<BudgetOverride, StoreError> {
+        usage::get_override(self, user).await
+    }
+
+    async fn set_budget_override(
+        &self,
+        user: UserId,
+        limits: BudgetOverride,
+    ) -> Result<(), StoreError> {
+        usage::set_override(self, user, limits).await
     }
 
     async fn close(&self) {

@@ -29,6 +29,41 @@ pub struct Overview {
     pub outbox_pending: u64,
     pub inbox_pending: u64,
     pub agent_provider: String,
+    /// Today's LLM usage (ListUsage); `None` when gatewayd could not tell.
+    pub usage: Option<UsageToday>,
+}
+
+/// The current UTC day's LLM usage: the gateway's against its budget, and the top users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageToday {
+    pub global_tokens: u64,
+    pub global_budget: Option<u64>,
+    /// `(user_id, tokens, turns)`, most tokens first.
+    pub top_users: Vec<(i64, u64, u64)>,
+}
+
+/// Users the Overview shows in its usage panel.
+pub const TOP_USERS: usize = 3;
+
+impl From<pb::ListUsageResponse> for UsageToday {
+    fn from(r: pb::ListUsageResponse) -> Self {
+        Self {
+            global_tokens: r.global_tokens_today,
+            global_budget: r.global_tokens_per_day,
+            top_users: r
+                .users
+                .iter()
+                .take(TOP_USERS)
+                .map(|u| {
+                    (
+                        u.user_id,
+                        u.prompt_tokens.saturating_add(u.completion_tokens),
+                        u.turns,
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<pb::GetOverviewResponse> for Overview {
@@ -52,6 +87,7 @@ impl From<pb::GetOverviewResponse> for Overview {
             outbox_pending: o.outbox_pending,
             inbox_pending: o.inbox_pending,
             agent_provider: o.agent_provider,
+            usage: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Drawing the Overview tab: the version line, the sessions gauge, the traffic sparklines,
 //! the queues, every channel's state at a glance (coloured by state, whatever the channel),
-//! and the recent errors.
+//! today's LLM usage (the gateway's tokens against its budget, the top users), and the recent
+//! errors.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -8,7 +9,7 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Gauge, Paragraph, Sparkline, Widget};
 
-use super::super::state::OverviewTab;
+use super::super::state::{OverviewTab, UsageToday};
 use super::state_color;
 use crate::output::{ago, duration};
 
@@ -21,12 +22,21 @@ impl Widget for &OverviewTab {
             Paragraph::new("waiting for gatewayd…").render(inner, buf);
             return;
         };
-        let [head, gauge, sparks, queues, channels, errors_area] = Layout::vertical([
+        let [
+            head,
+            gauge,
+            sparks,
+            queues,
+            channels,
+            usage_area,
+            errors_area,
+        ] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(1),
             Constraint::Length(4),
             Constraint::Length(1),
             Constraint::Length(1),
+            Constraint::Length(2),
             Constraint::Min(0),
         ])
         .areas(inner);
@@ -93,6 +103,7 @@ impl Widget for &OverviewTab {
             ));
         }
         Line::from(spans).render(channels, buf);
+        render_usage(o.usage.as_ref(), usage_area, buf);
         let mut lines = vec![Line::from("recent errors".bold())];
         if self.errors.is_empty() {
             lines.push(Line::from("none".dim()));
@@ -105,4 +116,46 @@ impl Widget for &OverviewTab {
         }));
         Paragraph::new(lines).render(errors_area, buf);
     }
+}
+
+/// Today's usage: a gauge of the gateway's tokens against its budget (a plain line without a
+/// budget), then the top users.
+fn render_usage(usage: Option<&UsageToday>, area: Rect, buf: &mut Buffer) {
+    let [total, users] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let Some(u) = usage else {
+        Line::from("tokens today: not reported by gatewayd".dim()).render(total, buf);
+        return;
+    };
+    match u.global_budget {
+        Some(budget) if budget > 0 => {
+            let ratio = (u.global_tokens as f64 / budget as f64).min(1.0);
+            let color = if u.global_tokens >= budget {
+                Color::Red
+            } else {
+                Color::Magenta
+            };
+            Gauge::default()
+                .ratio(ratio)
+                .label(format!(
+                    "tokens today (UTC) {} of {} global budget",
+                    u.global_tokens, budget
+                ))
+                .gauge_style(Style::new().fg(color).bg(Color::Black))
+                .render(total, buf);
+        }
+        _ => Line::from(format!(
+            "tokens today (UTC) {} · no global budget",
+            u.global_tokens
+        ))
+        .render(total, buf),
+    }
+    let mut spans = vec![Span::raw("top users ")];
+    if u.top_users.is_empty() {
+        spans.push("none today".dim());
+    }
+    for (user, tokens, turns) in &u.top_users {
+        spans.push(Span::raw(format!("{user}: {tokens} tok/{turns} turns  ")));
+    }
+    Line::from(spans).render(users, buf);
 }

@@ -125,6 +125,7 @@ pub(super) async fn link_users(
                 .map_err(db)?;
                 conn.execute("UPDATE link_codes SET used = 1 WHERE user_id = ?1", [merge])
                     .map_err(db)?;
+                super::usage::merge_users(conn, keep, merge)?;
                 Ok(())
             })
         })

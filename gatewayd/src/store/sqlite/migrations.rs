@@ -153,6 +153,26 @@ CREATE TABLE channel_cursors (
 );
 ALTER TABLE inbox ADD COLUMN sender_name TEXT;
 "#,
+    r#"
+CREATE TABLE usage (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    session_key TEXT NOT NULL,
+    inbox_id INTEGER,
+    at INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL
+);
+CREATE INDEX usage_user_at ON usage (user_id, at);
+CREATE INDEX usage_at ON usage (at);
+CREATE TABLE budget_overrides (
+    user_id INTEGER PRIMARY KEY,
+    tokens_per_day INTEGER,
+    turns_per_minute INTEGER,
+    updated_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to

@@ -42,6 +42,8 @@ const TABLES: &[&str] = &[
     "link_codes",
     "workflow_runs",
     "workflow_nodes",
+    "usage",
+    "budget_overrides",
 ];
 
 /// What one prune pass deleted.

@@ -13,12 +13,14 @@ use super::writer::atomic;
 use super::{SqliteStore, db};
 use crate::message::{ChannelKind, OutboundMessage, SessionKey, now_ms};
 use crate::store::{
-    Role, SessionFilter, StoreError, StoredSession, TranscriptEntry, TurnRecord, parse_channel,
+    Role, SessionFilter, StoreError, StoredSession, TranscriptEntry, TurnRecord, UsageRecord,
+    parse_channel,
 };
 
 pub(super) async fn commit_turn(
     store: &SqliteStore,
     turn: TurnRecord,
+    usage: Option<UsageRecord>,
 ) -> Result<Vec<OutboundMessage>, StoreError> {
     let inbox_id = turn.inbox_id;
     let shared = store.shared.clone();
@@ -37,13 +39,14 @@ pub(super) async fn commit_turn(
             }
         }
     };
-    commit_turn_once(store, turn, note).await
+    commit_turn_once(store, turn, usage, note).await
 }
 
 /// [`Store::commit_turn`], with `then` run on its outcome in the writer thread.
 async fn commit_turn_once(
     store: &SqliteStore,
     turn: TurnRecord,
+    usage: Option<UsageRecord>,
     then: impl FnOnce(&Result<Vec<OutboundMessage>, StoreError>) + Send + 'static,
 ) -> Result<Vec<OutboundMessage>, StoreError> {
     store
@@ -83,6 +86,9 @@ async fn commit_turn_once(
                     }
                     if let Some(first) = turn.entries.first() {
                         count_turn(conn, &key, now, first.channel)?;
+                    }
+                    if let Some(usage) = &usage {
+                        super::usage::insert(conn, usage)?;
                     }
                     let mut out = Vec::with_capacity(turn.replies.len());
                     for r in &turn.replies {
