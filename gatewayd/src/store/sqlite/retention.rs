@@ -42,6 +42,10 @@ const TABLES: &[&str] = &[
     "link_codes",
     "workflow_runs",
     "workflow_nodes",
+    "pairing_requests",
+    "pairing_kept",
+    "access_approvals",
+    "access_blocks",
 ];
 
 /// What one prune pass deleted.
