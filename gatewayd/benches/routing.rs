@@ -164,6 +164,12 @@ impl Parts {
             history_window: 20,
             workflows: None,
             supervisor: gatewayd::supervise::Supervisor::new(),
+            access: Arc::new(gatewayd::access::Access::new(
+                &gatewayd::config::Config::default(),
+                Vec::new(),
+                self.store.clone(),
+                self.delivery.clone(),
+            )),
         })
     }
 

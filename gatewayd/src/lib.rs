@@ -8,6 +8,7 @@
 //! the operator's gRPC API, and [`http`] and [`runtime`] wire it all to the network and to the
 //! process's life, with [`supervise`] watching every long-lived task.
 
+pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod channels;

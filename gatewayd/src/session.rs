@@ -36,4 +36,6 @@ pub struct Context {
     pub workflows: Option<Arc<crate::workflow::run::Engine>>,
     /// Where a worker reports a panic it restarted from.
     pub supervisor: Arc<crate::supervise::Supervisor>,
+    /// Who may talk to the agent (block, DM and group policies, pairing).
+    pub access: Arc<crate::access::Access>,
 }
