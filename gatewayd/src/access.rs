@@ -405,3 +405,193 @@ fn command_name(text: &str) -> Option<String> {
     let name = word.split('@').next().unwrap_or(word);
     Some(name.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::registry::parse_config;
+
+    fn policy(dm: DmPolicy, group: GroupPolicy) -> ChannelPolicy {
+        ChannelPolicy {
+            dm,
+            allow: Vec::new(),
+            allow_file: None,
+            group,
+            groups: vec!["-100".to_owned()],
+        }
+    }
+
+    #[test]
+    fn the_decision_table() {
+        use ChatType::{Direct, Group};
+        use Decision::{Drop, Pair, Through};
+        let nobody = Sender::default();
+        let allowed = Sender {
+            allowed: true,
+            approved: false,
+        };
+        let approved = Sender {
+            allowed: false,
+            approved: true,
+        };
+        let open = GroupPolicy::Open;
+        let cases = [
+            (DmPolicy::Open, open, Direct, "c", nobody, Through),
+            (
+                DmPolicy::Disabled,
+                open,
+                Direct,
+                "c",
+                allowed,
+                Drop("dm_disabled"),
+            ),
+            (DmPolicy::Allowlist, open, Direct, "c", allowed, Through),
+            (
+                DmPolicy::Allowlist,
+                open,
+                Direct,
+                "c",
+                approved,
+                Drop("not_allowed"),
+            ),
+            (DmPolicy::Pairing, open, Direct, "c", nobody, Pair),
+            (DmPolicy::Pairing, open, Direct, "c", approved, Through),
+            (DmPolicy::Pairing, open, Direct, "c", allowed, Through),
+            (DmPolicy::Disabled, open, Group, "-1", nobody, Through),
+            (
+                DmPolicy::Open,
+                GroupPolicy::Disabled,
+                Group,
+                "-100",
+                nobody,
+                Drop("group_disabled"),
+            ),
+            (
+                DmPolicy::Open,
+                GroupPolicy::Allowlist,
+                Group,
+                "-100",
+                nobody,
+                Through,
+            ),
+            (
+                DmPolicy::Open,
+                GroupPolicy::Allowlist,
+                Group,
+                "-1",
+                allowed,
+                Drop("group_not_allowed"),
+            ),
+        ];
+        for (dm, group, chat, id, sender, want) in cases {
+            assert_eq!(
+                decide(&policy(dm, group), chat, id, sender),
+                want,
+                "{dm:?} {group:?} {chat:?} {id} {sender:?}"
+            );
+        }
+    }
+
+    fn base(extra: &str) -> String {
+        format!("[channels.telegram]\nenabled = true\ntoken_env = \"PATH\"\n{extra}")
+    }
+
+    #[test]
+    fn defaults_pair_platform_channels_and_open_local_web_channels() {
+        let config = parse_config(&base("[channels.webchat]\nenabled = true\n")).expect("valid");
+        let access = crate::channels::registry::access(&config);
+        let dm = |name: &str| {
+            access
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, p)| p.dm)
+        };
+        assert_eq!(dm("telegram"), Some(DmPolicy::Pairing));
+        assert_eq!(dm("webchat"), Some(DmPolicy::Open));
+        assert_eq!(dm("http"), Some(DmPolicy::Open));
+        assert!(crate::channels::registry::access_warnings(&config).is_empty());
+        let public = parse_config(&format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n{}",
+            base("[channels.webchat]\nenabled = true\n")
+        ))
+        .expect("valid");
+        let access = crate::channels::registry::access(&public);
+        let webchat = access.iter().find(|(k, _)| k.as_str() == "webchat");
+        assert_eq!(webchat.map(|(_, p)| p.dm), Some(DmPolicy::Pairing));
+        let open = parse_config(&format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n{}",
+            base("[channels.webchat]\nenabled = true\ndm_policy = \"open\"\n")
+        ))
+        .expect("valid");
+        let warnings = crate::channels::registry::access_warnings(&open);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("channels.webchat"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_channel_section_overrides_access() {
+        let config = parse_config(&format!(
+            "[access]\ndm_policy = \"allowlist\"\nallow = [\"telegram:1\"]\ngroup_policy = \"disabled\"\n{}",
+            base("dm_policy = \"pairing\"\ngroups = [\"-5\"]\ngroup_policy = \"allowlist\"\n")
+        ))
+        .expect("valid");
+        let access = crate::channels::registry::access(&config);
+        let get = |name: &str| {
+            access
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, p)| p.clone())
+                .expect("channel")
+        };
+        let telegram = get("telegram");
+        assert_eq!(telegram.dm, DmPolicy::Pairing);
+        assert_eq!(telegram.group, GroupPolicy::Allowlist);
+        assert_eq!(telegram.groups, vec!["-5".to_owned()]);
+        assert_eq!(telegram.allow, vec!["telegram:1".to_owned()]);
+        let discord = get("discord");
+        assert_eq!(discord.dm, DmPolicy::Allowlist);
+        assert_eq!(discord.group, GroupPolicy::Disabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_allowed_values() {
+        let errs = parse_config(&format!(
+            "[access]\ndm_policy = \"closed\"\nallow = [\"nochannel:1\", \"x\"]\n{}",
+            base("group_policy = \"some\"\nallow_file = \"/nonexistent/allow.txt\"\n")
+        ))
+        .expect_err("invalid");
+        let find = |path: &str| {
+            errs.iter()
+                .find(|e| e.path == path)
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| panic!("no error at {path}: {errs:?}"))
+        };
+        let dm = find("access.dm_policy");
+        assert!(
+            dm.contains("open")
+                && dm.contains("pairing")
+                && dm.contains("allowlist")
+                && dm.contains("disabled"),
+            "{dm}"
+        );
+        let group = find("channels.telegram.group_policy");
+        assert!(
+            group.contains("allowlist") && group.contains("disabled"),
+            "{group}"
+        );
+        assert!(find("access.allow").contains("nochannel:1"), "{errs:?}");
+        assert!(find("channels.telegram.allow_file").contains("/nonexistent/allow.txt"));
+        assert_eq!(
+            errs.iter().filter(|e| e.path == "access.allow").count(),
+            2,
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn command_names() {
+        assert_eq!(command_name(" /Help@bot x").as_deref(), Some("help"));
+        assert_eq!(command_name("/link ABC").as_deref(), Some("link"));
+        assert_eq!(command_name("hello /link"), None);
+    }
+}
