@@ -374,6 +374,7 @@ impl Gateway {
                         provider: config.agent.provider_name(),
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
+                        access: access.clone(),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(
