@@ -14,6 +14,7 @@ mod identities;
 mod model;
 mod outbox;
 mod output;
+mod pairing;
 mod ratelimits;
 mod runs;
 mod sessions;
@@ -107,6 +108,9 @@ enum Command {
     Events,
     /// The live operator console: every tab, actions with confirmation (`?` for keys).
     Console,
+    /// Senders waiting for approval: list, approve, deny.
+    #[command(subcommand)]
+    Pairing(pairing::Cmd),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell.
@@ -171,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflows(cmd) => workflows::run(api, format, cmd).await,
         Command::Runs(cmd) => runs::run(api, format, cmd).await,
         Command::Events => events::run(api, format, &cli.addr).await,
+        Command::Pairing(cmd) => pairing::run(api, format, cmd).await,
         Command::Completions { .. } | Command::Console => Ok(()),
     }
 }
