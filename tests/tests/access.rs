@@ -116,15 +116,19 @@ impl Setup {
     async fn wait_inbox_done(&self, chat: i64, count: usize) -> Vec<pb::InboxEntry> {
         let chat = chat.to_string();
         let mut rows = Vec::new();
-        poll_until_async(TIMEOUT, &format!("{count} inbox rows of {chat} done"), || {
-            let chat = chat.clone();
-            let gw = &self.gw;
-            async move {
-                inspect::inbox(gw, "telegram", &chat).await.is_ok_and(|r| {
-                    r.len() == count && r.iter().all(|e| e.state == pb::InboxState::Done as i32)
-                })
-            }
-        })
+        poll_until_async(
+            TIMEOUT,
+            &format!("{count} inbox rows of {chat} done"),
+            || {
+                let chat = chat.clone();
+                let gw = &self.gw;
+                async move {
+                    inspect::inbox(gw, "telegram", &chat).await.is_ok_and(|r| {
+                        r.len() == count && r.iter().all(|e| e.state == pb::InboxState::Done as i32)
+                    })
+                }
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", self.gw.stderr_tail(40)));
         if let Ok(r) = inspect::inbox(&self.gw, "telegram", &chat).await {
@@ -146,7 +150,7 @@ fn code_of(text: &str) -> String {
 }
 
 fn is_pairing_reply(m: &SentMessage) -> bool {
-    m.text.contains("gatewayctl pairing approve")
+    m.text.contains("Your access code is")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,9 +173,17 @@ async fn pairing_keeps_messages_from_the_agent_and_answers_them_in_order_once_ap
     let link = s.wait_reply(501, link).await;
     assert!(link.text.contains("not available"), "{link:?}");
     // One pairing reply only, and nothing reached the agent.
-    let pairing: Vec<_> = s.sent_to(501).into_iter().filter(is_pairing_reply).collect();
+    let pairing: Vec<_> = s
+        .sent_to(501)
+        .into_iter()
+        .filter(is_pairing_reply)
+        .collect();
     assert_eq!(pairing.len(), 1, "{pairing:?}");
-    assert!(s.sent_to(501).iter().all(|m| m.reply_to_message_id != Some(second)));
+    assert!(
+        s.sent_to(501)
+            .iter()
+            .all(|m| m.reply_to_message_id != Some(second))
+    );
     assert!(s.agent_inputs().is_empty(), "{:?}", s.agent_inputs());
 
     let list = s.pairing_list();
@@ -195,14 +207,33 @@ async fn pairing_keeps_messages_from_the_agent_and_answers_them_in_order_once_ap
     assert_eq!(entry["channel"], "telegram");
     assert_eq!(entry["sender_id"], "501");
     assert_eq!(entry["kept_messages"], 2);
-    assert!(entry["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{entry:?}");
+    assert!(
+        entry["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{entry:?}"
+    );
 
     let approved = s.ctl(&["pairing", "approve", &code.to_ascii_lowercase()]);
     assert!(approved.contains("approved"), "{approved}");
-    let one = s.wait_reply(501, first).await;
-    let two = s.wait_reply(501, second).await;
-    assert_eq!(one.text, "llm: hello one");
-    assert_eq!(two.text, "llm: hello two");
+    // The first message's pairing reply also answers it: wait for the agent's answers.
+    let answers = s
+        .wait_sent_to(501, "the kept messages answered", |sent| {
+            sent.iter().filter(|m| m.text.starts_with("llm: ")).count() == 2
+        })
+        .await;
+    let answers: Vec<_> = answers
+        .iter()
+        .filter(|m| m.text.starts_with("llm: "))
+        .map(|m| (m.reply_to_message_id, m.text.as_str()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (Some(first), "llm: hello one"),
+            (Some(second), "llm: hello two")
+        ]
+    );
     assert_eq!(s.agent_inputs(), ["hello one", "hello two"]);
     // From now on the sender talks to the agent directly, and the request is gone.
     let third = s.tg.push_text(&alice, 501, "hello three");
@@ -243,7 +274,9 @@ async fn deny_the_pending_cap_and_expiry() {
     let new_code = code_of(&s.wait_reply(602, d).await.text);
     assert_ne!(new_code, first_code);
     // "b" expired unanswered, "d" is kept (pending) under the new request.
-    let rows = inspect::inbox(&s.gw, "telegram", "602").await.expect("ListInbox");
+    let rows = inspect::inbox(&s.gw, "telegram", "602")
+        .await
+        .expect("ListInbox");
     let states: Vec<i32> = rows.iter().map(|r| r.state).collect();
     assert_eq!(
         states,
@@ -328,7 +361,11 @@ async fn a_blocked_user_is_stored_and_never_answered_until_unblocked() {
     s.ctl(&["identities", "block", &user]);
     let hidden = s.tg.push_text(&chat, 801, "hidden");
     s.wait_inbox_done(801, 2).await;
-    assert!(s.sent_to(801).iter().all(|m| m.reply_to_message_id != Some(hidden)));
+    assert!(
+        s.sent_to(801)
+            .iter()
+            .all(|m| m.reply_to_message_id != Some(hidden))
+    );
     s.ctl(&["identities", "unblock", &user]);
     let back = s.tg.push_text(&chat, 801, "back");
     assert_eq!(s.wait_reply(801, back).await.text, "llm: back");
