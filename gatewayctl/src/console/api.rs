@@ -307,6 +307,14 @@ async fn act(api: &mut Api, a: Action) -> Result<String, String> {
             .await
             .map(|r| format!("started run {} of {name}", r.into_inner().run_id))
         }
+        Action::BlockUser { user_id } => within(c.block_user(pb::BlockUserRequest { user_id }))
+            .await
+            .map(|_| format!("blocked user {user_id}")),
+        Action::UnblockUser { user_id } => {
+            within(c.unblock_user(pb::UnblockUserRequest { user_id }))
+                .await
+                .map(|_| format!("unblocked user {user_id}"))
+        }
     };
     result.map_err(|s| api.error(s).to_string())
 }
