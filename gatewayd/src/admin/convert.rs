@@ -568,6 +568,20 @@ fn receipt(s: crate::store::ReceiptStatus) -> pb::ReceiptStatus {
     }
 }
 
+/// A pending pairing request.
+pub fn pairing(r: &crate::store::PairingRequest) -> pb::PairingRequest {
+    pb::PairingRequest {
+        code: r.code.clone(),
+        channel: r.channel.as_str().to_owned(),
+        sender_id: r.sender_id.clone(),
+        display_name: r.display_name.clone().unwrap_or_default(),
+        first_seen_ms: r.first_seen_ms,
+        expires_at_ms: r.expires_at_ms,
+        kept_messages: u32::try_from(r.kept.len()).unwrap_or(u32::MAX),
+        user_id: r.user_id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,19 +596,5 @@ mod tests {
         let err = channel_from("smtp").expect_err("unknown");
         assert!(err.contains("`smtp`"), "{err}");
         assert!(channel_from("HTTP").is_err(), "names are exact");
-    }
-}
-
-/// A pending pairing request.
-pub fn pairing(r: &crate::store::PairingRequest) -> pb::PairingRequest {
-    pb::PairingRequest {
-        code: r.code.clone(),
-        channel: r.channel.as_str().to_owned(),
-        sender_id: r.sender_id.clone(),
-        display_name: r.display_name.clone().unwrap_or_default(),
-        first_seen_ms: r.first_seen_ms,
-        expires_at_ms: r.expires_at_ms,
-        kept_messages: u32::try_from(r.kept.len()).unwrap_or(u32::MAX),
-        user_id: r.user_id,
     }
 }
