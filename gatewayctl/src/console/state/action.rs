@@ -47,6 +47,8 @@ pub enum Action {
     RunWorkflow { name: String, inputs_json: String },
     BlockUser { user_id: i64 },
     UnblockUser { user_id: i64 },
+    ApprovePairing { code: String },
+    DenyPairing { code: String },
 }
 
 impl Action {
@@ -69,6 +71,8 @@ impl Action {
             } => Some(format!("Move {address} to user {user_id}?")),
             Action::ReconnectChannel { channel } => Some(format!("Reconnect {}?", channel.name())),
             Action::BlockUser { user_id } => Some(format!("Block user {user_id}?")),
+            Action::ApprovePairing { code } => Some(format!("Approve pairing request {code}?")),
+            Action::DenyPairing { code } => Some(format!("Deny pairing request {code}?")),
             // Retrying chosen letters and starting a run destroy nothing: they act at once.
             Action::RetryDeadLetters {
                 letters: Letters::Ids(_),
