@@ -268,6 +268,7 @@ impl Access {
                 }
                 reply.then(|| pairing_reply(&code))
             }
+            Kept::Settled => None,
             Kept::Full => {
                 dropped(msg.channel, "pairing_full");
                 tracing::info!(message = "Pairing requests are full for the channel; the sender is told to try later.", channel = %msg.channel, inbox_id);
@@ -308,6 +309,13 @@ impl Access {
         }
         told.insert(key, now);
         true
+    }
+
+    /// Removes the expired pairing requests (their kept messages are marked done, unanswered).
+    pub async fn expire(&self) {
+        if let Err(error) = self.store.pairing_expire(now_ms()).await {
+            tracing::warn!(message = "Cannot remove expired pairing requests; tried again later.", %error);
+        }
     }
 
     /// The pending pairing requests.

@@ -293,6 +293,20 @@ impl Gateway {
             ));
         }
         background.push(tokio::spawn(inbox.clone().recover_stranded()));
+        {
+            let access = access.clone();
+            let every = (config.access.pairing_ttl.get() / 4)
+                .clamp(Duration::from_millis(250), Duration::from_secs(60));
+            background.push(every_tick(
+                &supervisor,
+                "pairing expiry",
+                every,
+                move || {
+                    let access = access.clone();
+                    async move { access.expire().await }
+                },
+            ));
+        }
         #[cfg(unix)]
         {
             let access = access.clone();

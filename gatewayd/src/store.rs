@@ -374,6 +374,9 @@ pub trait Store: Send + Sync + 'static {
     /// such request is pending.
     async fn pairing_deny(&self, code: &str, now_ms: i64) -> Result<PairingRequest, StoreError>;
 
+    /// Removes every request expired at `now_ms`, marking its kept messages done, unanswered.
+    async fn pairing_expire(&self, now_ms: i64) -> Result<(), StoreError>;
+
     /// The inbox rows `ids` that are not done yet, in the order given.
     async fn inbox_rows(&self, ids: &[i64]) -> Result<Vec<PendingInbound>, StoreError>;
 }

@@ -64,6 +64,9 @@ pub enum Kept {
         /// The request is new.
         new: bool,
     },
+    /// The message's row is already done (its request expired or was denied while it was
+    /// replayed): nothing to do.
+    Settled,
     /// The channel has as many pending requests as allowed: nothing is stored (the message is
     /// marked done); `reply` says whether to tell the sender to try later.
     Full,

@@ -666,6 +666,10 @@ impl Store for SqliteStore {
         access::pairing_deny(self, code, now_ms).await
     }
 
+    async fn pairing_expire(&self, now_ms: i64) -> Result<(), StoreError> {
+        access::pairing_expire(self, now_ms).await
+    }
+
     async fn inbox_rows(&self, ids: &[i64]) -> Result<Vec<PendingInbound>, StoreError> {
         access::inbox_rows(self, ids).await
     }

@@ -92,6 +92,12 @@ pub(super) async fn set_blocked(
         .await
 }
 
+pub(super) async fn pairing_expire(store: &SqliteStore, now: i64) -> Result<(), StoreError> {
+    store
+        .write(move |conn| atomic(conn, |conn| expire(conn, now)))
+        .await
+}
+
 /// Removes every request expired at `now`, marking its kept messages done.
 fn expire(conn: &Connection, now: i64) -> Result<(), StoreError> {
     conn.execute(
@@ -119,6 +125,17 @@ pub(super) async fn pairing_keep(
         .write(move |conn| {
             atomic(conn, |conn| {
                 expire(conn, msg.now_ms)?;
+                let done: Option<i64> = conn
+                    .query_row(
+                        "SELECT done FROM inbox WHERE id = ?1",
+                        [msg.inbox_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db)?;
+                if done != Some(0) {
+                    return Ok(Kept::Settled);
+                }
                 let channel = msg.channel.as_str();
                 let existing: Option<(String, i64)> = conn
                     .query_row(
@@ -336,4 +353,163 @@ pub(super) async fn inbox_rows(
         .iter()
         .filter_map(|id| pending.iter().find(|p| p.inbox_id == *id).cloned())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use crate::message::ChannelKind;
+    use crate::store::{Kept, PairingMessage, Store};
+
+    fn keep(inbox_id: i64, now_ms: i64, code: &str, max_pending: usize) -> PairingMessage {
+        PairingMessage {
+            inbox_id,
+            channel: ChannelKind::new("http"),
+            sender_id: "s1".to_owned(),
+            user_id: 1,
+            display_name: Some("Ada".to_owned()),
+            now_ms,
+            expires_at_ms: now_ms + 3_600_000,
+            new_code: code.to_owned(),
+            keep_max: 5,
+            max_pending,
+            reply_interval_ms: 600_000,
+        }
+    }
+
+    async fn pending_ids(store: &super::SqliteStore) -> Vec<i64> {
+        store
+            .inbox_pending()
+            .await
+            .expect("pending")
+            .iter()
+            .map(|p| p.inbox_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_the_last_five_messages_and_replies_once_per_interval() {
+        let (_dir, store) = open();
+        let mut rows = Vec::new();
+        for i in 0..7 {
+            rows.push(new_inbox_row(&store, &format!("m{i}"), "s1").await);
+        }
+        let now = 1_000_000;
+        let first = store.pairing_keep(keep(rows[0], now, "AAAAAA", 10)).await;
+        assert_eq!(
+            first.expect("kept"),
+            Kept::Kept {
+                code: "AAAAAA".into(),
+                reply: true,
+                new: true
+            }
+        );
+        for (i, row) in rows.iter().enumerate().skip(1) {
+            let kept = store
+                .pairing_keep(keep(*row, now + i as i64, "BBBBBB", 10))
+                .await
+                .expect("kept");
+            assert_eq!(
+                kept,
+                Kept::Kept {
+                    code: "AAAAAA".into(),
+                    reply: false,
+                    new: false
+                }
+            );
+        }
+        let list = store.pairing_list(now).await.expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].kept, rows[2..].to_vec());
+        assert_eq!(list[0].display_name.as_deref(), Some("Ada"));
+        // The two oldest are done, unanswered; the kept five stay pending.
+        assert_eq!(pending_ids(&store).await, rows[2..].to_vec());
+        // After the interval the sender is told again.
+        let again = new_inbox_row(&store, "m7", "s1").await;
+        let kept = store
+            .pairing_keep(keep(again, now + 600_000, "CCCCCC", 10))
+            .await
+            .expect("kept");
+        assert!(
+            matches!(
+                kept,
+                Kept::Kept {
+                    reply: true,
+                    new: false,
+                    ..
+                }
+            ),
+            "{kept:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_deny_approve_and_the_cap() {
+        let (_dir, store) = open();
+        let a = new_inbox_row(&store, "a", "s1").await;
+        let now = 5_000_000;
+        store
+            .pairing_keep(keep(a, now, "AAAAAA", 1))
+            .await
+            .expect("kept");
+        // A second sender beyond the cap: nothing stored, its row done.
+        let b = new_inbox_row(&store, "b", "s2").await;
+        let mut other = keep(b, now, "BBBBBB", 1);
+        other.sender_id = "s2".into();
+        assert_eq!(store.pairing_keep(other).await.expect("full"), Kept::Full);
+        assert_eq!(store.pairing_list(now).await.expect("list").len(), 1);
+        assert_eq!(pending_ids(&store).await, vec![a]);
+        // Expired: the request goes, its kept message is done; replaying it does nothing.
+        store.pairing_expire(now + 3_600_000).await.expect("expire");
+        assert!(store.pairing_list(now).await.expect("list").is_empty());
+        assert!(pending_ids(&store).await.is_empty());
+        assert_eq!(
+            store
+                .pairing_keep(keep(a, now + 3_600_001, "CCCCCC", 1))
+                .await
+                .expect("settled"),
+            Kept::Settled
+        );
+        // Denied: removed, kept messages done.
+        let c = new_inbox_row(&store, "c", "s1").await;
+        store
+            .pairing_keep(keep(c, now, "DDDDDD", 1))
+            .await
+            .expect("kept");
+        let denied = store.pairing_deny("DDDDDD", now).await.expect("deny");
+        assert_eq!(denied.kept, vec![c]);
+        assert!(pending_ids(&store).await.is_empty());
+        assert!(store.pairing_deny("DDDDDD", now).await.is_err());
+        // Approved: durable for the user; the kept messages are handed back, still pending.
+        let d = new_inbox_row(&store, "d", "s1").await;
+        store
+            .pairing_keep(keep(d, now, "EEEEEE", 1))
+            .await
+            .expect("kept");
+        let user = store
+            .resolve_address(&crate::message::Address {
+                channel: ChannelKind::new("http"),
+                sender_id: "s1".into(),
+            })
+            .await
+            .expect("user");
+        let approved = store
+            .pairing_approve("EEEEEE", user, now)
+            .await
+            .expect("approve");
+        assert_eq!(approved.kept, vec![d]);
+        assert_eq!(store.inbox_rows(&[d]).await.expect("rows").len(), 1);
+        assert_eq!(
+            store.access_flags(user).await.expect("flags"),
+            (true, false)
+        );
+        store.set_blocked(user, true).await.expect("block");
+        assert_eq!(store.access_flags(user).await.expect("flags"), (true, true));
+        store.set_blocked(user, false).await.expect("unblock");
+        assert_eq!(
+            store.access_flags(user).await.expect("flags"),
+            (true, false)
+        );
+        assert!(store.set_blocked(999_999, true).await.is_err());
+    }
 }
