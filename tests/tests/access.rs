@@ -360,7 +360,17 @@ async fn a_blocked_user_is_stored_and_never_answered_until_unblocked() {
         .to_string();
     s.ctl(&["identities", "block", &user]);
     let hidden = s.tg.push_text(&chat, 801, "hidden");
-    s.wait_inbox_done(801, 2).await;
+    poll_until_async(
+        TIMEOUT,
+        "the blocked message is stored as blocked",
+        || async {
+            inspect::inbox(&s.gw, "telegram", "801")
+                .await
+                .is_ok_and(|r| r.len() == 2 && r[1].state == pb::InboxState::Blocked as i32)
+        },
+    )
+    .await
+    .expect("blocked");
     assert!(
         s.sent_to(801)
             .iter()
