@@ -381,3 +381,45 @@ async fn a_blocked_user_is_stored_and_never_answered_until_unblocked() {
     assert_eq!(s.wait_reply(801, back).await.text, "llm: back");
     assert_eq!(s.agent_inputs(), ["hi", "back"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_allowlist_on_discord() {
+    use gateway_tests::fake_discord::FakeDiscord;
+    const DC_TOKEN: &str = "discord.test.token";
+    const GUILD: u64 = 31_337;
+    let dc = FakeDiscord::start(DC_TOKEN).await;
+    let llm = FakeOpenAi::start().await;
+    let mut opts = GatewayOptions::with_config(format!(
+        "[agent]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nretry_backoff = \"10ms\"\n\n\
+         [access]\ngroup_policy = \"disabled\"\n\n\
+         [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n\
+         group_policy = \"allowlist\"\ngroups = [\"7001\"]\n",
+        llm.base_url(),
+        dc.url()
+    ));
+    opts.env.push(("DC_TOKEN".to_owned(), DC_TOKEN.to_owned()));
+    let gw = Gateway::start(opts).await.expect("start gatewayd");
+    dc.wait_identified(TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr_tail(40)));
+    dc.push_guild_message(GUILD, 7002, 6101, "in another channel", true);
+    poll_until_async(TIMEOUT, "the other channel's message is done", || async {
+        inspect::inbox(&gw, "discord", "7002")
+            .await
+            .is_ok_and(|r| r.len() == 1 && r[0].state == pb::InboxState::Done as i32)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
+    let id = dc.push_guild_message(GUILD, 7001, 6101, "in the allowed channel", true);
+    let sent = dc
+        .wait_sent(
+            |s| s.iter().any(|m| m.reference_message_id == Some(id)),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
+    assert!(sent.iter().all(|m| m.channel_id == 7001), "{sent:?}");
+    let inputs: Vec<String> = llm.requests().iter().map(last_user_content).collect();
+    assert_eq!(inputs.len(), 1, "{inputs:?}");
+    assert!(inputs[0].contains("in the allowed channel"), "{inputs:?}");
+}
