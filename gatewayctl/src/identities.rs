@@ -51,6 +51,23 @@ pub enum Cmd {
         #[arg(value_name = "CHANNEL:SENDER_ID")]
         address: Address,
     },
+    /// Block a user: their messages are stored as blocked, never answered.
+    Block {
+        /// The user id.
+        user_id: i64,
+    },
+    /// Unblock a user.
+    Unblock {
+        /// The user id.
+        user_id: i64,
+    },
+}
+
+/// `identities block` / `unblock` in JSON.
+#[derive(Debug, Serialize)]
+struct Blocked {
+    user_id: i64,
+    blocked: bool,
 }
 
 /// One user in JSON.
@@ -180,6 +197,28 @@ pub async fn run(mut api: Api, format: Format, cmd: Cmd) -> anyhow::Result<()> {
                 "unlinked {}: now user {}; the shared history stays with user {}",
                 u.address, u.new_user_id, u.previous_user_id
             ))
+        }
+        Cmd::Block { user_id } | Cmd::Unblock { user_id } => {
+            let blocked = matches!(cmd, Cmd::Block { .. });
+            if blocked {
+                api.client
+                    .block_user(pb::BlockUserRequest { user_id })
+                    .await
+                    .map_err(|s| api.error(s))?;
+            } else {
+                api.client
+                    .unblock_user(pb::UnblockUserRequest { user_id })
+                    .await
+                    .map_err(|s| api.error(s))?;
+            }
+            if format == Format::Json {
+                return out.json(&Blocked { user_id, blocked });
+            }
+            out.line(if blocked {
+                format!("blocked user {user_id}: their messages are stored, never answered")
+            } else {
+                format!("unblocked user {user_id}")
+            })
         }
     }
 }

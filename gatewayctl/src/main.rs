@@ -15,6 +15,7 @@ mod identities;
 mod model;
 mod outbox;
 mod output;
+mod pairing;
 mod ratelimits;
 mod runs;
 mod sessions;
@@ -121,6 +122,9 @@ enum Command {
     /// Per-user LLM budgets: set or clear a user's own limits.
     #[command(subcommand)]
     Budgets(budgets::Cmd),
+    /// Senders waiting for approval: list, approve, deny.
+    #[command(subcommand)]
+    Pairing(pairing::Cmd),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell.
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events => events::run(api, format, &cli.addr).await,
         Command::Usage { user, since } => usage::run(api, format, user, since).await,
         Command::Budgets(cmd) => budgets::run(api, format, cmd).await,
+        Command::Pairing(cmd) => pairing::run(api, format, cmd).await,
         Command::Completions { .. } | Command::Console => Ok(()),
     }
 }

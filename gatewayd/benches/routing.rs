@@ -169,6 +169,12 @@ impl Parts {
                 Default::default(),
                 self.store.clone(),
             )),
+            access: Arc::new(gatewayd::access::Access::new(
+                &gatewayd::config::Config::default(),
+                Vec::new(),
+                self.store.clone(),
+                self.delivery.clone(),
+            )),
         })
     }
 

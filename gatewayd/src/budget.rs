@@ -223,6 +223,7 @@ mod tests {
             reply_to: None,
             attachments: Vec::new(),
             sender_name: None,
+            mentioned: false,
             received_at_ms: now_ms(),
         };
         let InboxOutcome::New(inbox_id) = store.inbox_commit(&msg).await.expect("inbox") else {

@@ -16,10 +16,12 @@ use serde::Deserialize;
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
 
+mod access;
 mod duration;
 mod parse;
 mod ranges;
 
+pub use access::*;
 pub use duration::*;
 pub use parse::*;
 pub use ranges::*;
@@ -51,6 +53,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[store]`: the database's backend, file and retention of its rows.
     pub store: StoreConfig,
+    /// `[access]`: who may talk to the agent (defaults of every channel) and pairing limits.
+    pub access: AccessConfig,
     /// `[budgets]`: limits on what each user, and the gateway, may spend on the LLM.
     pub budgets: BudgetsConfig,
 }

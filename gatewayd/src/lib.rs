@@ -9,6 +9,7 @@
 //! process's life, with [`supervise`] watching every long-lived task.
 //! [`budget`] decides, before an agent turn, whether the sender may still spend LLM tokens.
 
+pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod budget;

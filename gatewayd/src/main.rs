@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     if let Some(Command::CheckConfig) = cli.command {
+        for warning in gatewayd::channels::registry::access_warnings(&config) {
+            eprintln!("warning: {warning}");
+        }
         return check_workflows(&config, &path);
     }
     let log_dir = config.log_dir();

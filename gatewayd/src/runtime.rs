@@ -77,6 +77,8 @@ pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
 
 /// A running gateway: its services, and the tasks that serve them.
 pub struct Gateway {
+    /// Who may talk to the agent: pairing, approvals, blocks.
+    pub access: Arc<crate::access::Access>,
     /// The durable state.
     pub store: SharedStore,
     /// The events bus.
@@ -198,6 +200,15 @@ impl Gateway {
         if let (Some(engine), Ok(mut slot)) = (&workflows, runner.engine.write()) {
             *slot = Some(Arc::downgrade(engine));
         }
+        let access = Arc::new(crate::access::Access::new(
+            &config,
+            crate::channels::registry::access(&config),
+            store.clone(),
+            delivery.clone(),
+        ));
+        for warning in crate::channels::registry::access_warnings(&config) {
+            tracing::warn!(message = "Access is open on a public listener.", detail = %warning);
+        }
         let ctx = Arc::new(Context {
             store: store.clone(),
             identity: identity.clone(),
@@ -208,6 +219,7 @@ impl Gateway {
             history_window: config.gateway.history_window,
             supervisor: supervisor.clone(),
             budgets: Arc::new(crate::budget::Budgets::new(config.budgets, store.clone())),
+            access: access.clone(),
         });
         let router = Router::new(
             ctx,
@@ -284,6 +296,28 @@ impl Gateway {
         }
         background.push(tokio::spawn(inbox.clone().recover_stranded()));
         {
+            let access = access.clone();
+            let every = (config.access.pairing_ttl.get() / 4)
+                .clamp(Duration::from_millis(250), Duration::from_secs(60));
+            background.push(every_tick(
+                &supervisor,
+                "pairing expiry",
+                every,
+                move || {
+                    let access = access.clone();
+                    async move { access.expire().await }
+                },
+            ));
+        }
+        #[cfg(unix)]
+        {
+            let access = access.clone();
+            background.push(supervisor.spawn_restarting("allow-file reload", move || {
+                let access = access.clone();
+                async move { reload_on_sighup(&access).await }
+            }));
+        }
+        {
             let delivery = delivery.clone();
             background.push(every_tick(
                 &supervisor,
@@ -356,6 +390,7 @@ impl Gateway {
                         provider: config.agent.provider_name(),
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
+                        access: access.clone(),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(
@@ -369,6 +404,7 @@ impl Gateway {
         ready.store(true, Ordering::Release);
         tracing::info!(message = "gatewayd started.", http = %http_addr, provider = config.agent.provider_name(), data_dir = %config.gateway.data_dir.display());
         Ok(Self {
+            access,
             store,
             events,
             identity,
@@ -630,4 +666,22 @@ pub async fn run(
     shutdown.await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Reads the allow files again on every SIGHUP, until the gateway stops.
+#[cfg(unix)]
+async fn reload_on_sighup(access: &crate::access::Access) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(message = "Cannot listen for SIGHUP; allow files are read only at start.", %error);
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(message = "SIGHUP received; reloading the allow files.");
+        access.reload_allow_files();
+    }
 }

@@ -38,4 +38,6 @@ pub struct Context {
     pub supervisor: Arc<crate::supervise::Supervisor>,
     /// The LLM budgets checked before each agent turn.
     pub budgets: Arc<crate::budget::Budgets>,
+    /// Who may talk to the agent (block, DM and group policies, pairing).
+    pub access: Arc<crate::access::Access>,
 }

@@ -21,6 +21,7 @@
 
 pub mod sqlite;
 
+mod access;
 mod dead;
 mod inspect;
 mod records;
@@ -28,6 +29,7 @@ mod retention;
 mod runs;
 mod usage;
 
+pub use access::{Kept, PairingMessage, PairingRequest};
 pub use dead::{AttemptError, DeadLetter, DeadSelector};
 pub use inspect::{
     InboxFilter, InboxRecord, OutboxFilter, OutboxRecord, OutboxStatus, ReceiptStatus, TracedEntry,
@@ -371,6 +373,50 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         limits: BudgetOverride,
     ) -> Result<(), StoreError>;
+    /// Marks inbox row `inbox_id` done without a turn (no reply), recording `blocked` when its
+    /// sender is blocked; a row already done is left as it is.
+    async fn inbox_drop(&self, inbox_id: i64, blocked: bool) -> Result<(), StoreError>;
+
+    /// Whether `user` (or a user merged into it) is approved, and whether it is blocked.
+    async fn access_flags(&self, user: UserId) -> Result<(bool, bool), StoreError>;
+
+    /// Blocks or unblocks `user`; `NotFound` if there is no such user.
+    async fn set_blocked(&self, user: UserId, blocked: bool) -> Result<(), StoreError>;
+
+    /// Keeps a message of a sender who is not approved under its pairing request (made if
+    /// there is none), in one transaction: expired requests are removed first (their kept
+    /// messages marked done), at most `keep_max` messages are kept (older ones marked done),
+    /// and a new request beyond `max_pending` for the channel stores nothing.
+    async fn pairing_keep(&self, msg: PairingMessage) -> Result<Kept, StoreError>;
+
+    /// The pending (not expired at `now_ms`) pairing requests, oldest first.
+    async fn pairing_list(&self, now_ms: i64) -> Result<Vec<PairingRequest>, StoreError>;
+
+    /// The pending request of `code` (not expired at `now_ms`), if any.
+    async fn pairing_get(
+        &self,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<Option<PairingRequest>, StoreError>;
+
+    /// Approves `user` durably and removes the request `code`, returning it (with the kept
+    /// inbox ids, to be answered); `NotFound` if no such request is pending.
+    async fn pairing_approve(
+        &self,
+        code: &str,
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<PairingRequest, StoreError>;
+
+    /// Removes the request `code` and marks its kept messages done, unanswered; `NotFound` if no
+    /// such request is pending.
+    async fn pairing_deny(&self, code: &str, now_ms: i64) -> Result<PairingRequest, StoreError>;
+
+    /// Removes every request expired at `now_ms`, marking its kept messages done, unanswered.
+    async fn pairing_expire(&self, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The inbox rows `ids` that are not done yet, in the order given.
+    async fn inbox_rows(&self, ids: &[i64]) -> Result<Vec<PendingInbound>, StoreError>;
 }
 
 /// A shared handle to whichever backend is configured.

@@ -31,6 +31,7 @@ async fn start(dir: &tempfile::TempDir) -> (Gateway, AdminService) {
         provider: "echo",
         workflows: None,
         supervisor: gw.supervisor.clone(),
+        access: gw.access.clone(),
     });
     (gw, service)
 }

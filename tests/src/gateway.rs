@@ -88,6 +88,11 @@ impl GatewayOptions {
         push_block(&mut out, &self.admin_extra);
         out.push_str(&format!("\n[log]\nlevel = {}\n", toml_string(level)));
         push_block(&mut out, &self.log_extra);
+        // Access control is tested by tests that write their own `[access]`; every other test
+        // lets anyone talk to the agent.
+        if !self.extra_config.contains("[access]") {
+            out.push_str("\n[access]\ndm_policy = \"open\"\n");
+        }
         if !self.extra_config.trim().is_empty() {
             out.push('\n');
             push_block(&mut out, &self.extra_config);

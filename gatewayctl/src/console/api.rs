@@ -236,6 +236,17 @@ async fn fetch(api: &mut Api, f: Fetch) -> Result<Data, String> {
                     .collect(),
             )
         }),
+        Fetch::Pairing => within(c.list_pairing(pb::ListPairingRequest {}))
+            .await
+            .map(|r| {
+                Data::Pairing(
+                    r.into_inner()
+                        .requests
+                        .into_iter()
+                        .map(Into::into)
+                        .collect(),
+                )
+            }),
     };
     result.map_err(|s| api.error(s).to_string())
 }
@@ -321,6 +332,30 @@ async fn act(api: &mut Api, a: Action) -> Result<String, String> {
             }))
             .await
             .map(|r| format!("started run {} of {name}", r.into_inner().run_id))
+        }
+        Action::BlockUser { user_id } => within(c.block_user(pb::BlockUserRequest { user_id }))
+            .await
+            .map(|_| format!("blocked user {user_id}")),
+        Action::UnblockUser { user_id } => {
+            within(c.unblock_user(pb::UnblockUserRequest { user_id }))
+                .await
+                .map(|_| format!("unblocked user {user_id}"))
+        }
+        Action::ApprovePairing { code } => {
+            within(c.approve_pairing(pb::ApprovePairingRequest { code: code.clone() }))
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    format!(
+                        "approved {code}: user {}; {} kept message(s) being answered",
+                        r.user_id, r.answered
+                    )
+                })
+        }
+        Action::DenyPairing { code } => {
+            within(c.deny_pairing(pb::DenyPairingRequest { code: code.clone() }))
+                .await
+                .map(|_| format!("denied {code}"))
         }
     };
     result.map_err(|s| api.error(s).to_string())

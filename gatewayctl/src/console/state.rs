@@ -17,6 +17,7 @@ mod identities;
 mod list;
 mod modal;
 mod overview;
+mod pairing;
 mod rate_limits;
 mod runs;
 mod sessions;
@@ -37,6 +38,7 @@ pub use self::identities::IdentitiesTab;
 pub use self::list::{Filterable, List, scroll_offset};
 pub use self::modal::{Form, FormInput, FormKind, Modal};
 pub use self::overview::OverviewTab;
+pub use self::pairing::PairingTab;
 pub use self::rate_limits::RateLimitsTab;
 pub use self::runs::RunsTab;
 pub use self::sessions::SessionsTab;
@@ -100,6 +102,7 @@ pub enum Data {
     Runs(Vec<Run>),
     Run(Run),
     Identities(Vec<Identity>),
+    Pairing(Vec<data::Pairing>),
 }
 
 /// What the loop should do after an input.
@@ -135,6 +138,7 @@ pub enum Fetch {
         id: i64,
     },
     Identities,
+    Pairing,
 }
 
 /// What a tab's key handling asks of the console.
@@ -152,7 +156,7 @@ pub enum TabIntent {
     Refuse(String),
 }
 
-/// The tabs, in order (keys 1–7).
+/// The tabs, in order (keys 1–8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Overview,
@@ -162,11 +166,12 @@ pub enum Tab {
     DeadLetters,
     Runs,
     Identities,
+    Pairing,
 }
 
 impl Tab {
     /// Every tab in order.
-    pub const ALL: [Tab; 7] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Overview,
         Tab::Sessions,
         Tab::Channels,
@@ -174,6 +179,7 @@ impl Tab {
         Tab::DeadLetters,
         Tab::Runs,
         Tab::Identities,
+        Tab::Pairing,
     ];
 
     /// The title in the tab bar.
@@ -183,9 +189,10 @@ impl Tab {
             Tab::Sessions => "Sessions",
             Tab::Channels => "Channels",
             Tab::RateLimits => "Limits",
-            Tab::DeadLetters => "Dead letters",
+            Tab::DeadLetters => "Dead",
             Tab::Runs => "Runs",
             Tab::Identities => "Identities",
+            Tab::Pairing => "Pairing",
         }
     }
 
@@ -203,6 +210,7 @@ impl Tab {
             Tab::DeadLetters => Fetch::DeadLetters,
             Tab::Runs => Fetch::Runs,
             Tab::Identities => Fetch::Identities,
+            Tab::Pairing => Fetch::Pairing,
         }
     }
 }
@@ -245,6 +253,7 @@ pub struct App {
     pub dead_letters: DeadLettersTab,
     pub runs: RunsTab,
     pub identities: IdentitiesTab,
+    pub pairing: PairingTab,
 }
 
 impl App {
@@ -265,6 +274,7 @@ impl App {
             dead_letters: DeadLettersTab::default(),
             runs: RunsTab::default(),
             identities: IdentitiesTab::default(),
+            pairing: PairingTab::default(),
         }
     }
 
@@ -277,6 +287,7 @@ impl App {
         self.rate_limits.now_ms = now_ms;
         self.dead_letters.now_ms = now_ms;
         self.runs.now_ms = now_ms;
+        self.pairing.now_ms = now_ms;
         if self.status.as_ref().is_some_and(|s| s.until_ms <= now_ms) {
             self.status = None;
         }
@@ -298,6 +309,7 @@ impl App {
             Tab::DeadLetters => Some(&self.dead_letters.list.filter),
             Tab::Runs => Some(&self.runs.list.filter),
             Tab::Identities => Some(&self.identities.list.filter),
+            Tab::Pairing => Some(&self.pairing.list.filter),
             Tab::Overview | Tab::RateLimits => None,
         }
     }
@@ -309,6 +321,7 @@ impl App {
             Tab::DeadLetters => Some(&mut self.dead_letters.list.filter),
             Tab::Runs => Some(&mut self.runs.list.filter),
             Tab::Identities => Some(&mut self.identities.list.filter),
+            Tab::Pairing => Some(&mut self.pairing.list.filter),
             Tab::Overview | Tab::RateLimits => None,
         }
     }
@@ -319,6 +332,7 @@ impl App {
         self.dead_letters.list.clamp();
         self.runs.list.clamp();
         self.identities.list.clamp();
+        self.pairing.list.clamp();
     }
 
     fn switch(&mut self, tab: Tab) -> Option<Intent> {
@@ -359,6 +373,7 @@ impl App {
             Data::Runs(r) => self.runs.list.replace(r),
             Data::Run(r) => self.runs.detail = Some(r),
             Data::Identities(i) => self.identities.list.replace(i),
+            Data::Pairing(p) => self.pairing.list.replace(p),
         }
         None
     }
@@ -382,6 +397,7 @@ impl App {
             Tab::DeadLetters => self.dead_letters.update_input(code),
             Tab::Runs => self.runs.update_input(code),
             Tab::Identities => self.identities.update_input(code),
+            Tab::Pairing => self.pairing.update_input(code),
         };
         match intent {
             TabIntent::None => None,
@@ -521,7 +537,7 @@ fn key(app: &mut App, k: KeyEvent) -> Option<Intent> {
         KeyCode::BackTab => {
             app.switch(Tab::ALL[(app.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()])
         }
-        KeyCode::Char(c @ '1'..='7') => app.switch(Tab::ALL[c as usize - '1' as usize]),
+        KeyCode::Char(c @ '1'..='8') => app.switch(Tab::ALL[c as usize - '1' as usize]),
         KeyCode::Char('/') if app.filter().is_some() => {
             app.filtering = true;
             None
@@ -734,7 +750,58 @@ pub(crate) mod tests {
                 address: Some("http:bob".parse().expect("address")),
             },
         ]);
+        app.pairing.list.replace(vec![data::Pairing {
+            code: "K7QX2M".into(),
+            channel: "telegram".into(),
+            sender_id: "12345".into(),
+            display_name: "Ada".into(),
+            first_seen_ms: NOW - 120_000,
+            expires_at_ms: NOW + 3_480_000,
+            kept_messages: 2,
+        }]);
         app
+    }
+
+    #[test]
+    fn approve_and_deny_on_the_pairing_tab_ask_first() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('8'));
+        assert_eq!(app.tab, Tab::Pairing);
+        assert_eq!(press(&mut app, KeyCode::Char('a')), None);
+        assert_eq!(
+            app.modal,
+            Some(Modal::Confirm(Action::ApprovePairing {
+                code: "K7QX2M".into()
+            }))
+        );
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            Some(Intent::Rpc(Action::ApprovePairing {
+                code: "K7QX2M".into()
+            }))
+        );
+        press(&mut app, KeyCode::Char('d'));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            Some(Intent::Rpc(Action::DenyPairing {
+                code: "K7QX2M".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn block_and_unblock_on_the_identities_tab() {
+        let mut app = fixture();
+        press(&mut app, KeyCode::Char('7'));
+        press(&mut app, KeyCode::Char('b'));
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            Some(Intent::Rpc(Action::BlockUser { user_id: 1 }))
+        );
+        assert_eq!(
+            press(&mut app, KeyCode::Char('B')),
+            Some(Intent::Rpc(Action::UnblockUser { user_id: 1 }))
+        );
     }
 
     pub fn press(app: &mut App, code: KeyCode) -> Option<Intent> {
@@ -1156,7 +1223,7 @@ pub(crate) mod tests {
         );
         press(&mut app, KeyCode::BackTab);
         press(&mut app, KeyCode::BackTab);
-        assert_eq!(app.tab, Tab::Identities);
+        assert_eq!(app.tab, Tab::Pairing);
         press(&mut app, KeyCode::Char('?'));
         assert_eq!(app.modal, Some(Modal::Help));
         assert_eq!(press(&mut app, KeyCode::Esc), None);

@@ -10,6 +10,7 @@ mod channels;
 mod dead_letters;
 mod identities;
 mod overview;
+mod pairing;
 mod rate_limits;
 mod runs;
 mod sessions;
@@ -28,7 +29,7 @@ use crate::model::ChannelState;
 /// Every key, as the help overlay lists it (also in gatewayctl/README.md).
 pub const KEYS: &[(&str, &str)] = &[
     ("Tab Shift-Tab", "next / previous tab"),
-    ("1-7", "go to a tab"),
+    ("1-8", "go to a tab"),
     ("↑ ↓ j k", "move the selection"),
     ("PgUp PgDn g G", "page up / down, first / last row"),
     ("/", "filter the table (Enter keeps it, Esc clears)"),
@@ -90,6 +91,7 @@ impl Widget for &App {
             Tab::DeadLetters => self.dead_letters.render(body, buf),
             Tab::Runs => self.runs.render(body, buf),
             Tab::Identities => self.identities.render(body, buf),
+            Tab::Pairing => self.pairing.render(body, buf),
         }
         status_line(self).render(status, buf);
         match &self.modal {
@@ -301,6 +303,7 @@ mod tests {
             ('5', "dead_letters"),
             ('6', "runs"),
             ('7', "identities"),
+            ('8', "pairing"),
         ] {
             press(&mut app, KeyCode::Char(key));
             insta::assert_snapshot!(name, draw(&app).backend());

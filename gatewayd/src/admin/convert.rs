@@ -482,7 +482,9 @@ pub fn traced_entry(e: &crate::store::TracedEntry) -> pb::TranscriptEntry {
 
 /// A proto inbox row.
 pub fn inbox_entry(r: &crate::store::InboxRecord) -> pb::InboxEntry {
-    let state = if r.done {
+    let state = if r.blocked {
+        pb::InboxState::Blocked
+    } else if r.done {
         pb::InboxState::Done
     } else {
         pb::InboxState::Pending
@@ -508,6 +510,10 @@ pub fn inbox_state_from(value: i32) -> Result<Option<bool>, String> {
         Ok(pb::InboxState::Unspecified) => Ok(None),
         Ok(pb::InboxState::Pending) => Ok(Some(false)),
         Ok(pb::InboxState::Done) => Ok(Some(true)),
+        Ok(pb::InboxState::Blocked) => Err(
+            "filtering by INBOX_STATE_BLOCKED is not supported; filter by INBOX_STATE_DONE and read each row's state"
+                .to_owned(),
+        ),
         Err(_) => Err(format!("unknown inbox state {value}")),
     }
 }
@@ -576,6 +582,20 @@ pub fn user_usage(u: &crate::store::UsageTotal) -> pb::UserUsage {
         completion_tokens: u.completion_tokens,
         turns: u.turns,
         estimated: u.estimated,
+    }
+}
+
+/// A pending pairing request.
+pub fn pairing(r: &crate::store::PairingRequest) -> pb::PairingRequest {
+    pb::PairingRequest {
+        code: r.code.clone(),
+        channel: r.channel.as_str().to_owned(),
+        sender_id: r.sender_id.clone(),
+        display_name: r.display_name.clone().unwrap_or_default(),
+        first_seen_ms: r.first_seen_ms,
+        expires_at_ms: r.expires_at_ms,
+        kept_messages: u32::try_from(r.kept.len()).unwrap_or(u32::MAX),
+        user_id: r.user_id,
     }
 }
 

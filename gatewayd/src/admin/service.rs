@@ -51,6 +51,8 @@ pub struct AdminState {
     pub workflows: Option<Arc<Engine>>,
     /// Readiness and the faults since start.
     pub supervisor: Arc<crate::supervise::Supervisor>,
+    /// Pairing requests, approvals and blocks.
+    pub access: Arc<crate::access::Access>,
 }
 
 /// The service.
@@ -759,6 +761,87 @@ impl Admin for AdminService {
             tokens_per_day: limits.tokens_per_day,
             turns_per_minute: limits.turns_per_minute,
         }))
+    }
+    async fn list_pairing(
+        &self,
+        _request: Request<pb::ListPairingRequest>,
+    ) -> Result<Response<pb::ListPairingResponse>, Status> {
+        let requests = self.state.access.pending().await.map_err(store_status)?;
+        Ok(Response::new(pb::ListPairingResponse {
+            requests: requests.iter().map(convert::pairing).collect(),
+        }))
+    }
+
+    async fn approve_pairing(
+        &self,
+        request: Request<pb::ApprovePairingRequest>,
+    ) -> Result<Response<pb::ApprovePairingResponse>, Status> {
+        let code = request.into_inner().code;
+        let s = &self.state;
+        let (approved, kept) = s
+            .access
+            .approve(&code, &s.identity)
+            .await
+            .map_err(store_status)?;
+        let user_id = s
+            .identity
+            .resolve(&crate::message::Address {
+                channel: approved.channel,
+                sender_id: approved.sender_id.clone(),
+            })
+            .await
+            .map_err(store_status)?;
+        let mut answered = 0u32;
+        for row in kept {
+            match s.router.route(row.inbox_id, row.message).await {
+                Ok(_) => answered += 1,
+                Err(e) => {
+                    tracing::error!(message = "Cannot route a kept message after approval; it stays pending and is answered at next start.", inbox_id = row.inbox_id, error = %e);
+                }
+            }
+        }
+        Ok(Response::new(pb::ApprovePairingResponse {
+            request: Some(convert::pairing(&approved)),
+            user_id,
+            answered,
+        }))
+    }
+
+    async fn deny_pairing(
+        &self,
+        request: Request<pb::DenyPairingRequest>,
+    ) -> Result<Response<pb::DenyPairingResponse>, Status> {
+        let code = request.into_inner().code;
+        let denied = self.state.access.deny(&code).await.map_err(store_status)?;
+        Ok(Response::new(pb::DenyPairingResponse {
+            request: Some(convert::pairing(&denied)),
+        }))
+    }
+
+    async fn block_user(
+        &self,
+        request: Request<pb::BlockUserRequest>,
+    ) -> Result<Response<pb::BlockUserResponse>, Status> {
+        let user = request.into_inner().user_id;
+        self.state
+            .access
+            .set_blocked(user, true)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::BlockUserResponse {}))
+    }
+
+    async fn unblock_user(
+        &self,
+        request: Request<pb::UnblockUserRequest>,
+    ) -> Result<Response<pb::UnblockUserResponse>, Status> {
+        let user = request.into_inner().user_id;
+        self.state
+            .access
+            .set_blocked(user, false)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::UnblockUserResponse {}))
     }
 }
 

@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 
 use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
 use super::{discord, http, imessage, signal, slack, telegram, webchat, whatsapp};
-use crate::config::{Config, ConfigError, NumericKey, deserialize_in_passes, under_removed};
+use crate::config::{
+    CHANNEL_ACCESS_KEYS, ChannelAccess, ChannelPolicy, Config, ConfigError, DmPolicy, NumericKey,
+    check_allow_entry, deserialize_in_passes, under_removed,
+};
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
 use crate::send::ChannelSender;
@@ -76,11 +79,14 @@ fn section<A: ChannelAdapter>(
     text: &str,
 ) -> (Option<A::Config>, Vec<String>, Vec<ConfigError>) {
     let prefix = format!("channels.{}", A::KIND);
-    let table = config
+    let mut table = config
         .channels
         .get(A::KIND.as_str())
         .cloned()
         .unwrap_or_default();
+    for key in CHANNEL_ACCESS_KEYS {
+        table.remove(*key);
+    }
     let passes = deserialize_in_passes::<A::Config>(table, &prefix, text);
     (passes.value, passes.removed, passes.errors)
 }
@@ -268,6 +274,7 @@ pub fn check(config: &Config, text: &str) -> Vec<ConfigError> {
     for adapter in ADAPTERS {
         errors.extend(adapter.check(config, text));
     }
+    errors.extend(check_access(config, text));
     if enabled(config).is_empty() {
         errors.push(err(
             "channels".to_owned(),
@@ -308,6 +315,135 @@ pub fn build(config: &Config, env: &BuildEnv) -> anyhow::Result<Vec<Box<dyn Buil
         }
     }
     Ok(built)
+}
+
+/// The channels whose direct messages are open by default while `http.listen` is loopback
+/// (they are reached through the gateway's own listener); every other channel pairs.
+const OPEN_WHILE_LOOPBACK: &[ChannelKind] = &[webchat::KIND, http::KIND];
+
+/// The access keys of `name`'s section (the rest of it is its adapter's), with every refused key
+/// named by its full path.
+fn access_section(config: &Config, name: &str, text: &str) -> (ChannelAccess, Vec<ConfigError>) {
+    let Some(section) = config.channels.get(name) else {
+        return (ChannelAccess::default(), Vec::new());
+    };
+    let table: toml::Table = section
+        .iter()
+        .filter(|(k, _)| CHANNEL_ACCESS_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let passes = deserialize_in_passes::<ChannelAccess>(table, &format!("channels.{name}"), text);
+    (passes.value.unwrap_or_default(), passes.errors)
+}
+
+/// Whether `http.listen` is a loopback address (an unparsable one counts as not).
+fn http_is_loopback(config: &Config) -> bool {
+    config
+        .http
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// The built-in DM policy of `kind` under `config`'s `http.listen`.
+fn default_dm(config: &Config, kind: ChannelKind) -> DmPolicy {
+    if OPEN_WHILE_LOOPBACK.contains(&kind) && http_is_loopback(config) {
+        DmPolicy::Open
+    } else {
+        DmPolicy::Pairing
+    }
+}
+
+/// The access policy of every channel: its section's keys over `[access]` over the defaults.
+pub fn access(config: &Config) -> Vec<(ChannelKind, ChannelPolicy)> {
+    ADAPTERS
+        .iter()
+        .map(|a| {
+            let kind = a.kind();
+            let (section, _) = access_section(config, kind.as_str(), "");
+            let policy = ChannelPolicy::resolve(&config.access, &section, default_dm(config, kind));
+            (kind, policy)
+        })
+        .collect()
+}
+
+/// Warnings for the operator (not errors): an enabled WebChat or HTTP channel whose DM policy
+/// is `open` while `http.listen` is not loopback, so anyone who reaches the address talks to
+/// the agent.
+pub fn access_warnings(config: &Config) -> Vec<String> {
+    if http_is_loopback(config) {
+        return Vec::new();
+    }
+    let enabled = enabled(config);
+    access(config)
+        .into_iter()
+        .filter(|(kind, policy)| {
+            OPEN_WHILE_LOOPBACK.contains(kind)
+                && enabled.contains(kind)
+                && policy.dm == DmPolicy::Open
+        })
+        .map(|(kind, _)| {
+            format!(
+                "channels.{kind}: dm_policy is \"open\" while http.listen ({}) is not a loopback address, so anyone who reaches it talks to the agent; set channels.{kind}.dm_policy = \"pairing\" or \"allowlist\", or listen on 127.0.0.1",
+                config.http.listen
+            )
+        })
+        .collect()
+}
+
+/// Every problem of the access keys: `[access]`'s and each channel section's `allow` entries,
+/// their `allow_file`s, and the channel sections' access keys themselves.
+fn check_access(config: &Config, text: &str) -> Vec<ConfigError> {
+    let mut errors = allow_errors("access", &config.access.allow, &config.access.allow_file);
+    for name in config.channels.keys() {
+        if get(name).is_none() {
+            continue;
+        }
+        let (section, errs) = access_section(config, name, text);
+        errors.extend(errs);
+        errors.extend(allow_errors(
+            &format!("channels.{name}"),
+            section.allow.as_deref().unwrap_or_default(),
+            &section.allow_file,
+        ));
+    }
+    errors
+}
+
+/// Every bad entry of `allow` and of the `allow_file` (or that the file cannot be read), under
+/// the section `path`.
+fn allow_errors(
+    path: &str,
+    allow: &[String],
+    file: &Option<std::path::PathBuf>,
+) -> Vec<ConfigError> {
+    let channels = names();
+    let mut errors = Vec::new();
+    for entry in allow {
+        if let Err(e) = check_allow_entry(entry, &channels, &format!("{path}.allow")) {
+            errors.push(e);
+        }
+    }
+    if let Some(file) = file {
+        match crate::config::read_allow_file(file) {
+            Ok(lines) => {
+                for entry in lines {
+                    if let Err(mut e) =
+                        check_allow_entry(&entry, &channels, &format!("{path}.allow_file"))
+                    {
+                        e.message = format!("in `{}`: {}", file.display(), e.message);
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(message) => errors.push(ConfigError {
+                path: format!("{path}.allow_file"),
+                line: None,
+                message,
+            }),
+        }
+    }
+    errors
 }
 
 #[cfg(test)]

@@ -317,6 +317,12 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
         ints(1, MAX_BUDGET_TOKENS),
         |c| c.budgets.global_tokens_per_day.and_then(int),
     ),
+    key("access.pairing_ttl", millis(SEC, 30 * DAY), |c| {
+        dur(c.access.pairing_ttl)
+    }),
+    key("access.max_pending_per_channel", ints(1, 100_000), |c| {
+        int(c.access.max_pending_per_channel)
+    }),
     rate(
         "rate_limits.*.per_second",
         Range::Float(0.001, 1_000_000.0),

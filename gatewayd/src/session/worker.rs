@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::commands;
 use super::router::{Router, Shared};
+use crate::access::Gate;
 use crate::events::Event;
 use crate::message::{InboundMessage, SessionKey, UserId, now_ms};
 use crate::store::{NewReply, Role, StoreError, TranscriptEntry, TurnRecord};
@@ -215,6 +216,34 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
                 tracing::error!(message = "Cannot resolve the sender; the message stays pending until restart.", inbox_id = job.inbox_id, error = %e);
                 return;
             }
+        }
+    }
+    match ctx.access.gate(job.inbox_id, &job.msg, job.user).await {
+        Ok(Gate::Through) => {}
+        Ok(Gate::Handled) => {
+            *settled = true;
+            return;
+        }
+        Ok(Gate::Refuse(reply)) => {
+            let notice = TranscriptEntry {
+                role: Role::Notice,
+                text: reply.clone(),
+                at_ms: now_ms().max(job.msg.received_at_ms),
+                channel: Some(job.msg.channel),
+            };
+            let entries = vec![user_entry(job), notice];
+            let outcome = Outcome {
+                entries,
+                reply,
+                reset: false,
+                usage: None,
+                silent: false,
+            };
+            return commit(router, state, job, outcome, settled).await;
+        }
+        Err(e) => {
+            tracing::error!(message = "Cannot check the sender's access; the message stays pending until restart.", inbox_id = job.inbox_id, error = %e);
+            return;
         }
     }
     let outcome = match commands::parse(&job.msg.text) {

@@ -49,6 +49,8 @@ pub struct InboxRecord {
     pub received_at_ms: i64,
     /// Whether its agent turn is committed.
     pub done: bool,
+    /// Whether it was dropped because its sender is blocked.
+    pub blocked: bool,
 }
 
 /// An outbox row's status.

@@ -25,6 +25,7 @@
 //! [`outbox`] (with dead letters), [`receipts`], [`cursors`] (adapters' watermarks),
 //! [`identity`] and [`runs`] (workflow runs).
 
+mod access;
 mod cursors;
 mod identity;
 mod inbox;
@@ -655,5 +656,64 @@ impl Store for SqliteStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    async fn inbox_drop(&self, inbox_id: i64, blocked: bool) -> Result<(), StoreError> {
+        access::inbox_drop(self, inbox_id, blocked).await
+    }
+
+    async fn access_flags(&self, user: UserId) -> Result<(bool, bool), StoreError> {
+        access::access_flags(self, user).await
+    }
+
+    async fn set_blocked(&self, user: UserId, blocked: bool) -> Result<(), StoreError> {
+        access::set_blocked(self, user, blocked).await
+    }
+
+    async fn pairing_keep(
+        &self,
+        msg: crate::store::PairingMessage,
+    ) -> Result<crate::store::Kept, StoreError> {
+        access::pairing_keep(self, msg).await
+    }
+
+    async fn pairing_list(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<crate::store::PairingRequest>, StoreError> {
+        access::pairing_list(self, now_ms).await
+    }
+
+    async fn pairing_get(
+        &self,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<Option<crate::store::PairingRequest>, StoreError> {
+        access::pairing_get(self, code, now_ms).await
+    }
+
+    async fn pairing_approve(
+        &self,
+        code: &str,
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<crate::store::PairingRequest, StoreError> {
+        access::pairing_approve(self, code, user, now_ms).await
+    }
+
+    async fn pairing_deny(
+        &self,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<crate::store::PairingRequest, StoreError> {
+        access::pairing_deny(self, code, now_ms).await
+    }
+
+    async fn pairing_expire(&self, now_ms: i64) -> Result<(), StoreError> {
+        access::pairing_expire(self, now_ms).await
+    }
+
+    async fn inbox_rows(&self, ids: &[i64]) -> Result<Vec<PendingInbound>, StoreError> {
+        access::inbox_rows(self, ids).await
     }
 }

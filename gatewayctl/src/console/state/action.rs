@@ -45,6 +45,10 @@ pub enum Action {
     UnlinkAddress { address: Address },
     LinkIdentities { user_id: i64, other: LinkOther },
     RunWorkflow { name: String, inputs_json: String },
+    BlockUser { user_id: i64 },
+    UnblockUser { user_id: i64 },
+    ApprovePairing { code: String },
+    DenyPairing { code: String },
 }
 
 impl Action {
@@ -66,11 +70,15 @@ impl Action {
                 other: LinkOther::Address(address),
             } => Some(format!("Move {address} to user {user_id}?")),
             Action::ReconnectChannel { channel } => Some(format!("Reconnect {}?", channel.name())),
+            Action::BlockUser { user_id } => Some(format!("Block user {user_id}?")),
+            Action::ApprovePairing { code } => Some(format!("Approve pairing request {code}?")),
+            Action::DenyPairing { code } => Some(format!("Deny pairing request {code}?")),
             // Retrying chosen letters and starting a run destroy nothing: they act at once.
             Action::RetryDeadLetters {
                 letters: Letters::Ids(_),
             }
-            | Action::RunWorkflow { .. } => None,
+            | Action::RunWorkflow { .. }
+            | Action::UnblockUser { .. } => None,
         }
     }
 }

@@ -469,3 +469,38 @@ impl From<pb::WatchEventsResponse> for Event {
         }
     }
 }
+
+/// A pending pairing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairing {
+    pub code: String,
+    pub channel: String,
+    pub sender_id: String,
+    pub display_name: String,
+    pub first_seen_ms: i64,
+    pub expires_at_ms: i64,
+    pub kept_messages: u32,
+}
+
+impl From<pb::PairingRequest> for Pairing {
+    fn from(p: pb::PairingRequest) -> Self {
+        Self {
+            code: p.code,
+            channel: p.channel,
+            sender_id: p.sender_id,
+            display_name: p.display_name,
+            first_seen_ms: p.first_seen_ms,
+            expires_at_ms: p.expires_at_ms,
+            kept_messages: p.kept_messages,
+        }
+    }
+}
+
+impl Filterable for Pairing {
+    fn haystack(&self) -> String {
+        format!(
+            "{} {}:{} {}",
+            self.code, self.channel, self.sender_id, self.display_name
+        )
+    }
+}

@@ -1,5 +1,6 @@
 //! The Identities tab: one row per address, `u` to unlink the selected address and `l` to
-//! link a user or an address to the selected user (a small form).
+//! link a user or an address to the selected user (a small form); `b` blocks the selected
+//! user and `B` unblocks them.
 
 use ratatui::crossterm::event::KeyCode;
 
@@ -16,7 +17,7 @@ pub struct IdentitiesTab {
 }
 
 impl IdentitiesTab {
-    /// The tab's keys: movement, `u`, `l`.
+    /// The tab's keys: movement, `u`, `l`, `b`, `B`.
     pub fn update_input(&mut self, code: KeyCode) -> TabIntent {
         if let Some(delta) = movement(code) {
             self.list.step(delta);
@@ -38,6 +39,12 @@ impl IdentitiesTab {
                     .unwrap_or_default();
                 TabIntent::Form(Form::new(FormKind::Link, first))
             }
+            KeyCode::Char('b') => self.list.current().map_or(TabIntent::None, |i| {
+                TabIntent::Propose(Action::BlockUser { user_id: i.user_id })
+            }),
+            KeyCode::Char('B') => self.list.current().map_or(TabIntent::None, |i| {
+                TabIntent::Propose(Action::UnblockUser { user_id: i.user_id })
+            }),
             _ => TabIntent::None,
         }
     }

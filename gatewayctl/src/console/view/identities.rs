@@ -14,7 +14,7 @@ impl Widget for &IdentitiesTab {
             area,
             buf,
             title(
-                "Identities: one row per address (u unlink, l link)",
+                "Identities: one row per address (u unlink, l link, b block, B unblock)",
                 shown,
                 self.list.items.len(),
                 &self.list.filter,

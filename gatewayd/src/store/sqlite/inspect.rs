@@ -38,7 +38,7 @@ impl SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text,
-                            reply_to, received_at, done, sender_name
+                            reply_to, received_at, done, sender_name, blocked
                      FROM inbox
                      WHERE id > ?1
                        AND (?2 IS NULL OR channel = ?2)
@@ -69,6 +69,7 @@ impl SqliteStore {
                             received_at_ms: r.get(8)?,
                             done: r.get::<_, i64>(9)? != 0,
                             sender_name: r.get(10)?,
+                            blocked: r.get::<_, i64>(11)? != 0,
                         })
                     },
                 )

@@ -173,6 +173,34 @@ CREATE TABLE budget_overrides (
     updated_at INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE inbox ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pairing_requests (
+    code TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    user_id INTEGER NOT NULL,
+    display_name TEXT,
+    first_seen INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_reply_at INTEGER NOT NULL,
+    UNIQUE (channel, sender_id)
+);
+CREATE INDEX pairing_requests_expiry ON pairing_requests (expires_at);
+CREATE TABLE pairing_kept (
+    inbox_id INTEGER PRIMARY KEY,
+    code TEXT NOT NULL
+);
+CREATE INDEX pairing_kept_code ON pairing_kept (code, inbox_id);
+CREATE TABLE access_approvals (
+    user_id INTEGER PRIMARY KEY,
+    approved_at INTEGER NOT NULL
+);
+CREATE TABLE access_blocks (
+    user_id INTEGER PRIMARY KEY,
+    blocked_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to

@@ -44,6 +44,10 @@ const TABLES: &[&str] = &[
     "workflow_nodes",
     "usage",
     "budget_overrides",
+    "pairing_requests",
+    "pairing_kept",
+    "access_approvals",
+    "access_blocks",
 ];
 
 /// What one prune pass deleted.
