@@ -1288,3 +1288,61 @@ async fn check_config_and_validate_catch_static_workflow_errors() {
     }
     assert_eq!(errors.len(), expected.len(), "{doc:#}");
 }
+
+/// A workflow whose message node sends to any chat its input names.
+const RELAY: &str = r#"
+name = "relay"
+
+[inputs.chat]
+type = "string"
+
+[[nodes]]
+id = "say"
+kind = "message"
+channel = "http"
+chat_id = "{{inputs.chat}}"
+text = "relayed"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_run_by_a_users_turn_sends_only_where_the_scope_allows() {
+    let llm = FakeOpenAi::start().await;
+    let callback = FakeCallback::start().await;
+    let dir = workflow_dir(false, &[("relay.toml", RELAY.to_owned())]);
+    let gw = start(options(dir.path(), &callback, Some(&llm))).await;
+
+    // ann's turn starts the workflow at bob's chat: under the default `same_user` it is refused.
+    llm.push_tool_call(
+        "run_workflow",
+        r#"{"name": "relay", "inputs": {"chat": "bob"}}"#,
+    );
+    llm.push_answer("relay started");
+    post(&gw, "rl-1", "ann", "relay to bob").await;
+    wait_text(&gw, &callback, "ann", "relay started").await;
+    let list = ctl_json(&gw, &["runs", "list"]).await;
+    let id = list["runs"][0]["id"].as_i64().expect("run id");
+    let run = wait_run(&gw, id, "failed").await;
+    let error = node(&run, "say")["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(
+            "send_message may only send to this user's own chats (tools.send_message.scope = \"same_user\")"
+        ),
+        "{run:#}"
+    );
+
+    // An operator's run has no user: it sends as before.
+    let started = ctl_json(&gw, &["workflows", "run", "relay", "--input", "chat=bob"]).await;
+    let id = started["run_id"]
+        .as_i64()
+        .or_else(|| started["id"].as_i64())
+        .unwrap_or_else(|| panic!("no run id in {started:#}"));
+    wait_run(&gw, id, "succeeded").await;
+    wait_text(&gw, &callback, "bob", "relayed").await;
+    let to_bob: Vec<String> = callback
+        .delivered()
+        .iter()
+        .filter(|d| d.chat_id == "bob")
+        .map(|d| d.text.clone())
+        .collect();
+    assert_eq!(to_bob, ["relayed"], "only the operator's run reached bob");
+}

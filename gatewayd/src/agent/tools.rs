@@ -8,7 +8,8 @@
 //! a keyword outside it, so nothing a schema says goes silently unenforced. The built-ins are
 //! [`CurrentTime`], [`HttpGet`] (only to allowlisted hosts, denying everything when the list is
 //! empty, with a capped body and no redirect to another host), [`SendMessage`] (only through the
-//! outbox, via an [`OutboxSink`]) and [`RunWorkflow`] (via a [`WorkflowRunner`]).
+//! outbox, via an [`OutboxSink`], and only where its [`SendScope`] allows) and [`RunWorkflow`]
+//! (via a [`WorkflowRunner`]).
 
 mod current_time;
 mod http_get;

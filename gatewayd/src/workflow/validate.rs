@@ -5,7 +5,7 @@
 //! parsed workflow and returns every problem, each with its file, node and key path, so the
 //! operator fixes a file in one pass: ids and names, duplicate ids, unknown and repeated
 //! dependencies, cycles (named: `cycle: a → b → c → a`), `when` on an edge that does not leave a
-//! condition, unknown tools, template and script references to inputs that are not declared or to
+//! condition, unknown tools and tools the file's `tools` list does not declare, template and script references to inputs that are not declared or to
 //! nodes that are not upstream, rhai syntax and empty scripts, numeric bounds (`timeout`,
 //! `retries`, foreach `max_items` and `concurrency`), message targets and the channels they name
 //! (against the channels enabled in the configuration, see [`Known`]), and the size limits of a
