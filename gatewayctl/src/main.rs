@@ -82,7 +82,7 @@ enum Command {
     /// Conversations: list, show with transcript, evict from memory.
     #[command(subcommand)]
     Sessions(sessions::Cmd),
-    /// People and their addresses: list, show, link, unlink.
+    /// People and their addresses: list, show, link, unlink, block, unblock.
     #[command(subcommand)]
     Identities(identities::Cmd),
     /// Channel health and counters; reconnect a channel.

@@ -423,3 +423,38 @@ async fn the_group_allowlist_on_discord() {
     assert_eq!(inputs.len(), 1, "{inputs:?}");
     assert!(inputs[0].contains("in the allowed channel"), "{inputs:?}");
 }
+
+#[test]
+fn check_config_warns_about_open_web_channels_on_a_public_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |text: &str| {
+        let path = dir.path().join("gatewayd.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(gateway_tests::gateway::gatewayd_bin().expect("gatewayd"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run gatewayd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let data = gateway_tests::gateway::toml_string(&dir.path().join("data").to_string_lossy());
+    let open = check(&format!(
+        "[gateway]\ndata_dir = {data}\n[http]\nlisten = \"0.0.0.0:8080\"\n\
+         [channels.webchat]\nenabled = true\ndm_policy = \"open\"\n"
+    ));
+    assert!(
+        open.contains("warning: channels.webchat: dm_policy is \"open\""),
+        "{open}"
+    );
+    // By default a public listener pairs WebChat senders: no warning.
+    let paired = check(&format!(
+        "[gateway]\ndata_dir = {data}\n[http]\nlisten = \"0.0.0.0:8080\"\n\
+         [channels.webchat]\nenabled = true\n"
+    ));
+    assert!(!paired.contains("warning"), "{paired}");
+}
