@@ -12,19 +12,20 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+mod args;
+mod people;
+mod workflows;
+
 use super::convert;
 use crate::delivery::Delivery;
 use crate::events::EventBus;
 use crate::identity::Identity;
-use crate::message::{ChannelKind, SessionKey};
+use crate::message::SessionKey;
 use crate::session::router::Router;
-use crate::store::{DeadSelector, SessionFilter, SharedStore, StoreError, StoredSession};
-use crate::workflow::run::{Engine, StartError};
+use crate::store::{SessionFilter, SharedStore, StoredSession};
+use crate::workflow::run::Engine;
+use args::*;
 
-/// Default page size of list RPCs.
-const DEFAULT_LIMIT: u32 = 100;
-/// Largest page size of list RPCs.
-const MAX_LIMIT: u32 = 1000;
 /// Events buffered per watcher before it is marked lagged.
 const WATCH_BUFFER: usize = 256;
 
@@ -64,56 +65,6 @@ impl AdminService {
     /// A service over `state`.
     pub fn new(state: AdminState) -> Self {
         Self { state }
-    }
-}
-
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::NotFound(m) => Status::not_found(m),
-        StoreError::Conflict(m) => Status::failed_precondition(m),
-        StoreError::Closed => Status::unavailable("the gateway is shutting down"),
-        StoreError::Database(m) => Status::internal(m),
-        StoreError::Full(m) => Status::unavailable(format!("the disk is full: {m}")),
-    }
-}
-
-fn limit(requested: u32) -> usize {
-    (if requested == 0 {
-        DEFAULT_LIMIT
-    } else {
-        requested.min(MAX_LIMIT)
-    }) as usize
-}
-
-/// The channel a request names (`None`: empty, so unspecified or any); an unknown name is
-/// INVALID_ARGUMENT with a message that names it.
-fn channel_arg(name: &str) -> Result<Option<ChannelKind>, Status> {
-    convert::channel_from(name).map_err(Status::invalid_argument)
-}
-
-fn key_arg(key: &str) -> Result<SessionKey, Status> {
-    key.parse().map_err(Status::invalid_argument)
-}
-
-fn id_cursor(cursor: &str) -> Result<Option<i64>, Status> {
-    if cursor.is_empty() {
-        return Ok(None);
-    }
-    cursor.parse().map(Some).map_err(|_| {
-        Status::invalid_argument(format!(
-            "bad cursor `{cursor}`; pass the next_cursor of the previous page"
-        ))
-    })
-}
-
-/// Splits one extra row off a page fetched with `limit + 1` and returns the next cursor.
-fn page<T>(mut rows: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(&cursor_of).unwrap_or_default();
-        (rows, next)
-    } else {
-        (rows, String::new())
     }
 }
 
@@ -302,85 +253,28 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListIdentitiesRequest>,
     ) -> Result<Response<pb::ListIdentitiesResponse>, Status> {
-        let r = request.into_inner();
-        let limit = limit(r.limit);
-        let users = self
-            .state
-            .store
-            .list_users(channel_arg(&r.channel)?, id_cursor(&r.cursor)?, limit + 1)
-            .await
-            .map_err(store_status)?;
-        let (users, next_cursor) = page(users, limit, |u| u.id.to_string());
-        Ok(Response::new(pb::ListIdentitiesResponse {
-            identities: users.iter().map(convert::identity).collect(),
-            next_cursor,
-        }))
+        people::list_identities(self, request).await
     }
 
     async fn get_identity(
         &self,
         request: Request<pb::GetIdentityRequest>,
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
-        let id = request.into_inner().user_id;
-        let user = self.state.identity.user(id).await.map_err(store_status)?;
-        Ok(Response::new(pb::GetIdentityResponse {
-            identity: Some(convert::identity(&user)),
-        }))
+        people::get_identity(self, request).await
     }
 
     async fn link_identities(
         &self,
         request: Request<pb::LinkIdentitiesRequest>,
     ) -> Result<Response<pb::LinkIdentitiesResponse>, Status> {
-        let r = request.into_inner();
-        let keep = r.user_id;
-        let s = &self.state;
-        let merged = match r.other {
-            Some(pb::link_identities_request::Other::MergeUserId(merge)) => {
-                s.identity.link(keep, merge).await.map_err(store_status)?;
-                merge
-            }
-            Some(pb::link_identities_request::Other::Address(a)) => {
-                let address = convert::address_from(&a).map_err(Status::invalid_argument)?;
-                s.identity
-                    .attach(keep, &address)
-                    .await
-                    .map_err(store_status)?
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "say what to link: merge_user_id or address",
-                ));
-            }
-        };
-        s.router.invalidate(&SessionKey::User(keep));
-        s.router.invalidate(&SessionKey::User(merged));
-        let user = s.identity.user(keep).await.map_err(store_status)?;
-        Ok(Response::new(pb::LinkIdentitiesResponse {
-            identity: Some(convert::identity(&user)),
-        }))
+        people::link_identities(self, request).await
     }
 
     async fn unlink_address(
         &self,
         request: Request<pb::UnlinkAddressRequest>,
     ) -> Result<Response<pb::UnlinkAddressResponse>, Status> {
-        let a = request
-            .into_inner()
-            .address
-            .ok_or_else(|| Status::invalid_argument("address is required"))?;
-        let address = convert::address_from(&a).map_err(Status::invalid_argument)?;
-        let (previous, new_user) = self
-            .state
-            .identity
-            .unlink(&address)
-            .await
-            .map_err(store_status)?;
-        self.state.router.invalidate(&SessionKey::User(previous));
-        Ok(Response::new(pb::UnlinkAddressResponse {
-            previous_user_id: previous,
-            new_user_id: new_user,
-        }))
+        people::unlink_address(self, request).await
     }
 
     async fn list_channels(
@@ -510,111 +404,37 @@ impl Admin for AdminService {
 
     async fn list_workflows(
         &self,
-        _: Request<pb::ListWorkflowsRequest>,
+        request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
-        let engine = self.engine()?;
-        Ok(Response::new(pb::ListWorkflowsResponse {
-            workflows: engine.list().iter().map(|w| convert::workflow(w)).collect(),
-            errors: engine
-                .errors()
-                .iter()
-                .map(convert::workflow_error)
-                .collect(),
-        }))
+        workflows::list_workflows(self, request).await
     }
 
     async fn validate_workflows(
         &self,
-        _: Request<pb::ValidateWorkflowsRequest>,
+        request: Request<pb::ValidateWorkflowsRequest>,
     ) -> Result<Response<pb::ValidateWorkflowsResponse>, Status> {
-        let (valid, errors) = self.engine()?.check();
-        Ok(Response::new(pb::ValidateWorkflowsResponse {
-            valid: valid.iter().map(|w| w.name.clone()).collect(),
-            errors: errors.iter().map(convert::workflow_error).collect(),
-        }))
+        workflows::validate_workflows(self, request).await
     }
 
     async fn run_workflow(
         &self,
         request: Request<pb::RunWorkflowRequest>,
     ) -> Result<Response<pb::RunWorkflowResponse>, Status> {
-        let r = request.into_inner();
-        let inputs: serde_json::Value = if r.inputs_json.trim().is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&r.inputs_json)
-                .map_err(|e| Status::invalid_argument(format!("inputs_json is not JSON: {e}")))?
-        };
-        let engine = self.engine()?;
-        let origin = match r.to.trim() {
-            "" => None,
-            to => {
-                let (channel, chat_id) = crate::workflow::run::parse_chat_target(to)
-                    .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
-                crate::channels::registry::kind(channel.as_str())
-                    .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
-                if !engine.can_send_to(channel) {
-                    return Err(Status::invalid_argument(format!(
-                        "to: channel `{channel}` is not enabled on this gateway"
-                    )));
-                }
-                Some(crate::store::RunOrigin {
-                    channel,
-                    chat_id,
-                    user: None,
-                    trigger: "operator".to_owned(),
-                })
-            }
-        };
-        let run_id = engine
-            .start(&r.name, inputs, origin)
-            .await
-            .map_err(|e| match e {
-                StartError::Unknown(_) => Status::not_found(e.to_string()),
-                StartError::Inputs(m) => Status::invalid_argument(m),
-                StartError::NoOrigin { .. } => Status::failed_precondition(e.to_string()),
-                StartError::Store(s) => store_status(s),
-            })?;
-        Ok(Response::new(pb::RunWorkflowResponse { run_id }))
+        workflows::run_workflow(self, request).await
     }
 
     async fn list_runs(
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let r = request.into_inner();
-        let limit = limit(r.limit);
-        let workflow = (!r.workflow.is_empty()).then_some(r.workflow.as_str());
-        let runs = self
-            .state
-            .store
-            .run_list(workflow, id_cursor(&r.cursor)?, limit + 1)
-            .await
-            .map_err(store_status)?;
-        let (runs, next_cursor) = page(runs, limit, |run| run.id.to_string());
-        Ok(Response::new(pb::ListRunsResponse {
-            runs: runs
-                .iter()
-                .map(|run| convert::run(run, None, false))
-                .collect(),
-            next_cursor,
-        }))
+        workflows::list_runs(self, request).await
     }
 
     async fn get_run(
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        let id = request.into_inner().id;
-        let run = self.state.store.run_get(id).await.map_err(store_status)?;
-        let workflow = self
-            .state
-            .workflows
-            .as_ref()
-            .and_then(|e| e.get(&run.workflow));
-        Ok(Response::new(pb::GetRunResponse {
-            run: Some(convert::run(&run, workflow.as_deref(), true)),
-        }))
+        workflows::get_run(self, request).await
     }
 
     type WatchEventsStream = EventStream;
@@ -694,189 +514,47 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListUsageRequest>,
     ) -> Result<Response<pb::ListUsageResponse>, Status> {
-        let r = request.into_inner();
-        let budgets = &self.state.router.context().budgets;
-        let now = crate::message::now_ms();
-        let users = self
-            .state
-            .store
-            .usage_totals(r.user_id, r.since_ms)
-            .await
-            .map_err(store_status)?;
-        let global = budgets.global_today(now).await.map_err(store_status)?;
-        let config = budgets.config();
-        Ok(Response::new(pb::ListUsageResponse {
-            users: users.iter().map(convert::user_usage).collect(),
-            global_tokens_today: global,
-            global_tokens_per_day: config.global_tokens_per_day,
-            user_tokens_per_day: config.user_tokens_per_day,
-            user_turns_per_minute: config.user_turns_per_minute,
-            day_start_ms: crate::budget::window::day_start(now),
-        }))
+        people::list_usage(self, request).await
     }
 
     async fn set_budget(
         &self,
         request: Request<pb::SetBudgetRequest>,
     ) -> Result<Response<pb::SetBudgetResponse>, Status> {
-        let r = request.into_inner();
-        let check = |name: &str, value: Option<u64>, range: crate::config::Range| match value {
-            Some(v) => range
-                .check(crate::config::Number::Int(v))
-                .map_err(|e| Status::invalid_argument(format!("{name} {e}"))),
-            None => Ok(()),
-        };
-        check(
-            "tokens_per_day",
-            r.tokens_per_day,
-            crate::config::ints(1, crate::config::MAX_BUDGET_TOKENS),
-        )?;
-        check(
-            "turns_per_minute",
-            r.turns_per_minute,
-            crate::config::ints(1, crate::config::MAX_BUDGET_TURNS),
-        )?;
-        let store = &self.state.store;
-        // The user must exist: a mistyped id would otherwise set a budget nobody has.
-        store.user(r.user_id).await.map_err(store_status)?;
-        let mut limits = if r.clear {
-            crate::store::BudgetOverride::default()
-        } else {
-            store
-                .budget_override(r.user_id)
-                .await
-                .map_err(store_status)?
-        };
-        if r.tokens_per_day.is_some() {
-            limits.tokens_per_day = r.tokens_per_day;
-        }
-        if r.turns_per_minute.is_some() {
-            limits.turns_per_minute = r.turns_per_minute;
-        }
-        store
-            .set_budget_override(r.user_id, limits)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(pb::SetBudgetResponse {
-            tokens_per_day: limits.tokens_per_day,
-            turns_per_minute: limits.turns_per_minute,
-        }))
+        people::set_budget(self, request).await
     }
     async fn list_pairing(
         &self,
-        _request: Request<pb::ListPairingRequest>,
+        request: Request<pb::ListPairingRequest>,
     ) -> Result<Response<pb::ListPairingResponse>, Status> {
-        let requests = self.state.access.pending().await.map_err(store_status)?;
-        Ok(Response::new(pb::ListPairingResponse {
-            requests: requests.iter().map(convert::pairing).collect(),
-        }))
+        people::list_pairing(self, request).await
     }
 
     async fn approve_pairing(
         &self,
         request: Request<pb::ApprovePairingRequest>,
     ) -> Result<Response<pb::ApprovePairingResponse>, Status> {
-        let code = request.into_inner().code;
-        let s = &self.state;
-        let (approved, kept) = s
-            .access
-            .approve(&code, &s.identity)
-            .await
-            .map_err(store_status)?;
-        let user_id = s
-            .identity
-            .resolve(&crate::message::Address {
-                channel: approved.channel,
-                sender_id: approved.sender_id.clone(),
-            })
-            .await
-            .map_err(store_status)?;
-        let mut answered = 0u32;
-        for row in kept {
-            match s.router.route(row.inbox_id, row.message).await {
-                Ok(_) => answered += 1,
-                Err(e) => {
-                    tracing::error!(message = "Cannot route a kept message after approval; it stays pending and is answered at next start.", inbox_id = row.inbox_id, error = %e);
-                }
-            }
-        }
-        Ok(Response::new(pb::ApprovePairingResponse {
-            request: Some(convert::pairing(&approved)),
-            user_id,
-            answered,
-        }))
+        people::approve_pairing(self, request).await
     }
 
     async fn deny_pairing(
         &self,
         request: Request<pb::DenyPairingRequest>,
     ) -> Result<Response<pb::DenyPairingResponse>, Status> {
-        let code = request.into_inner().code;
-        let denied = self.state.access.deny(&code).await.map_err(store_status)?;
-        Ok(Response::new(pb::DenyPairingResponse {
-            request: Some(convert::pairing(&denied)),
-        }))
+        people::deny_pairing(self, request).await
     }
 
     async fn block_user(
         &self,
         request: Request<pb::BlockUserRequest>,
     ) -> Result<Response<pb::BlockUserResponse>, Status> {
-        let user = request.into_inner().user_id;
-        self.state
-            .access
-            .set_blocked(user, true)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(pb::BlockUserResponse {}))
+        people::block_user(self, request).await
     }
 
     async fn unblock_user(
         &self,
         request: Request<pb::UnblockUserRequest>,
     ) -> Result<Response<pb::UnblockUserResponse>, Status> {
-        let user = request.into_inner().user_id;
-        self.state
-            .access
-            .set_blocked(user, false)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(pb::UnblockUserResponse {}))
-    }
-}
-
-/// A request's string filter: `None` when empty (any).
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
-fn selector(s: Option<pb::DeadLetterSelector>) -> Result<DeadSelector, Status> {
-    use pb::dead_letter_selector::Selector;
-    match s.and_then(|s| s.selector) {
-        Some(Selector::Ids(ids)) if !ids.ids.is_empty() => Ok(DeadSelector::Ids(ids.ids)),
-        Some(Selector::Channel(c)) => {
-            let channel =
-                channel_arg(&c)?.ok_or_else(|| Status::invalid_argument("channel is required"))?;
-            Ok(DeadSelector::Channel {
-                channel,
-                classes: None,
-            })
-        }
-        _ => Err(Status::invalid_argument(
-            "select dead letters by ids or by channel",
-        )),
-    }
-}
-
-fn none_found(selector: &DeadSelector, count: u64) -> Result<(), Status> {
-    match selector {
-        DeadSelector::Ids(ids) if count == 0 => {
-            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-            Err(Status::not_found(format!(
-                "no dead letter {}",
-                ids.join(", ")
-            )))
-        }
-        _ => Ok(()),
+        people::unblock_user(self, request).await
     }
 }
