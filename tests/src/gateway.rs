@@ -373,6 +373,36 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("gatewayctl {args:?} printed no JSON ({e}): {stdout}"))
     }
 
+    /// `channel`'s row of `gatewayctl channels list`.
+    ///
+    /// # Panics
+    /// When the channel is not listed.
+    pub async fn channel_listed(&self, channel: &str) -> Value {
+        let all = self.gatewayctl_json(&["channels", "list"]).await;
+        all["channels"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["channel"] == channel))
+            .cloned()
+            .unwrap_or_else(|| panic!("{channel} is listed: {all}"))
+    }
+
+    /// Waits until `channel` has `n` dead letters (polled: the store has no change
+    /// notification); returns `gatewayctl deadletters list --channel CHANNEL`.
+    ///
+    /// # Panics
+    /// After [`crate::TIMEOUT`], with the tail of the daemon's log.
+    pub async fn wait_dead_letters(&self, channel: &str, n: u64) -> Value {
+        let args = ["deadletters", "list", "--channel", channel];
+        crate::poll_until_async(
+            crate::TIMEOUT,
+            &format!("{n} {channel} dead letter(s)"),
+            || async { self.gatewayctl_json(&args).await["total"] == n },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.stderr_tail(40)));
+        self.gatewayctl_json(&args).await
+    }
+
     /// `http://127.0.0.1:PORT` of the admin API of the current run (for `gatewayctl --addr`).
     ///
     /// # Panics

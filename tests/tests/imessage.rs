@@ -152,12 +152,7 @@ impl Setup {
 
     /// `imessage` in `gatewayctl channels list`.
     async fn listed(&self) -> Value {
-        let all = self.gw.gatewayctl_json(&["channels", "list"]).await;
-        all["channels"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["channel"] == "imessage"))
-            .cloned()
-            .unwrap_or_else(|| panic!("imessage is listed: {all}"))
+        self.gw.channel_listed("imessage").await
     }
 
     async fn wait_state(&self, state: &str) {
@@ -170,17 +165,7 @@ impl Setup {
 
     /// Waits until `n` iMessage dead letters exist; returns `gatewayctl deadletters list`.
     async fn wait_dead_letters(&self, n: u64) -> Value {
-        poll_until_async(TIMEOUT, &format!("{n} dead letter(s)"), || async {
-            self.gw
-                .gatewayctl_json(&["deadletters", "list", "--channel", "imessage"])
-                .await["total"]
-                == n
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.gw.stderr_tail(40)));
-        self.gw
-            .gatewayctl_json(&["deadletters", "list", "--channel", "imessage"])
-            .await
+        self.gw.wait_dead_letters("imessage", n).await
     }
 
     /// The gateway's own messages the fake stored with text `text`.

@@ -103,27 +103,12 @@ impl Setup {
 
     /// `signal` in `gatewayctl channels list`.
     async fn listed(&self) -> Value {
-        let all = self.gw.gatewayctl_json(&["channels", "list"]).await;
-        all["channels"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["channel"] == "signal"))
-            .cloned()
-            .unwrap_or_else(|| panic!("signal is listed: {all}"))
+        self.gw.channel_listed("signal").await
     }
 
     /// Waits until `n` Signal dead letters exist; returns `gatewayctl deadletters list`.
     async fn wait_dead_letters(&self, n: u64) -> Value {
-        poll_until_async(TIMEOUT, &format!("{n} dead letter(s)"), || async {
-            self.gw
-                .gatewayctl_json(&["deadletters", "list", "--channel", "signal"])
-                .await["total"]
-                == n
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.gw.stderr_tail(40)));
-        self.gw
-            .gatewayctl_json(&["deadletters", "list", "--channel", "signal"])
-            .await
+        self.gw.wait_dead_letters("signal", n).await
     }
 }
 

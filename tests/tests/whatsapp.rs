@@ -132,27 +132,12 @@ impl Setup {
 
     /// `whatsapp` in `gatewayctl channels list`.
     async fn listed(&self) -> Value {
-        let all = self.gw.gatewayctl_json(&["channels", "list"]).await;
-        all["channels"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["channel"] == "whatsapp"))
-            .cloned()
-            .unwrap_or_else(|| panic!("whatsapp is listed: {all}"))
+        self.gw.channel_listed("whatsapp").await
     }
 
     /// Waits until `n` WhatsApp dead letters exist; returns `gatewayctl deadletters list`.
     async fn wait_dead_letters(&self, n: u64) -> Value {
-        poll_until_async(TIMEOUT, &format!("{n} dead letter(s)"), || async {
-            self.gw
-                .gatewayctl_json(&["deadletters", "list", "--channel", "whatsapp"])
-                .await["total"]
-                == n
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.gw.stderr_tail(40)));
-        self.gw
-            .gatewayctl_json(&["deadletters", "list", "--channel", "whatsapp"])
-            .await
+        self.gw.wait_dead_letters("whatsapp", n).await
     }
 }
 
