@@ -278,22 +278,28 @@ async fn metrics_are_served_in_prometheus_text() {
         .wait_delivered(|d| d.len() >= 3, TIMEOUT)
         .await
         .expect("replies");
-    // The delivered mark (and so the out counter) follows the callback's answer: poll for it.
+    // The delivered mark (and so the out counter) follows the callback's answer, and the gauges
+    // are sampled periodically: poll until both show it.
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let last = text.clone();
-    gateway_tests::poll_until_async(TIMEOUT, "three replies are counted", || {
-        let last = last.clone();
-        let get = gw.get("/metrics");
-        async move {
-            let reply = get.await.expect("GET /metrics");
-            assert_eq!(reply.status, 200);
-            let done = reply
-                .text
-                .contains("gateway_messages_out_total{channel=\"http\"} 3");
-            *last.lock().expect("lock") = reply.text;
-            done
-        }
-    })
+    gateway_tests::poll_until_async(
+        TIMEOUT,
+        "three replies are counted and none is pending",
+        || {
+            let last = last.clone();
+            let get = gw.get("/metrics");
+            async move {
+                let reply = get.await.expect("GET /metrics");
+                assert_eq!(reply.status, 200);
+                let done = reply
+                    .text
+                    .contains("gateway_messages_out_total{channel=\"http\"} 3")
+                    && reply.text.contains("gateway_outbox_pending 0");
+                *last.lock().expect("lock") = reply.text;
+                done
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", text.lock().expect("lock")));
     let text = text.lock().expect("lock").clone();
