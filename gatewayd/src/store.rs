@@ -284,6 +284,13 @@ pub trait Store: Send + Sync + 'static {
     /// The database's size on disk and its rows per table (counted by the pruner, not live).
     async fn storage(&self) -> Result<StorageStats, StoreError>;
 
+    /// The backend's name, as `[store] backend` spells it (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Whether the database answers now: a round trip to it, or `Err` naming why not.
+    /// `/readyz` and `gatewayctl status` report it.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Whether writes are failing for lack of disk space.
     fn disk_full(&self) -> bool {
         false

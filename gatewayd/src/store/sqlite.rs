@@ -562,6 +562,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
+            .await
+    }
+
     fn disk_full(&self) -> bool {
         self.shared.full.load(Ordering::Acquire)
     }
