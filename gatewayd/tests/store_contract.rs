@@ -266,6 +266,8 @@ async fn pending_inbound_messages_come_back_whole_and_oldest_first(store: &dyn S
     group.chat_id = "guild-7".to_owned();
     group.reply_to = Some("g0".to_owned());
     group.received_at_ms = 1_700_000_000_123;
+    // A group message that addressed the bot keeps the flag, so its replay passes the mention rule.
+    group.mentioned = true;
     group.attachments = vec![
         Attachment {
             kind: "photo".to_owned(),

@@ -30,8 +30,8 @@ pub(super) async fn commit(
                 .prepare_cached(
                     "INSERT OR IGNORE INTO inbox
                  (channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
-                  reply_to, attachments, sender_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                  reply_to, attachments, sender_name, mentioned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -44,7 +44,8 @@ pub(super) async fn commit(
                         msg.received_at_ms,
                         msg.reply_to,
                         attachments,
-                        msg.sender_name
+                        msg.sender_name,
+                        msg.mentioned
                     ])
                 })
                 .map_err(db)?;
@@ -70,7 +71,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
         let mut stmt = conn
             .prepare(
                 "SELECT id, channel, channel_message_id, chat_id, chat_type, sender_id, text, received_at,
-                        reply_to, attachments, sender_name
+                        reply_to, attachments, sender_name, mentioned
                  FROM inbox WHERE done = 0 ORDER BY id",
             )
             .map_err(db)?;
@@ -88,6 +89,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
+                    r.get::<_, bool>(11)?,
                 ))
             })
             .map_err(db)?;
@@ -105,6 +107,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                 reply_to,
                 attachments,
                 sender_name,
+                mentioned,
             ) = row.map_err(db)?;
             let attachments = match attachments {
                 Some(json) => serde_json::from_str(&json).map_err(|e| {
@@ -127,7 +130,7 @@ pub(super) async fn pending(store: &SqliteStore) -> Result<Vec<PendingInbound>, 
                     reply_to,
                     attachments,
                     received_at_ms: at,
-                    mentioned: false,
+                    mentioned,
                 },
             });
         }

@@ -201,6 +201,12 @@ CREATE TABLE access_blocks (
     blocked_at INTEGER NOT NULL
 );
 "#,
+    // Whether a group message addressed the bot, kept so a replayed message passes the mention
+    // rule as it did when it arrived. Rows from before the column count as addressed: a message
+    // that was already accepted is answered rather than dropped.
+    r#"
+ALTER TABLE inbox ADD COLUMN mentioned INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// Puts the database in `auto_vacuum = INCREMENTAL` mode, so pruned pages can be returned to
