@@ -1,6 +1,8 @@
 //! Who may talk to the agent: the checks a message passes after the inbox's dedupe and before
 //! gateway commands and the agent, in this order: block, then the access policy (the DM policy
-//! in a direct chat, the group policy in a group).
+//! in a direct chat; in a group the group policy, then the mention rule: with
+//! `require_mention_in_groups`, on a platform that has mentions, a group message that does not
+//! address the bot is dropped).
 //!
 //! [`decide`] is the decision table, without I/O. [`Access::gate`] applies it to one message:
 //! a blocked sender's message is marked done as `blocked`; a message a policy refuses is marked
@@ -76,21 +78,22 @@ pub struct Sender {
 }
 
 /// The decision table: `policy` applied to a message in a chat of `chat_type` (group chat
-/// `chat_id`) from `sender`.
+/// `chat_id`) from `sender`; `mentioned`: the group message addresses the bot.
 pub fn decide(
     policy: &ChannelPolicy,
     chat_type: ChatType,
     chat_id: &str,
+    mentioned: bool,
     sender: Sender,
 ) -> Decision {
     match chat_type {
         ChatType::Group => match policy.group {
-            GroupPolicy::Open => Decision::Through,
             GroupPolicy::Disabled => Decision::Drop("group_disabled"),
-            GroupPolicy::Allowlist if policy.groups.iter().any(|g| g == chat_id) => {
-                Decision::Through
+            GroupPolicy::Allowlist if !policy.groups.iter().any(|g| g == chat_id) => {
+                Decision::Drop("group_not_allowed")
             }
-            GroupPolicy::Allowlist => Decision::Drop("group_not_allowed"),
+            _ if policy.require_mention && !mentioned => Decision::Drop("not_mentioned"),
+            _ => Decision::Through,
         },
         ChatType::Direct => match policy.dm {
             DmPolicy::Open => Decision::Through,
@@ -216,7 +219,13 @@ impl Access {
                     || channel.allowed.contains(&user.to_string()),
                 approved,
             };
-            decide(&channel.policy, msg.chat_type, &msg.chat_id, sender)
+            decide(
+                &channel.policy,
+                msg.chat_type,
+                &msg.chat_id,
+                msg.mentioned,
+                sender,
+            )
         };
         match decision {
             Decision::Through => Ok(Gate::Through),
@@ -426,6 +435,7 @@ mod tests {
             allow_file: None,
             group,
             groups: vec!["-100".to_owned()],
+            require_mention: false,
         }
     }
 
@@ -493,7 +503,7 @@ mod tests {
         ];
         for (dm, group, chat, id, sender, want) in cases {
             assert_eq!(
-                decide(&policy(dm, group), chat, id, sender),
+                decide(&policy(dm, group), chat, id, false, sender),
                 want,
                 "{dm:?} {group:?} {chat:?} {id} {sender:?}"
             );
@@ -593,6 +603,79 @@ mod tests {
             errs.iter().filter(|e| e.path == "access.allow").count(),
             2,
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_group_message_that_does_not_address_the_bot_is_dropped_under_the_mention_rule() {
+        let mut p = policy(DmPolicy::Open, GroupPolicy::Open);
+        p.require_mention = true;
+        let nobody = Sender::default();
+        let group = |p: &ChannelPolicy, chat, mentioned| {
+            decide(p, ChatType::Group, chat, mentioned, nobody)
+        };
+        assert_eq!(group(&p, "-1", false), Decision::Drop("not_mentioned"));
+        assert_eq!(group(&p, "-1", true), Decision::Through);
+        assert_eq!(
+            decide(&p, ChatType::Direct, "c", false, nobody),
+            Decision::Through,
+            "the rule is about groups only"
+        );
+        p.group = GroupPolicy::Allowlist;
+        assert_eq!(
+            group(&p, "-1", true),
+            Decision::Drop("group_not_allowed"),
+            "a mention does not open a group that is not allowed"
+        );
+        assert_eq!(group(&p, "-100", false), Decision::Drop("not_mentioned"));
+        assert_eq!(group(&p, "-100", true), Decision::Through);
+    }
+
+    #[test]
+    fn the_mention_rule_defaults_on_where_mentions_exist_and_keeps_the_old_names() {
+        let config = parse_config(&format!(
+            "{}[channels.discord]\nrequire_mention_in_guilds = false\n[channels.slack]\nrequire_mention_in_channels = true\n[channels.signal]\nrequire_mention_in_groups = false\n",
+            base("")
+        ))
+        .expect("valid");
+        let access = crate::channels::registry::access(&config);
+        let rule = |name: &str| {
+            access
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, p)| p.require_mention)
+                .expect("channel")
+        };
+        assert!(rule("telegram"), "on by default");
+        assert!(!rule("discord"), "require_mention_in_guilds is its alias");
+        assert!(rule("slack"), "require_mention_in_channels is its alias");
+        assert!(!rule("signal"));
+        assert!(!rule("whatsapp"), "no mentions, no rule");
+        let off = parse_config(&format!(
+            "[access]\nrequire_mention_in_groups = false\n{}",
+            base("")
+        ))
+        .expect("valid");
+        let access = crate::channels::registry::access(&off);
+        assert!(access.iter().all(|(_, p)| !p.require_mention));
+
+        let errs = parse_config(&format!(
+            "{}require_mention_in_guilds = true\n[channels.discord]\nrequire_mention_in_guilds = true\nrequire_mention_in_groups = false\n[channels.whatsapp]\nrequire_mention_in_groups = true\n",
+            base("")
+        ))
+        .expect_err("invalid");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"channels.discord.require_mention_in_guilds"),
+            "both names set: {errs:?}"
+        );
+        assert!(
+            paths.contains(&"channels.whatsapp.require_mention_in_groups"),
+            "a channel without mentions: {errs:?}"
+        );
+        assert!(
+            paths.iter().any(|p| p.starts_with("channels.telegram")),
+            "Discord's alias is not Telegram's: {errs:?}"
         );
     }
 

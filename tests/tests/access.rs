@@ -2,7 +2,7 @@
 //! reply, the message kept from the agent, `gatewayctl pairing approve` answering the kept
 //! messages in order, deny, expiry, the pending cap, `pairing list --output json`), `/whoami`
 //! and `/help` before pairing and `/link` refused, the allowlist reloaded on SIGHUP, the group
-//! allowlist, and block / unblock.
+//! allowlist and the mention rule on Telegram and Discord, and block / unblock.
 //!
 //! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`); what reached
 //! it is read from its recorded requests. Stored state is read through the admin API and polled.
@@ -322,8 +322,17 @@ async fn the_allowlist_is_reloaded_on_sighup() {
     assert_eq!(s.wait_reply(702, now).await.text, "llm: now allowed");
 }
 
+/// The value of the metric line `series` (`name{labels}`) in `/metrics`; 0 when absent.
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = gw.get("/metrics").await.expect("metrics").text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_group_allowlist_drops_other_groups() {
+async fn the_group_allowlist_and_the_mention_rule_on_telegram() {
+    // `require_mention_in_groups` is on by default: nothing in the config sets it.
     let s = start(
         "dm_policy = \"open\"",
         "group_policy = \"allowlist\"\ngroups = [\"-100500\"]",
@@ -331,12 +340,65 @@ async fn the_group_allowlist_drops_other_groups() {
     .await;
     let allowed = ChatSpec::group(-100500, "allowed");
     let other = ChatSpec::group(-100600, "other");
-    s.tg.push_text(&other, 901, "ignored");
+    // A group that is not allowed: dropped even when it mentions the bot.
+    s.tg.push_text(&other, 901, "@gateway_bot are you there");
     s.wait_inbox_done(-100600, 1).await;
-    let id = s.tg.push_text(&allowed, 901, "answered");
-    assert_eq!(s.wait_reply(-100500, id).await.text, "llm: answered");
-    assert!(s.sent_to(-100600).is_empty());
-    assert_eq!(s.agent_inputs(), ["answered"]);
+    // The allowed group: what does not address the bot is dropped; a mention, a command
+    // addressed to the bot by name, and a reply to the bot are answered.
+    s.tg.push_text(&allowed, 901, "chatting among ourselves");
+    s.wait_inbox_done(-100500, 1).await;
+    let mention = s.tg.push_text(&allowed, 901, "hey @gateway_bot what is up");
+    let answer = s.wait_reply(-100500, mention).await;
+    assert_eq!(answer.text, "llm: hey @gateway_bot what is up");
+    let command = s.tg.push_text(&allowed, 902, "/whoami@gateway_bot");
+    let whoami = s.wait_reply(-100500, command).await;
+    assert!(
+        whoami.text.contains("group:telegram:-100500"),
+        "{}",
+        whoami.text
+    );
+    let bot_message = answer.message_id.expect("the reply was sent");
+    let reply =
+        s.tg.push_reply(&allowed, 902, "and what about this", bot_message);
+    assert_eq!(
+        s.wait_reply(-100500, reply).await.text,
+        "llm: and what about this"
+    );
+    s.tg.push_text(&allowed, 902, "/whoami@another_bot");
+    s.wait_inbox_done(-100500, 5).await;
+    assert!(
+        s.sent_to(-100600).is_empty(),
+        "nothing is replied to a dropped message"
+    );
+    assert_eq!(
+        s.agent_inputs(),
+        ["hey @gateway_bot what is up", "and what about this"]
+    );
+    assert_eq!(
+        s.sent_to(-100500).len(),
+        3,
+        "the mention, the command and the reply are answered, nothing else"
+    );
+    let drops = |reason: &'static str| {
+        format!("gateway_access_dropped_total{{channel=\"telegram\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(metric(&s.gw, &drops("group_not_allowed")).await, 1.0);
+    assert_eq!(metric(&s.gw, &drops("not_mentioned")).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mention_rule_is_set_per_channel_over_access() {
+    let s = start(
+        "dm_policy = \"open\"\nrequire_mention_in_groups = true",
+        "require_mention_in_groups = false",
+    )
+    .await;
+    let group = ChatSpec::group(-100700, "chatty");
+    let id = s.tg.push_text(&group, 903, "no mention needed here");
+    assert_eq!(
+        s.wait_reply(-100700, id).await.text,
+        "llm: no mention needed here"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +445,7 @@ async fn a_blocked_user_is_stored_and_never_answered_until_unblocked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_group_allowlist_on_discord() {
+async fn the_group_allowlist_and_the_mention_rule_on_discord() {
     use gateway_tests::fake_discord::FakeDiscord;
     const DC_TOKEN: &str = "discord.test.token";
     const GUILD: u64 = 31_337;
@@ -419,9 +481,68 @@ async fn the_group_allowlist_on_discord() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
     assert!(sent.iter().all(|m| m.channel_id == 7001), "{sent:?}");
+    // The mention rule (on by default): a message that does not mention the bot is dropped; a
+    // reply to the bot's message addresses it.
+    dc.push_guild_message(GUILD, 7001, 6101, "among ourselves", false);
+    let bot_reply = sent
+        .iter()
+        .find(|m| m.reference_message_id == Some(id))
+        .and_then(|m| m.message_id)
+        .expect("the reply was sent");
+    let follow_up = dc.push_reply(7001, 6102, "a follow-up", bot_reply);
+    dc.wait_sent(
+        |s| s.iter().any(|m| m.reference_message_id == Some(follow_up)),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
+    poll_until_async(TIMEOUT, "the unmentioned message is done", || async {
+        inspect::inbox(&gw, "discord", "7001")
+            .await
+            .is_ok_and(|r| r.len() == 3 && r.iter().all(|e| e.state == pb::InboxState::Done as i32))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
     let inputs: Vec<String> = llm.requests().iter().map(last_user_content).collect();
-    assert_eq!(inputs.len(), 1, "{inputs:?}");
+    assert_eq!(inputs.len(), 2, "{inputs:?}");
     assert!(inputs[0].contains("in the allowed channel"), "{inputs:?}");
+    assert!(inputs[1].contains("a follow-up"), "{inputs:?}");
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_access_dropped_total{channel=\"discord\",reason=\"not_mentioned\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_mention_in_guilds_stays_the_name_of_the_rule_on_discord() {
+    use gateway_tests::fake_discord::FakeDiscord;
+    const DC_TOKEN: &str = "discord.test.token";
+    let dc = FakeDiscord::start(DC_TOKEN).await;
+    let llm = FakeOpenAi::start().await;
+    let mut opts = GatewayOptions::with_config(format!(
+        "[agent]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nretry_backoff = \"10ms\"\n\n\
+         [access]\ndm_policy = \"open\"\n\n\
+         [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n\
+         require_mention_in_guilds = false\n",
+        llm.base_url(),
+        dc.url()
+    ));
+    opts.env.push(("DC_TOKEN".to_owned(), DC_TOKEN.to_owned()));
+    let gw = Gateway::start(opts).await.expect("start gatewayd");
+    dc.wait_identified(TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr_tail(40)));
+    let id = dc.push_guild_message(31_337, 7003, 6103, "no mention needed", false);
+    dc.wait_sent(
+        |s| s.iter().any(|m| m.reference_message_id == Some(id)),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.stderr_tail(40)));
 }
 
 #[test]

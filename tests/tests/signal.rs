@@ -31,6 +31,10 @@ struct Setup {
     _llm: FakeOpenAi,
 }
 
+/// Group chats in these tests are about sessions and payloads; the mention rule, on by default,
+/// is tested in `access.rs`.
+const ANSWER_EVERY_GROUP_MESSAGE: &str = "require_mention_in_groups = false\n";
+
 /// Starts the fakes (streams keep alive every 100 ms; `modes` are the first streams' modes) and
 /// the daemon; `extra` goes into `[channels.signal]`.
 async fn start(modes: &[StreamMode], extra: &str) -> Setup {
@@ -126,7 +130,7 @@ fn squeeze(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_and_group_chats_round_trip_and_each_reply_quotes_its_message() {
-    let s = start(&[], "").await;
+    let s = start(&[], ANSWER_EVERY_GROUP_MESSAGE).await;
     let ada = uuid(1);
     let id = s.sig.write(&ada, "Ada", None, "hello signal", None);
     let reply = s.wait_reply(&ada, &id).await;
@@ -391,7 +395,7 @@ async fn sync_messages_receipts_and_malformed_events_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_network_and_minus_5_failures_are_retried_then_delivered() {
-    let s = start(&[], "").await;
+    let s = start(&[], ANSWER_EVERY_GROUP_MESSAGE).await;
     for (n, fault, at_least) in [
         (
             20,

@@ -17,7 +17,9 @@ use std::time::Duration;
 use gateway_tests::fake_slack::{
     BOT_ID, BOT_USER_ID, FakeSlack, Post, Signing, SlackFault, SocketCmd,
 };
-use gateway_tests::{FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, inspect, poll_until_async};
+use gateway_tests::{
+    FakeOpenAi, Gateway, GatewayOptions, TIMEOUT, inspect, last_user_content, poll_until_async,
+};
 use serde_json::{Value, json};
 
 const BOT_TOKEN: &str = "xoxb-slack-test-token";
@@ -286,9 +288,17 @@ async fn events_mode_answers_direct_group_and_threaded_messages() {
         Some("group".to_owned())
     );
     assert_eq!(
-        key(&format!("C200:{quiet}")),
-        None,
-        "an unmentioned channel message is not stored"
+        key(&format!("C200:{quiet}")).map(|k| k.1),
+        Some("group".to_owned()),
+        "an unmentioned channel message is stored (and dropped by the mention rule)"
+    );
+    assert!(
+        !s.llm
+            .requests()
+            .iter()
+            .map(last_user_content)
+            .any(|t| t.contains("chatter without the bot")),
+        "the agent never saw the unmentioned message"
     );
     assert_eq!(
         key(&format!("C200:{in_thread}:{parent}")).map(|k| k.2),
@@ -683,7 +693,7 @@ async fn socket_mode_acknowledges_each_envelope_after_its_commit() {
     );
     s.wait_reply("D1000", "llm: over the socket").await;
 
-    // A group message with a mention; and one without, acknowledged and not stored.
+    // A group message with a mention; and one without, acknowledged, stored and not answered.
     let (quiet, quiet_ts) = s
         .slack
         .message_event("C1001", "channel", "U10", "no mention", None);
@@ -699,10 +709,19 @@ async fn socket_mode_acknowledges_each_envelope_after_its_commit() {
     s.slack.push_envelope(&body).expect("an envelope");
     s.wait_reply("C1001", "llm: group").await;
     assert!(
-        !s.inbox_keys()
+        s.inbox_keys()
             .await
             .iter()
-            .any(|k| k.0 == format!("C1001:{quiet_ts}"))
+            .any(|k| k.0 == format!("C1001:{quiet_ts}")),
+        "the unmentioned message is stored"
+    );
+    assert!(
+        !s.llm
+            .requests()
+            .iter()
+            .map(last_user_content)
+            .any(|t| t.contains("no mention")),
+        "and never reaches the agent"
     );
     // Redelivered envelope: acknowledged, answered once.
     let again = s.slack.push_envelope(&body).expect("an envelope");

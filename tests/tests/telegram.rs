@@ -35,6 +35,10 @@ struct Setup {
     llm: FakeOpenAi,
 }
 
+/// Group chats in these tests are about sessions and payloads; the mention rule, on by default,
+/// is tested in `access.rs`.
+const ANSWER_EVERY_GROUP_MESSAGE: &str = "require_mention_in_groups = false\n";
+
 /// Starts the fakes and the daemon; `telegram_extra` goes into `[channels.telegram]`.
 async fn start(telegram_extra: &str) -> Setup {
     let tg = FakeTelegram::start(TOKEN).await;
@@ -333,7 +337,7 @@ async fn webhook_mode_registers_the_webhook_and_checks_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn texts_captions_documents_and_replies_reach_the_agent() {
-    let s = start("").await;
+    let s = start(ANSWER_EVERY_GROUP_MESSAGE).await;
     let private = ChatSpec::private(42);
     let group = ChatSpec::group(-4242, "Team");
 
@@ -378,7 +382,7 @@ async fn texts_captions_documents_and_replies_reach_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_chats_are_direct_and_groups_and_supergroups_are_group_sessions() {
-    let s = start("").await;
+    let s = start(ANSWER_EVERY_GROUP_MESSAGE).await;
     let chats = [
         (ChatSpec::private(42), 42, "user:", "direct"),
         (

@@ -3,8 +3,9 @@
 //! The bot connects with the intents for direct messages, guild messages and message content.
 //! serenity keeps the gateway alive (heartbeats, resume after a dropped socket, reconnects); its
 //! shard stage changes drive the channel's health. Direct messages are direct chats; guild
-//! channels are group chats keyed by channel id, and with `require_mention_in_guilds` only
-//! messages that mention the bot are answered (the mention is removed from the text). Messages
+//! channels are group chats keyed by channel id; a guild message is `mentioned` when it mentions
+//! the bot or replies to it (the mention is removed from the text), for the access checks'
+//! mention rule (`require_mention_in_groups`, alias `require_mention_in_guilds`). Messages
 //! from bots, including this one, are ignored. Replies are split at 2000 characters and the first
 //! chunk references the message it answers. The token is checked with `GET /users/@me` before
 //! each connection, so an invalid token ends as `ReauthNeeded` instead of a reconnect loop, and so
@@ -222,17 +223,13 @@ impl ChannelSender for DiscordSender {
 struct Handler {
     inbox: Arc<Inbox>,
     health: HealthReporter,
-    require_mention: bool,
     bot_id: AtomicU64,
 }
 
 /// Turns a gateway message into an inbound message for the bot `bot` (its user id); `None` for
-/// what is not answered. With `require_mention`, guild messages must mention the bot.
-pub(crate) fn normalize_message(
-    msg: &Message,
-    bot: u64,
-    require_mention: bool,
-) -> Option<InboundMessage> {
+/// what is not answered. The mention rule is applied later, by the access checks, from
+/// `mentioned`.
+pub(crate) fn normalize_message(msg: &Message, bot: u64) -> Option<InboundMessage> {
     if msg.author.bot {
         return None;
     }
@@ -246,10 +243,6 @@ pub(crate) fn normalize_message(
                 .as_ref()
                 .is_some_and(|r| r.author.id.get() == bot));
     if guild {
-        let mentioned = msg.mentions.iter().any(|u| u.id.get() == bot);
-        if require_mention && !mentioned {
-            return None;
-        }
         text = text
             .replace(&format!("<@{bot}>"), "")
             .replace(&format!("<@!{bot}>"), "")
@@ -336,7 +329,7 @@ impl EventHandler for Handler {
 
     async fn message(&self, _: Context, msg: Message) {
         let bot = self.bot_id.load(Ordering::Acquire);
-        let Some(inbound) = normalize_message(&msg, bot, self.require_mention) else {
+        let Some(inbound) = normalize_message(&msg, bot) else {
             return;
         };
         if let Err(e) = self.inbox.accept(inbound).await {
@@ -393,8 +386,6 @@ pub struct DiscordConfig {
     pub token_file: Option<PathBuf>,
     /// The API root (its gateway URL is asked from `GET /api/v10/gateway`).
     pub api_url: String,
-    /// In guild channels, answer only messages that mention the bot.
-    pub require_mention_in_guilds: bool,
 }
 
 impl Default for DiscordConfig {
@@ -404,7 +395,6 @@ impl Default for DiscordConfig {
             token_env: None,
             token_file: None,
             api_url: "https://discord.com".to_owned(),
-            require_mention_in_guilds: true,
         }
     }
 }
@@ -413,7 +403,6 @@ impl Default for DiscordConfig {
 pub struct DiscordAdapter {
     token: String,
     api_url: String,
-    require_mention: bool,
     sender: Arc<DiscordSender>,
 }
 
@@ -463,7 +452,6 @@ impl ChannelAdapter for DiscordAdapter {
         Ok(Self {
             token,
             api_url: dc.api_url.clone(),
-            require_mention: dc.require_mention_in_guilds,
             sender: Arc::new(sender),
         })
     }
@@ -479,7 +467,6 @@ impl ChannelAdapter for DiscordAdapter {
             handler: Arc::new(Handler {
                 inbox: ctx.inbox.clone(),
                 health: ctx.health.clone(),
-                require_mention: self.require_mention,
                 bot_id: AtomicU64::new(0),
             }),
         };
@@ -571,7 +558,7 @@ mod props {
     fn a_gateway_message_parses() {
         let m: Message = serde_json::from_value(message(1, 2, 3, false, "hi", None))
             .expect("the generated shape is a Discord message");
-        let n = normalize_message(&m, 99, true).expect("a direct message is answered");
+        let n = normalize_message(&m, 99).expect("a direct message is answered");
         assert_eq!(
             (
                 n.channel_message_id.as_str(),
@@ -588,13 +575,13 @@ mod props {
             json!({"id": id.to_string(), "username": "u", "discriminator": "0000",
                    "avatar": null, "bot": bot, "global_name": null})
         };
-        let normalized = |extra: serde_json::Value, guild: Option<u64>, require: bool| {
+        let normalized = |extra: serde_json::Value, guild: Option<u64>| {
             let mut raw = message(1, 2, 3, false, "hello there", guild);
             if let (Some(m), Some(extra)) = (raw.as_object_mut(), extra.as_object()) {
                 m.extend(extra.clone());
             }
             let m: Message = serde_json::from_value(raw).expect("a Discord message");
-            normalize_message(&m, 99, require)
+            normalize_message(&m, 99)
         };
         let to_bot = json!({"mentions": [user(99, true)]});
         let to_other = json!({"mentions": [user(7, false)]});
@@ -603,31 +590,14 @@ mod props {
             r["author"] = user(author, author == 99);
             json!({"referenced_message": r, "message_reference": {"message_id": "5", "channel_id": "2"}})
         };
-        let flag = |extra, require| normalized(extra, Some(10), require).map(|n| n.mentioned);
+        let flag = |extra| normalized(extra, Some(10)).map(|n| n.mentioned);
+        assert_eq!(flag(to_bot.clone()), Some(true), "the bot in mentions");
+        assert_eq!(flag(to_other), Some(false), "someone else mentioned");
+        assert_eq!(flag(json!({})), Some(false), "no mention");
+        assert_eq!(flag(reply(99)), Some(true), "a reply to the bot");
+        assert_eq!(flag(reply(7)), Some(false), "a reply to someone else");
         assert_eq!(
-            flag(to_bot.clone(), true),
-            Some(true),
-            "the bot in mentions"
-        );
-        assert_eq!(
-            flag(to_other.clone(), false),
-            Some(false),
-            "someone else mentioned"
-        );
-        assert_eq!(flag(json!({}), false), Some(false), "no mention");
-        assert_eq!(flag(reply(99), false), Some(true), "a reply to the bot");
-        assert_eq!(
-            flag(reply(7), false),
-            Some(false),
-            "a reply to someone else"
-        );
-        assert_eq!(
-            flag(to_other, true),
-            None,
-            "require_mention_in_guilds still drops what does not mention the bot"
-        );
-        assert_eq!(
-            normalized(to_bot, None, true).map(|n| n.mentioned),
+            normalized(to_bot, None).map(|n| n.mentioned),
             Some(false),
             "a direct message is never `mentioned`"
         );
@@ -688,15 +658,13 @@ mod props {
             bot in any::<bool>(),
             content in "[^\u{0}]{0,30}",
             guild in proptest::option::of(1..u64::MAX),
-            require_mention in any::<bool>(),
         ) {
             let raw = message(id, channel, author, bot, &content, guild);
             let Ok(m) = serde_json::from_value::<Message>(raw.clone()) else {
                 return Err(TestCaseError::fail(format!("not a message: {raw}")));
             };
-            let got = normalize_message(&m, 42, require_mention);
-            let mention_missing = guild.is_some() && require_mention;
-            let answerable = !(bot || content.trim().is_empty() || mention_missing);
+            let got = normalize_message(&m, 42);
+            let answerable = !(bot || content.trim().is_empty());
             match got {
                 None => prop_assert!(!answerable, "{raw} was not normalized"),
                 Some(n) => {

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use super::adapter::{BuildEnv, ChannelAdapter, ListenerCtx, Route, WebhookCtx};
 use super::{discord, http, imessage, signal, slack, telegram, webchat, whatsapp};
 use crate::config::{
-    CHANNEL_ACCESS_KEYS, ChannelAccess, ChannelPolicy, Config, ConfigError, DmPolicy, NumericKey,
-    check_allow_entry, deserialize_in_passes, under_removed,
+    CHANNEL_ACCESS_KEYS, ChannelAccess, ChannelPolicy, Config, ConfigError, DmPolicy,
+    MENTION_ALIASES, NumericKey, check_allow_entry, deserialize_in_passes, under_removed,
 };
 use crate::delivery::rate_limit::RateSettings;
 use crate::message::ChannelKind;
@@ -86,6 +86,9 @@ fn section<A: ChannelAdapter>(
         .unwrap_or_default();
     for key in CHANNEL_ACCESS_KEYS {
         table.remove(*key);
+    }
+    for key in mention_aliases(A::KIND.as_str()) {
+        table.remove(key);
     }
     let passes = deserialize_in_passes::<A::Config>(table, &prefix, text);
     (passes.value, passes.removed, passes.errors)
@@ -321,19 +324,46 @@ pub fn build(config: &Config, env: &BuildEnv) -> anyhow::Result<Vec<Box<dyn Buil
 /// (they are reached through the gateway's own listener); every other channel pairs.
 const OPEN_WHILE_LOOPBACK: &[ChannelKind] = &[webchat::KIND, http::KIND];
 
+/// The older names of `require_mention_in_groups` that channel `name`'s section accepts.
+fn mention_aliases(name: &str) -> impl Iterator<Item = &'static str> + '_ {
+    MENTION_ALIASES
+        .iter()
+        .filter(move |(channel, _)| *channel == name)
+        .map(|(_, key)| *key)
+}
+
 /// The access keys of `name`'s section (the rest of it is its adapter's), with every refused key
-/// named by its full path.
+/// named by its full path. The channel's alias of `require_mention_in_groups` counts as it;
+/// setting both is an error.
 fn access_section(config: &Config, name: &str, text: &str) -> (ChannelAccess, Vec<ConfigError>) {
     let Some(section) = config.channels.get(name) else {
         return (ChannelAccess::default(), Vec::new());
     };
-    let table: toml::Table = section
+    let mut errors = Vec::new();
+    let mut table: toml::Table = section
         .iter()
         .filter(|(k, _)| CHANNEL_ACCESS_KEYS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    for alias in mention_aliases(name) {
+        let Some(value) = section.get(alias) else {
+            continue;
+        };
+        if table.contains_key("require_mention_in_groups") {
+            errors.push(ConfigError {
+                path: format!("channels.{name}.{alias}"),
+                line: None,
+                message: format!(
+                    "`{alias}` is another name of `require_mention_in_groups`, which is set too; keep only `require_mention_in_groups`"
+                ),
+            });
+            continue;
+        }
+        table.insert("require_mention_in_groups".to_owned(), value.clone());
+    }
     let passes = deserialize_in_passes::<ChannelAccess>(table, &format!("channels.{name}"), text);
-    (passes.value.unwrap_or_default(), passes.errors)
+    errors.extend(passes.errors);
+    (passes.value.unwrap_or_default(), errors)
 }
 
 /// Whether `http.listen` is a loopback address (an unparsable one counts as not).
@@ -361,7 +391,12 @@ pub fn access(config: &Config) -> Vec<(ChannelKind, ChannelPolicy)> {
         .map(|a| {
             let kind = a.kind();
             let (section, _) = access_section(config, kind.as_str(), "");
-            let policy = ChannelPolicy::resolve(&config.access, &section, default_dm(config, kind));
+            let policy = ChannelPolicy::resolve(
+                &config.access,
+                &section,
+                default_dm(config, kind),
+                a.mentions(),
+            );
             (kind, policy)
         })
         .collect()
@@ -396,11 +431,26 @@ pub fn access_warnings(config: &Config) -> Vec<String> {
 fn check_access(config: &Config, text: &str) -> Vec<ConfigError> {
     let mut errors = allow_errors("access", &config.access.allow, &config.access.allow_file);
     for name in config.channels.keys() {
-        if get(name).is_none() {
+        let Some(entry) = get(name) else {
             continue;
-        }
+        };
         let (section, errs) = access_section(config, name, text);
         errors.extend(errs);
+        if section.require_mention_in_groups == Some(true) && !entry.mentions() {
+            errors.push(ConfigError {
+                path: format!("channels.{name}.require_mention_in_groups"),
+                line: None,
+                message: format!(
+                    "the {name} channel does not see mentions, so no group message could pass this rule; remove the key (mentions are seen on {})",
+                    ADAPTERS
+                        .iter()
+                        .filter(|a| a.mentions())
+                        .map(|a| a.kind().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         errors.extend(allow_errors(
             &format!("channels.{name}"),
             section.allow.as_deref().unwrap_or_default(),

@@ -9,9 +9,10 @@
 //!
 //! Normalization: `channel_type` `im` is a direct chat; `channel`, `group` and `mpim` are group
 //! chats (an `app_mention`, which carries no `channel_type`, is told by its channel id: `D…` is a
-//! direct chat). With `require_mention_in_channels` (the default) a group message is committed
-//! only when it mentions the bot (`<@BOTUSER>` in the text, or an `app_mention` event); the
-//! bot's own mention is removed from the text. `files[]` become `file` attachments (file id,
+//! direct chat). A group message is `mentioned` when it mentions the bot (`<@BOTUSER>` in the
+//! text, or an `app_mention` event), for the access checks' mention rule
+//! (`require_mention_in_groups`, alias `require_mention_in_channels`, on by default); the bot's
+//! own mention is removed from the text. `files[]` become `file` attachments (file id,
 //! name). **Edits and deletions (`message_changed`, `message_deleted`) are acknowledged and not
 //! answered again**, as Telegram edits are: the agent already answered the original.
 //!
@@ -115,8 +116,6 @@ pub struct SlackConfig {
     pub api_url: String,
     /// Events mode: the path on the HTTP listener that receives events.
     pub events_path: String,
-    /// In channels, group DMs and private channels, answer only messages that mention the bot.
-    pub require_mention_in_channels: bool,
     /// Socket mode: how often a Ping is sent; a socket silent this long after one is replaced.
     pub ping_interval: HumanDuration,
     /// Timeout of one Web API request.
@@ -136,7 +135,6 @@ impl Default for SlackConfig {
             app_token_file: None,
             api_url: "https://slack.com/api".to_owned(),
             events_path: DEFAULT_EVENTS_PATH.to_owned(),
-            require_mention_in_channels: true,
             ping_interval: HumanDuration(Duration::from_secs(10)),
             request_timeout: HumanDuration(Duration::from_secs(15)),
         }
@@ -208,7 +206,6 @@ pub(crate) enum Refused {
 pub(crate) struct Intake {
     inbox: Arc<Inbox>,
     identity: watch::Receiver<Option<BotIdentity>>,
-    require_mention: bool,
     recent: RecentIds,
 }
 
@@ -237,7 +234,7 @@ impl Intake {
         let Ok(Some(bot)) = known else {
             return Err(Refused::NoIdentity);
         };
-        if let Some(msg) = normalize(callback, &bot, self.require_mention) {
+        if let Some(msg) = normalize(callback, &bot) {
             self.inbox.accept(msg).await.map_err(Refused::Store)?;
         }
         if let Some(id) = callback.event_id.as_deref() {
@@ -254,7 +251,6 @@ pub struct SlackAdapter {
     signing_secret: Option<String>,
     app_token: Option<String>,
     events_path: String,
-    require_mention: bool,
     ping_interval: Duration,
     identity: watch::Sender<Option<BotIdentity>>,
     intake: Mutex<Option<Arc<Intake>>>,
@@ -268,7 +264,6 @@ impl SlackAdapter {
             Arc::new(Intake {
                 inbox: inbox.clone(),
                 identity: self.identity.subscribe(),
-                require_mention: self.require_mention,
                 recent: RecentIds::new(4096),
             })
         })
@@ -423,7 +418,6 @@ impl ChannelAdapter for SlackAdapter {
             signing_secret,
             app_token,
             events_path: sl.events_path.clone(),
-            require_mention: sl.require_mention_in_channels,
             ping_interval: sl.ping_interval.get(),
             identity: watch::Sender::new(None),
             intake: Mutex::new(None),

@@ -5,8 +5,9 @@
 //! documents, audio, video, voice notes and stickers become attachments by file id; a reply keeps
 //! the id of the message it answers. Telegram message ids are per chat, so the dedupe key is
 //! `<chat id>:<message id>`. A group message is `mentioned` when an entity mentions the bot
-//! (`@username`, or a `text_mention` of its id) or it replies to one of the bot's messages; the
-//! bot's id is the token's prefix and its username comes from `getMe` when the listener starts
+//! (`@username`, a `text_mention` of its id, or a command `/cmd@username`) or it replies to one
+//! of the bot's messages; the bot's id is the token's prefix and its username comes from `getMe`
+//! when the listener starts
 //! ([`BotIdentity`]). **Edited messages are acknowledged and not answered again:** the
 //! agent already answered the original, and answering each edit would surprise the person.
 //!
@@ -240,6 +241,12 @@ fn mentions_bot(m: &Message, me: &BotIdentity) -> bool {
                 .is_some_and(|t| t.eq_ignore_ascii_case(name))
         }),
         MessageEntityKind::TextMention { user } => me.is(user),
+        // `/help@this_bot`: a command addressed to this bot by name.
+        MessageEntityKind::BotCommand => me.username.as_deref().is_some_and(|name| {
+            e.text()
+                .split_once('@')
+                .is_some_and(|(_, to)| to.eq_ignore_ascii_case(name))
+        }),
         _ => false,
     })
 }
@@ -741,6 +748,24 @@ mod tests {
                     "caption_entities": [{"type": "mention", "offset": 5, "length": 9}]}),
                 true,
                 "@username in a caption",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "/help@gate_bot", "entities": [{"type": "bot_command", "offset": 0, "length": 14}]}),
+                true,
+                "a command addressed to the bot",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "/help@other_bot", "entities": [{"type": "bot_command", "offset": 0, "length": 15}]}),
+                false,
+                "a command addressed to another bot",
+            ),
+            (
+                group.clone(),
+                serde_json::json!({"text": "/help", "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}),
+                false,
+                "a command addressed to no bot in particular",
             ),
             (
                 group.clone(),

@@ -1,7 +1,9 @@
 //! `[access]`: who may talk to the agent. The same DM and group keys (`dm_policy`, `allow`,
-//! `allow_file`, `group_policy`, `groups`) also live in each `[channels.<name>]` section, where
-//! they override `[access]` for that channel; the registry strips them from the section before
-//! its adapter reads it ([`CHANNEL_ACCESS_KEYS`]) and parses them into a [`ChannelAccess`].
+//! `allow_file`, `group_policy`, `groups`, `require_mention_in_groups`) also live in each
+//! `[channels.<name>]` section, where they override `[access]` for that channel; the registry
+//! strips them from the section before its adapter reads it ([`CHANNEL_ACCESS_KEYS`], and the
+//! older per-platform spellings of the mention rule in [`MENTION_ALIASES`]) and parses them into
+//! a [`ChannelAccess`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,8 +63,21 @@ impl GroupPolicy {
 }
 
 /// The keys of a `[channels.<name>]` section that belong to access control, not to the adapter.
-pub const CHANNEL_ACCESS_KEYS: &[&str] =
-    &["dm_policy", "allow", "allow_file", "group_policy", "groups"];
+pub const CHANNEL_ACCESS_KEYS: &[&str] = &[
+    "dm_policy",
+    "allow",
+    "allow_file",
+    "group_policy",
+    "groups",
+    "require_mention_in_groups",
+];
+
+/// Older names of `require_mention_in_groups`, each accepted in one channel's section only:
+/// `(channel, key)`.
+pub const MENTION_ALIASES: &[(&str, &str)] = &[
+    ("discord", "require_mention_in_guilds"),
+    ("slack", "require_mention_in_channels"),
+];
 
 /// `[access]`: the defaults of every channel, and the pairing limits.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +94,9 @@ pub struct AccessConfig {
     pub group_policy: GroupPolicy,
     /// Group chat ids allowed under `group_policy = "allowlist"`.
     pub groups: Vec<String>,
+    /// In group chats, answer only messages that address the bot (mention it, or reply to
+    /// it), on the platforms that have mentions (Telegram, Discord, Slack, Signal).
+    pub require_mention_in_groups: bool,
     /// How long a pairing request waits for the operator.
     pub pairing_ttl: HumanDuration,
     /// Pending pairing requests per channel; beyond it a new sender is told to try later.
@@ -93,6 +111,7 @@ impl Default for AccessConfig {
             allow_file: None,
             group_policy: GroupPolicy::Open,
             groups: Vec::new(),
+            require_mention_in_groups: true,
             pairing_ttl: HumanDuration(Duration::from_secs(3600)),
             max_pending_per_channel: 100,
         }
@@ -113,6 +132,8 @@ pub struct ChannelAccess {
     pub group_policy: Option<GroupPolicy>,
     /// `groups`.
     pub groups: Option<Vec<String>>,
+    /// `require_mention_in_groups` (or the channel's alias of it).
+    pub require_mention_in_groups: Option<bool>,
 }
 
 /// Checks one `allow` entry: a user id (a whole number) or an address `<channel>:<sender id>`.
@@ -158,11 +179,19 @@ pub struct ChannelPolicy {
     pub group: GroupPolicy,
     /// Allowed group chat ids.
     pub groups: Vec<String>,
+    /// Group messages must address the bot (only ever set on platforms that have mentions).
+    pub require_mention: bool,
 }
 
 impl ChannelPolicy {
-    /// `section` over `access`; `default_dm` when neither sets a DM policy.
-    pub fn resolve(access: &AccessConfig, section: &ChannelAccess, default_dm: DmPolicy) -> Self {
+    /// `section` over `access`; `default_dm` when neither sets a DM policy. `mentions`: whether
+    /// the platform has mentions; the mention rule applies only where it does.
+    pub fn resolve(
+        access: &AccessConfig,
+        section: &ChannelAccess,
+        default_dm: DmPolicy,
+        mentions: bool,
+    ) -> Self {
         Self {
             dm: section.dm_policy.or(access.dm_policy).unwrap_or(default_dm),
             allow: section
@@ -178,6 +207,10 @@ impl ChannelPolicy {
                 .groups
                 .clone()
                 .unwrap_or_else(|| access.groups.clone()),
+            require_mention: mentions
+                && section
+                    .require_mention_in_groups
+                    .unwrap_or(access.require_mention_in_groups),
         }
     }
 }

@@ -30,6 +30,10 @@ impl FakeTelegram {
     ) -> Value {
         self.make_message_update(chat.into(), from_user_id, |m| {
             m.insert("text".into(), json!(text));
+            let found = entities(text);
+            if !found.is_empty() {
+                m.insert("entities".into(), Value::Array(found));
+            }
         })
     }
 
@@ -385,4 +389,66 @@ pub(super) async fn get_updates(
         Some(PollOutcome::Updates(batch)) => ok(Value::Array(batch)),
         None => ok(json!([])),
     })
+}
+
+/// The entities Telegram's servers mark in a message's `text`: `@username` mentions and
+/// `/command` (or `/command@bot`) bot commands, each at the start of a word, with offsets and
+/// lengths in UTF-16 code units as the Bot API gives them.
+pub fn entities(text: &str) -> Vec<Value> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    let mut prev: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let at_word_start = prev.is_none_or(char::is_whitespace);
+        if at_word_start && (c == '@' || c == '/') {
+            let rest = &text[i + 1..];
+            let name_len = rest.find(|c: char| !name_char(c)).unwrap_or(rest.len());
+            let mut len = name_len;
+            if c == '/' && rest[name_len..].starts_with('@') {
+                let to = &rest[name_len + 1..];
+                let to_len = to.find(|c: char| !name_char(c)).unwrap_or(to.len());
+                if to_len > 0 {
+                    len = name_len + 1 + to_len;
+                }
+            }
+            if name_len > 0 {
+                let kind = if c == '@' { "mention" } else { "bot_command" };
+                // Every character of an entity is ASCII: one UTF-16 unit each.
+                out.push(json!({"type": kind, "offset": offset, "length": len + 1}));
+                for _ in 0..len {
+                    chars.next();
+                }
+                offset += len + 1;
+                prev = text[i..i + len + 1].chars().last();
+                continue;
+            }
+        }
+        offset += c.len_utf16();
+        prev = Some(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_and_commands_are_marked_in_utf16_units() {
+        assert_eq!(
+            entities("/help@gateway_bot now"),
+            vec![json!({"type": "bot_command", "offset": 0, "length": 17})]
+        );
+        assert_eq!(
+            entities("👋 hi @gateway_bot, and a@b is no mention"),
+            vec![json!({"type": "mention", "offset": 6, "length": 12})]
+        );
+        assert_eq!(
+            entities("/start"),
+            vec![json!({"type": "bot_command", "offset": 0, "length": 6})]
+        );
+        assert!(entities("just talking / @ ").is_empty());
+    }
 }

@@ -42,7 +42,7 @@ impl PlatformSide for Signal {
 
     fn config(&self) -> String {
         format!(
-            "[channels.signal]\nenabled = true\naccount = \"{ACCOUNT}\"\nrpc_url = \"{}\"\n\
+            "[channels.signal]\nenabled = true\naccount = \"{ACCOUNT}\"\nrpc_url = \"{}\"\nrequire_mention_in_groups = false\n\
              stream_idle_timeout = \"1s\"\n\n\
              [rate_limits.signal]\nper_second = 100.0\nburst = 100\nper_chat_per_second = 100.0\nper_chat_burst = 100\n",
             self.sig.rpc_url()

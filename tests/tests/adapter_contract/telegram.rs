@@ -40,7 +40,7 @@ impl PlatformSide for Telegram {
 
     fn config(&self) -> String {
         format!(
-            "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\n",
+            "[channels.telegram]\nenabled = true\ntoken_env = \"TG_TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"1s\"\nrequire_mention_in_groups = false\n",
             self.tg.api_url()
         )
     }

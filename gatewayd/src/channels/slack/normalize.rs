@@ -69,12 +69,9 @@ fn plain(s: &Option<String>) -> Option<&str> {
 }
 
 /// Turns an `event_callback` into an inbound message for the bot `bot`; `None` for what is not
-/// answered. With `require_mention`, group messages must mention the bot.
-pub fn normalize(
-    callback: &Callback,
-    bot: &BotIdentity,
-    require_mention: bool,
-) -> Option<InboundMessage> {
+/// answered. Whether a group message mentions the bot is `mentioned`, for the access checks'
+/// mention rule.
+pub fn normalize(callback: &Callback, bot: &BotIdentity) -> Option<InboundMessage> {
     if callback.kind != "event_callback" {
         return None;
     }
@@ -114,13 +111,6 @@ pub fn normalize(
     let mut text = event.text.clone().unwrap_or_default();
     let tag = format!("<@{}", bot.user_id);
     let mentioned = mention_event || mentions(&text, &tag);
-    if chat_type == ChatType::Group && require_mention && !mentioned {
-        tracing::debug!(
-            message = "Slack group message without a mention of the bot acknowledged, not stored.",
-            channel
-        );
-        return None;
-    }
     if mentioned {
         text = strip_mention(&text, &tag);
     }
@@ -217,13 +207,13 @@ mod tests {
                "user": "U1", "text": text, "ts": "1700000000.000100"})
     }
 
-    fn check(event: serde_json::Value, require_mention: bool) -> Option<InboundMessage> {
-        normalize(&callback(event), &bot(), require_mention)
+    fn check(event: serde_json::Value) -> Option<InboundMessage> {
+        normalize(&callback(event), &bot())
     }
 
     #[test]
     fn a_group_message_is_mentioned_by_app_mention_or_the_bots_tag() {
-        let flag = |event: serde_json::Value| check(event, false).map(|m| m.mentioned);
+        let flag = |event: serde_json::Value| check(event).map(|m| m.mentioned);
         assert_eq!(flag(message("C1", "channel", "<@UBOT> hi")), Some(true));
         assert_eq!(
             flag(message("C1", "channel", "hi <@UBOT|gate>")),
@@ -240,11 +230,6 @@ mod tests {
             Some(false),
             "a direct message is never `mentioned`"
         );
-        // The channel's own mention rule is unchanged: it still drops the unmentioned.
-        assert_eq!(
-            check(message("C1", "channel", "just talking"), true).map(|m| m.mentioned),
-            None
-        );
     }
 
     #[test]
@@ -256,7 +241,7 @@ mod tests {
             ("G2", "mpim", Some(ChatType::Group)),
             ("D1", "app_home", None),
         ] {
-            let got = check(message(channel, channel_type, "hello"), false);
+            let got = check(message(channel, channel_type, "hello"));
             assert_eq!(got.as_ref().map(|m| m.chat_type), want, "{channel_type}");
             if let Some(m) = got {
                 assert_eq!(
@@ -273,16 +258,16 @@ mod tests {
     fn own_bot_and_userless_events_are_dropped() {
         let mut own = message("D1", "im", "echo");
         own["bot_id"] = json!("BBOT");
-        assert!(check(own, false).is_none(), "own bot_id");
+        assert!(check(own).is_none(), "own bot_id");
         let mut own_user = message("D1", "im", "echo");
         own_user["user"] = json!("UBOT");
-        assert!(check(own_user, false).is_none(), "own user id");
+        assert!(check(own_user).is_none(), "own user id");
         let mut other_bot = message("D1", "im", "from another app");
         other_bot["bot_id"] = json!("BOTHER");
-        assert!(check(other_bot, false).is_some(), "another bot with a user");
+        assert!(check(other_bot).is_some(), "another bot with a user");
         let mut userless = message("D1", "im", "no user");
         userless["user"] = serde_json::Value::Null;
-        assert!(check(userless, false).is_none(), "no user");
+        assert!(check(userless).is_none(), "no user");
     }
 
     #[test]
@@ -295,12 +280,12 @@ mod tests {
         ] {
             let mut e = message("D1", "im", "changed");
             e["subtype"] = json!(subtype);
-            assert!(check(e, false).is_none(), "{subtype}");
+            assert!(check(e).is_none(), "{subtype}");
         }
         let mut shared = message("D1", "im", "a file");
         shared["subtype"] = json!("file_share");
         shared["files"] = json!([{"id": "F1", "name": "report.pdf"}]);
-        let m = check(shared, false).expect("file_share is answered");
+        let m = check(shared).expect("file_share is answered");
         assert_eq!(m.attachments.len(), 1);
         assert_eq!(
             (
@@ -316,7 +301,7 @@ mod tests {
     fn threads_are_encoded_in_the_ids() {
         let mut e = message("C1", "channel", "in a thread <@UBOT>");
         e["thread_ts"] = json!("1699999999.000001");
-        let m = check(e, true).expect("threaded");
+        let m = check(e).expect("threaded");
         assert_eq!(
             m.channel_message_id,
             "C1:1700000000.000100:1699999999.000001"
@@ -328,38 +313,37 @@ mod tests {
         );
         let mut parent = message("C1", "channel", "<@UBOT> parent");
         parent["thread_ts"] = json!("1700000000.000100");
-        let m = check(parent, true).expect("a thread's parent");
+        let m = check(parent).expect("a thread's parent");
         assert_eq!(m.channel_message_id, "C1:1700000000.000100");
         assert_eq!(reply_thread(Some(&m.channel_message_id)), None);
         assert_eq!(reply_thread(None), None);
         assert_eq!(reply_thread(Some("C1:1:2:3")), None);
         let mut colon = message("C1", "channel", "<@UBOT> x");
         colon["ts"] = json!("1:2");
-        assert!(
-            check(colon, true).is_none(),
-            "a `:` would break the encoding"
-        );
+        assert!(check(colon).is_none(), "a `:` would break the encoding");
     }
 
     #[test]
-    fn groups_need_a_mention_which_is_removed() {
-        assert!(check(message("C1", "channel", "no mention"), true).is_none());
+    fn the_bots_mention_is_removed_from_the_text() {
+        let unmentioned = check(message("C1", "channel", "no mention")).expect("a message");
+        assert!(!unmentioned.mentioned, "the access checks drop it");
+        assert_eq!(unmentioned.text, "no mention");
+        let other = check(message("C1", "channel", "<@UBOTX> not me")).expect("a message");
         assert!(
-            check(message("C1", "channel", "<@UBOTX> not me"), true).is_none(),
-            "another user whose id starts with the bot's"
+            !other.mentioned && other.text == "<@UBOTX> not me",
+            "another user whose id starts with the bot's: {other:?}"
         );
-        let m = check(message("C1", "channel", "hey <@UBOT> what's up"), true).expect("mention");
+        let m = check(message("C1", "channel", "hey <@UBOT> what's up")).expect("mention");
         assert_eq!(m.text, "hey what's up");
-        let m = check(message("C1", "channel", "<@UBOT|gw> hi"), true).expect("named mention");
+        let m = check(message("C1", "channel", "<@UBOT|gw> hi")).expect("named mention");
         assert_eq!(m.text, "hi");
-        assert!(check(message("C1", "channel", "no mention"), false).is_some());
         assert!(
-            check(message("D1", "im", "dm without mention"), true).is_some(),
+            check(message("D1", "im", "dm without mention")).is_some(),
             "DMs are always answered"
         );
         let mention = json!({"type": "app_mention", "channel": "C1", "user": "U1",
                              "text": "<@UBOT> via app_mention", "ts": "1700000000.000100"});
-        let m = check(mention, true).expect("app_mention");
+        let m = check(mention).expect("app_mention");
         assert_eq!(m.chat_type, ChatType::Group);
         assert_eq!(m.text, "via app_mention");
         assert_eq!(
@@ -367,7 +351,7 @@ mod tests {
             "the same key as its message event"
         );
         assert!(
-            check(message("C1", "channel", "<@UBOT>"), true).is_none(),
+            check(message("C1", "channel", "<@UBOT>")).is_none(),
             "empty"
         );
     }
@@ -377,9 +361,9 @@ mod tests {
         let verify: Callback =
             serde_json::from_value(json!({"type": "url_verification", "challenge": "c"}))
                 .expect("parses");
-        assert!(normalize(&verify, &bot(), true).is_none());
+        assert!(normalize(&verify, &bot()).is_none());
         let other = callback(json!({"type": "reaction_added", "user": "U1"}));
-        assert!(normalize(&other, &bot(), true).is_none());
+        assert!(normalize(&other, &bot()).is_none());
     }
 }
 
@@ -396,7 +380,7 @@ mod props {
         fn prop_slack_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
             if let Ok(cb) = serde_json::from_slice::<Callback>(&body) {
                 let bot = BotIdentity { user_id: "UBOT".to_owned(), bot_id: None };
-                let _ = normalize(&cb, &bot, true);
+                let _ = normalize(&cb, &bot);
             }
         }
 
