@@ -2,7 +2,8 @@
 //! reply, the message kept from the agent, `gatewayctl pairing approve` answering the kept
 //! messages in order, deny, expiry, the pending cap, `pairing list --output json`), `/whoami`
 //! and `/help` before pairing and `/link` refused, the allowlist reloaded on SIGHUP, the group
-//! allowlist and the mention rule on Telegram and Discord, and block / unblock.
+//! allowlist and the mention rule on Telegram and Discord, block / unblock, and the order of the
+//! checks (dedupe, block, access, commands).
 //!
 //! The agent is the `openai` provider on `FakeOpenAi` (replies are `llm: <text>`); what reached
 //! it is read from its recorded requests. Stored state is read through the admin API and polled.
@@ -399,6 +400,65 @@ async fn the_mention_rule_is_set_per_channel_over_access() {
         s.wait_reply(-100700, id).await.text,
         "llm: no mention needed here"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_run_in_order_dedupe_block_access_commands() {
+    let s = start("dm_policy = \"pairing\"", "").await;
+    let chat = ChatSpec::private(601);
+    // Dedupe first: the same message delivered twice is one inbox row and one answer. `/help`
+    // passes the access check of a sender who is not approved (commands come after access, and
+    // `/help` is let through).
+    let update = s.tg.make_update_text(&chat, 601, "/help");
+    let help = update["message"]["message_id"].as_i64().expect("an id");
+    let mut again = update.clone();
+    if let Some(u) = again.as_object_mut() {
+        u.remove("update_id");
+    }
+    s.tg.push_raw(update);
+    s.tg.push_raw(again);
+    assert!(s.wait_reply(601, help).await.text.contains("/whoami"));
+    // A message after the repeat, so both copies have been taken when it is answered.
+    let hello = s.tg.push_text(&chat, 601, "hello");
+    assert!(is_pairing_reply(&s.wait_reply(601, hello).await));
+    let rows = inspect::inbox(&s.gw, "telegram", "601")
+        .await
+        .expect("inbox");
+    assert_eq!(rows.len(), 2, "the repeat is not stored again: {rows:?}");
+    // Block comes before the access policy and commands: a blocked sender's `/help` is not
+    // answered, and they are not told a pairing code.
+    let listed: Value = serde_json::from_str(&s.ctl(&[
+        "--output",
+        "json",
+        "identities",
+        "list",
+        "--channel",
+        "telegram",
+    ]))
+    .expect("JSON");
+    let user = listed["identities"][0]["user_id"]
+        .as_i64()
+        .expect("a user id")
+        .to_string();
+    s.ctl(&["identities", "block", &user]);
+    s.tg.push_text(&chat, 601, "/help");
+    poll_until_async(
+        TIMEOUT,
+        "the blocked `/help` is stored as blocked",
+        || async {
+            inspect::inbox(&s.gw, "telegram", "601")
+                .await
+                .is_ok_and(|r| r.len() == 3 && r[2].state == pb::InboxState::Blocked as i32)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.gw.stderr_tail(40)));
+    assert_eq!(
+        s.sent_to(601).len(),
+        2,
+        "only the first /help and the pairing reply were sent"
+    );
+    assert!(s.agent_inputs().is_empty(), "nothing reached the agent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
