@@ -592,6 +592,8 @@ pub(crate) mod tests {
                 outbox_pending: 1,
                 inbox_pending: 0,
                 agent_provider: "echo".into(),
+                store_backend: "sqlite".into(),
+                store_error: None,
                 usage: Some(UsageToday {
                     global_tokens: 1_250_000,
                     global_budget: Some(5_000_000),
