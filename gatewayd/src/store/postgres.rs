@@ -203,7 +203,15 @@ impl PostgresStore {
         retention: Retention,
         max_connections: usize,
     ) -> Result<Self, StoreError> {
-        let mut config = parse_url(url)?;
+        Self::open_config(parse_url(url)?, retention, max_connections).await
+    }
+
+    /// [`PostgresStore::open_with`] for a parsed connection config.
+    pub async fn open_config(
+        mut config: tokio_postgres::Config,
+        retention: Retention,
+        max_connections: usize,
+    ) -> Result<Self, StoreError> {
         // Set on every connection the pool opens: a commit is acknowledged once it is on disk.
         config.options("-c synchronous_commit=on");
         if config.get_application_name().is_none() {
