@@ -19,6 +19,7 @@
 //! error live here; the records it takes and returns live in `records`, `dead`, `runs`,
 //! `inspect` and `retention`, all re-exported.
 
+pub mod postgres;
 pub mod sqlite;
 
 mod access;
