@@ -81,6 +81,25 @@ pub fn cluster_url() -> anyhow::Result<String> {
     }
 }
 
+/// The host and port of the test cluster (`GATEWAY_TEST_PG_URL`; port 5432 when it names none),
+/// for a [`crate::tcp_proxy::TcpProxy`] in front of it.
+pub fn cluster_addr() -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let url = cluster_url()?;
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    host.to_socket_addrs()
+        .with_context(|| format!("resolving {host} of {CLUSTER_ENV}"))?
+        .next()
+        .with_context(|| format!("{host} of {CLUSTER_ENV} has no address"))
+}
+
 /// `url` with its database (the path) replaced by `database`, and its host and port by `via`
 /// when given. Only the URL form is understood (`postgres://[user@]host[:port][/db][?query]`).
 pub fn with_database(url: &str, database: &str, via: Option<SocketAddr>) -> anyhow::Result<String> {
