@@ -5,14 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The newest PostgreSQL server binaries installed, if any.
-pg_bindir() {
-  local dir best=""
-  for dir in /usr/lib/postgresql/*/bin; do
-    [ -x "$dir/initdb" ] && best="$dir"
-  done
-  printf '%s' "$best"
-}
+# pg_bindir, pg_cluster_start and pg_cluster_stop.
+. tests/pg_cluster.sh
 
 # System packages the tests use: tmux drives the console's end-to-end test, sqlite3 edits a
 # stopped gateway's database, postgresql is the second store backend. Installed only when
@@ -30,74 +24,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-pg_bin="$(pg_bindir)"
-if [ -z "$pg_bin" ]; then
+if [ -z "$(pg_bindir)" ]; then
   echo "tests/run.sh: no initdb under /usr/lib/postgresql/*/bin; install the postgresql package" >&2
   exit 1
 fi
 
 # A throwaway PostgreSQL cluster in a fresh directory, on a free loopback port, with its Unix
-# socket in that directory; stopped and removed on exit, failure or Ctrl-C. PostgreSQL refuses
-# to run as root, so as root the cluster belongs to the `postgres` user. fsync and
-# synchronous_commit keep their durable defaults: the tests measure the real commit path.
+# socket in that directory; stopped and removed on exit, failure or Ctrl-C.
 pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/gateway-test-pg.XXXXXX")"
-as_pg() {
-  if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
-pg_started=""
-cleanup() {
-  if [ -n "$pg_started" ]; then
-    as_pg "$pg_bin/pg_ctl" stop -D "$pg_dir/data" -m fast -w -t 30 >/dev/null 2>&1 ||
-      as_pg "$pg_bin/pg_ctl" stop -D "$pg_dir/data" -m immediate -w -t 30 >/dev/null 2>&1 || true
-  fi
-  rm -rf "$pg_dir"
-}
-trap cleanup EXIT
+trap 'pg_cluster_stop "$pg_dir"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-if [ "$(id -u)" = 0 ]; then
-  id postgres >/dev/null 2>&1 || useradd --system --home-dir "$pg_dir" --shell /usr/sbin/nologin postgres
-  chown postgres: "$pg_dir"
-fi
-chmod 700 "$pg_dir"
-as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --locale=C >"$pg_dir/initdb.log" 2>&1 || {
-  cat "$pg_dir/initdb.log" >&2
-  exit 1
-}
-
-# A port nothing listens on (a refused connect), tried again if the server cannot bind it after all.
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in 1 2 3 4 5; do
-  pg_port=$((20000 + RANDOM % 40000))
-  port_free "$pg_port" || continue
-  if as_pg "$pg_bin/pg_ctl" start -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$pg_dir -c max_connections=400" \
-    >/dev/null; then
-    pg_started=1
-    break
-  fi
-done
-if [ -z "$pg_started" ]; then
-  echo "tests/run.sh: PostgreSQL did not start; its log:" >&2
-  tail -n 40 "$pg_dir/server.log" >&2 || true
-  exit 1
-fi
-# pg_ctl -w waited for the server; wait (with a deadline) until it takes TCP connections too.
-deadline=$((SECONDS + 60))
-until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres; do
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    echo "tests/run.sh: PostgreSQL on 127.0.0.1:$pg_port did not accept connections within 60 s" >&2
-    tail -n 40 "$pg_dir/server.log" >&2 || true
-    exit 1
-  fi
-  sleep 0.2
-done
-export GATEWAY_TEST_PG_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
-echo "tests/run.sh: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port (GATEWAY_TEST_PG_URL)" >&2
+pg_cluster_start "$pg_dir"
+export GATEWAY_TEST_PG_URL="$PG_URL"
 
 # Build the binaries the end-to-end tests start, then run the whole suite on SQLite (the store
 # contract suite runs on both backends by itself).

@@ -457,6 +457,32 @@ impl Gateway {
         self.database.as_ref()
     }
 
+    /// Runs `sql` (statements without parameters) on this gateway's database, whichever the
+    /// backend: SQLite's file through the `sqlite3` CLI (stop the daemon first), or its
+    /// PostgreSQL database. For a test that edits stored state the admin API cannot reach.
+    pub async fn execute_sql(&self, sql: &str) -> anyhow::Result<()> {
+        if let Some(db) = &self.database {
+            return db.execute(sql).await;
+        }
+        let file = self.data_dir().join("gateway.db");
+        let out = Command::new("sqlite3")
+            .arg(&file)
+            .arg(sql)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context(
+                "running the sqlite3 CLI (Debian package sqlite3; tests/run.sh installs it)",
+            )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "sqlite3 {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// `http://127.0.0.1:PORT` of the current run.
     pub fn http_base(&self) -> String {
         format!("http://{}", self.addr)
