@@ -269,6 +269,18 @@ impl PostgresStore {
         })
     }
 
+    /// Test hook: the value of setting `name` on a pooled connection, as the store's own
+    /// statements see it.
+    #[doc(hidden)]
+    pub async fn setting(&self, name: &str) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(db)?;
+        col(&row, 0)
+    }
+
     /// A pooled connection, or why there is none.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if self.closed.load(Ordering::Acquire) {
