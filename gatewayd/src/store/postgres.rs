@@ -29,6 +29,7 @@
 //! [`usage`], [`runs`] and [`inspect`].
 
 mod access;
+mod copy;
 mod cursors;
 mod identity;
 mod inbox;
@@ -53,6 +54,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use copy::{TableCopy, migrate_from_sqlite};
 pub use migrations::SCHEMA_VERSION;
 pub use retention::PruneReport;
 
