@@ -216,9 +216,7 @@ fn migrate_store(config: &Config, from: &str, to: &str) -> ExitCode {
             for t in &tables {
                 println!("  {:<18} {:>10}  {}", t.table, t.rows, t.checksum);
             }
-            println!(
-                "every table verified; set [store] backend = \"postgres\" and start gatewayd"
-            );
+            println!("every table verified; set [store] backend = \"postgres\" and start gatewayd");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -162,15 +162,16 @@ pub async fn migrate_from_sqlite(
     src.execute_batch("BEGIN").map_err(sqlite_error)?;
 
     let where_to = describe(&target);
-    let (mut client, connection) = target
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| match db(e) {
-            StoreError::Database(m) => {
-                StoreError::Database(format!("cannot connect to {where_to}: {m}"))
-            }
-            other => other,
-        })?;
+    let (mut client, connection) =
+        target
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| match db(e) {
+                StoreError::Database(m) => {
+                    StoreError::Database(format!("cannot connect to {where_to}: {m}"))
+                }
+                other => other,
+            })?;
     let connection = tokio::spawn(connection);
     super::migrations::migrate(&mut client).await?;
 
@@ -252,10 +253,7 @@ pub async fn migrate_from_sqlite(
                     .await
                     .map_err(|e| table_error(table, e))?;
             }
-            writer
-                .finish()
-                .await
-                .map_err(|e| table_error(table, e))?;
+            writer.finish().await.map_err(|e| table_error(table, e))?;
         }
         if columns.iter().any(|c| c.name == "id") {
             tx.execute(
