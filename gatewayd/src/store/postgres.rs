@@ -29,6 +29,7 @@
 //! [`usage`], [`runs`] and [`inspect`].
 
 mod access;
+mod copy;
 mod cursors;
 mod identity;
 mod inbox;
@@ -53,6 +54,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use copy::{TableCopy, migrate_from_sqlite};
 pub use migrations::SCHEMA_VERSION;
 pub use retention::PruneReport;
 
@@ -267,6 +269,18 @@ impl PostgresStore {
             closed: AtomicBool::new(false),
             background: Mutex::new(Some((stop_tx, handle))),
         })
+    }
+
+    /// Test hook: the value of setting `name` on a pooled connection, as the store's own
+    /// statements see it.
+    #[doc(hidden)]
+    pub async fn setting(&self, name: &str) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(db)?;
+        col(&row, 0)
     }
 
     /// A pooled connection, or why there is none.
