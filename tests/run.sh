@@ -44,7 +44,7 @@ cargo build --locked --bin gatewayd --bin gatewayctl
 status=0
 echo "tests/run.sh: pass 1 of 2: every test, end-to-end tests on SQLite" >&2
 start=$SECONDS
-cargo test --workspace --locked "$@" || status=$?
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 echo "tests/run.sh: pass 1 took $((SECONDS - start)) s" >&2
 
 # The end-to-end tests again, each gateway on a fresh PostgreSQL database. Only the tests
@@ -52,7 +52,7 @@ echo "tests/run.sh: pass 1 took $((SECONDS - start)) s" >&2
 echo "tests/run.sh: pass 2 of 2: end-to-end tests on PostgreSQL" >&2
 start=$SECONDS
 build_log="$pg_dir/pass2-build.log"
-if ! cargo test -p gateway-tests --tests --locked --no-run "$@" >"$build_log" 2>&1; then
+if ! cargo test -p gateway-tests --tests --locked --no-fail-fast --no-run "$@" >"$build_log" 2>&1; then
   cat "$build_log" >&2
   exit 1
 fi
@@ -61,6 +61,6 @@ if grep -q '^ *Compiling ' "$build_log"; then
   grep '^ *Compiling ' "$build_log" >&2
   status=1
 fi
-GATEWAY_TEST_STORE=postgres cargo test -p gateway-tests --tests --locked "$@" || status=$?
+GATEWAY_TEST_STORE=postgres cargo test -p gateway-tests --tests --locked --no-fail-fast "$@" || status=$?
 echo "tests/run.sh: pass 2 took $((SECONDS - start)) s" >&2
 exit "$status"

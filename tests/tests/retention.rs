@@ -78,5 +78,9 @@ async fn status_shows_the_database_size_and_rows_per_table() {
         listed.contains("inbox 3") && listed.contains("transcript 6"),
         "{text}"
     );
+    let store = format!("store      {}, ok", gw.store_backend());
+    assert!(text.lines().any(|l| l == store), "{text}");
+    assert_eq!(s["store_backend"], gw.store_backend(), "{s}");
+    assert_eq!(s["store_ok"], true, "{s}");
     assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
 }
