@@ -84,7 +84,7 @@ pub enum ApiUpdate {
 /// Fetched data.
 #[derive(Debug)]
 pub enum Data {
-    Overview(Overview),
+    Overview(Box<Overview>),
     /// One page of sessions; `after` is the cursor it was fetched with (None: the first page).
     Sessions {
         after: Option<String>,
@@ -359,7 +359,7 @@ impl App {
 
     fn apply(&mut self, data: Data) -> Option<Intent> {
         match data {
-            Data::Overview(o) => self.overview.sample(o),
+            Data::Overview(o) => self.overview.sample(*o),
             Data::Sessions {
                 after,
                 sessions,
