@@ -89,6 +89,9 @@ pub struct PostgresStore {
     >,
 }
 
+/// Rows per table, the database's size in bytes, and when they were counted (ms).
+type Counted = (Vec<(String, u64)>, u64, i64);
+
 /// State shared by the store's handle and its background task.
 struct Shared {
     /// Writes are failing for lack of space.
@@ -102,22 +105,20 @@ struct Shared {
     /// Turn commits that failed on a write.
     failed_turns: AtomicU64,
     /// The last row counts and the database size, with when they were taken.
-    stats: Mutex<(Vec<(String, u64)>, u64, i64)>,
+    stats: Mutex<Counted>,
 }
 
 impl Shared {
     /// Marks the store full or unreachable after `error`.
     fn note(&self, error: &StoreError) {
         match error {
-            StoreError::Full(_) => {
-                if !self.full.swap(true, Ordering::AcqRel) {
-                    tracing::error!(message = "The database's disk is full; writes fail and inbound messages are refused until space returns.", %error);
-                }
+            StoreError::Full(_) if !self.full.swap(true, Ordering::AcqRel) => {
+                tracing::error!(message = "The database's disk is full; writes fail and inbound messages are refused until space returns.", %error);
             }
-            StoreError::Database(m) if m.starts_with(UNREACHABLE) => {
-                if !self.down.swap(true, Ordering::AcqRel) {
-                    tracing::error!(message = "The database is unreachable; writes fail until it is back.", %error);
-                }
+            StoreError::Database(m)
+                if m.starts_with(UNREACHABLE) && !self.down.swap(true, Ordering::AcqRel) =>
+            {
+                tracing::error!(message = "The database is unreachable; writes fail until it is back.", %error);
             }
             _ => {}
         }
