@@ -74,6 +74,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The prefix of every error that says the database could not be reached.
 const UNREACHABLE: &str = "the database is unreachable";
+/// The prefix of an error of a transaction PostgreSQL aborted for a deadlock or a
+/// serialization conflict with another one: running it again may succeed.
+pub(super) const CONFLICTED: &str = "the transaction conflicted with a concurrent one";
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
@@ -133,6 +136,14 @@ pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
             e.as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.to_string()),
         );
+    }
+    if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    {
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.to_string());
+        return StoreError::Database(format!("{CONFLICTED}: {detail}"));
     }
     if let Some(d) = e.as_db_error() {
         // Class 08 (connection exception) and 57P01..03 (the server is shutting down).
