@@ -50,7 +50,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -69,8 +71,11 @@ use crate::send::ErrorClass;
 
 /// The default number of pooled connections (`store.max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
-/// How long an operation waits for a pooled connection, or for a new one to be opened.
+/// How long opening (or checking) a connection may take before the database counts as
+/// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a pooled connection to come free.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The prefix of every error that says the database could not be reached.
 const UNREACHABLE: &str = "the database is unreachable";
@@ -170,6 +175,11 @@ fn pool_error(e: PoolError) -> StoreError {
             }
             other => other,
         },
+        // Every pooled connection stayed busy: the database answers, the pool is too small.
+        PoolError::Timeout(TimeoutType::Wait) => StoreError::Database(format!(
+            "every pooled connection stayed busy for {}s; raise store.max_connections",
+            WAIT_TIMEOUT.as_secs()
+        )),
         PoolError::Timeout(_) => StoreError::Database(format!(
             "{UNREACHABLE}: no connection within {}s",
             CONNECT_TIMEOUT.as_secs()
@@ -245,7 +255,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
