@@ -206,12 +206,20 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 /// Parses a libpq URL (or key=value string) without ever echoing it: it may hold a password.
+/// The store connects without TLS, so a URL that demands it (`sslmode=require`) is refused here
+/// rather than failing at every connection.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
+    let config = tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
         StoreError::Database(format!(
             "the database URL is not a libpq URL ({e}); write e.g. postgres://user:password@host:5432/dbname"
         ))
-    })
+    })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(StoreError::Database(
+            "the database URL asks for sslmode=require, but gatewayd connects without TLS; use a Unix socket or a private network and sslmode=disable (or prefer)".to_owned(),
+        ));
+    }
+    Ok(config)
 }
 
 impl PostgresStore {
