@@ -165,6 +165,15 @@ async fn concurrent_commits_share_wal_flushes() {
     let _one = ONE_AT_A_TIME.lock().await;
     let database = FreshDatabase::new().await;
     let admin = pg_support::admin().await;
+    let fsync: String = admin
+        .query_one("SELECT current_setting('fsync')", &[])
+        .await
+        .expect("fsync")
+        .get(0);
+    assert_eq!(
+        fsync, "on",
+        "the test cluster runs with fsync = off, so WAL flushes cannot be counted; start it with fsync = on"
+    );
     // Migrated first, by a store of its own, so the measured one only commits inbox rows.
     PostgresStore::open(&database.url)
         .await
