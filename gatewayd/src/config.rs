@@ -1021,6 +1021,13 @@ pub(crate) mod tests {
         );
         let errs = path_of("[store]\nbackend = \"postgres\"\nurl_file = \"/nonexistent/db_url\"\n");
         assert!(errs.iter().any(|(p, _)| p == "store.url_file"), "{errs:?}");
+        std::fs::write(&file, "postgres://gw@127.0.0.1/gw?sslmode=require").expect("write");
+        let errs = path_of(&text);
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "store.url_file" && m.contains("sslmode=require")),
+            "{errs:?}"
+        );
         std::fs::write(&file, "postgres://gw:hunter2@127.0.0.1:notaport/gw").expect("write");
         let errs = path_of(&text);
         assert!(

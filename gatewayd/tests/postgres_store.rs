@@ -165,6 +165,15 @@ async fn concurrent_commits_share_wal_flushes() {
     let _one = ONE_AT_A_TIME.lock().await;
     let database = FreshDatabase::new().await;
     let admin = pg_support::admin().await;
+    let fsync: String = admin
+        .query_one("SELECT current_setting('fsync')", &[])
+        .await
+        .expect("fsync")
+        .get(0);
+    assert_eq!(
+        fsync, "on",
+        "the test cluster runs with fsync = off, so WAL flushes cannot be counted; start it with fsync = on"
+    );
     // Migrated first, by a store of its own, so the measured one only commits inbox rows.
     PostgresStore::open(&database.url)
         .await
@@ -402,5 +411,105 @@ async fn pruning_keeps_pending_rows_dead_letters_and_each_sessions_history_windo
         .await
         .expect("prune");
     assert_eq!(store.outbox_pending().await.expect("pending").len(), 1);
+    store.close().await;
+}
+
+/// A TCP proxy to the test cluster that can be cut and restored: a database that goes away and
+/// comes back. While cut it closes every connection it has and every new one at once.
+struct Proxy {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = watch.clone();
+                if !*cut.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_strands_the_turn_and_recovers_when_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let database = FreshDatabase::new().await;
+    let cluster = pg_support::cluster_url();
+    let cluster = gatewayd::store::postgres::parse_url(&cluster).expect("cluster url");
+    let host = match cluster.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => panic!("GATEWAY_TEST_PG_URL must name a TCP host"),
+    };
+    let port = cluster.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start((host, port)).await;
+    let mut through = tokio_postgres::Config::new();
+    through
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .dbname(&database.name)
+        .user(cluster.get_user().unwrap_or("postgres"));
+    if let Some(password) = cluster.get_password() {
+        through.password(password);
+    }
+    let store = PostgresStore::open_config(through, Retention::default(), 4)
+        .await
+        .expect("open through the proxy");
+    let mut recoveries = store.recoveries();
+    let first = new_row(&store, &msg("m1", "a", now_ms())).await;
+    proxy.set_up(false);
+    let turn = TurnRecord {
+        inbox_id: first,
+        session: SessionKey::User(1),
+        entries: Vec::new(),
+        replies: Vec::new(),
+    };
+    let err = store
+        .commit_turn(turn.clone())
+        .await
+        .expect_err("the database is away");
+    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert_eq!(store.failed_turn_commits(), 1);
+    assert!(store.ping().await.is_err());
+    assert!(!store.disk_full(), "unreachable is not full");
+    proxy.set_up(true);
+    tokio::time::timeout(Duration::from_secs(15), recoveries.changed())
+        .await
+        .expect("recovered in time")
+        .expect("store open");
+    let stranded: Vec<i64> = store
+        .take_stranded()
+        .await
+        .expect("stranded")
+        .iter()
+        .map(|p| p.inbox_id)
+        .collect();
+    assert_eq!(stranded, [first]);
+    store.commit_turn(turn).await.expect("the turn commits now");
+    new_row(&store, &msg("m2", "a", now_ms())).await;
     store.close().await;
 }

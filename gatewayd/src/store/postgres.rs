@@ -50,7 +50,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -69,11 +71,17 @@ use crate::send::ErrorClass;
 
 /// The default number of pooled connections (`store.max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
-/// How long an operation waits for a pooled connection, or for a new one to be opened.
+/// How long opening (or checking) a connection may take before the database counts as
+/// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a pooled connection to come free.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The prefix of every error that says the database could not be reached.
 const UNREACHABLE: &str = "the database is unreachable";
+/// The prefix of an error of a transaction PostgreSQL aborted for a deadlock or a
+/// serialization conflict with another one: running it again may succeed.
+pub(super) const CONFLICTED: &str = "the transaction conflicted with a concurrent one";
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
@@ -89,6 +97,9 @@ pub struct PostgresStore {
     >,
 }
 
+/// Rows per table, the database's size in bytes, and when they were counted (ms).
+type Counted = (Vec<(String, u64)>, u64, i64);
+
 /// State shared by the store's handle and its background task.
 struct Shared {
     /// Writes are failing for lack of space.
@@ -102,22 +113,20 @@ struct Shared {
     /// Turn commits that failed on a write.
     failed_turns: AtomicU64,
     /// The last row counts and the database size, with when they were taken.
-    stats: Mutex<(Vec<(String, u64)>, u64, i64)>,
+    stats: Mutex<Counted>,
 }
 
 impl Shared {
     /// Marks the store full or unreachable after `error`.
     fn note(&self, error: &StoreError) {
         match error {
-            StoreError::Full(_) => {
-                if !self.full.swap(true, Ordering::AcqRel) {
-                    tracing::error!(message = "The database's disk is full; writes fail and inbound messages are refused until space returns.", %error);
-                }
+            StoreError::Full(_) if !self.full.swap(true, Ordering::AcqRel) => {
+                tracing::error!(message = "The database's disk is full; writes fail and inbound messages are refused until space returns.", %error);
             }
-            StoreError::Database(m) if m.starts_with(UNREACHABLE) => {
-                if !self.down.swap(true, Ordering::AcqRel) {
-                    tracing::error!(message = "The database is unreachable; writes fail until it is back.", %error);
-                }
+            StoreError::Database(m)
+                if m.starts_with(UNREACHABLE) && !self.down.swap(true, Ordering::AcqRel) =>
+            {
+                tracing::error!(message = "The database is unreachable; writes fail until it is back.", %error);
             }
             _ => {}
         }
@@ -132,6 +141,14 @@ pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
             e.as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.to_string()),
         );
+    }
+    if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    {
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.to_string());
+        return StoreError::Database(format!("{CONFLICTED}: {detail}"));
     }
     if let Some(d) = e.as_db_error() {
         // Class 08 (connection exception) and 57P01..03 (the server is shutting down).
@@ -158,6 +175,11 @@ fn pool_error(e: PoolError) -> StoreError {
             }
             other => other,
         },
+        // Every pooled connection stayed busy: the database answers, the pool is too small.
+        PoolError::Timeout(TimeoutType::Wait) => StoreError::Database(format!(
+            "every pooled connection stayed busy for {}s; raise store.max_connections",
+            WAIT_TIMEOUT.as_secs()
+        )),
         PoolError::Timeout(_) => StoreError::Database(format!(
             "{UNREACHABLE}: no connection within {}s",
             CONNECT_TIMEOUT.as_secs()
@@ -184,12 +206,20 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 /// Parses a libpq URL (or key=value string) without ever echoing it: it may hold a password.
+/// The store connects without TLS, so a URL that demands it (`sslmode=require`) is refused here
+/// rather than failing at every connection.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
+    let config = tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
         StoreError::Database(format!(
             "the database URL is not a libpq URL ({e}); write e.g. postgres://user:password@host:5432/dbname"
         ))
-    })
+    })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(StoreError::Database(
+            "the database URL asks for sslmode=require, but gatewayd connects without TLS; use a Unix socket or a private network and sslmode=disable (or prefer)".to_owned(),
+        ));
+    }
+    Ok(config)
 }
 
 impl PostgresStore {
@@ -233,7 +263,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()

@@ -13,7 +13,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::outbox::insert_reply;
-use super::{PostgresStore, col, db, to_i64};
+use super::{CONFLICTED, PostgresStore, col, db, to_i64};
 use crate::message::{ChannelKind, OutboundMessage, SessionKey, now_ms};
 use crate::store::{
     Role, SessionFilter, StoreError, StoredSession, TranscriptEntry, TurnRecord, UsageRecord,
@@ -26,7 +26,16 @@ pub(super) async fn commit_turn(
     usage: Option<UsageRecord>,
 ) -> Result<Vec<OutboundMessage>, StoreError> {
     let inbox_id = turn.inbox_id;
-    let result = commit_turn_once(store, turn, usage).await;
+    // A turn PostgreSQL aborted for a deadlock with another transaction (a merge of the same
+    // user, say) left nothing behind, and is run again.
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        match commit_turn_once(store, turn.clone(), usage.clone()).await {
+            Err(StoreError::Database(m)) if m.starts_with(CONFLICTED) && attempts < 3 => {}
+            other => break other,
+        }
+    };
     if let Ok(mut stranded) = store.shared.stranded.lock() {
         match &result {
             Ok(_) | Err(StoreError::Conflict(_)) => {
