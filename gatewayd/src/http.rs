@@ -136,7 +136,9 @@ pub const STORE_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// overview report it.
 pub async fn store_health(store: &SharedStore) -> Result<(), String> {
     let hint = match store.backend() {
-        "postgres" => "check that the database of [store] url_env is up and reachable",
+        "postgres" => {
+            "check that the database of [store] url_env (or url_file) is up and reachable"
+        }
         _ => "check the database file at [store] path and its disk",
     };
     match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
