@@ -376,12 +376,16 @@ def versus(pg, lite, what, f):
     a = [f(r["result"]) for r in rows if r["bench"] == pg]
     s = [f(r["result"]) for r in rows if r["bench"] == lite]
     if a and s and med(s):
-        print(f"{pg} / {lite} {what}: {med(a):,.3f} / {med(s):,.3f} = {med(a) / med(s):.3f} (medians of this run)")
-if any(r["bench"] in ("P1PG", "P2PG") for r in rows):
+        return f"{pg} / {lite} {what}: {med(a):,.3f} / {med(s):,.3f} = {med(a) / med(s):.3f} (medians of this run)"
+    return None
+lines = [l for l in [
+    versus("P1PG", "P1", "gateway msg/s", g("throughput")),
+    versus("P2PG", "P2", "added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
+    versus("P2PG", "P2", "added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
+] if l]
+if lines:
     print("\nPostgreSQL against SQLite")
-    versus("P1PG", "P1", "gateway msg/s", g("throughput"))
-    versus("P2PG", "P2", "added p50 ms", lambda r: r["added_latency_ms"]["p50"])
-    versus("P2PG", "P2", "added p99 ms", lambda r: r["added_latency_ms"]["p99"])
+    print("\n".join(lines))
 table("P3", [("idle MiB", lambda r: r["idle_kb"] / 1024), ("after MiB", lambda r: r["after_kb"] / 1024),
              ("sessions", lambda r: r["sessions"]),
              ("KiB/session", lambda r: (r["after_kb"] - r["idle_kb"]) / r["sessions"])])
