@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The benchmark suite (not part of tests/run.sh): P1 throughput with the echo agent and the
 # baseline ratio, P2 gateway-added latency at 1k msg/s, P3 idle RSS and RSS per resident session
-# (through the release gatewayd binary and the loadgen), then P4 identity + session routing with
+# (through the release gatewayd binary and the loadgen), P1PG and P2PG (P1 and P2 with the store on
+# PostgreSQL: a throwaway cluster this script starts, a fresh database per gatewayd), then P4 identity + session routing with
 # 1M known users, P5 10k concurrent workflow runs, P6 ListSessions pages out of 1M sessions and
 # P8 validating (and running once) 10k-node workflows (the gatewayd crate's `cargo bench`
 # targets), and SOAK, gatewayd's RSS over a long steady load.
 #
-# Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,...,SOAK] [--soak-secs S]
+# Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P1PG,P2PG,...,SOAK] [--soak-secs S]
 #   quick (default): P1 1000 chats flat out for 10 s
 #   --full:          P1 10k chats flat out for 30 s
+#   P1PG is P1's size in either mode, P2PG P2's; each run of them follows the same run of P1 / P2,
+#   so the ratio to SQLite compares figures of one run of the script.
 #   The rest is the same in both: P2 100 chats, 1000 msg/s in total, 10 s; P3 100k resident
 #   sessions (200 waves of 500 chats); P4 1M users; P5 10k runs; P6 1M sessions; P8 10k nodes.
 #   SOAK (only with --only SOAK, and run once whatever --runs says): 200 WebChat chats flat out
@@ -20,7 +23,8 @@
 #   per minute. BENCH_GATEWAYD=PATH runs another gatewayd binary (e.g. one built from older code);
 #   BENCH_BIN_DIR=DIR takes gatewayd, gatewayctl and loadgen from DIR and builds nothing.
 # Every figure is run N times (default 3), P1-P3 each on a fresh gatewayd with a fresh data dir,
-# and the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3.
+# and the median printed. Everything listens on and talks to 127.0.0.1 only. Needs python3, and for
+# P1PG/P2PG PostgreSQL's server binaries (/usr/lib/postgresql/*/bin; tests/run.sh installs them).
 #
 # Rate limits: WebChat's built-in outbound limit is 10 msg/s per chat, which would cap a flat-out
 # chat, so the generated config raises it (`[rate_limits.webchat] per_chat_per_second = 100000`).
@@ -31,7 +35,7 @@ ROOT=$(pwd)
 
 MODE=quick
 RUNS=3
-ONLY=P1,P2,P3,P4,P5,P6,P8
+ONLY=P1,P2,P1PG,P2PG,P3,P4,P5,P6,P8
 SOAK_SECS=600
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,7 +43,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --soak-secs) SOAK_SECS="$2"; shift ;;
-    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P3,P4,P5,P6,P8,SOAK] [--soak-secs S]" >&2; exit 2 ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P1PG,P2PG,P3,P4,P5,P6,P8,SOAK] [--soak-secs S]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -52,8 +56,8 @@ P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for f in ${ONLY//,/ }; do
   case "$f" in
-    P1|P2|P3|P4|P5|P6|P8|SOAK) ;;
-    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8, SOAK)" >&2; exit 2 ;;
+    P1|P2|P1PG|P2PG|P3|P4|P5|P6|P8|SOAK) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8, P1PG, P2PG, SOAK)" >&2; exit 2 ;;
   esac
 done
 case "$SOAK_SECS" in
@@ -86,6 +90,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "bench: mode=$MODE runs=$RUNS nofile=$(ulimit -n) load: $(uptime | sed 's/.*load average: //')"
 
 WORK=$(mktemp -d /tmp/gateway-bench.XXXXXX)
+# The PostgreSQL cluster's own directory (its owner must reach it; $WORK is root's alone).
+PG_DIR=""
+. tests/pg_cluster.sh
 GW_PID=""
 BL_PID=""
 SAMPLER_PID=""
@@ -94,6 +101,7 @@ cleanup() {
   if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true; fi
   if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null; wait "$GW_PID" 2>/dev/null || true; fi
   if [ -n "$BL_PID" ]; then kill "$BL_PID" 2>/dev/null; wait "$BL_PID" 2>/dev/null || true; fi
+  if [ -n "$PG_DIR" ]; then pg_cluster_stop "$PG_DIR"; fi
   if [ "$rc" = 0 ]; then
     rm -rf "$WORK"
   else
@@ -103,6 +111,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Waits (bounded: 30 s) until FILE has a line matching PATTERN, then prints that line.
 wait_line() {
@@ -117,12 +127,21 @@ wait_line() {
 }
 
 # Starts a fresh gatewayd (echo agent, WebChat) in $WORK/gw-$1; sets GW_PID, GW_ADDR and
-# ADMIN_ADDR. GW_IDLE is its gateway.idle_timeout (default: the built-in 30m).
+# ADMIN_ADDR. GW_IDLE is its gateway.idle_timeout (default: the built-in 30m). GW_STORE=postgres
+# puts its store on a fresh database of the cluster (default: SQLite in its data dir).
 GW_IDLE=30m
+GW_STORE=sqlite
 start_gateway() {
-  local dir=$WORK/gw-$1
+  local dir=$WORK/gw-$1 db
   mkdir -p "$dir"
-  cat >"$dir/gatewayd.toml" <<EOF
+  : >"$dir/store.toml"
+  if [ "$GW_STORE" = postgres ]; then
+    db="bench_${1//-/_}"
+    "$(pg_bindir)/psql" -q -X -v ON_ERROR_STOP=1 "$PG_URL" -c "CREATE DATABASE $db" >&2
+    export BENCH_DATABASE_URL="${PG_URL%/postgres}/$db"
+    printf '[store]\nbackend = "postgres"\nurl_env = "BENCH_DATABASE_URL"\n' >"$dir/store.toml"
+  fi
+  cat - "$dir/store.toml" >"$dir/gatewayd.toml" <<EOF
 [gateway]
 data_dir = "$dir/data"
 max_sessions = 200000
@@ -167,7 +186,12 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 
-if want P1 || want P2; then
+if want P1PG || want P2PG; then
+  PG_DIR=$(mktemp -d /tmp/gateway-bench-pg.XXXXXX)
+  pg_cluster_start "$PG_DIR"
+fi
+
+if want P1 || want P2 || want P1PG || want P2PG; then
   # The baseline echo server: its own process, like gatewayd.
   echo "+ $LOADGEN --serve-baseline --addr 127.0.0.1:0 &" >&2
   "$LOADGEN" --serve-baseline --addr 127.0.0.1:0 >"$WORK/baseline.out" 2>&1 &
@@ -188,25 +212,32 @@ cargo_bench() {
 }
 
 for r in $(seq "$RUNS"); do
-  if want P1; then
-    # P1: flat out, baseline then gateway in the same loadgen invocation.
-    start_gateway "p1-$r"
+  # P1 (and P1PG, the same on PostgreSQL): flat out, baseline then gateway in the same loadgen
+  # invocation.
+  for fig in P1 P1PG; do
+    want "$fig" || continue
+    if [ "$fig" = P1PG ]; then GW_STORE=postgres; else GW_STORE=sqlite; fi
+    start_gateway "${fig,,}-$r"
     out=$(run "$LOADGEN" --target webchat --addr "$GW_ADDR" --compare --baseline-addr "$BL_ADDR" \
       --chats "$P1_CHATS" --rate 0 --duration "$P1_SECS" --json)
     echo "$out" | grep -v '^{' >&2 || true
-    echo "{\"bench\":\"P1\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
+    echo "{\"bench\":\"$fig\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
     stop_gateway
-  fi
+  done
+  GW_STORE=sqlite
 
-  if want P2; then
-    # P2: fixed 1k msg/s, baseline then gateway at the same rate.
-    start_gateway "p2-$r"
+  # P2 (and P2PG): fixed 1k msg/s, baseline then gateway at the same rate.
+  for fig in P2 P2PG; do
+    want "$fig" || continue
+    if [ "$fig" = P2PG ]; then GW_STORE=postgres; else GW_STORE=sqlite; fi
+    start_gateway "${fig,,}-$r"
     out=$(run "$LOADGEN" --target webchat --addr "$GW_ADDR" --compare --baseline-addr "$BL_ADDR" \
       --chats "$P2_CHATS" --rate "$P2_RATE" --duration "$P2_SECS" --json)
     echo "$out" | grep -v '^{' >&2 || true
-    echo "{\"bench\":\"P2\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
+    echo "{\"bench\":\"$fig\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
     stop_gateway
-  fi
+  done
+  GW_STORE=sqlite
 
   if want P3; then
     # P3: idle RSS right after ready, then one message in each of N new chats (N resident
@@ -326,17 +357,35 @@ def table(name, cols):
         print("| **median** | " + " | ".join(f"**{x:,.3f}**".replace(".000**", "**") for x in m) + " |")
 g = lambda k: (lambda r: r["gateway"][k])
 b = lambda k: (lambda r: r["baseline"][k])
-table("P1", [("gateway msg/s", g("throughput")), ("baseline msg/s", b("throughput")),
-             ("ratio", lambda r: r["ratio"]), ("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
-             ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
-             ("sent", g("sent")), ("received", g("received")), ("errors", g("errors"))])
-table("P2", [("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
-             ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
-             ("baseline p99 ms", lambda r: r["baseline"]["latency_ms"]["p99"]),
-             ("added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
-             ("added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
-             ("added p99.9 ms", lambda r: r["added_latency_ms"]["p99_9"]),
-             ("gateway msg/s", g("throughput"))])
+P1_COLS = [("gateway msg/s", g("throughput")), ("baseline msg/s", b("throughput")),
+           ("ratio", lambda r: r["ratio"]), ("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
+           ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
+           ("sent", g("sent")), ("received", g("received")), ("errors", g("errors"))]
+P2_COLS = [("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
+           ("gateway p99 ms", lambda r: r["gateway"]["latency_ms"]["p99"]),
+           ("baseline p99 ms", lambda r: r["baseline"]["latency_ms"]["p99"]),
+           ("added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
+           ("added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
+           ("added p99.9 ms", lambda r: r["added_latency_ms"]["p99_9"]),
+           ("gateway msg/s", g("throughput"))]
+table("P1", P1_COLS)
+table("P1PG", P1_COLS)
+table("P2", P2_COLS)
+table("P2PG", P2_COLS)
+def versus(pg, lite, what, f):
+    a = [f(r["result"]) for r in rows if r["bench"] == pg]
+    s = [f(r["result"]) for r in rows if r["bench"] == lite]
+    if a and s and med(s):
+        return f"{pg} / {lite} {what}: {med(a):,.3f} / {med(s):,.3f} = {med(a) / med(s):.3f} (medians of this run)"
+    return None
+lines = [l for l in [
+    versus("P1PG", "P1", "gateway msg/s", g("throughput")),
+    versus("P2PG", "P2", "added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
+    versus("P2PG", "P2", "added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
+] if l]
+if lines:
+    print("\nPostgreSQL against SQLite")
+    print("\n".join(lines))
 table("P3", [("idle MiB", lambda r: r["idle_kb"] / 1024), ("after MiB", lambda r: r["after_kb"] / 1024),
              ("sessions", lambda r: r["sessions"]),
              ("KiB/session", lambda r: (r["after_kb"] - r["idle_kb"]) / r["sessions"])])

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need when it is missing, then runs every test.
+# The test command: installs what the tests need when it is missing, starts a throwaway
+# PostgreSQL cluster, then runs every test on SQLite and the end-to-end tests again on PostgreSQL.
 # Usage: tests/run.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use: tmux drives the console's end-to-end test. Installed only when
+# pg_bindir, pg_cluster_start and pg_cluster_stop.
+. tests/pg_cluster.sh
+
+# System packages the tests use: tmux drives the console's end-to-end test, sqlite3 edits a
+# stopped gateway's database, postgresql is the second store backend. Installed only when
 # missing, and only as root.
 need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+[ -n "$(pg_bindir)" ] || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then
@@ -18,7 +24,43 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+if [ -z "$(pg_bindir)" ]; then
+  echo "tests/run.sh: no initdb under /usr/lib/postgresql/*/bin; install the postgresql package" >&2
+  exit 1
+fi
 
-# Build the binaries the end-to-end tests start, then run the whole suite.
+# A throwaway PostgreSQL cluster in a fresh directory, on a free loopback port, with its Unix
+# socket in that directory; stopped and removed on exit, failure or Ctrl-C.
+pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/gateway-test-pg.XXXXXX")"
+trap 'pg_cluster_stop "$pg_dir"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+pg_cluster_start "$pg_dir"
+export GATEWAY_TEST_PG_URL="$PG_URL"
+
+# Build the binaries the end-to-end tests start, then run the whole suite on SQLite (the store
+# contract suite runs on both backends by itself).
 cargo build --locked --bin gatewayd --bin gatewayctl
-cargo test --workspace --locked "$@"
+status=0
+echo "tests/run.sh: pass 1 of 2: every test, end-to-end tests on SQLite" >&2
+start=$SECONDS
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+echo "tests/run.sh: pass 1 took $((SECONDS - start)) s" >&2
+
+# The end-to-end tests again, each gateway on a fresh PostgreSQL database. Only the tests
+# crate's test binaries, which pass 1 built: nothing may compile again.
+echo "tests/run.sh: pass 2 of 2: end-to-end tests on PostgreSQL" >&2
+start=$SECONDS
+build_log="$pg_dir/pass2-build.log"
+if ! cargo test -p gateway-tests --tests --locked --no-fail-fast --no-run "$@" >"$build_log" 2>&1; then
+  cat "$build_log" >&2
+  exit 1
+fi
+if grep -q '^ *Compiling ' "$build_log"; then
+  echo "tests/run.sh: pass 2 compiled again (its cargo flags must match pass 1's):" >&2
+  grep '^ *Compiling ' "$build_log" >&2
+  status=1
+fi
+GATEWAY_TEST_STORE=postgres cargo test -p gateway-tests --tests --locked --no-fail-fast "$@" || status=$?
+echo "tests/run.sh: pass 2 took $((SECONDS - start)) s" >&2
+exit "$status"

@@ -1,6 +1,7 @@
 //! `gatewayctl status`: the gateway at a glance (GetOverview) — version, uptime, traffic,
-//! sessions, queues, readiness with the parts that panicked or failed, and every channel's
-//! health.
+//! sessions, queues, readiness with the parts that panicked or failed, the store's backend and
+//! whether it answers, and every channel's health. While the store does not answer, what only
+//! the store knows is shown as unknown (`null` in JSON), not as zero.
 
 use gateway_proto::admin as pb;
 use serde::Serialize;
@@ -21,16 +22,19 @@ pub struct Status {
     rate_out_per_second: f64,
     sessions_resident: u64,
     sessions_capacity: u64,
-    sessions_stored: u64,
-    inbox_pending: u64,
-    outbox_pending: u64,
-    dead_letters: u64,
+    sessions_stored: Option<u64>,
+    inbox_pending: Option<u64>,
+    outbox_pending: Option<u64>,
+    dead_letters: Option<u64>,
     ready: bool,
+    store_backend: String,
+    store_ok: bool,
+    store_error: Option<String>,
     faults: Vec<FaultInfo>,
     identity_cache_entries: u64,
     identity_cache_capacity: u64,
     channels: Vec<ChannelInfo>,
-    database_bytes: u64,
+    database_bytes: Option<u64>,
     table_rows: Vec<TableRows>,
 }
 
@@ -65,6 +69,9 @@ impl FaultInfo {
 
 impl Status {
     fn from_pb(o: pb::GetOverviewResponse) -> Self {
+        // A daemon that names no backend predates the store fields: its store answered.
+        let store_ok = o.store_ok || o.store_backend.is_empty();
+        let known = |n: u64| store_ok.then_some(n);
         Self {
             channels: o.channels.iter().map(ChannelInfo::from_pb).collect(),
             version: o.version,
@@ -76,13 +83,16 @@ impl Status {
             rate_out_per_second: o.rate_out_per_second,
             sessions_resident: o.sessions_resident,
             sessions_capacity: o.sessions_capacity,
-            sessions_stored: o.sessions_stored,
-            inbox_pending: o.inbox_pending,
-            outbox_pending: o.outbox_pending,
-            dead_letters: o.dead_letters,
+            sessions_stored: known(o.sessions_stored),
+            inbox_pending: known(o.inbox_pending),
+            outbox_pending: known(o.outbox_pending),
+            dead_letters: known(o.dead_letters),
             ready: o.ready,
+            store_backend: o.store_backend,
+            store_ok,
+            store_error: (!store_ok).then_some(o.store_error),
             faults: o.faults.into_iter().map(FaultInfo::from_pb).collect(),
-            database_bytes: o.database_bytes,
+            database_bytes: known(o.database_bytes),
             table_rows: o
                 .table_rows
                 .into_iter()
@@ -122,16 +132,35 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
     ))?;
     out.line(format!(
         "sessions   {} resident of {}, {} stored",
-        s.sessions_resident, s.sessions_capacity, s.sessions_stored
+        s.sessions_resident,
+        s.sessions_capacity,
+        or_unknown(s.sessions_stored)
     ))?;
-    out.line(format!(
-        "queues     {} inbound pending, {} replies pending, {} dead letter(s)",
-        s.inbox_pending, s.outbox_pending, s.dead_letters
-    ))?;
+    out.line(match (s.inbox_pending, s.outbox_pending, s.dead_letters) {
+        (Some(inbox), Some(outbox), Some(dead)) => format!(
+            "queues     {inbox} inbound pending, {outbox} replies pending, {dead} dead letter(s)"
+        ),
+        _ => "queues     unknown while the store does not answer".to_owned(),
+    })?;
+    let failed = s.faults.iter().any(|f| !f.restartable);
     out.line(if s.ready {
         "health     ready".to_owned()
-    } else {
+    } else if failed {
         "health     NOT READY: a part failed and cannot be restarted; restart gatewayd".to_owned()
+    } else {
+        "health     NOT READY: the store does not answer".to_owned()
+    })?;
+    let backend = if s.store_backend.is_empty() {
+        "unknown"
+    } else {
+        s.store_backend.as_str()
+    };
+    out.line(match &s.store_error {
+        None => format!("store      {backend}, ok"),
+        Some(e) => format!(
+            "store      {backend}, UNAVAILABLE: {}",
+            truncate(&clean(e), 200)
+        ),
     })?;
     let now = now_ms();
     for f in &s.faults {
@@ -148,15 +177,31 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
             truncate(&clean(&f.message), 200)
         ))?;
     }
+    match s.database_bytes {
+        Some(n) => {
+            out.line(format!(
+                "database   {} on disk; rows as last counted:",
+                bytes(n)
+            ))?;
+            table_rows(&out, &s.table_rows)?;
+        }
+        None => out.line("database   unknown while the store does not answer")?,
+    }
     out.line(format!(
-        "database   {} on disk; rows as last counted:",
-        bytes(s.database_bytes)
+        "identity   {} cached address(es) of {}",
+        s.identity_cache_entries, s.identity_cache_capacity
     ))?;
-    if s.table_rows.is_empty() {
+    out.line("")?;
+    out.table(&channels_table(&s.channels, now_ms()))
+}
+
+/// The rows per table, wrapped to 78 columns under the `database` line.
+fn table_rows(out: &Out, rows: &[TableRows]) -> anyhow::Result<()> {
+    if rows.is_empty() {
         out.line("           not counted yet")?;
     }
     let mut line = String::new();
-    for t in &s.table_rows {
+    for t in rows {
         let item = format!("{} {}", t.table, t.rows);
         if !line.is_empty() && 11 + line.len() + 2 + item.len() > 78 {
             out.line(format!("           {line},"))?;
@@ -170,12 +215,12 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
     if !line.is_empty() {
         out.line(format!("           {line}"))?;
     }
-    out.line(format!(
-        "identity   {} cached address(es) of {}",
-        s.identity_cache_entries, s.identity_cache_capacity
-    ))?;
-    out.line("")?;
-    out.table(&channels_table(&s.channels, now_ms()))
+    Ok(())
+}
+
+/// A count the store gave, or `unknown`.
+fn or_unknown(n: Option<u64>) -> String {
+    n.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
 }
 
 /// `1536` → `1.5 KiB`.

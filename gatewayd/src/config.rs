@@ -89,10 +89,16 @@ pub struct StoreConfig {
     pub transcript_retention: TranscriptRetention,
     /// How often the pruner runs.
     pub prune_interval: HumanDuration,
+    /// `postgres`: the environment variable holding the database's libpq URL.
+    pub url_env: Option<String>,
+    /// `postgres`: a file holding the database's libpq URL (alternative to `url_env`).
+    pub url_file: Option<PathBuf>,
+    /// `postgres`: connections the store's pool keeps open at most.
+    pub max_connections: usize,
 }
 
 /// The accepted values of `store.backend`.
-pub const STORE_BACKENDS: &[&str] = &["sqlite"];
+pub const STORE_BACKENDS: &[&str] = &["sqlite", "postgres"];
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -102,6 +108,9 @@ impl Default for StoreConfig {
             dedupe_window: HumanDuration(Duration::from_secs(7 * 86_400)),
             transcript_retention: TranscriptRetention::Forever,
             prune_interval: HumanDuration(Duration::from_secs(5 * 60)),
+            url_env: None,
+            url_file: None,
+            max_connections: crate::store::postgres::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -645,6 +654,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_store_url(&mut err);
         if self
             .store
             .path
@@ -658,6 +668,73 @@ impl Config {
             );
         }
         errors
+    }
+
+    /// The `[store]` URL keys: `postgres` needs exactly one of `url_env` and `url_file`, naming
+    /// a libpq URL; `sqlite` takes neither. The URL itself is never part of a message.
+    fn validate_store_url(&self, err: &mut impl FnMut(&str, String)) {
+        let store = &self.store;
+        if store.backend != "postgres" {
+            for (key, set) in [
+                ("store.url_env", store.url_env.is_some()),
+                ("store.url_file", store.url_file.is_some()),
+            ] {
+                if set {
+                    err(
+                        key,
+                        format!(
+                            "is only used with backend = \"postgres\" (the backend is `{}`); remove it or set backend = \"postgres\"",
+                            store.backend
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        if store.url_env.is_none() && store.url_file.is_none() {
+            err(
+                "store.url_env",
+                "backend = \"postgres\" needs the database URL: set url_env = \"DATABASE_URL\" (a variable holding e.g. postgres://gateway:secret@db.example:5432/gateway) or url_file = \"/run/secrets/database_url\"".to_owned(),
+            );
+            return;
+        }
+        if let Some(e) = parse::check_secret(
+            "store",
+            "url",
+            "the database URL",
+            &store.url_env,
+            &store.url_file,
+            true,
+        ) {
+            err(&e.path, e.message);
+            return;
+        }
+        match self.store_url() {
+            Ok(Some(url)) => {
+                if let Err(e) = crate::store::postgres::parse_url(&url) {
+                    let key = if store.url_env.is_some() {
+                        "store.url_env"
+                    } else {
+                        "store.url_file"
+                    };
+                    err(key, e.to_string());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let key = if store.url_env.is_some() {
+                    "store.url_env"
+                } else {
+                    "store.url_file"
+                };
+                err(key, e);
+            }
+        }
+    }
+
+    /// The PostgreSQL URL through `store.url_env` or `store.url_file`; `None` when neither is set.
+    pub fn store_url(&self) -> Result<Option<String>, String> {
+        Self::secret("store.url", &self.store.url_env, &self.store.url_file)
     }
 
     /// What the store prunes and how often, from `[store]` and `gateway.history_window`.
@@ -866,18 +943,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn store_backend_accepts_sqlite_only_and_names_the_accepted_values() {
+    fn store_backend_accepts_sqlite_and_postgres_and_names_the_accepted_values() {
         assert_eq!(Config::parse("").expect("defaults").store.backend, "sqlite");
         let c = Config::parse("[store]\nbackend = \"sqlite\"\n").expect("sqlite");
         assert_eq!(c.store.backend, "sqlite");
-        let errs = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("postgres");
+        let errs = Config::parse("[store]\nbackend = \"mysql\"\n").expect_err("mysql");
         let e = errs
             .iter()
             .find(|e| e.path == "store.backend")
             .unwrap_or_else(|| panic!("no store.backend error: {errs:?}"));
         assert_eq!(e.line, Some(2), "{e}");
         assert!(
-            e.message.contains("`postgres`") && e.message.contains("accepted values: sqlite"),
+            e.message.contains("`mysql`")
+                && e.message.contains("accepted values: sqlite, postgres"),
             "{e}"
         );
         let mut c = Config::parse("").expect("defaults");
@@ -888,6 +966,94 @@ pub(crate) mod tests {
         );
         let errs = Config::parse("[store]\nbackend = 1\n").expect_err("not a string");
         assert!(errs.iter().any(|e| e.path == "store.backend"), "{errs:?}");
+    }
+
+    #[test]
+    fn postgres_needs_exactly_one_readable_url_and_never_shows_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("db_url");
+        std::fs::write(&file, "postgres://gw:hunter2@127.0.0.1:5432/gw\n").expect("write");
+        let text = format!(
+            "[store]\nbackend = \"postgres\"\nurl_file = \"{}\"\nmax_connections = 4\n",
+            file.display()
+        );
+        let c = Config::parse(&text).expect("postgres with a URL file");
+        assert_eq!(c.store.max_connections, 4);
+        assert_eq!(
+            c.store_url().expect("readable").as_deref(),
+            Some("postgres://gw:hunter2@127.0.0.1:5432/gw"),
+            "trimmed"
+        );
+        assert_eq!(
+            Config::parse("").expect("defaults").store.max_connections,
+            16
+        );
+        let path_of = |text: &str| -> Vec<(String, String)> {
+            Config::parse(text)
+                .expect_err(text)
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect()
+        };
+        let errs = path_of("[store]\nbackend = \"postgres\"\n");
+        assert!(
+            errs.iter().any(|(p, m)| p == "store.url_env"
+                && m.contains("url_env = \"DATABASE_URL\"")
+                && m.contains("postgres://")),
+            "{errs:?}"
+        );
+        let errs = path_of(&format!(
+            "[store]\nbackend = \"postgres\"\nurl_env = \"GW_TEST_UNSET_DATABASE_URL\"\nurl_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "store.url_env" && m.contains("only one")),
+            "{errs:?}"
+        );
+        let errs =
+            path_of("[store]\nbackend = \"postgres\"\nurl_env = \"GW_TEST_UNSET_DATABASE_URL\"\n");
+        assert!(
+            errs.iter().any(|(p, m)| p == "store.url_env"
+                && m.contains("GW_TEST_UNSET_DATABASE_URL")
+                && m.contains("not set")),
+            "{errs:?}"
+        );
+        let errs = path_of("[store]\nbackend = \"postgres\"\nurl_file = \"/nonexistent/db_url\"\n");
+        assert!(errs.iter().any(|(p, _)| p == "store.url_file"), "{errs:?}");
+        std::fs::write(&file, "postgres://gw@127.0.0.1/gw?sslmode=require").expect("write");
+        let errs = path_of(&text);
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "store.url_file" && m.contains("sslmode=require")),
+            "{errs:?}"
+        );
+        std::fs::write(&file, "postgres://gw:hunter2@127.0.0.1:notaport/gw").expect("write");
+        let errs = path_of(&text);
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "store.url_file" && m.contains("libpq URL")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().all(|(_, m)| !m.contains("hunter2")),
+            "the password is never shown: {errs:?}"
+        );
+        for n in ["0", "1001"] {
+            std::fs::write(&file, "postgres://gw@127.0.0.1/gw").expect("write");
+            let errs =
+                path_of(&text.replace("max_connections = 4", &format!("max_connections = {n}")));
+            assert!(
+                errs.iter().any(|(p, _)| p == "store.max_connections"),
+                "{n}: {errs:?}"
+            );
+        }
+        let errs = path_of(&format!("[store]\nurl_file = \"{}\"\n", file.display()));
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "store.url_file" && m.contains("backend = \"postgres\"")),
+            "{errs:?}"
+        );
     }
 
     #[test]

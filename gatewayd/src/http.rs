@@ -13,8 +13,9 @@
 //!
 //! `/healthz` answers 200 `ok` whenever this listener serves: the process is alive. `/readyz`
 //! answers 200 `ready` only when the gateway can take traffic: started and not stopping, the
-//! store readable, and no part that cannot be restarted failed; otherwise 503 with a text body
-//! that says why, naming each failed part.
+//! store answering a round trip ([`store_health`], within [`STORE_PING_TIMEOUT`]), and no part
+//! that cannot be restarted failed; otherwise 503 with a text body that says why, naming each
+//! failed part or the store's backend and its error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,13 +115,39 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
-    match state.store.counts().await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (
+    match store_health(&state.store).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
+            format!(
+                "not ready: the {} store is unavailable: {why}\n",
+                state.store.backend()
+            ),
         )
             .into_response(),
+    }
+}
+
+/// How long [`store_health`] waits for the database's answer.
+pub const STORE_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the store answers a round trip now ([`crate::store::Store::ping`]), within
+/// [`STORE_PING_TIMEOUT`]; `Err` says why not and where to look. `/readyz` and the admin API's
+/// overview report it.
+pub async fn store_health(store: &SharedStore) -> Result<(), String> {
+    let hint = match store.backend() {
+        "postgres" => {
+            "check that the database of [store] url_env (or url_file) is up and reachable"
+        }
+        _ => "check the database file at [store] path and its disk",
+    };
+    match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e}; {hint}")),
+        Err(_) => Err(format!(
+            "no answer within {} s; {hint}",
+            STORE_PING_TIMEOUT.as_secs()
+        )),
     }
 }
 

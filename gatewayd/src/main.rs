@@ -1,5 +1,6 @@
 //! The `gatewayd` binary: reads the configuration, sets up logging, runs the gateway until
-//! SIGINT or SIGTERM, and offers `check-config` to validate a file without starting anything.
+//! SIGINT or SIGTERM, and offers `check-config` to validate a file without starting anything and
+//! `migrate-store` to copy an SQLite store into PostgreSQL.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print every error with its key path and line, and exit.
     CheckConfig,
+    /// Copy an SQLite store into an empty PostgreSQL database, verify every table, and exit.
+    /// Run it while gatewayd is stopped.
+    MigrateStore {
+        /// The store to copy: `sqlite:PATH`, or `sqlite` for the file `[store] path` names.
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// Where to: `postgres` (the URL from `[store] url_env` or `url_file` of the
+        /// configuration) or `postgres:URL`.
+        #[arg(long, value_name = "postgres[:URL]")]
+        to: String,
+    },
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -53,6 +65,9 @@ fn main() -> ExitCode {
             eprintln!("warning: {warning}");
         }
         return check_workflows(&config, &path);
+    }
+    if let Some(Command::MigrateStore { from, to }) = &cli.command {
+        return migrate_store(&config, from, to);
     }
     let log_dir = config.log_dir();
     if let Err(e) = std::fs::create_dir_all(&log_dir) {
@@ -138,6 +153,77 @@ fn check_workflows(config: &Config, path: &Path) -> ExitCode {
         eprintln!("  {e}");
     }
     ExitCode::from(2)
+}
+
+/// `migrate-store`: copies the SQLite store `from` names into the PostgreSQL database `to`
+/// names and prints what each table holds; exits 2 on a bad argument, 1 on a failed copy.
+fn migrate_store(config: &Config, from: &str, to: &str) -> ExitCode {
+    let source = match from.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ if from == "sqlite" => config.database_path(),
+        _ => {
+            eprintln!(
+                "gatewayd migrate-store: --from takes sqlite:PATH (or sqlite for [store] path), not `{from}`"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let url = if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        to.to_owned()
+    } else if let Some(url) = to.strip_prefix("postgres:") {
+        url.to_owned()
+    } else if to == "postgres" {
+        match config.store_url() {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                eprintln!(
+                    "gatewayd migrate-store: --to postgres takes the URL from [store] url_env or url_file, and neither is set; set one or write --to postgres:URL"
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("gatewayd migrate-store: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        eprintln!(
+            "gatewayd migrate-store: --to takes postgres (the [store] URL) or postgres:URL, not `{to}`"
+        );
+        return ExitCode::from(2);
+    };
+    let target = match gatewayd::store::postgres::parse_url(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatewayd migrate-store: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target_name = gatewayd::store::postgres::describe(&target);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatewayd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(gatewayd::store::postgres::migrate_from_sqlite(
+        &source, target,
+    )) {
+        Ok(tables) => {
+            println!("copied {} to {target_name}:", source.display());
+            println!("  {:<18} {:>10}  checksum", "table", "rows");
+            for t in &tables {
+                println!("  {:<18} {:>10}  {}", t.table, t.rows, t.checksum);
+            }
+            println!("every table verified; set [store] backend = \"postgres\" and start gatewayd");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatewayd migrate-store: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

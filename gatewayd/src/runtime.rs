@@ -48,6 +48,7 @@ use crate::session::Context;
 use crate::session::router::Router;
 use crate::store::RunOrigin;
 use crate::store::SharedStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::supervise::{ADMIN_API, FaultInjector, HTTP_SERVER, STORE_WRITER, Supervisor};
 use crate::workflow::run::{Engine, NodeServices};
@@ -111,33 +112,53 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
 }
 
+/// Opens the store `[store] backend` names. The writer probe and its fault injection are
+/// SQLite's (its single writer thread); PostgreSQL has no such thread.
+async fn open_store(config: &Config, supervisor: &Supervisor) -> anyhow::Result<SharedStore> {
+    if config.store.backend == "postgres" {
+        let url = config
+            .store_url()
+            .map_err(anyhow::Error::msg)?
+            .context("store.url_env or store.url_file must name the database URL")?;
+        let parsed = crate::store::postgres::parse_url(&url)?;
+        let target = crate::store::postgres::describe(&parsed);
+        let store = PostgresStore::open_config(
+            parsed,
+            config.store_retention(),
+            config.store.max_connections,
+        )
+        .await
+        .with_context(|| format!("cannot open the PostgreSQL database {target}"))?;
+        return Ok(Arc::new(store));
+    }
+    let db_path = config.database_path();
+    let sqlite = Arc::new(
+        SqliteStore::open_with(&db_path, config.store_retention())
+            .with_context(|| format!("cannot open the database {}", db_path.display()))?,
+    );
+    let watched = Arc::downgrade(&sqlite);
+    supervisor.add_probe(
+        STORE_WRITER,
+        Box::new(move || watched.upgrade().and_then(|s| s.writer_failure())),
+    );
+    let target = Arc::downgrade(&sqlite);
+    supervisor.injector().add_trigger(
+        STORE_WRITER,
+        Box::new(move || {
+            if let Some(s) = target.upgrade() {
+                s.panic_writer();
+            }
+        }),
+    );
+    Ok(sqlite)
+}
+
 impl Gateway {
     /// Starts everything; returns once the listener is bound and unfinished work is resumed.
     /// `config_path` is only used in messages.
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
-        let db_path = config.database_path();
         let supervisor = Supervisor::new();
-        let sqlite = Arc::new(
-            SqliteStore::open_with(&db_path, config.store_retention())
-                .with_context(|| format!("cannot open the database {}", db_path.display()))?,
-        );
-        {
-            let watched = Arc::downgrade(&sqlite);
-            supervisor.add_probe(
-                STORE_WRITER,
-                Box::new(move || watched.upgrade().and_then(|s| s.writer_failure())),
-            );
-            let target = Arc::downgrade(&sqlite);
-            supervisor.injector().add_trigger(
-                STORE_WRITER,
-                Box::new(move || {
-                    if let Some(s) = target.upgrade() {
-                        s.panic_writer();
-                    }
-                }),
-            );
-        }
-        let store: SharedStore = sqlite;
+        let store = open_store(&config, &supervisor).await?;
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);

@@ -14,11 +14,12 @@
 //! than the dedupe window, transcript entries once older than the transcript retention except
 //! each session's last history window; pending rows and dead letters are never pruned.
 //!
-//! The embedded backend is [`sqlite::SqliteStore`]; the trait is shaped so that a shared backend
-//! (PostgreSQL) can implement the same operations for several instances. The trait and its
+//! The embedded backend is [`sqlite::SqliteStore`]; the shared one, which several instances
+//! may use at once, is [`postgres::PostgresStore`] (`[store] backend = "postgres"`). The trait and its
 //! error live here; the records it takes and returns live in `records`, `dead`, `runs`,
 //! `inspect` and `retention`, all re-exported.
 
+pub mod postgres;
 pub mod sqlite;
 
 mod access;

@@ -6,7 +6,11 @@
 //! empty store. The [`contract!`] invocation at the end runs every case on every backend as its
 //! own test, named `<backend>::<case>`: adding a backend or a case is one entry there.
 //!
-//! What only one backend has (SQLite's full disk, vacuum, pruning) is tested beside it.
+//! What only one backend has (SQLite's full disk, vacuum, pruning) is tested beside it. The
+//! PostgreSQL cases run on the cluster named by `GATEWAY_TEST_PG_URL` (`tests/run.sh` starts
+//! one), each in a fresh database.
+
+mod pg_support;
 
 use std::future::Future;
 
@@ -15,6 +19,7 @@ use gatewayd::message::{
     UserId, now_ms,
 };
 use gatewayd::send::ErrorClass;
+use gatewayd::store::postgres::PostgresStore;
 use gatewayd::store::sqlite::SqliteStore;
 use gatewayd::store::{BudgetOverride, UsageRecord};
 use gatewayd::store::{
@@ -42,6 +47,18 @@ async fn open_sqlite() -> Opened {
     }
 }
 
+/// PostgreSQL: a fresh database on the cluster named by `GATEWAY_TEST_PG_URL`.
+async fn open_postgres() -> Opened {
+    let database = pg_support::FreshDatabase::new().await;
+    let store = PostgresStore::open(&database.url)
+        .await
+        .expect("open the store");
+    Opened {
+        store: std::sync::Arc::new(store),
+        _keep: Box::new(database),
+    }
+}
+
 /// Runs every case on every backend, each pair as its own test.
 macro_rules! contract {
     (backends: [$($backend:ident => $open:ident),* $(,)?], cases: $cases:tt $(,)?) => {
@@ -62,7 +79,7 @@ macro_rules! contract {
 }
 
 contract! {
-    backends: [sqlite => open_sqlite],
+    backends: [sqlite => open_sqlite, postgres => open_postgres],
     cases: [
         inbox_dedupes_by_channel_and_message_id,
         pending_inbound_messages_come_back_whole_and_oldest_first,

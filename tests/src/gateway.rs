@@ -6,6 +6,10 @@
 //! The daemon's stderr goes to `<tempdir>/stderr.log` (append mode, so
 //! restarts keep earlier output); stdout is captured line by line in memory
 //! and can be waited on without polling.
+//!
+//! The store is SQLite in the data directory, or with `GATEWAY_TEST_STORE=postgres` (or
+//! [`GatewayOptions::store`]) a fresh PostgreSQL database per `Gateway` (see [`crate::pg`]),
+//! created at [`Gateway::start`] and kept across restarts, so a restarted daemon sees its data.
 
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::pg::{StoreChoice, TestDatabase};
 use crate::support::{lock, wait_notified};
 
 /// How long [`Gateway::start`] / [`Gateway::restart`] wait for the listening line.
@@ -49,6 +54,8 @@ pub struct GatewayOptions {
     /// Extra environment variables for the daemon (`RUST_LOG` is always
     /// removed first, so it may be set here deliberately).
     pub env: Vec<(String, String)>,
+    /// The store backend; [`StoreChoice::FromEnv`] (the default) follows `GATEWAY_TEST_STORE`.
+    pub store: StoreChoice,
 }
 
 impl GatewayOptions {
@@ -60,8 +67,16 @@ impl GatewayOptions {
         }
     }
 
-    /// Renders the full `gatewayd.toml` text for the given data directory.
+    /// Renders the full `gatewayd.toml` text for the given data directory, with the store
+    /// `extra_config` sets (SQLite unless it says otherwise).
     pub fn render_config(&self, data_dir: &Path) -> String {
+        self.render_config_with_store(data_dir, None)
+    }
+
+    /// [`render_config`](Self::render_config) with the `[store]` keys of `store_keys` merged
+    /// into it: into the `[store]` table of `extra_config` unless that sets `backend` or `path`
+    /// itself, else as a `[store]` table of their own.
+    pub fn render_config_with_store(&self, data_dir: &Path, store_keys: Option<&str>) -> String {
         fn push_block(out: &mut String, block: &str) {
             if !block.trim().is_empty() {
                 out.push_str(block.trim_end());
@@ -93,13 +108,83 @@ impl GatewayOptions {
         if !self.extra_config.contains("[access]") {
             out.push_str("\n[access]\ndm_policy = \"open\"\n");
         }
-        if !self.extra_config.trim().is_empty() {
+        let extra = match store_keys {
+            Some(keys) => merge_store_keys(&self.extra_config, keys),
+            None => self.extra_config.clone(),
+        };
+        if !extra.trim().is_empty() {
             out.push('\n');
-            push_block(&mut out, &self.extra_config);
+            push_block(&mut out, &extra);
         }
         out
     }
 }
+
+/// The lines of the `[store]` table of `extra` (after its header), if it has one.
+fn store_table(extra: &str) -> Option<(usize, Vec<&str>)> {
+    let lines: Vec<&str> = extra.lines().collect();
+    let header = lines.iter().position(|l| l.trim() == "[store]")?;
+    let table = lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .copied()
+        .collect();
+    Some((header, table))
+}
+
+/// Whether `extra` has a `[store]` table that sets `backend` or `path`: the test chose its store.
+fn store_chosen(extra: &str) -> bool {
+    store_table(extra).is_some_and(|(_, table)| {
+        table.iter().any(|l| {
+            let key = l.split('=').next().unwrap_or_default().trim();
+            key == "backend" || key == "path"
+        })
+    })
+}
+
+/// The backend the `[store]` table of `extra` sets (`sqlite` when it sets none).
+fn chosen_backend(extra: &str) -> &'static str {
+    let set = store_table(extra).and_then(|(_, table)| {
+        table.iter().find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "backend").then(|| value.trim().trim_matches('"').to_owned())
+        })
+    });
+    if set.as_deref() == Some("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// `extra` with `keys` (lines of a `[store]` table) added: right under its `[store]` header
+/// unless that table sets `backend` or `path` (the test chose its store), else as a table of
+/// their own at the end.
+fn merge_store_keys(extra: &str, keys: &str) -> String {
+    if store_chosen(extra) {
+        return extra.to_owned();
+    }
+    let Some((header, _)) = store_table(extra) else {
+        let mut out = extra.trim_end().to_owned();
+        out.push_str("\n\n[store]\n");
+        out.push_str(keys.trim_end());
+        out.push('\n');
+        return out;
+    };
+    let lines: Vec<&str> = extra.lines().collect();
+    let mut out = lines[..=header].join("\n");
+    out.push('\n');
+    out.push_str(keys.trim_end());
+    for l in &lines[header + 1..] {
+        out.push('\n');
+        out.push_str(l);
+    }
+    out.push('\n');
+    out
+}
+
+/// The environment variable through which the harness hands the daemon its database URL.
+pub const DATABASE_URL_ENV: &str = "GATEWAY_TEST_DATABASE_URL";
 
 /// Quotes `s` as a TOML basic string.
 pub fn toml_string(s: &str) -> String {
@@ -187,6 +272,9 @@ pub struct Gateway {
     stdout: Arc<StdoutLog>,
     drain: Option<JoinHandle<()>>,
     client: reqwest::Client,
+    backend: &'static str,
+    database: Option<TestDatabase>,
+    database_url: Option<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -229,7 +317,24 @@ impl Gateway {
             .tempdir()
             .context("creating temp dir")?;
         let config_path = dir.path().join("gatewayd.toml");
-        let config = opts.render_config(&dir.path().join("data"));
+        // A test that chose its own store in `[store]` keeps it.
+        let (database, database_url) = match opts.store.resolve() {
+            StoreChoice::Postgres { via } if !store_chosen(&opts.extra_config) => {
+                let db = TestDatabase::create().await?;
+                let url = db.url(via)?;
+                (Some(db), Some(url))
+            }
+            _ => (None, None),
+        };
+        let store_keys = database
+            .as_ref()
+            .map(|_| format!("backend = \"postgres\"\nurl_env = \"{DATABASE_URL_ENV}\"\n"));
+        let backend = if database.is_some() || chosen_backend(&opts.extra_config) == "postgres" {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let config = opts.render_config_with_store(&dir.path().join("data"), store_keys.as_deref());
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let client = reqwest::Client::builder()
@@ -248,6 +353,9 @@ impl Gateway {
             stdout: Arc::new(StdoutLog::default()),
             drain: None,
             client,
+            backend,
+            database,
+            database_url,
         };
         gw.spawn().await?;
         Ok(gw)
@@ -266,6 +374,11 @@ impl Gateway {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.database_url
+                    .iter()
+                    .map(|u| (DATABASE_URL_ENV, u.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -332,6 +445,42 @@ impl Gateway {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
         self.spawn().await
+    }
+
+    /// The store backend this gateway runs on (`sqlite` or `postgres`).
+    pub fn store_backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// This gateway's PostgreSQL database, when it runs on PostgreSQL.
+    pub fn database(&self) -> Option<&TestDatabase> {
+        self.database.as_ref()
+    }
+
+    /// Runs `sql` (statements without parameters) on this gateway's database, whichever the
+    /// backend: SQLite's file through the `sqlite3` CLI (stop the daemon first), or its
+    /// PostgreSQL database. For a test that edits stored state the admin API cannot reach.
+    pub async fn execute_sql(&self, sql: &str) -> anyhow::Result<()> {
+        if let Some(db) = &self.database {
+            return db.execute(sql).await;
+        }
+        let file = self.data_dir().join("gateway.db");
+        let out = Command::new("sqlite3")
+            .arg(&file)
+            .arg(sql)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context(
+                "running the sqlite3 CLI (Debian package sqlite3; tests/run.sh installs it)",
+            )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "sqlite3 {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` of the current run.
@@ -751,6 +900,29 @@ mod tests {
             Some(want)
         );
         assert_eq!(parse_listening("something else"), None);
+    }
+
+    #[test]
+    fn merges_the_store_keys_unless_the_test_chose_its_store() {
+        let keys = "backend = \"postgres\"\n";
+        assert_eq!(
+            merge_store_keys("[agent]\nx = 1\n", keys),
+            "[agent]\nx = 1\n\n[store]\nbackend = \"postgres\"\n"
+        );
+        assert_eq!(
+            merge_store_keys("[store]\nprune_interval = \"1s\"\n[agent]\n", keys),
+            "[store]\nbackend = \"postgres\"\nprune_interval = \"1s\"\n[agent]\n"
+        );
+        for chosen in [
+            "[store]\nbackend = \"sqlite\"\n",
+            "[store]\nprune_interval = \"1s\"\npath = \"x.db\"\n",
+        ] {
+            assert!(store_chosen(chosen));
+            assert_eq!(merge_store_keys(chosen, keys), chosen);
+        }
+        assert!(!store_chosen(
+            "[store]\nprune_interval = \"1s\"\n[agent]\nbackend = 1\n"
+        ));
     }
 
     #[test]

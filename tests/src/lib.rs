@@ -15,8 +15,10 @@ pub mod fake_telegram;
 pub mod fake_whatsapp;
 pub mod gateway;
 pub mod inspect;
+pub mod pg;
 pub mod replies;
 mod support;
+pub mod tcp_proxy;
 pub mod webchat;
 
 use std::future::Future;

@@ -455,6 +455,10 @@ async fn list_inbox_and_list_outbox_filter_and_page_what_is_stored() {
         cursor = page.next_cursor;
     }
     assert_eq!(outbox.len(), posted.len(), "{outbox:?}");
+    let ids: Vec<i64> = outbox.iter().map(|o| o.id).collect();
+    assert!(ids.is_sorted(), "oldest first: {ids:?}");
+    // Turns of different chats commit in parallel, so replies need not be in inbox order.
+    outbox.sort_by_key(|o| o.inbox_id);
     for (out, inb) in outbox.iter().zip(&inbox) {
         assert_eq!(out.inbox_id, inb.id, "{out:?}");
         assert_eq!(out.reply_to, inb.channel_message_id, "{out:?}");

@@ -88,9 +88,12 @@ async fn sigterm_exits_cleanly_and_logs_and_database_are_in_the_data_dir() {
         .expect("start");
     let data = gw.data_dir();
     let logs = data.join("logs");
+    // SQLite's file is in the data directory; PostgreSQL's database is not a file there.
+    let sqlite = gw.store_backend() == "sqlite";
 
-    assert!(
+    assert_eq!(
         data.join("gateway.db").is_file(),
+        sqlite,
         "database file {}",
         data.join("gateway.db").display()
     );
@@ -126,7 +129,11 @@ async fn sigterm_exits_cleanly_and_logs_and_database_are_in_the_data_dir() {
         "SIGTERM exits with success: {status}\n{}",
         gw.stderr_tail(30)
     );
-    assert!(data.join("gateway.db").is_file(), "the database stays");
+    assert_eq!(
+        data.join("gateway.db").is_file(),
+        sqlite,
+        "the database stays"
+    );
 }
 
 /// Options with the openai provider at `llm`, the HTTP channel at `callback`, and a short

@@ -669,8 +669,8 @@ chat_id = "15550024680"
 text = "sorry for the wait"
 "#;
 
-/// The chat's last message is made 25 hours old in the store (stopped gateway, the `sqlite3`
-/// CLI, which the build image ships), then a message to it is a dead letter naming the age.
+/// The chat's last message is made 25 hours old in the store (a stopped gateway; SQL on its
+/// database, whichever the backend), then a message to it is a dead letter naming the age.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_a_day_after_the_last_message_is_a_dead_letter_naming_its_age() {
     let dir = tempfile::tempdir().expect("a workflows dir");
@@ -684,20 +684,12 @@ async fn a_reply_a_day_after_the_last_message_is_a_dead_letter_naming_its_age() 
     let id = s.send_text(from, "hello yesterday").await;
     s.wait_reply(from, &id).await;
     s.gw.stop().await.expect("stop gatewayd");
-    let db = s.gw.data_dir().join("gateway.db");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!(
-            "UPDATE inbox SET received_at = received_at - 25 * 3600 * 1000 \
-             WHERE channel = 'whatsapp' AND chat_id = '{from}';"
-        ))
-        .output()
-        .expect("this test needs the sqlite3 CLI (Debian package sqlite3) to age a stored message");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.gw.execute_sql(&format!(
+        "UPDATE inbox SET received_at = received_at - 25 * 3600 * 1000 \
+         WHERE channel = 'whatsapp' AND chat_id = '{from}';"
+    ))
+    .await
+    .expect("age the stored message");
     s.gw.restart().await.expect("restart");
     let sent_before = s.wa.sent().len();
 

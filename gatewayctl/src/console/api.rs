@@ -144,7 +144,7 @@ async fn fetch(api: &mut Api, f: Fetch) -> Result<Data, String> {
             .await
             .ok()
             .map(|r| r.into_inner().into());
-            return Ok(Data::Overview(overview));
+            return Ok(Data::Overview(Box::new(overview)));
         }
         Fetch::Sessions { after } => within(c.list_sessions(pb::ListSessionsRequest {
             cursor: after.clone().unwrap_or_default(),

@@ -84,7 +84,7 @@ pub enum ApiUpdate {
 /// Fetched data.
 #[derive(Debug)]
 pub enum Data {
-    Overview(Overview),
+    Overview(Box<Overview>),
     /// One page of sessions; `after` is the cursor it was fetched with (None: the first page).
     Sessions {
         after: Option<String>,
@@ -359,7 +359,7 @@ impl App {
 
     fn apply(&mut self, data: Data) -> Option<Intent> {
         match data {
-            Data::Overview(o) => self.overview.sample(o),
+            Data::Overview(o) => self.overview.sample(*o),
             Data::Sessions {
                 after,
                 sessions,
@@ -592,6 +592,8 @@ pub(crate) mod tests {
                 outbox_pending: 1,
                 inbox_pending: 0,
                 agent_provider: "echo".into(),
+                store_backend: "sqlite".into(),
+                store_error: None,
                 usage: Some(UsageToday {
                     global_tokens: 1_250_000,
                     global_budget: Some(5_000_000),

@@ -22,7 +22,7 @@ use crate::events::EventBus;
 use crate::identity::Identity;
 use crate::message::SessionKey;
 use crate::session::router::Router;
-use crate::store::{SessionFilter, SharedStore, StoredSession};
+use crate::store::{SessionFilter, SharedStore, StorageStats, StoreError, StoredSession};
 use crate::workflow::run::Engine;
 use args::*;
 
@@ -119,9 +119,24 @@ impl Admin for AdminService {
         _: Request<pb::GetOverviewRequest>,
     ) -> Result<Response<pb::GetOverviewResponse>, Status> {
         let s = &self.state;
-        let (inbox_pending, outbox_pending, dead) = s.store.counts().await.map_err(store_status)?;
-        let stored = s.store.count_sessions().await.map_err(store_status)?;
-        let storage = s.store.storage().await.map_err(store_status)?;
+        // While the store does not answer, the overview still comes back: with the store's
+        // error, and zeros for what only the store knows.
+        let read = match crate::http::store_health(&s.store).await {
+            Ok(()) => async {
+                Ok::<_, StoreError>((
+                    s.store.counts().await?,
+                    s.store.count_sessions().await?,
+                    s.store.storage().await?,
+                ))
+            }
+            .await
+            .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        let (store_health, ((inbox_pending, outbox_pending, dead), stored, storage)) = match read {
+            Ok(read) => (Ok(()), read),
+            Err(why) => (Err(why), ((0, 0, 0), 0, StorageStats::default())),
+        };
         let traffic = s.events.traffic();
         let (rate_in, rate_out) = traffic.rates();
         let faults = s.supervisor.faults();
@@ -146,12 +161,15 @@ impl Admin for AdminService {
             outbox_pending,
             inbox_pending,
             agent_provider: s.provider.to_owned(),
-            ready: faults.iter().all(|f| f.restartable),
+            ready: faults.iter().all(|f| f.restartable) && store_health.is_ok(),
             faults: faults.iter().map(convert::fault).collect(),
             database_bytes: storage.database_bytes,
             table_rows: convert::table_rows(&storage),
             identity_cache_entries: convert::count(cache_entries),
             identity_cache_capacity: convert::count(cache_capacity),
+            store_backend: s.store.backend().to_owned(),
+            store_ok: store_health.is_ok(),
+            store_error: store_health.err().unwrap_or_default(),
         }))
     }
 

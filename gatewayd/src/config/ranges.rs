@@ -302,6 +302,9 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("store.prune_interval", millis(SEC, DAY), |c| {
         dur(c.store.prune_interval)
     }),
+    key("store.max_connections", ints(1, 1_000), |c| {
+        int(c.store.max_connections)
+    }),
     key(
         "budgets.user_tokens_per_day",
         ints(1, MAX_BUDGET_TOKENS),

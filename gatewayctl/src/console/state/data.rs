@@ -29,6 +29,10 @@ pub struct Overview {
     pub outbox_pending: u64,
     pub inbox_pending: u64,
     pub agent_provider: String,
+    /// The store's backend (`sqlite`, `postgres`; empty from a daemon that does not say).
+    pub store_backend: String,
+    /// Why the store does not answer; `None` while it does (the queue counts are then real).
+    pub store_error: Option<String>,
     /// Today's LLM usage (ListUsage); `None` when gatewayd could not tell.
     pub usage: Option<UsageToday>,
 }
@@ -87,6 +91,8 @@ impl From<pb::GetOverviewResponse> for Overview {
             outbox_pending: o.outbox_pending,
             inbox_pending: o.inbox_pending,
             agent_provider: o.agent_provider,
+            store_error: (!o.store_ok && !o.store_backend.is_empty()).then_some(o.store_error),
+            store_backend: o.store_backend,
             usage: None,
         }
     }

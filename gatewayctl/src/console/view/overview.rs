@@ -1,5 +1,5 @@
 //! Drawing the Overview tab: the version line, the sessions gauge, the traffic sparklines,
-//! the queues, every channel's state at a glance (coloured by state, whatever the channel),
+//! the queues and the store's health, every channel's state at a glance (coloured by state, whatever the channel),
 //! today's LLM usage (the gateway's tokens against its budget, the top users), and the recent
 //! errors.
 
@@ -81,18 +81,30 @@ impl Widget for &OverviewTab {
                 .style(Style::new().fg(color))
                 .render(spark, buf);
         }
-        Line::from(vec![
-            Span::raw("dead letters "),
-            if o.dead_letters > 0 {
-                o.dead_letters.to_string().red().bold()
-            } else {
-                o.dead_letters.to_string().into()
-            },
-            Span::raw(format!(
-                " · outbox {} · inbox {}",
-                o.outbox_pending, o.inbox_pending
-            )),
-        ])
+        let store = if o.store_backend.is_empty() {
+            "store"
+        } else {
+            o.store_backend.as_str()
+        };
+        match &o.store_error {
+            // The counts come from the store: while it does not answer they are not shown.
+            Some(e) => Line::from(vec![
+                format!("store {store} UNAVAILABLE").red().bold(),
+                Span::raw(format!(": {e}")),
+            ]),
+            None => Line::from(vec![
+                Span::raw("dead letters "),
+                if o.dead_letters > 0 {
+                    o.dead_letters.to_string().red().bold()
+                } else {
+                    o.dead_letters.to_string().into()
+                },
+                Span::raw(format!(
+                    " · outbox {} · inbox {} · store {store} ok",
+                    o.outbox_pending, o.inbox_pending
+                )),
+            ]),
+        }
         .render(queues, buf);
         let mut spans = vec![Span::raw("channels ")];
         for (name, state) in &o.channels {
