@@ -57,9 +57,9 @@ if ! cargo test -p gateway-tests --tests --locked --no-fail-fast --no-run "$@" >
   exit 1
 fi
 if grep -q '^ *Compiling ' "$build_log"; then
-  echo "tests/run.sh: pass 2 compiled again (its cargo flags must match pass 1's):" >&2
+  # Costs time, not correctness: reported so that a change of flags between the passes is seen.
+  echo "tests/run.sh: warning: pass 2 compiled again (its cargo flags should match pass 1's):" >&2
   grep '^ *Compiling ' "$build_log" >&2
-  status=1
 fi
 GATEWAY_TEST_STORE=postgres cargo test -p gateway-tests --tests --locked --no-fail-fast "$@" || status=$?
 echo "tests/run.sh: pass 2 took $((SECONDS - start)) s" >&2
