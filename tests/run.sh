@@ -47,12 +47,13 @@ start=$SECONDS
 cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 echo "tests/run.sh: pass 1 took $((SECONDS - start)) s" >&2
 
-# The end-to-end tests again, each gateway on a fresh PostgreSQL database. Only the tests
-# crate's test binaries, which pass 1 built: nothing may compile again.
+# The end-to-end tests again, each gateway on a fresh PostgreSQL database: every integration
+# test binary of the workspace, which pass 1 built. The package selection stays pass 1's
+# (`--workspace`), so cargo resolves the same features and nothing compiles again.
 echo "tests/run.sh: pass 2 of 2: end-to-end tests on PostgreSQL" >&2
 start=$SECONDS
 build_log="$pg_dir/pass2-build.log"
-if ! cargo test -p gateway-tests --tests --locked --no-fail-fast --no-run "$@" >"$build_log" 2>&1; then
+if ! cargo test --workspace --locked --no-fail-fast --test '*' --no-run "$@" >"$build_log" 2>&1; then
   cat "$build_log" >&2
   exit 1
 fi
@@ -61,6 +62,6 @@ if grep -q '^ *Compiling ' "$build_log"; then
   echo "tests/run.sh: warning: pass 2 compiled again (its cargo flags should match pass 1's):" >&2
   grep '^ *Compiling ' "$build_log" >&2
 fi
-GATEWAY_TEST_STORE=postgres cargo test -p gateway-tests --tests --locked --no-fail-fast "$@" || status=$?
+GATEWAY_TEST_STORE=postgres cargo test --workspace --locked --no-fail-fast --test '*' "$@" || status=$?
 echo "tests/run.sh: pass 2 took $((SECONDS - start)) s" >&2
 exit "$status"
