@@ -59,6 +59,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[budgets]`: limits on what each user, and the gateway, may spend on the LLM.
     pub budgets: BudgetsConfig,
+    /// `[cluster]`: several instances on one shared database.
+    pub cluster: ClusterConfig,
 }
 
 /// One problem found in a configuration file.
@@ -317,6 +319,7 @@ impl Config {
             );
         }
         self.validate_store_url(&mut err);
+        self.validate_cluster(&mut err);
         if self
             .store
             .path
@@ -330,6 +333,68 @@ impl Config {
             );
         }
         errors
+    }
+
+    /// The `[cluster]` keys: a cluster needs the shared backend, a relay secret, a renewal
+    /// well inside the lease, and an id others can tell apart.
+    fn validate_cluster(&self, err: &mut impl FnMut(&str, String)) {
+        let cluster = &self.cluster;
+        if let Some(id) = &cluster.instance_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            err(
+                "cluster.instance_id",
+                format!(
+                    "`{id}` is not an instance id: use 1 to 64 letters, digits, `.`, `_` or `-`, e.g. \"gw-1\""
+                ),
+            );
+        }
+        if let Some(url) = &cluster.advertise_url
+            && let Err(e) = check_url("cluster.advertise_url", url)
+        {
+            err(&e.path, e.message);
+        }
+        if cluster.renew_interval.get().saturating_mul(2) > cluster.lease_ttl.get() {
+            err(
+                "cluster.renew_interval",
+                format!(
+                    "is {}, more than half of cluster.lease_ttl ({}); a lease would lapse between two renewals: make renew_interval at most half of lease_ttl",
+                    duration::format_duration(cluster.renew_interval.get()),
+                    duration::format_duration(cluster.lease_ttl.get())
+                ),
+            );
+        }
+        if !cluster.enabled {
+            return;
+        }
+        if self.store.backend != "postgres" {
+            err(
+                "cluster.enabled",
+                format!(
+                    "a cluster shares its state through PostgreSQL, but store.backend is `{}`; set [store] backend = \"postgres\" (see \"Running several instances\" in README.md)",
+                    self.store.backend
+                ),
+            );
+        }
+        if cluster.secret_env.is_none() && cluster.secret_file.is_none() {
+            err(
+                "cluster.secret_env",
+                "a cluster needs the secret its instances share for their relay: set secret_env = \"GATEWAY_CLUSTER_SECRET\" (a variable holding at least 16 random characters) or secret_file = \"/run/secrets/cluster_secret\"".to_owned(),
+            );
+        } else if let Some(e) = parse::check_secret(
+            "cluster",
+            "secret",
+            "the cluster secret",
+            &cluster.secret_env,
+            &cluster.secret_file,
+            true,
+        ) {
+            err(&e.path, e.message);
+        }
     }
 
     /// The `[store]` URL keys: `postgres` needs exactly one of `url_env` and `url_file`, naming
@@ -392,6 +457,15 @@ impl Config {
                 err(key, e);
             }
         }
+    }
+
+    /// The cluster's shared relay secret (`None` when none is configured).
+    pub fn cluster_secret(&self) -> Result<Option<String>, String> {
+        Self::secret(
+            "cluster.secret",
+            &self.cluster.secret_env,
+            &self.cluster.secret_file,
+        )
     }
 
     /// The PostgreSQL URL through `store.url_env` or `store.url_file`; `None` when neither is set.

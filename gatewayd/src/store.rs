@@ -19,6 +19,7 @@
 //! error live here; the records it takes and returns live in `records`, `dead`, `runs`,
 //! `inspect` and `retention`, all re-exported.
 
+pub mod cluster;
 pub mod postgres;
 pub mod sqlite;
 
@@ -66,6 +67,10 @@ pub enum StoreError {
     /// An operation was refused because of the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A write made under a lease that has since expired or moved to another instance; nothing
+    /// of it was kept ([`cluster::Fence`]).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// The durable state of the gateway.
@@ -325,6 +330,14 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Conflict(
             "not supported by this store".to_owned(),
         ))
+    }
+
+    /// The coordination of several instances, on a backend that several may share (`None`
+    /// for the embedded one).
+    fn cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn cluster::ClusterStore>> {
+        None
     }
 
     /// Flushes and stops writing. Later writes fail with [`StoreError::Closed`].

@@ -305,6 +305,15 @@ pub static NUMERIC_KEYS: &[NumericKey] = &[
     key("store.max_connections", ints(1, 1_000), |c| {
         int(c.store.max_connections)
     }),
+    key("cluster.partitions", ints(1, 4_096), |c| {
+        int(c.cluster.partitions)
+    }),
+    key("cluster.lease_ttl", millis(SEC, MIN), |c| {
+        dur(c.cluster.lease_ttl)
+    }),
+    key("cluster.renew_interval", millis(100, 30 * SEC), |c| {
+        dur(c.cluster.renew_interval)
+    }),
     key(
         "budgets.user_tokens_per_day",
         ints(1, MAX_BUDGET_TOKENS),

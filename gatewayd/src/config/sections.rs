@@ -1,6 +1,6 @@
 //! The tables of the configuration file other than the channels, access and rate limits: their
 //! types and built-in defaults (`[gateway]`, `[http]`, `[admin]`, `[log]`, `[agent]`,
-//! `[delivery]`, `[store]`, `[workflows]`, `[tools]`, `[budgets]`). Validation across tables
+//! `[delivery]`, `[store]`, `[workflows]`, `[tools]`, `[budgets]`, `[cluster]`). Validation across tables
 //! lives with [`Config`](super::Config).
 
 use std::path::PathBuf;
@@ -22,6 +22,61 @@ pub struct BudgetsConfig {
     pub user_turns_per_minute: Option<u64>,
     /// Prompt plus completion tokens the whole gateway may spend per UTC day.
     pub global_tokens_per_day: Option<u64>,
+}
+
+/// `[cluster]`: several instances sharing one PostgreSQL database (multi-instance mode).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Run as one member of a cluster (needs `store.backend = "postgres"`).
+    pub enabled: bool,
+    /// This instance's name in the cluster; `None`: the hostname plus the process id.
+    pub instance_id: Option<String>,
+    /// How many partitions sessions hash into; every instance of a cluster must agree.
+    pub partitions: u32,
+    /// How long a lease (a partition, a channel's connection, a singleton job) lasts unless
+    /// renewed; an instance that dies is replaced after about this long.
+    pub lease_ttl: HumanDuration,
+    /// How often an instance heartbeats, renews its leases and rebalances.
+    pub renew_interval: HumanDuration,
+    /// Where the other instances reach this one's HTTP listener (WebChat replies whose socket
+    /// is held here); `None`: `http://` plus `http.listen`.
+    pub advertise_url: Option<String>,
+    /// The environment variable holding the secret the instances share for their relay.
+    pub secret_env: Option<String>,
+    /// A file holding that secret (alternative to `secret_env`).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            instance_id: None,
+            partitions: 64,
+            lease_ttl: HumanDuration(Duration::from_secs(3)),
+            renew_interval: HumanDuration(Duration::from_secs(1)),
+            advertise_url: None,
+            secret_env: None,
+            secret_file: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `instance_id`, or the hostname plus the process id.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "gatewayd".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// `[store]`: where the database is and how long it keeps what it no longer needs.

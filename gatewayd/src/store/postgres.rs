@@ -24,11 +24,12 @@
 //! keeps ([`retention`]) and counts rows for [`Store::storage`].
 //!
 //! This file holds the handle, its pool and the [`Store`] implementation, which hands each
-//! operation to the submodule of its area: [`inbox`], [`transcript`] (turns and sessions),
+//! operation to the submodule of its area: [`cluster`] (membership and leases), [`inbox`], [`transcript`] (turns and sessions),
 //! [`outbox`] (with dead letters), [`receipts`], [`cursors`], [`identity`], [`access`],
 //! [`usage`], [`runs`] and [`inspect`].
 
 mod access;
+mod cluster;
 mod copy;
 mod cursors;
 mod identity;
@@ -336,6 +337,10 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn cluster_store(self: Arc<Self>) -> Option<Arc<dyn crate::store::cluster::ClusterStore>> {
+        Some(self)
+    }
+
     async fn cursor(&self, channel: ChannelKind, name: &str) -> Result<Option<i64>, StoreError> {
         self.track(cursors::get(self, channel, name)).await
     }

@@ -17,6 +17,9 @@ pub(super) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound(m) => Status::not_found(m),
         StoreError::Conflict(m) => Status::failed_precondition(m),
+        StoreError::Fenced(m) => Status::unavailable(format!(
+            "this instance no longer owns that part of the gateway ({m}); try again"
+        )),
         StoreError::Closed => Status::unavailable("the gateway is shutting down"),
         StoreError::Database(m) => Status::internal(m),
         StoreError::Full(m) => Status::unavailable(format!("the disk is full: {m}")),

@@ -1,0 +1,139 @@
+//! What several instances on one shared database coordinate through: membership rows, leases
+//! with fencing epochs, and the shared rate-limit buckets.
+//!
+//! Only the shared backend implements [`ClusterStore`] ([`Store::cluster_store`] is `None` for
+//! the embedded one). Every time here is in milliseconds of the **database server's** clock
+//! (`gw_now_ms()`, from `clock_timestamp()`), never an instance's own clock, so instances whose
+//! clocks disagree still agree on who holds a lease.
+//!
+//! A lease is one row per name (`part:<n>`, `conn:<channel>`, `singleton:<job>`): an owner, an
+//! expiry and an epoch that grows by one every time the lease changes hands. Whoever holds a
+//! lease writes under a [`Fence`] (the name, the owner and the epoch it acquired); the store
+//! refuses a fenced write whose lease has since expired or moved, in the same transaction as the
+//! write, with [`StoreError::Fenced`](super::StoreError::Fenced).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// The proof a writer holds a lease: checked by the store inside the write's transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The lease's name, e.g. `part:17`.
+    pub lease: Arc<str>,
+    /// The instance holding it.
+    pub owner: Arc<str>,
+    /// The epoch it was acquired at.
+    pub epoch: i64,
+}
+
+/// What an instance says of itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// `cluster.instance_id`.
+    pub instance_id: String,
+    /// Where other instances reach this one's HTTP listener (`cluster.advertise_url`).
+    pub advertise_url: Option<String>,
+    /// The gatewayd version.
+    pub version: String,
+}
+
+/// One row of `cluster_instances`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// The instance's id.
+    pub instance_id: String,
+    /// When it first joined (server ms).
+    pub started_at_ms: i64,
+    /// Its last heartbeat (server ms).
+    pub heartbeat_at_ms: i64,
+    /// Where its HTTP listener is reached, if it said.
+    pub advertise_url: Option<String>,
+    /// Its gatewayd version.
+    pub version: String,
+    /// It announced it is stopping (SIGTERM).
+    pub leaving: bool,
+}
+
+/// One row of `leases`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The lease's name.
+    pub name: String,
+    /// Its holder; `None` once released.
+    pub owner: Option<String>,
+    /// Grows by one on every change of holder.
+    pub epoch: i64,
+    /// When it lapses unless renewed (server ms).
+    pub expires_at_ms: i64,
+    /// When the holder acquired it (server ms).
+    pub acquired_at_ms: Option<i64>,
+}
+
+/// A lease this instance holds after an acquire or a renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHeld {
+    /// The lease's name.
+    pub name: String,
+    /// The epoch it is held at.
+    pub epoch: i64,
+    /// When it lapses unless renewed (server ms).
+    pub expires_at_ms: i64,
+}
+
+/// Coordination of several instances on one shared database.
+#[async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
+    /// The database server's clock, in ms since the epoch.
+    async fn server_now_ms(&self) -> Result<i64, StoreError>;
+
+    /// Records (or refreshes) `me`'s heartbeat at the server's clock; clears `leaving`.
+    async fn heartbeat(&self, me: &InstanceInfo) -> Result<(), StoreError>;
+
+    /// Marks `instance_id` as leaving (it stops heartbeating right after).
+    async fn leave(&self, instance_id: &str) -> Result<(), StoreError>;
+
+    /// Every instance row, newest heartbeat first (live or not; the caller judges by age).
+    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError>;
+
+    /// Deletes instance rows whose last heartbeat is older than `older_than`; returns how many.
+    async fn forget_instances(&self, older_than: Duration) -> Result<u64, StoreError>;
+
+    /// Acquires each of `names` that is free, released or expired, for `me`, for `ttl`; the
+    /// epoch of each acquired lease grows by one. Returns the ones acquired (a name held by a
+    /// live lease of anyone, `me` included, is not in the answer).
+    async fn lease_acquire(
+        &self,
+        names: &[String],
+        me: &str,
+        ttl: Duration,
+    ) -> Result<Vec<LeaseHeld>, StoreError>;
+
+    /// Extends each of `names` that `me` still holds unexpired by `ttl` from now; returns those
+    /// (a lease missing from the answer is lost).
+    async fn lease_renew(
+        &self,
+        names: &[String],
+        me: &str,
+        ttl: Duration,
+    ) -> Result<Vec<LeaseHeld>, StoreError>;
+
+    /// Releases each of `names` that `me` holds (owner cleared, expiry in the past), so another
+    /// instance may take it at once.
+    async fn lease_release(&self, names: &[String], me: &str) -> Result<(), StoreError>;
+
+    /// Every lease row, by name.
+    async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError>;
+
+    /// Whether `fence` still holds (owner and epoch match and it has not expired).
+    async fn fence_holds(&self, fence: &Fence) -> Result<bool, StoreError>;
+
+    /// The lease's stored metadata (e.g. a poller's offset), whoever holds it.
+    async fn lease_meta(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
+    async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
+}
