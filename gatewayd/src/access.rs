@@ -191,14 +191,17 @@ impl Access {
     }
 
     /// The checks for one message of `user` (inbox row `inbox_id`), before gateway commands:
-    /// block, then the channel's policy. `Err` leaves the message pending (replayed at start).
+    /// block, then the channel's policy, on the user's `flags` as the worker read them
+    /// ([`Store::access_flags`](crate::store::Store::access_flags)). `Err` leaves the message
+    /// pending (replayed at start).
     pub async fn gate(
         &self,
         inbox_id: i64,
         msg: &InboundMessage,
         user: UserId,
+        flags: &crate::store::UserFlags,
     ) -> Result<Gate, StoreError> {
-        let (approved, blocked) = self.store.access_flags(user).await?;
+        let (approved, blocked) = (flags.approved, flags.blocked);
         if blocked {
             self.store.inbox_drop(inbox_id, true).await?;
             dropped(msg.channel, "blocked");

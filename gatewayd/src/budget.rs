@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use crate::agent::Usage;
 use crate::config::BudgetsConfig;
 use crate::message::UserId;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{BudgetOverride, SharedStore, StoreError};
 
 /// Remembered refusals beyond which the expired ones are dropped.
 const REMEMBERED_REFUSALS: usize = 10_000;
@@ -101,7 +101,25 @@ impl Budgets {
     /// that cannot be read lets the turn through (logged): a budget is not worth losing an
     /// answer over a failed read.
     pub async fn check(&self, user: UserId, now_ms: i64) -> Option<Refusal> {
-        match self.over(user, now_ms).await {
+        match self.store.budget_override(user).await {
+            Ok(own) => self.check_with(user, now_ms, own).await,
+            Err(e) => {
+                tracing::error!(message = "Cannot read the user's budget override to check the budget; the turn goes ahead unchecked.", user, error = %e);
+                None
+            }
+        }
+    }
+
+    /// [`Budgets::check`] with the user's override `own` already read (the worker reads it
+    /// with the access flags, in one read). With no limit configured and none of the user's
+    /// own, nothing more is read.
+    pub async fn check_with(
+        &self,
+        user: UserId,
+        now_ms: i64,
+        own: BudgetOverride,
+    ) -> Option<Refusal> {
+        match self.over(user, now_ms, own).await {
             Ok(None) => None,
             Ok(Some((limit, resets_at_ms))) => {
                 metrics::counter!("gateway_budget_refusals_total").increment(1);
@@ -127,9 +145,13 @@ impl Budgets {
     }
 
     /// The first limit `user` is over at `now_ms`, and when it resets.
-    async fn over(&self, user: UserId, now_ms: i64) -> Result<Option<(Limit, i64)>, StoreError> {
+    async fn over(
+        &self,
+        user: UserId,
+        now_ms: i64,
+        own: BudgetOverride,
+    ) -> Result<Option<(Limit, i64)>, StoreError> {
         let c = self.config;
-        let own = self.store.budget_override(user).await?;
         let tokens = own.tokens_per_day.or(c.user_tokens_per_day);
         let turns = own.turns_per_minute.or(c.user_turns_per_minute);
         if let Some(limit) = turns {

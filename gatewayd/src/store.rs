@@ -31,7 +31,7 @@ mod retention;
 mod runs;
 mod usage;
 
-pub use access::{Kept, PairingMessage, PairingRequest};
+pub use access::{Kept, PairingMessage, PairingRequest, UserFlags};
 pub use dead::{AttemptError, DeadLetter, DeadSelector};
 pub use inspect::{
     InboxFilter, InboxRecord, OutboxFilter, OutboxRecord, OutboxStatus, ReceiptStatus, TracedEntry,
@@ -398,8 +398,9 @@ pub trait Store: Send + Sync + 'static {
     /// sender is blocked; a row already done is left as it is.
     async fn inbox_drop(&self, inbox_id: i64, blocked: bool) -> Result<(), StoreError>;
 
-    /// Whether `user` (or a user merged into it) is approved, and whether it is blocked.
-    async fn access_flags(&self, user: UserId) -> Result<(bool, bool), StoreError>;
+    /// Whether `user` (or a user merged into it) is approved, whether it is blocked, and its
+    /// budget override: everything the worker checks before a message, in one read.
+    async fn access_flags(&self, user: UserId) -> Result<UserFlags, StoreError>;
 
     /// Blocks or unblocks `user`; `NotFound` if there is no such user.
     async fn set_blocked(&self, user: UserId, blocked: bool) -> Result<(), StoreError>;

@@ -218,7 +218,19 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
             }
         }
     }
-    match ctx.access.gate(job.inbox_id, &job.msg, job.user).await {
+    // One read for the access checks and the budget check.
+    let flags = match ctx.store.access_flags(job.user).await {
+        Ok(flags) => flags,
+        Err(e) => {
+            tracing::error!(message = "Cannot check the sender's access; the message stays pending until restart.", inbox_id = job.inbox_id, error = %e);
+            return;
+        }
+    };
+    match ctx
+        .access
+        .gate(job.inbox_id, &job.msg, job.user, &flags)
+        .await
+    {
         Ok(Gate::Through) => {}
         Ok(Gate::Handled) => {
             *settled = true;
@@ -248,7 +260,7 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
     }
     let outcome = match commands::parse(&job.msg.text) {
         Some(cmd) => commands::execute(cmd, router, state, job).await,
-        None => match agent_turn(&ctx, state, job).await {
+        None => match agent_turn(&ctx, state, job, flags.budget).await {
             Some(o) => o,
             None => return,
         },
@@ -264,7 +276,12 @@ async fn load_window(ctx: &super::Context, state: &mut SessionState) -> Result<(
     Ok(())
 }
 
-async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -> Option<Outcome> {
+async fn agent_turn(
+    ctx: &super::Context,
+    state: &mut SessionState,
+    job: &Job,
+    own_budget: crate::store::BudgetOverride,
+) -> Option<Outcome> {
     if let Err(e) = load_window(ctx, state).await {
         tracing::error!(message = "Cannot load session history; the message stays pending until restart.", session = %state.key, error = %e);
         return None;
@@ -274,7 +291,7 @@ async fn agent_turn(ctx: &super::Context, state: &mut SessionState, job: &Job) -
         Some(w) => w.make_contiguous(),
         None => &[],
     };
-    if let Some(refusal) = ctx.budgets.check(job.user, now_ms()).await {
+    if let Some(refusal) = ctx.budgets.check_with(job.user, now_ms(), own_budget).await {
         return Some(refused(job, refusal));
     }
     let user_entry = user_entry(job);

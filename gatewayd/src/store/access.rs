@@ -3,6 +3,20 @@
 
 use crate::message::{ChannelKind, UserId};
 
+use super::BudgetOverride;
+
+/// What the session worker reads of a user before each message, in one read: the access
+/// flags and the user's own budget limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserFlags {
+    /// Approved by pairing (or by `gatewayctl pairing approve`).
+    pub approved: bool,
+    /// Blocked by the operator.
+    pub blocked: bool,
+    /// The user's budget override (empty when none is set).
+    pub budget: BudgetOverride,
+}
+
 /// A pending pairing request: an unknown sender waiting for the operator's approval.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairingRequest {

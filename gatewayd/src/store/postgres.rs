@@ -732,7 +732,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn access_flags(&self, user: UserId) -> Result<(bool, bool), StoreError> {
+    async fn access_flags(&self, user: UserId) -> Result<crate::store::UserFlags, StoreError> {
         self.track(access::access_flags(self, user)).await
     }
 

@@ -671,7 +671,7 @@ impl Store for SqliteStore {
         access::inbox_drop(self, inbox_id, blocked).await
     }
 
-    async fn access_flags(&self, user: UserId) -> Result<(bool, bool), StoreError> {
+    async fn access_flags(&self, user: UserId) -> Result<crate::store::UserFlags, StoreError> {
         access::access_flags(self, user).await
     }
 

@@ -12,7 +12,7 @@ use super::migrations::PAIRING_LOCK;
 use super::{PostgresStore, col, db, to_i64};
 use crate::message::UserId;
 use crate::store::{
-    Kept, PairingMessage, PairingRequest, PendingInbound, StoreError, parse_channel,
+    Kept, PairingMessage, PairingRequest, PendingInbound, StoreError, UserFlags, parse_channel,
 };
 
 pub(super) async fn inbox_drop(
@@ -49,12 +49,29 @@ async fn holds(conn: &impl GenericClient, table: &str, user: UserId) -> Result<b
 pub(super) async fn access_flags(
     store: &PostgresStore,
     user: UserId,
-) -> Result<(bool, bool), StoreError> {
+) -> Result<UserFlags, StoreError> {
     let client = store.client().await?;
-    Ok((
-        holds(&client, "access_approvals", user).await?,
-        holds(&client, "access_blocks", user).await?,
-    ))
+    let stmt = client
+        .prepare_cached(
+            "SELECT
+                EXISTS (SELECT 1 FROM access_approvals WHERE user_id = $1
+                        OR user_id IN (SELECT id FROM users WHERE merged_into = $1)),
+                EXISTS (SELECT 1 FROM access_blocks WHERE user_id = $1
+                        OR user_id IN (SELECT id FROM users WHERE merged_into = $1)),
+                (SELECT tokens_per_day FROM budget_overrides WHERE user_id = $1),
+                (SELECT turns_per_minute FROM budget_overrides WHERE user_id = $1)",
+        )
+        .await
+        .map_err(db)?;
+    let row = client.query_one(&stmt, &[&user]).await.map_err(db)?;
+    Ok(UserFlags {
+        approved: col(&row, 0)?,
+        blocked: col(&row, 1)?,
+        budget: crate::store::BudgetOverride {
+            tokens_per_day: col::<Option<i64>>(&row, 2)?.map(super::usage::to_u64),
+            turns_per_minute: col::<Option<i64>>(&row, 3)?.map(super::usage::to_u64),
+        },
+    })
 }
 
 pub(super) async fn set_blocked(

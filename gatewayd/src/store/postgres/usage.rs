@@ -11,7 +11,7 @@ use super::{PostgresStore, col, db, to_i64};
 use crate::message::{UserId, now_ms};
 use crate::store::{BudgetOverride, StoreError, UsageRecord, UsageTotal};
 
-fn to_u64(n: i64) -> u64 {
+pub(super) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 

@@ -9,7 +9,7 @@ use super::writer::atomic;
 use super::{SqliteStore, db};
 use crate::message::UserId;
 use crate::store::{
-    Kept, PairingMessage, PairingRequest, PendingInbound, StoreError, parse_channel,
+    Kept, PairingMessage, PairingRequest, PendingInbound, StoreError, UserFlags, parse_channel,
 };
 
 pub(super) async fn inbox_drop(
@@ -47,13 +47,14 @@ fn holds(conn: &Connection, table: &str, user: UserId) -> Result<bool, StoreErro
 pub(super) async fn access_flags(
     store: &SqliteStore,
     user: UserId,
-) -> Result<(bool, bool), StoreError> {
+) -> Result<UserFlags, StoreError> {
     store
         .read(move |conn| {
-            Ok((
-                holds(conn, "access_approvals", user)?,
-                holds(conn, "access_blocks", user)?,
-            ))
+            Ok(UserFlags {
+                approved: holds(conn, "access_approvals", user)?,
+                blocked: holds(conn, "access_blocks", user)?,
+                budget: super::usage::override_of(conn, user)?,
+            })
         })
         .await
 }

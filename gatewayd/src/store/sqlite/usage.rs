@@ -128,24 +128,28 @@ pub(super) async fn get_override(
     store: &SqliteStore,
     user: UserId,
 ) -> Result<BudgetOverride, StoreError> {
-    store
-        .read(move |conn| {
-            conn.prepare_cached(
-                "SELECT tokens_per_day, turns_per_minute FROM budget_overrides WHERE user_id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([user], |r| {
-                    Ok(BudgetOverride {
-                        tokens_per_day: r.get::<_, Option<i64>>(0)?.map(to_u64),
-                        turns_per_minute: r.get::<_, Option<i64>>(1)?.map(to_u64),
-                    })
-                })
-                .optional()
+    store.read(move |conn| override_of(conn, user)).await
+}
+
+/// `user`'s budget override on `conn` (empty when none is set).
+pub(super) fn override_of(
+    conn: &rusqlite::Connection,
+    user: UserId,
+) -> Result<BudgetOverride, StoreError> {
+    conn.prepare_cached(
+        "SELECT tokens_per_day, turns_per_minute FROM budget_overrides WHERE user_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([user], |r| {
+            Ok(BudgetOverride {
+                tokens_per_day: r.get::<_, Option<i64>>(0)?.map(to_u64),
+                turns_per_minute: r.get::<_, Option<i64>>(1)?.map(to_u64),
             })
-            .map(Option::unwrap_or_default)
-            .map_err(db)
         })
-        .await
+        .optional()
+    })
+    .map(Option::unwrap_or_default)
+    .map_err(db)
 }
 
 pub(super) async fn set_override(
