@@ -456,8 +456,12 @@ impl Cluster {
             let free = l.owner.is_none() || l.expires_at_ms <= now;
             if !free {
                 want.remove(&p);
-            } else if l.expires_at_ms.saturating_add(ttl_ms) <= now && !held_set.contains(&p) {
-                // Abandoned for a whole TTL: the instance that should take it is stuck.
+            } else if l.owner.is_some()
+                && l.expires_at_ms.saturating_add(ttl_ms) <= now
+                && !held_set.contains(&p)
+            {
+                // Lapsed (not released) a whole TTL ago: the instance that should take it is
+                // stuck. A released lease is left to the instance it was released for.
                 want.insert(p);
             }
         }
@@ -661,7 +665,7 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{ChannelKind, UserId};
+    use crate::message::ChannelKind;
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("gw-{i}")).collect()
@@ -766,13 +770,13 @@ mod tests {
         let check = |key: SessionKey, expected: u32| {
             assert_eq!(partition_of(&key, 64), expected, "{key}");
         };
-        check(SessionKey::User(UserId(1)), partition_of_str("user:1", 64));
-        assert_eq!(partition_of_str("user:1", 64), 16);
-        assert_eq!(partition_of_str("user:42", 64), 7);
-        assert_eq!(partition_of_str("group:telegram:-100123", 64), 38);
+        check(SessionKey::User(1), partition_of_str("user:1", 64));
+        assert_eq!(partition_of_str("user:1", 64), 43);
+        assert_eq!(partition_of_str("user:42", 64), 2);
+        assert_eq!(partition_of_str("group:telegram:-100123", 64), 37);
         check(
             SessionKey::Group(ChannelKind::new("telegram"), "-100123".to_owned()),
-            38,
+            37,
         );
         assert_eq!(partition_of_str("anything", 1), 0);
     }

@@ -102,13 +102,22 @@ impl Router {
     }
 
     /// Hands a committed inbound message to its session's worker. Waits while the mailbox is
-    /// full (back-pressure on the channel), never drops.
+    /// full (back-pressure on the channel), never drops. In multi-instance mode a message
+    /// already handed to a worker here is not handed over again (see
+    /// [`Claims`](crate::cluster::Claims)).
     pub async fn route(
         self: &Arc<Self>,
         inbox_id: i64,
         msg: InboundMessage,
     ) -> Result<(), RouteError> {
         let (user, key) = self.locate(&msg).await?;
+        if let Some(cluster) = &self.ctx.cluster {
+            let p = cluster.partition_of(&key);
+            if cluster.fence_for(p).is_some() && !cluster.claims().claim(inbox_id, p) {
+                // Already handed to a worker here (by the owner's pickup).
+                return Ok(());
+            }
+        }
         self.route_located(inbox_id, msg, user, key).await
     }
 

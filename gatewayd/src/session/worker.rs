@@ -215,6 +215,9 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
             Ok(current) if current != owner => {
                 // Linked or unlinked since it was routed: it belongs to another session now.
                 *settled = true;
+                if let Some(c) = &ctx.cluster {
+                    c.claims().release(job.inbox_id);
+                }
                 if let Err(e) = router.route(job.inbox_id, job.msg.clone()).await {
                     tracing::error!(message = "Cannot re-route a message; it stays pending until restart.", inbox_id = job.inbox_id, error = %e);
                 }
@@ -231,8 +234,10 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
         Ok(Gate::Through) => {}
         Ok(Gate::Handled) => {
             *settled = true;
+            // Dropped (done) or kept for pairing (left out of the owner's pickup until it is
+            // approved): either way nothing routes it again by itself.
             if let Some(c) = &ctx.cluster {
-                c.claims().settled(job.inbox_id);
+                c.claims().release(job.inbox_id);
             }
             return;
         }
