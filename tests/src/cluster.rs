@@ -288,8 +288,13 @@ impl ClusterRig {
         Ok(i)
     }
 
+    /// The relay secret every instance shares (`cluster.secret_env`).
+    pub fn secret(&self) -> String {
+        format!("rig-secret-{}", self.database.name())
+    }
+
     fn instance_options(&self, i: usize, port: u16, mut opts: GatewayOptions) -> GatewayOptions {
-        let secret = format!("rig-secret-{}", self.database.name());
+        let secret = self.secret();
         let ClusterOptions {
             partitions,
             lease_ttl,

@@ -84,6 +84,15 @@ pub struct LeaseHeld {
     pub expires_at_ms: i64,
 }
 
+/// An instance holding an open WebChat socket of a chat, and where it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketHolder {
+    /// The instance's id.
+    pub instance_id: String,
+    /// Its `advertise_url`.
+    pub advertise_url: String,
+}
+
 /// Coordination of several instances on one shared database.
 #[async_trait]
 pub trait ClusterStore: Send + Sync + 'static {
@@ -136,4 +145,22 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
+
+    /// Records that `me` holds an open WebChat socket of `chat_id`.
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Records that `me` holds no open WebChat socket of `chat_id` any more.
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Forgets every WebChat socket recorded for `me` (at start: a killed run left them).
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError>;
+
+    /// The instances other than `except` that hold an open WebChat socket of `chat_id`, among
+    /// those whose heartbeat is younger than `alive_within` and that advertise a URL.
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError>;
 }

@@ -42,6 +42,7 @@ mod retention;
 mod runs;
 mod transcript;
 mod usage;
+mod webchat_sockets;
 
 use std::collections::BTreeSet;
 use std::future::Future;
