@@ -136,4 +136,8 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
+
+    /// Turns this instance's periodic pruning on or off (on by default): in a cluster only the
+    /// holder of the scheduler's lease prunes.
+    fn set_pruning(&self, on: bool);
 }
