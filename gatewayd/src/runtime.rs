@@ -35,6 +35,7 @@ use crate::agent::tools::{
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
 use crate::channels::registry;
+use crate::cluster::leader::{Leadership, SCHEDULER_LEASE};
 use crate::config::{Config, ProviderKind};
 use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
@@ -55,6 +56,8 @@ use crate::workflow::run::{Engine, NodeServices};
 
 /// How often idle per-chat rate-limit buckets are forgotten.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for the channel listeners (and the scheduler) to stop.
+const LISTENERS_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds the provider the configuration names.
 pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
@@ -110,6 +113,7 @@ pub struct Gateway {
     stop_server: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
 }
 
 /// Opens the store `[store] backend` names. The writer probe and its fault injection are
@@ -183,6 +187,11 @@ impl Gateway {
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
         let supervisor = Supervisor::new();
         let store = open_store(&config, &supervisor).await?;
+        let leadership = leadership(&config, &store);
+        if let Some(l) = &leadership {
+            // Pruning is scheduled work: only the scheduler's holder prunes.
+            l.store().set_pruning(false);
+        }
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
@@ -320,6 +329,9 @@ impl Gateway {
         }
 
         let mut background = Vec::new();
+        // Tasks under a leader lease: awaited at shutdown, so their leases are released.
+        let mut listeners = Vec::new();
+        let (stop_server, stop_rx) = watch::channel(false);
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -351,15 +363,24 @@ impl Gateway {
             let access = access.clone();
             let every = (config.access.pairing_ttl.get() / 4)
                 .clamp(Duration::from_millis(250), Duration::from_secs(60));
-            background.push(every_tick(
-                &supervisor,
-                "pairing expiry",
-                every,
-                move || {
-                    let access = access.clone();
-                    async move { access.expire().await }
-                },
-            ));
+            match &leadership {
+                None => background.push(every_tick(
+                    &supervisor,
+                    "pairing expiry",
+                    every,
+                    move || {
+                        let access = access.clone();
+                        async move { access.expire().await }
+                    },
+                )),
+                Some(l) => listeners.push(scheduler(
+                    &supervisor,
+                    l.clone(),
+                    stop_server.subscribe(),
+                    access,
+                    every,
+                )),
+            }
         }
         #[cfg(unix)]
         {
@@ -404,7 +425,6 @@ impl Gateway {
                 .collect(),
             registry::disabled_routes(&config),
         )?;
-        let (stop_server, stop_rx) = watch::channel(false);
         let http_client = reqwest::Client::builder()
             .build()
             .context("cannot build the HTTP client")?;
@@ -416,8 +436,9 @@ impl Gateway {
                 http: http_client.clone(),
                 cursors: hooks.cursors.clone(),
                 inbound_kept: hooks.inbound_kept,
+                leadership: leadership.clone(),
             };
-            background.push(adapter.start(ctx, &supervisor));
+            listeners.push(adapter.start(ctx, &supervisor));
         }
         let announce: Vec<String> = adapters
             .iter()
@@ -479,6 +500,7 @@ impl Gateway {
             stop_server,
             server,
             background,
+            listeners,
         })
     }
 
@@ -504,6 +526,14 @@ impl Gateway {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
             Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
+        }
+        // Listeners stop on the signal; under a lease, their lease is released once stopped.
+        let listeners = futures_util::future::join_all(self.listeners);
+        if tokio::time::timeout(LISTENERS_GRACE, listeners)
+            .await
+            .is_err()
+        {
+            tracing::warn!(message = "Channel listeners did not stop in time.");
         }
         for task in &self.background {
             task.abort();
@@ -699,6 +729,57 @@ where
                 tick.tick().await;
                 f().await;
             }
+        }
+    })
+}
+
+/// Multi-instance mode: the leader leases of this instance (`None` on a single instance).
+fn leadership(config: &Config, store: &SharedStore) -> Option<Leadership> {
+    if !config.cluster.enabled {
+        return None;
+    }
+    let cluster = store.clone().cluster_store()?;
+    Some(Leadership::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        config.cluster.renew_interval.get(),
+    ))
+}
+
+/// The scheduled work that runs once in the cluster, on the holder of `singleton:scheduler`:
+/// the pairing expiry every `every`, and the store's pruning while held.
+fn scheduler(
+    supervisor: &Arc<Supervisor>,
+    leadership: Leadership,
+    shutdown: watch::Receiver<bool>,
+    access: Arc<crate::access::Access>,
+    every: Duration,
+) -> JoinHandle<()> {
+    supervisor.spawn_restarting("scheduler", move || {
+        let leadership = leadership.clone();
+        let shutdown = shutdown.clone();
+        let access = access.clone();
+        async move {
+            leadership
+                .run(SCHEDULER_LEASE, shutdown, |guard| {
+                    let access = access.clone();
+                    let store = leadership.store().clone();
+                    async move {
+                        store.set_pruning(true);
+                        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.tick().await;
+                        loop {
+                            tokio::select! {
+                                _ = tick.tick() => access.expire().await,
+                                () = guard.lost() => break,
+                            }
+                        }
+                        store.set_pruning(false);
+                    }
+                })
+                .await;
         }
     })
 }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, NumericKey};
+use crate::cluster::leader::Leadership;
 use crate::delivery::Delivery;
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
@@ -175,6 +176,10 @@ pub struct ListenerCtx {
     /// How long the inbox keeps a committed message's dedupe key; see
     /// [`WebhookCtx::inbound_kept`].
     pub inbound_kept: Duration,
+    /// Multi-instance mode: the leader leases a long-lived connection runs under
+    /// ([`super::supervise::keep_connected`] takes `conn:<channel>`); `None` on a single
+    /// instance.
+    pub leadership: Option<Leadership>,
 }
 
 /// Durable watermarks an adapter keeps beside the messages it commits: one number per channel

@@ -163,4 +163,8 @@ pub trait ClusterStore: Send + Sync + 'static {
         except: &str,
         alive_within: Duration,
     ) -> Result<Vec<SocketHolder>, StoreError>;
+
+    /// Turns this instance's periodic pruning on or off (on by default): in a cluster only the
+    /// holder of the scheduler's lease prunes.
+    fn set_pruning(&self, on: bool);
 }

@@ -108,6 +108,8 @@ struct Shared {
     full: AtomicBool,
     /// The database could not be reached.
     down: AtomicBool,
+    /// The background task prunes (in a cluster, only on the scheduler's holder).
+    pruning: AtomicBool,
     /// Ticks on each recovery.
     recoveries: tokio::sync::watch::Sender<u64>,
     /// Inbox rows whose handling failed on a write.
@@ -283,6 +285,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             full: AtomicBool::new(false),
             down: AtomicBool::new(false),
+            pruning: AtomicBool::new(true),
             recoveries: tokio::sync::watch::channel(0).0,
             stranded: Mutex::new(BTreeSet::new()),
             failed_turns: AtomicU64::new(0),

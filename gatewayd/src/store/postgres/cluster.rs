@@ -245,6 +245,12 @@ impl ClusterStore for PostgresStore {
         }
     }
 
+    fn set_pruning(&self, on: bool) {
+        self.shared
+            .pruning
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
