@@ -13,7 +13,10 @@ use async_trait::async_trait;
 
 use super::{PostgresStore, col, db, to_i64};
 use crate::store::StoreError;
-use crate::store::cluster::{ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow};
+use crate::store::cluster::{
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake,
+};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -254,5 +257,17 @@ impl ClusterStore for PostgresStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }
