@@ -231,6 +231,11 @@ impl Gateway {
             supervisor.clone(),
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
+        if config.cluster.enabled
+            && let Some(cluster) = store.clone().cluster_store()
+        {
+            delivery.share_rate_limits(&cluster);
+        }
         let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
@@ -468,6 +473,10 @@ impl Gateway {
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
                         access: access.clone(),
+                        cluster: crate::admin::ClusterInfo::new(
+                            &config.cluster,
+                            config.cluster.instance_id(),
+                        ),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use super::{PostgresStore, col, db, to_i64};
 use crate::store::StoreError;
 use crate::store::cluster::{
-    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, SocketHolder,
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake, SocketHolder,
 };
 
 fn ms(d: Duration) -> i64 {
@@ -283,5 +284,16 @@ impl ClusterStore for PostgresStore {
         alive_within: Duration,
     ) -> Result<Vec<SocketHolder>, StoreError> {
         self.socket_holders_of(chat_id, except, alive_within).await
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }
