@@ -284,6 +284,7 @@ impl ClusterStore for PostgresStore {
         alive_within: Duration,
     ) -> Result<Vec<SocketHolder>, StoreError> {
         self.socket_holders_of(chat_id, except, alive_within).await
+    }
 
     async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
         super::rates::take(self, buckets).await
