@@ -157,6 +157,30 @@ async fn open_store(config: &Config, supervisor: &Supervisor) -> anyhow::Result<
     Ok(sqlite)
 }
 
+/// In cluster mode, the relay that carries WebChat replies to the instance holding the socket.
+fn cluster_relay(
+    config: &Config,
+    store: &SharedStore,
+) -> anyhow::Result<Option<Arc<crate::cluster::relay::Relay>>> {
+    if !config.cluster.enabled {
+        return Ok(None);
+    }
+    let cluster = store.clone().cluster_store().context(
+        "cluster.enabled needs a store several instances share: set [store] backend = \"postgres\"",
+    )?;
+    let secret = config
+        .cluster_secret()
+        .map_err(|e| anyhow!(e))?
+        .context("cluster.enabled needs cluster.secret_env or cluster.secret_file")?;
+    crate::cluster::relay::Relay::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        secret,
+    )
+    .map(Some)
+}
+
 impl Gateway {
     /// Starts everything; returns once the listener is bound and unfinished work is resumed.
     /// `config_path` is only used in messages.
@@ -177,10 +201,17 @@ impl Gateway {
             config.gateway.identity_cache_size,
         ));
         let (closing, closing_rx) = watch::channel(false);
+        let socket_relay = cluster_relay(&config, &store)?;
+        if let Some(relay) = &socket_relay {
+            relay.start().await;
+        }
         let adapters = registry::build(
             &config,
             &BuildEnv {
                 closing: closing_rx.clone(),
+                socket_relay: socket_relay
+                    .clone()
+                    .map(|r| r as Arc<dyn crate::channels::webchat::SocketRelay>),
             },
         )?;
         let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
@@ -200,6 +231,11 @@ impl Gateway {
             supervisor.clone(),
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
+        if config.cluster.enabled
+            && let Some(cluster) = store.clone().cluster_store()
+        {
+            delivery.share_rate_limits(&cluster);
+        }
         let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
@@ -387,7 +423,11 @@ impl Gateway {
                 supervisor: supervisor.clone(),
                 router: router.clone(),
             },
-            adapters.iter().flat_map(|a| a.routes(&hooks)).collect(),
+            adapters
+                .iter()
+                .flat_map(|a| a.routes(&hooks))
+                .chain(socket_relay.iter().map(|r| r.route()))
+                .collect(),
             registry::disabled_routes(&config),
         )?;
         let http_client = reqwest::Client::builder()
@@ -433,6 +473,10 @@ impl Gateway {
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
                         access: access.clone(),
+                        cluster: crate::admin::ClusterInfo::new(
+                            &config.cluster,
+                            config.cluster.instance_id(),
+                        ),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(

@@ -90,6 +90,8 @@ pub trait ChannelAdapter: Sized + Send + Sync + 'static {
 pub struct BuildEnv {
     /// Set when the gateway starts stopping (WebChat closes its sockets on it).
     pub closing: watch::Receiver<bool>,
+    /// In a cluster: where WebChat reaches its chats' sockets that other instances hold.
+    pub socket_relay: Option<Arc<dyn super::webchat::SocketRelay>>,
 }
 
 /// One webhook route: an absolute path and its handler.

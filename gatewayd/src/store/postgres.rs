@@ -24,7 +24,7 @@
 //! keeps ([`retention`]) and counts rows for [`Store::storage`].
 //!
 //! This file holds the handle, its pool and the [`Store`] implementation, which hands each
-//! operation to the submodule of its area: [`cluster`] (membership and leases), [`inbox`], [`transcript`] (turns and sessions),
+//! operation to the submodule of its area: [`cluster`] (membership and leases), [`rates`] (the shared rate-limit buckets), [`inbox`], [`transcript`] (turns and sessions),
 //! [`outbox`] (with dead letters), [`receipts`], [`cursors`], [`identity`], [`access`],
 //! [`usage`], [`runs`] and [`inspect`].
 
@@ -37,11 +37,13 @@ mod inbox;
 mod inspect;
 mod migrations;
 mod outbox;
+mod rates;
 mod receipts;
 mod retention;
 mod runs;
 mod transcript;
 mod usage;
+mod webchat_sockets;
 
 use std::collections::BTreeSet;
 use std::future::Future;

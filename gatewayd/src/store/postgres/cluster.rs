@@ -13,7 +13,10 @@ use async_trait::async_trait;
 
 use super::{PostgresStore, col, db, to_i64};
 use crate::store::StoreError;
-use crate::store::cluster::{ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow};
+use crate::store::cluster::{
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake, SocketHolder,
+};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -260,5 +263,38 @@ impl ClusterStore for PostgresStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_opened(chat_id, me).await
+    }
+
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_closed(chat_id, me).await
+    }
+
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
+        self.clear_sockets_of(me).await
+    }
+
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError> {
+        self.socket_holders_of(chat_id, except, alive_within).await
+    }
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }
