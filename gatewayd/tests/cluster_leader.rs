@@ -103,6 +103,34 @@ impl ClusterStore for Freezable {
     fn set_pruning(&self, on: bool) {
         self.inner.set_pruning(on);
     }
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.inner.webchat_socket_opened(chat_id, me).await
+    }
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.inner.webchat_socket_closed(chat_id, me).await
+    }
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
+        self.inner.webchat_sockets_clear(me).await
+    }
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError> {
+        self.inner
+            .webchat_socket_holders(chat_id, except, alive_within)
+            .await
+    }
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        self.inner.rate_take(buckets).await
+    }
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        self.inner.rate_pause(key, pause_ms).await
+    }
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        self.inner.rate_buckets(keys).await
+    }
 }
 
 /// What the jobs did, in order.
