@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, NumericKey};
 use crate::cluster::leader::Leadership;
+use crate::config::{ConfigError, NumericKey};
 use crate::delivery::Delivery;
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;

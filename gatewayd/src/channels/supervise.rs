@@ -58,9 +58,10 @@ impl Link {
         self.health.connected();
     }
 
-    /// Whether the gateway is stopping.
+    /// Whether the gateway is stopping, or (in multi-instance mode) the lease is lost or past
+    /// its deadline.
     pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.shutdown.borrow() || self.lease.as_ref().is_some_and(LeaseGuard::is_lost)
     }
 
     /// The channel's health, for adapters that report more than connected/failed.

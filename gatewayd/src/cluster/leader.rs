@@ -166,8 +166,11 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 fn gauge(name: &str, held: bool) {
-    metrics::gauge!("gateway_cluster_leader", "lease" => name.to_owned())
-        .set(if held { 1.0 } else { 0.0 });
+    metrics::gauge!("gateway_cluster_leader", "lease" => name.to_owned()).set(if held {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 impl Leadership {
@@ -228,7 +231,9 @@ impl Leadership {
             {
                 Ok(held) => {
                     if let Some(h) = held.into_iter().find(|h| h.name == name) {
-                        let ending = self.hold(name, h.epoch, sent, &mut shutdown, &mut job).await;
+                        let ending = self
+                            .hold(name, h.epoch, sent, &mut shutdown, &mut job)
+                            .await;
                         if ending == Ending::Shutdown {
                             return;
                         }
@@ -359,16 +364,32 @@ impl Leadership {
         }
         match ending {
             Ending::Shutdown => {
-                tracing::info!(message = "Released a lease: the gateway stops.", lease = name, epoch);
+                tracing::info!(
+                    message = "Released a lease: the gateway stops.",
+                    lease = name,
+                    epoch
+                );
             }
             Ending::JobEnded => {
-                tracing::info!(message = "A lease's job ended; released.", lease = name, epoch);
+                tracing::info!(
+                    message = "A lease's job ended; released.",
+                    lease = name,
+                    epoch
+                );
             }
             Ending::Deadline => {
-                tracing::warn!(message = "A lease was not renewed in time; its job stopped.", lease = name, epoch);
+                tracing::warn!(
+                    message = "A lease was not renewed in time; its job stopped.",
+                    lease = name,
+                    epoch
+                );
             }
             Ending::Lost => {
-                tracing::warn!(message = "A lease was lost to another instance; its job stopped.", lease = name, epoch);
+                tracing::warn!(
+                    message = "A lease was lost to another instance; its job stopped.",
+                    lease = name,
+                    epoch
+                );
             }
         }
         ending
