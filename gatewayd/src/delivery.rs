@@ -30,7 +30,7 @@ pub mod split;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use rand::Rng;
@@ -354,6 +354,14 @@ impl Delivery {
             .unwrap_or(usize::MAX)
     }
 
+    /// Keeps every channel's rate-limit buckets and pauses in the cluster's shared store, so
+    /// that all instances together stay within them (see [`rate_limit`]).
+    pub fn share_rate_limits(&self, store: &Arc<dyn crate::store::cluster::ClusterStore>) {
+        for c in self.inner.channels.values() {
+            c.limits.share(store.clone());
+        }
+    }
+
     /// Forgets idle per-chat buckets; called periodically.
     pub fn retain_recent(&self) {
         for c in self.inner.channels.values() {
@@ -651,14 +659,8 @@ impl Delivery {
                     if let Some(pause) = retry_after {
                         // The platform said exactly how long: pause that chat (or the channel),
                         // and `acquire` waits it out before the next attempt.
-                        let until = Instant::now() + *pause;
-                        let chat = if *global {
-                            c.limits.pause_channel(until);
-                            None
-                        } else {
-                            c.limits.pause_chat(&row.chat_id, until);
-                            Some(row.chat_id.clone())
-                        };
+                        let chat = (!*global).then(|| row.chat_id.clone());
+                        c.limits.pause_for(chat.as_deref(), *pause).await;
                         inner.events.publish(Event::RateLimited {
                             channel: row.channel,
                             chat_id: chat,

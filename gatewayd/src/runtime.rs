@@ -35,6 +35,7 @@ use crate::agent::tools::{
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
 use crate::channels::registry;
+use crate::cluster::leader::{Leadership, SCHEDULER_LEASE};
 use crate::cluster::{Cluster, Ownership};
 use crate::config::{Config, ProviderKind};
 use crate::delivery::rate_limit::RateSettings;
@@ -56,6 +57,8 @@ use crate::workflow::run::{Engine, NodeServices};
 
 /// How often idle per-chat rate-limit buckets are forgotten.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for the channel listeners (and the scheduler) to stop.
+const LISTENERS_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds the provider the configuration names.
 pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
@@ -113,6 +116,7 @@ pub struct Gateway {
     stop_server: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
 }
 
 /// Opens the store `[store] backend` names. The writer probe and its fault injection are
@@ -156,12 +160,41 @@ async fn open_store(config: &Config, supervisor: &Supervisor) -> anyhow::Result<
     Ok(sqlite)
 }
 
+/// In cluster mode, the relay that carries WebChat replies to the instance holding the socket.
+fn cluster_relay(
+    config: &Config,
+    store: &SharedStore,
+) -> anyhow::Result<Option<Arc<crate::cluster::relay::Relay>>> {
+    if !config.cluster.enabled {
+        return Ok(None);
+    }
+    let cluster = store.clone().cluster_store().context(
+        "cluster.enabled needs a store several instances share: set [store] backend = \"postgres\"",
+    )?;
+    let secret = config
+        .cluster_secret()
+        .map_err(|e| anyhow!(e))?
+        .context("cluster.enabled needs cluster.secret_env or cluster.secret_file")?;
+    crate::cluster::relay::Relay::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        secret,
+    )
+    .map(Some)
+}
+
 impl Gateway {
     /// Starts everything; returns once the listener is bound and unfinished work is resumed.
     /// `config_path` is only used in messages.
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
         let supervisor = Supervisor::new();
         let store = open_store(&config, &supervisor).await?;
+        let leadership = leadership(&config, &store);
+        if let Some(l) = &leadership {
+            // Pruning is scheduled work: only the scheduler's holder prunes.
+            l.store().set_pruning(false);
+        }
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
@@ -170,12 +203,12 @@ impl Gateway {
                 .clone()
                 .cluster_store()
                 .context("cluster.enabled needs store.backend = \"postgres\"")?;
-            let advertise = config
-                .cluster
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", config.http.listen));
-            Some(Cluster::new(&config.cluster, shared, Some(advertise)))
+            // Without `cluster.advertise_url`, the bound listener's address, once bound.
+            Some(Cluster::new(
+                &config.cluster,
+                shared,
+                config.cluster.advertise_url.clone(),
+            ))
         } else {
             None
         };
@@ -189,10 +222,17 @@ impl Gateway {
             ),
         });
         let (closing, closing_rx) = watch::channel(false);
+        let socket_relay = cluster_relay(&config, &store)?;
+        if let Some(relay) = &socket_relay {
+            relay.start().await;
+        }
         let adapters = registry::build(
             &config,
             &BuildEnv {
                 closing: closing_rx.clone(),
+                socket_relay: socket_relay
+                    .clone()
+                    .map(|r| r as Arc<dyn crate::channels::webchat::SocketRelay>),
             },
         )?;
         let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
@@ -212,6 +252,11 @@ impl Gateway {
             supervisor.clone(),
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
+        if config.cluster.enabled
+            && let Some(cluster) = store.clone().cluster_store()
+        {
+            delivery.share_rate_limits(&cluster);
+        }
         let mut outbox = Outbox::new(store.clone(), delivery.clone());
         if let Some(c) = &cluster {
             delivery.set_cluster(c.clone());
@@ -305,6 +350,9 @@ impl Gateway {
         let (resent, replayed) = match &cluster {
             // A clustered instance takes up only the work of the partitions it gains.
             Some(c) => {
+                if config.cluster.advertise_url.is_none() {
+                    c.set_advertise_url(format!("http://{http_addr}"));
+                }
                 start_cluster(
                     c,
                     &supervisor,
@@ -341,6 +389,9 @@ impl Gateway {
             );
         }
 
+        // Tasks under a leader lease: awaited at shutdown, so their leases are released.
+        let mut listeners = Vec::new();
+        let (stop_server, stop_rx) = watch::channel(false);
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -372,15 +423,24 @@ impl Gateway {
             let access = access.clone();
             let every = (config.access.pairing_ttl.get() / 4)
                 .clamp(Duration::from_millis(250), Duration::from_secs(60));
-            background.push(every_tick(
-                &supervisor,
-                "pairing expiry",
-                every,
-                move || {
-                    let access = access.clone();
-                    async move { access.expire().await }
-                },
-            ));
+            match &leadership {
+                None => background.push(every_tick(
+                    &supervisor,
+                    "pairing expiry",
+                    every,
+                    move || {
+                        let access = access.clone();
+                        async move { access.expire().await }
+                    },
+                )),
+                Some(l) => listeners.push(scheduler(
+                    &supervisor,
+                    l.clone(),
+                    stop_server.subscribe(),
+                    access,
+                    every,
+                )),
+            }
         }
         #[cfg(unix)]
         {
@@ -418,10 +478,13 @@ impl Gateway {
                 supervisor: supervisor.clone(),
                 router: router.clone(),
             },
-            adapters.iter().flat_map(|a| a.routes(&hooks)).collect(),
+            adapters
+                .iter()
+                .flat_map(|a| a.routes(&hooks))
+                .chain(socket_relay.iter().map(|r| r.route()))
+                .collect(),
             registry::disabled_routes(&config),
         )?;
-        let (stop_server, stop_rx) = watch::channel(false);
         let http_client = reqwest::Client::builder()
             .build()
             .context("cannot build the HTTP client")?;
@@ -433,8 +496,9 @@ impl Gateway {
                 http: http_client.clone(),
                 cursors: hooks.cursors.clone(),
                 inbound_kept: hooks.inbound_kept,
+                leadership: leadership.clone(),
             };
-            background.push(adapter.start(ctx, &supervisor));
+            listeners.push(adapter.start(ctx, &supervisor));
         }
         let announce: Vec<String> = adapters
             .iter()
@@ -464,6 +528,10 @@ impl Gateway {
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
                         access: access.clone(),
+                        cluster: crate::admin::ClusterInfo::new(
+                            &config.cluster,
+                            config.cluster.instance_id(),
+                        ),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(
@@ -497,6 +565,7 @@ impl Gateway {
             stop_server,
             server,
             background,
+            listeners,
         })
     }
 
@@ -527,6 +596,14 @@ impl Gateway {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
             Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
+        }
+        // Listeners stop on the signal; under a lease, their lease is released once stopped.
+        let listeners = futures_util::future::join_all(self.listeners);
+        if tokio::time::timeout(LISTENERS_GRACE, listeners)
+            .await
+            .is_err()
+        {
+            tracing::warn!(message = "Channel listeners did not stop in time.");
         }
         for task in &self.background {
             task.abort();
@@ -849,6 +926,57 @@ where
                 tick.tick().await;
                 f().await;
             }
+        }
+    })
+}
+
+/// Multi-instance mode: the leader leases of this instance (`None` on a single instance).
+fn leadership(config: &Config, store: &SharedStore) -> Option<Leadership> {
+    if !config.cluster.enabled {
+        return None;
+    }
+    let cluster = store.clone().cluster_store()?;
+    Some(Leadership::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        config.cluster.renew_interval.get(),
+    ))
+}
+
+/// The scheduled work that runs once in the cluster, on the holder of `singleton:scheduler`:
+/// the pairing expiry every `every`, and the store's pruning while held.
+fn scheduler(
+    supervisor: &Arc<Supervisor>,
+    leadership: Leadership,
+    shutdown: watch::Receiver<bool>,
+    access: Arc<crate::access::Access>,
+    every: Duration,
+) -> JoinHandle<()> {
+    supervisor.spawn_restarting("scheduler", move || {
+        let leadership = leadership.clone();
+        let shutdown = shutdown.clone();
+        let access = access.clone();
+        async move {
+            leadership
+                .run(SCHEDULER_LEASE, shutdown, |guard| {
+                    let access = access.clone();
+                    let store = leadership.store().clone();
+                    async move {
+                        store.set_pruning(true);
+                        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.tick().await;
+                        loop {
+                            tokio::select! {
+                                _ = tick.tick() => access.expire().await,
+                                () = guard.lost() => break,
+                            }
+                        }
+                        store.set_pruning(false);
+                    }
+                })
+                .await;
         }
     })
 }

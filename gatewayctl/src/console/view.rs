@@ -7,6 +7,7 @@
 //! selection), so a console over many thousands of sessions draws as fast as over ten.
 
 mod channels;
+mod cluster;
 mod dead_letters;
 mod identities;
 mod overview;
@@ -29,7 +30,7 @@ use crate::model::ChannelState;
 /// Every key, as the help overlay lists it (also in gatewayctl/README.md).
 pub const KEYS: &[(&str, &str)] = &[
     ("Tab Shift-Tab", "next / previous tab"),
-    ("1-8", "go to a tab"),
+    ("1-9", "go to a tab"),
     ("↑ ↓ j k", "move the selection"),
     ("PgUp PgDn g G", "page up / down, first / last row"),
     ("/", "filter the table (Enter keeps it, Esc clears)"),
@@ -92,6 +93,7 @@ impl Widget for &App {
             Tab::Runs => self.runs.render(body, buf),
             Tab::Identities => self.identities.render(body, buf),
             Tab::Pairing => self.pairing.render(body, buf),
+            Tab::Cluster => self.cluster.render(body, buf),
         }
         status_line(self).render(status, buf);
         match &self.modal {
@@ -304,6 +306,7 @@ mod tests {
             ('6', "runs"),
             ('7', "identities"),
             ('8', "pairing"),
+            ('9', "cluster"),
         ] {
             press(&mut app, KeyCode::Char(key));
             insta::assert_snapshot!(name, draw(&app).backend());

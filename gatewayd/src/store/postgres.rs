@@ -24,7 +24,7 @@
 //! keeps ([`retention`]) and counts rows for [`Store::storage`].
 //!
 //! This file holds the handle, its pool and the [`Store`] implementation, which hands each
-//! operation to the submodule of its area: [`cluster`] (membership and leases), [`inbox`], [`transcript`] (turns and sessions),
+//! operation to the submodule of its area: [`cluster`] (membership and leases), [`rates`] (the shared rate-limit buckets), [`inbox`], [`transcript`] (turns and sessions),
 //! [`outbox`] (with dead letters), [`receipts`], [`cursors`], [`identity`], [`access`],
 //! [`usage`], [`runs`] and [`inspect`].
 
@@ -38,11 +38,13 @@ mod inbox;
 mod inspect;
 mod migrations;
 mod outbox;
+mod rates;
 mod receipts;
 mod retention;
 mod runs;
 mod transcript;
 mod usage;
+mod webchat_sockets;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -110,6 +112,8 @@ struct Shared {
     full: AtomicBool,
     /// The database could not be reached.
     down: AtomicBool,
+    /// The background task prunes (in a cluster, only on the scheduler's holder).
+    pruning: AtomicBool,
     /// Ticks on each recovery.
     recoveries: tokio::sync::watch::Sender<u64>,
     /// Inbox rows whose handling failed on a write.
@@ -286,6 +290,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             full: AtomicBool::new(false),
             down: AtomicBool::new(false),
+            pruning: AtomicBool::new(true),
             recoveries: tokio::sync::watch::channel(0).0,
             stranded: Mutex::new(BTreeSet::new()),
             failed_turns: AtomicU64::new(0),

@@ -14,8 +14,11 @@ use async_trait::async_trait;
 use super::cluster_work;
 use super::{PostgresStore, col, db, to_i64};
 use crate::message::{InboundMessage, OutboundMessage};
-use crate::store::cluster::{ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow};
 use crate::store::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
+use crate::store::cluster::{
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake, SocketHolder,
+};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -245,6 +248,12 @@ impl ClusterStore for PostgresStore {
         }
     }
 
+    fn set_pruning(&self, on: bool) {
+        self.shared
+            .pruning
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -310,5 +319,37 @@ impl ClusterStore for PostgresStore {
 
     async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
         cluster_work::listen_inbox(self).await
+
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_opened(chat_id, me).await
+    }
+
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_closed(chat_id, me).await
+    }
+
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
+        self.clear_sockets_of(me).await
+    }
+
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError> {
+        self.socket_holders_of(chat_id, except, alive_within).await
+    }
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }
