@@ -14,11 +14,11 @@ use async_trait::async_trait;
 use super::cluster_work;
 use super::{PostgresStore, col, db, to_i64};
 use crate::message::{InboundMessage, OutboundMessage};
-use crate::store::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
 use crate::store::cluster::{
     ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
     RateTake, SocketHolder,
 };
+use crate::store::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -319,6 +319,7 @@ impl ClusterStore for PostgresStore {
 
     async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
         cluster_work::listen_inbox(self).await
+    }
 
     async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
         self.record_socket_opened(chat_id, me).await
