@@ -15,6 +15,12 @@
 //! error end of either marks the gateway not ready, as does a panic of the store's writer
 //! thread (watched through a probe). Session workers and delivery lanes restart themselves in
 //! place and report to the same supervisor.
+//!
+//! In multi-instance mode (`[cluster] enabled`) start replays nothing globally: it joins the
+//! cluster (one membership round), and each partition this instance gains (then and later) has
+//! its resident sessions marked stale, its pending replies queued, its unfinished workflow runs
+//! resumed and its pending inbox rows picked up. Shutdown first hands every partition over
+//! ([`Cluster::leave`]), so the survivors take over at once.
 
 use std::collections::HashSet;
 use std::future::Future;
