@@ -386,7 +386,7 @@ impl Cluster {
         let n = self.ticks.fetch_add(1, Ordering::AcqRel);
         let info = self.info();
         self.store.heartbeat(&info).await?;
-        if n % FORGET_EVERY_TICKS == 0 {
+        if n.is_multiple_of(FORGET_EVERY_TICKS) {
             self.store.forget_instances(FORGET_AFTER).await?;
         }
         let now = self.store.server_now_ms().await?;

@@ -104,49 +104,76 @@ async fn acquire_renew_release_and_the_epoch_grows_on_every_change_of_owner() {
     let store = open(&db).await;
     let cs = cluster_store(&store);
     let ttl = Duration::from_secs(30);
-    let got = cs.lease_acquire(&names(&[0, 1]), "a", ttl).await.unwrap();
+    let got = cs
+        .lease_acquire(&names(&[0, 1]), "a", ttl)
+        .await
+        .expect("the store answers");
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|l| l.epoch == 1), "{got:?}");
     // Held: neither b nor a itself acquires it again.
     assert!(
         cs.lease_acquire(&names(&[0, 1]), "b", ttl)
             .await
-            .unwrap()
+            .expect("the store answers")
             .is_empty()
     );
     assert!(
         cs.lease_acquire(&names(&[0]), "a", ttl)
             .await
-            .unwrap()
+            .expect("the store answers")
             .is_empty()
     );
     // Renewal keeps the epoch; b cannot renew what a holds.
-    let renewed = cs.lease_renew(&names(&[0, 1]), "a", ttl).await.unwrap();
+    let renewed = cs
+        .lease_renew(&names(&[0, 1]), "a", ttl)
+        .await
+        .expect("the store answers");
     assert_eq!(renewed.len(), 2);
     assert!(renewed.iter().all(|l| l.epoch == 1));
     assert!(
         cs.lease_renew(&names(&[0]), "b", ttl)
             .await
-            .unwrap()
+            .expect("the store answers")
             .is_empty()
     );
     // Released: b takes it at once, at the next epoch; a's old fence no longer holds.
-    cs.lease_release(&names(&[0]), "a").await.unwrap();
-    let got = cs.lease_acquire(&names(&[0]), "b", ttl).await.unwrap();
+    cs.lease_release(&names(&[0]), "a")
+        .await
+        .expect("the store answers");
+    let got = cs
+        .lease_acquire(&names(&[0]), "b", ttl)
+        .await
+        .expect("the store answers");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].epoch, 2);
-    assert!(!cs.fence_holds(&fence("part:0", "a", 1)).await.unwrap());
-    assert!(cs.fence_holds(&fence("part:0", "b", 2)).await.unwrap());
+    assert!(
+        !cs.fence_holds(&fence("part:0", "a", 1))
+            .await
+            .expect("the store answers")
+    );
+    assert!(
+        cs.fence_holds(&fence("part:0", "b", 2))
+            .await
+            .expect("the store answers")
+    );
     // A lapsed lease is taken over too, at the next epoch.
     let short = Duration::from_millis(200);
-    cs.lease_release(&names(&[1]), "a").await.unwrap();
+    cs.lease_release(&names(&[1]), "a")
+        .await
+        .expect("the store answers");
     assert_eq!(
-        cs.lease_acquire(&names(&[1]), "a", short).await.unwrap()[0].epoch,
+        cs.lease_acquire(&names(&[1]), "a", short)
+            .await
+            .expect("the store answers")[0]
+            .epoch,
         2
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let taken = loop {
-        let got = cs.lease_acquire(&names(&[1]), "b", ttl).await.unwrap();
+        let got = cs
+            .lease_acquire(&names(&[1]), "b", ttl)
+            .await
+            .expect("the store answers");
         if !got.is_empty() {
             break got;
         }
@@ -174,12 +201,12 @@ async fn two_instances_racing_for_the_same_partitions_never_both_get_one() {
         cs.lease_acquire(&all, "a", ttl),
         cs.lease_acquire(&all, "b", ttl)
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = (a.expect("the store answers"), b.expect("the store answers"));
     assert_eq!(a.len() + b.len(), 64, "every partition went to exactly one");
     for l in &a {
         assert!(b.iter().all(|m| m.name != l.name), "{} held twice", l.name);
     }
-    let leases = cs.leases().await.unwrap();
+    let leases = cs.leases().await.expect("the store answers");
     assert_eq!(leases.len(), 64);
     assert!(leases.iter().all(|l| l.epoch == 1));
 }
@@ -193,42 +220,71 @@ async fn a_stale_fence_refuses_the_turn_and_keeps_nothing() {
     let store = open(&db).await;
     let cs = cluster_store(&store);
     let ttl = Duration::from_secs(30);
-    let InboxOutcome::New(id) = cs.inbox_commit_in(&msg("m1"), 3).await.unwrap() else {
+    let InboxOutcome::New(id) = cs
+        .inbox_commit_in(&msg("m1"), 3)
+        .await
+        .expect("the store answers")
+    else {
         panic!("a new row");
     };
-    let held = cs.lease_acquire(&names(&[3]), "a", ttl).await.unwrap();
+    let held = cs
+        .lease_acquire(&names(&[3]), "a", ttl)
+        .await
+        .expect("the store answers");
     let stale = fence("part:3", "a", held[0].epoch);
     // The partition moves to b.
-    cs.lease_release(&names(&[3]), "a").await.unwrap();
-    let b = cs.lease_acquire(&names(&[3]), "b", ttl).await.unwrap();
+    cs.lease_release(&names(&[3]), "a")
+        .await
+        .expect("the store answers");
+    let b = cs
+        .lease_acquire(&names(&[3]), "b", ttl)
+        .await
+        .expect("the store answers");
     let err = store
         .commit_turn(turn(id, Some(stale)))
         .await
         .expect_err("a fenced commit");
     assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
     // Nothing of it was kept: the row is pending, no reply, no transcript.
-    let pending = cs.inbox_pending_in(&[3], false).await.unwrap();
+    let pending = cs
+        .inbox_pending_in(&[3], false)
+        .await
+        .expect("the store answers");
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0.inbox_id, id);
     assert_eq!(pending[0].1, Some(3));
-    assert!(store.outbox_pending().await.unwrap().is_empty());
+    assert!(
+        store
+            .outbox_pending()
+            .await
+            .expect("the store answers")
+            .is_empty()
+    );
     assert!(
         store
             .history(&SessionKey::User(1), 10)
             .await
-            .unwrap()
+            .expect("the store answers")
             .is_empty()
     );
     // The new owner's commit goes through, with its reply filed under the partition.
     let rows = store
         .commit_turn(turn(id, Some(fence("part:3", "b", b[0].epoch))))
         .await
-        .unwrap();
+        .expect("the store answers");
     assert_eq!(rows.len(), 1);
-    let parted = cs.outbox_pending_in(&[3], false).await.unwrap();
+    let parted = cs
+        .outbox_pending_in(&[3], false)
+        .await
+        .expect("the store answers");
     assert_eq!(parted.len(), 1);
     assert_eq!(parted[0].1, Some(3));
-    assert!(cs.inbox_pending_in(&[3], false).await.unwrap().is_empty());
+    assert!(
+        cs.inbox_pending_in(&[3], false)
+            .await
+            .expect("the store answers")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -243,13 +299,13 @@ async fn a_takeover_waits_for_a_fenced_commit_that_is_still_open() {
     let held = cs
         .lease_acquire(&names(&[5]), "a", Duration::from_millis(1500))
         .await
-        .unwrap();
+        .expect("the store answers");
     let epoch = held[0].epoch;
     let (mut client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
-        .unwrap();
+        .expect("the store answers");
     tokio::spawn(connection);
-    let tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.expect("the store answers");
     // What the store's fence check does inside a turn's transaction.
     let row = tx
         .query_opt(
@@ -258,7 +314,7 @@ async fn a_takeover_waits_for_a_fenced_commit_that_is_still_open() {
             &[&"part:5", &"a", &epoch],
         )
         .await
-        .unwrap();
+        .expect("the store answers");
     assert!(row.is_some(), "the fence holds at first");
     // b tries to take the partition over once it has lapsed: its UPDATE waits on the row lock.
     let cs_b = cs.clone();
@@ -268,7 +324,7 @@ async fn a_takeover_waits_for_a_fenced_commit_that_is_still_open() {
             let got = cs_b
                 .lease_acquire(&names(&[5]), "b", Duration::from_secs(30))
                 .await
-                .unwrap();
+                .expect("the store answers");
             if !got.is_empty() {
                 return (got[0].epoch, Instant::now());
             }
@@ -286,11 +342,11 @@ async fn a_takeover_waits_for_a_fenced_commit_that_is_still_open() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let committed_at = Instant::now();
-    tx.commit().await.unwrap();
+    tx.commit().await.expect("the store answers");
     let (b_epoch, got_at) = tokio::time::timeout(Duration::from_secs(20), takeover)
         .await
         .expect("b takes over after the commit")
-        .unwrap();
+        .expect("the store answers");
     assert!(
         got_at >= committed_at,
         "b took over before a's commit ended"
@@ -322,14 +378,14 @@ async fn membership_rounds_spread_the_partitions_and_a_leave_hands_them_over() {
         .map(|id| Cluster::new(&config(id, 64), cs.clone(), None))
         .collect();
     // The first alone takes everything.
-    members[0].tick().await.unwrap();
+    members[0].tick().await.expect("the store answers");
     assert_eq!(members[0].owned().len(), 64);
     // The others join; rounds until the placement settles (a release by one is taken by
     // another in its next round).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for m in &members {
-            m.tick().await.unwrap();
+            m.tick().await.expect("the store answers");
         }
         let counts: Vec<usize> = members.iter().map(|m| m.owned().len()).collect();
         if counts.iter().sum::<usize>() == 64 && counts.iter().all(|c| *c == 21 || *c == 22) {
@@ -343,7 +399,7 @@ async fn membership_rounds_spread_the_partitions_and_a_leave_hands_them_over() {
         for p in m.owned() {
             assert!(seen.insert(p), "partition {p} held twice");
             let f = m.fence_for(p).expect("a fence for an owned partition");
-            assert!(cs.fence_holds(&f).await.unwrap());
+            assert!(cs.fence_holds(&f).await.expect("the store answers"));
         }
     }
     let key = SessionKey::User(7);
@@ -358,7 +414,7 @@ async fn membership_rounds_spread_the_partitions_and_a_leave_hands_them_over() {
     let started = Instant::now();
     loop {
         for m in &members[..2] {
-            m.tick().await.unwrap();
+            m.tick().await.expect("the store answers");
         }
         let counts: Vec<usize> = members[..2].iter().map(|m| m.owned().len()).collect();
         if counts == [32, 32] {
@@ -369,7 +425,7 @@ async fn membership_rounds_spread_the_partitions_and_a_leave_hands_them_over() {
             "not taken over: {counts:?}"
         );
     }
-    assert!(ownership.has_changed().unwrap());
+    assert!(ownership.has_changed().expect("the store answers"));
     let now = ownership.borrow_and_update().clone();
     assert_eq!(now.len(), 32);
 }

@@ -31,6 +31,11 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+/// What a store without the partitioned message path answers to it.
+fn unpartitioned() -> StoreError {
+    StoreError::Database("this store does not keep partitioned work".to_owned())
+}
+
 impl Fence {
     /// The partition this fence is for, when its lease is a partition's (`part:<n>`).
     pub fn partition(&self) -> Option<u32> {
@@ -205,54 +210,74 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
 
+    // The partitioned message path below has defaults that refuse, so a store that only
+    // coordinates leases (a test double, a wrapper) need not implement it; the shared backend
+    // implements every one.
+
     /// Commits an inbound message into `partition` (deduplicated as `Store::inbox_commit`
     /// does) and, for a new row, wakes the partition's owner (`NOTIFY gateway_inbox`, payload
     /// the partition) in the same transaction.
     async fn inbox_commit_in(
         &self,
-        msg: &InboundMessage,
-        partition: u32,
-    ) -> Result<InboxOutcome, StoreError>;
+        _msg: &InboundMessage,
+        _partition: u32,
+    ) -> Result<InboxOutcome, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Pending inbox rows of `partitions` (and of no partition when `unassigned`) that are not
     /// kept for pairing, oldest first (at most 1000), each with its partition.
     async fn inbox_pending_in(
         &self,
-        partitions: &[u32],
-        unassigned: bool,
-    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError>;
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Files a pending inbox row under `partition` (its session moved) and wakes its owner.
-    async fn inbox_move(&self, inbox_id: i64, partition: u32) -> Result<(), StoreError>;
+    async fn inbox_move(&self, _inbox_id: i64, _partition: u32) -> Result<(), StoreError> {
+        Err(unpartitioned())
+    }
 
     /// `Store::outbox_put` into `partition`.
     async fn outbox_put_in(
         &self,
-        reply: NewReply,
-        partition: u32,
-    ) -> Result<OutboundMessage, StoreError>;
+        _reply: NewReply,
+        _partition: u32,
+    ) -> Result<OutboundMessage, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Pending outbox rows of `partitions` (and of no partition when `unassigned`), by id,
     /// each with its partition.
     async fn outbox_pending_in(
         &self,
-        partitions: &[u32],
-        unassigned: bool,
-    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError>;
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Files a workflow run under `partition`.
-    async fn run_set_partition(&self, run: i64, partition: u32) -> Result<(), StoreError>;
+    async fn run_set_partition(&self, _run: i64, _partition: u32) -> Result<(), StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Unfinished workflow runs of `partitions` (and of no partition when `unassigned`).
     async fn runs_unfinished_in(
         &self,
-        partitions: &[u32],
-        unassigned: bool,
-    ) -> Result<Vec<RunRecord>, StoreError>;
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// A dedicated connection listening for inbox wake-ups: each item is the partition a new
     /// row was filed under. The receiver ends when that connection is lost.
-    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError>;
+    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
+        Err(unpartitioned())
+    }
 
     /// Records that `me` holds an open WebChat socket of `chat_id`.
     async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
