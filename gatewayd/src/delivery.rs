@@ -122,6 +122,10 @@ struct Inner {
     /// How long the store keeps inbound messages (`store.dedupe_window`), in ms: a reply window
     /// longer than this cannot be judged from the store when no message is on record.
     inbound_kept_ms: std::sync::atomic::AtomicI64,
+    /// Multi-instance mode ([`Delivery::set_cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Multi-instance mode: the rows queued here (by id), each with its partition.
+    queued: Mutex<HashMap<i64, Option<u32>>>,
 }
 
 /// The delivery service. Cloning shares it.
@@ -178,6 +182,8 @@ impl Delivery {
                 lanes_done: Mutex::new(Some(done_tx)),
                 supervisor,
                 inbound_kept_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
+                cluster: std::sync::OnceLock::new(),
+                queued: Mutex::new(HashMap::new()),
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
@@ -193,6 +199,57 @@ impl Delivery {
             i64::try_from(kept.as_millis()).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Multi-instance mode: rows filed under a partition are sent only while this instance
+    /// owns it, and a row already queued here is not queued twice.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// [`Delivery::enqueue`] for rows filed under `partition` (`None`: under none, sent by
+    /// whoever has them).
+    pub fn enqueue_in(&self, rows: Vec<OutboundMessage>, partition: Option<u32>) {
+        self.enqueue_parted(rows.into_iter().map(|r| (r, partition)).collect());
+    }
+
+    /// [`Delivery::enqueue`] for rows each with its partition.
+    pub fn enqueue_parted(&self, rows: Vec<(OutboundMessage, Option<u32>)>) {
+        if self.inner.cluster.get().is_none() {
+            return self.enqueue(rows.into_iter().map(|(r, _)| r).collect());
+        }
+        let fresh: Vec<OutboundMessage> = {
+            let mut queued = lock(&self.inner.queued);
+            rows.into_iter()
+                .filter_map(|(r, p)| match queued.entry(r.id) {
+                    std::collections::hash_map::Entry::Occupied(_) => None,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(p);
+                        Some(r)
+                    }
+                })
+                .collect()
+        };
+        self.enqueue(fresh);
+    }
+
+    /// Multi-instance mode: whether the row may be sent by this instance now (its partition,
+    /// if it has one, is owned here).
+    fn may_send(&self, id: i64) -> bool {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return true;
+        };
+        match lock(&self.inner.queued).get(&id).copied().flatten() {
+            Some(p) => cluster.fence_for(p).is_some(),
+            None => true,
+        }
+    }
+
+    /// The lane is done with row `id` (sent, dead, or left pending for another instance).
+    fn settled(&self, id: i64) {
+        if self.inner.cluster.get().is_some() {
+            lock(&self.inner.queued).remove(&id);
+        }
     }
 
     /// Hands committed outbox rows to their lanes, in order.
@@ -490,6 +547,7 @@ impl Delivery {
             if let Some((row, _)) = in_hand.as_mut() {
                 // Boxed so that an idle lane's task holds only this loop's state.
                 Box::pin(self.deliver(row, wake, &mut shutdown)).await;
+                self.settled(row.id);
             }
             *in_hand = None;
         }
@@ -528,6 +586,13 @@ impl Delivery {
             tokio::select! {
                 () = c.limits.acquire(&row.chat_id) => {}
                 _ = shutdown.changed() => return,
+            }
+            if !self.may_send(row.id) {
+                tracing::debug!(
+                    message = "Not sending a reply of a partition this instance no longer owns; its owner sends it.",
+                    outbox_id = row.id
+                );
+                return;
             }
             let index = row.chunks_sent;
             let Some(text) = chunks.get(index as usize) else {

@@ -35,6 +35,7 @@ use crate::agent::tools::{
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
 use crate::channels::registry;
+use crate::cluster::{Cluster, Ownership};
 use crate::config::{Config, ProviderKind};
 use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
@@ -104,6 +105,8 @@ pub struct Gateway {
     pub started_at: Instant,
     /// What panicked or failed, and whether the gateway is ready.
     pub supervisor: Arc<Supervisor>,
+    /// Multi-instance mode: membership, partitions and their fences.
+    pub cluster: Option<Arc<Cluster>>,
     config: Config,
     ready: Arc<AtomicBool>,
     closing: watch::Sender<bool>,
@@ -162,11 +165,29 @@ impl Gateway {
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
-        let identity = Arc::new(Identity::with_cache_size(
-            store.clone(),
-            events.clone(),
-            config.gateway.identity_cache_size,
-        ));
+        let cluster = if config.cluster.enabled {
+            let shared = store
+                .clone()
+                .cluster_store()
+                .context("cluster.enabled needs store.backend = \"postgres\"")?;
+            let advertise = config
+                .cluster
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.http.listen));
+            Some(Cluster::new(&config.cluster, shared, Some(advertise)))
+        } else {
+            None
+        };
+        // A link made on another instance would not drop this one's cached resolutions.
+        let identity = Arc::new(match &cluster {
+            Some(_) => Identity::uncached(store.clone(), events.clone()),
+            None => Identity::with_cache_size(
+                store.clone(),
+                events.clone(),
+                config.gateway.identity_cache_size,
+            ),
+        });
         let (closing, closing_rx) = watch::channel(false);
         let adapters = registry::build(
             &config,
@@ -192,11 +213,16 @@ impl Gateway {
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
         if config.cluster.enabled
-            && let Some(cluster) = store.clone().cluster_store()
+            && let Some(shared) = store.clone().cluster_store()
         {
-            delivery.share_rate_limits(&cluster);
+            delivery.share_rate_limits(&shared);
         }
-        let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
+        let mut outbox = Outbox::new(store.clone(), delivery.clone());
+        if let Some(c) = &cluster {
+            delivery.set_cluster(c.clone());
+            outbox = outbox.with_cluster(c.clone());
+        }
+        let outbox = Arc::new(outbox);
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
         let agent = Arc::new(
@@ -223,6 +249,9 @@ impl Gateway {
                 services,
             )
         });
+        if let (Some(engine), Some(c)) = (&workflows, &cluster) {
+            engine.set_cluster(c.clone());
+        }
         if let (Some(engine), Ok(mut slot)) = (&workflows, runner.engine.write()) {
             *slot = Some(Arc::downgrade(engine));
         }
@@ -246,13 +275,18 @@ impl Gateway {
             supervisor: supervisor.clone(),
             budgets: Arc::new(crate::budget::Budgets::new(config.budgets, store.clone())),
             access: access.clone(),
+            cluster: cluster.clone(),
         });
         let router = Router::new(
             ctx,
             config.gateway.max_sessions,
             config.gateway.mailbox_capacity,
         );
-        let inbox = Arc::new(Inbox::new(store.clone(), router.clone(), events.clone()));
+        let mut inbox = Inbox::new(store.clone(), router.clone(), events.clone());
+        if let Some(c) = &cluster {
+            inbox = inbox.with_cluster(c.clone());
+        }
+        let inbox = Arc::new(inbox);
 
         let addr: SocketAddr =
             config.http.listen.parse().with_context(|| {
@@ -272,11 +306,30 @@ impl Gateway {
         };
         let admin_token = config.admin_token().map_err(|e| anyhow!(e))?;
 
-        let pending_out = store.outbox_pending().await?;
-        let resent = pending_out.len();
-        delivery.enqueue(pending_out);
-        let replayed = inbox.replay().await?;
-        if let Some(engine) = &workflows {
+        let mut background = Vec::new();
+        let (resent, replayed) = match &cluster {
+            // A clustered instance takes up only the work of the partitions it gains.
+            Some(c) => {
+                start_cluster(
+                    c,
+                    &supervisor,
+                    &inbox,
+                    &router,
+                    &delivery,
+                    workflows.as_ref(),
+                    &mut background,
+                )
+                .await;
+                (0, 0)
+            }
+            None => {
+                let pending_out = store.outbox_pending().await?;
+                let resent = pending_out.len();
+                delivery.enqueue(pending_out);
+                (resent, inbox.replay().await?)
+            }
+        };
+        if let Some(engine) = workflows.as_ref().filter(|_| cluster.is_none()) {
             let resumed = engine.resume_unfinished().await?;
             if resumed > 0 {
                 tracing::info!(
@@ -293,7 +346,6 @@ impl Gateway {
             );
         }
 
-        let mut background = Vec::new();
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -447,6 +499,7 @@ impl Gateway {
             announce,
             started_at: Instant::now(),
             supervisor,
+            cluster,
             config,
             ready,
             closing,
@@ -472,6 +525,11 @@ impl Gateway {
     pub async fn shutdown(self) {
         tracing::info!(message = "Shutting down: no new messages are accepted.");
         self.ready.store(false, Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            // Hand every partition over at once; a turn still running here is then fenced
+            // at its commit and answered by the new owner.
+            cluster.leave().await;
+        }
         let _ = self.closing.send(true);
         let _ = self.stop_server.send(true);
         match tokio::time::timeout(Duration::from_secs(5), self.server).await {
@@ -631,6 +689,133 @@ impl WorkflowRunner for LateRunner {
             .await
             .map(|id| id.to_string())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Multi-instance mode: the first membership round (so this instance starts with the
+/// partitions that are free), then the supervised membership loop, the inbox pickup, and the
+/// takeover of each partition gained: its resident sessions marked stale, its pending replies
+/// queued, its unfinished workflow runs resumed (its pending inbox rows are the pickup's).
+async fn start_cluster(
+    cluster: &Arc<Cluster>,
+    supervisor: &Arc<Supervisor>,
+    inbox: &Arc<Inbox>,
+    router: &Arc<Router>,
+    delivery: &Delivery,
+    workflows: Option<&Arc<Engine>>,
+    background: &mut Vec<JoinHandle<()>>,
+) {
+    let ownership = cluster.subscribe();
+    match cluster.tick().await {
+        Ok(report) => tracing::info!(
+            message = "Joined the cluster.",
+            instance = cluster.instance_id(),
+            live = report.live.len(),
+            partitions = report.acquired.len()
+        ),
+        Err(error) => {
+            tracing::warn!(message = "The first cluster membership round failed; retrying.", %error);
+        }
+    }
+    {
+        let cluster = cluster.clone();
+        background
+            .push(supervisor.spawn_restarting("cluster membership", move || cluster.clone().run()));
+    }
+    {
+        let inbox = inbox.clone();
+        background
+            .push(supervisor.spawn_restarting("inbox pickup", move || inbox.clone().run_pickup()));
+    }
+    let takeover = Arc::new(Takeover {
+        cluster: cluster.clone(),
+        router: router.clone(),
+        delivery: delivery.clone(),
+        workflows: workflows.cloned(),
+        seen: std::sync::Mutex::new(None),
+    });
+    let first = Some(ownership);
+    let slot = Arc::new(tokio::sync::Mutex::new(first));
+    background.push(supervisor.spawn_restarting("partition takeover", move || {
+        let takeover = takeover.clone();
+        let slot = slot.clone();
+        async move {
+            let rx = slot.lock().await.take();
+            let mut rx = match rx {
+                Some(rx) => rx,
+                None => takeover.cluster.subscribe(),
+            };
+            loop {
+                let now: Ownership = rx.borrow_and_update().clone();
+                takeover.apply(&now).await;
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
+}
+
+/// What a gained partition's work is handed to.
+struct Takeover {
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    delivery: Delivery,
+    workflows: Option<Arc<Engine>>,
+    /// The ownership last acted on.
+    seen: std::sync::Mutex<Option<Ownership>>,
+}
+
+impl Takeover {
+    async fn apply(&self, now: &Ownership) {
+        let before = self.seen.lock().ok().and_then(|s| s.clone());
+        let gained: Vec<u32> = now
+            .iter()
+            .filter(|(p, epoch)| before.as_ref().and_then(|b| b.get(p)) != Some(epoch))
+            .map(|(p, _)| *p)
+            .collect();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(now.clone());
+        }
+        if gained.is_empty() {
+            return;
+        }
+        let partitions = self.cluster.partitions();
+        for p in &gained {
+            self.router.invalidate_partition(*p, partitions);
+        }
+        let unassigned = gained.contains(&0);
+        match self
+            .cluster
+            .store()
+            .outbox_pending_in(&gained, unassigned)
+            .await
+        {
+            Ok(rows) => {
+                if !rows.is_empty() {
+                    tracing::info!(
+                        message = "Sending the pending replies of gained partitions.",
+                        count = rows.len()
+                    );
+                }
+                self.delivery.enqueue_parted(rows);
+            }
+            Err(error) => {
+                tracing::warn!(message = "Cannot read the pending replies of gained partitions; they are sent at the next gain.", %error);
+            }
+        }
+        if let Some(engine) = &self.workflows {
+            match engine.resume_partitions(&gained, unassigned).await {
+                Ok(0) => {}
+                Ok(runs) => tracing::info!(
+                    message = "Resumed the workflow runs of gained partitions.",
+                    runs
+                ),
+                Err(error) => {
+                    tracing::warn!(message = "Cannot resume the workflow runs of gained partitions.", %error);
+                }
+            }
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use super::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
+use crate::message::{InboundMessage, OutboundMessage};
 
 /// The proof a writer holds a lease: checked by the store inside the write's transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,6 +29,13 @@ pub struct Fence {
     pub owner: Arc<str>,
     /// The epoch it was acquired at.
     pub epoch: i64,
+}
+
+impl Fence {
+    /// The partition this fence is for, when its lease is a partition's (`part:<n>`).
+    pub fn partition(&self) -> Option<u32> {
+        self.lease.strip_prefix("part:")?.parse().ok()
+    }
 }
 
 /// What an instance says of itself in its heartbeat.
@@ -199,4 +207,53 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// The rows of `keys` that exist, by key.
     async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError>;
+
+    /// Commits an inbound message into `partition` (deduplicated as `Store::inbox_commit`
+    /// does) and, for a new row, wakes the partition's owner (`NOTIFY gateway_inbox`, payload
+    /// the partition) in the same transaction.
+    async fn inbox_commit_in(
+        &self,
+        msg: &InboundMessage,
+        partition: u32,
+    ) -> Result<InboxOutcome, StoreError>;
+
+    /// Pending inbox rows of `partitions` (and of no partition when `unassigned`) that are not
+    /// kept for pairing, oldest first (at most 1000), each with its partition.
+    async fn inbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError>;
+
+    /// Files a pending inbox row under `partition` (its session moved) and wakes its owner.
+    async fn inbox_move(&self, inbox_id: i64, partition: u32) -> Result<(), StoreError>;
+
+    /// `Store::outbox_put` into `partition`.
+    async fn outbox_put_in(
+        &self,
+        reply: NewReply,
+        partition: u32,
+    ) -> Result<OutboundMessage, StoreError>;
+
+    /// Pending outbox rows of `partitions` (and of no partition when `unassigned`), by id,
+    /// each with its partition.
+    async fn outbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError>;
+
+    /// Files a workflow run under `partition`.
+    async fn run_set_partition(&self, run: i64, partition: u32) -> Result<(), StoreError>;
+
+    /// Unfinished workflow runs of `partitions` (and of no partition when `unassigned`).
+    async fn runs_unfinished_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// A dedicated connection listening for inbox wake-ups: each item is the partition a new
+    /// row was filed under. The receiver ends when that connection is lost.
+    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError>;
 }

@@ -30,6 +30,7 @@
 
 mod access;
 mod cluster;
+mod cluster_work;
 mod copy;
 mod cursors;
 mod identity;
@@ -88,6 +89,8 @@ pub(super) const CONFLICTED: &str = "the transaction conflicted with a concurren
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     pool: Pool,
+    /// How to open a connection outside the pool (the cluster's `LISTEN`).
+    pg_config: tokio_postgres::Config,
     shared: Arc<Shared>,
     /// Set by [`Store::close`]: every later operation fails with [`StoreError::Closed`].
     closed: AtomicBool,
@@ -255,6 +258,7 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let target = describe(&config);
+        let pg_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -297,6 +301,7 @@ impl PostgresStore {
         let handle = tokio::spawn(task.run(stop_rx));
         Ok(Self {
             pool,
+            pg_config,
             shared,
             closed: AtomicBool::new(false),
             background: Mutex::new(Some((stop_tx, handle))),

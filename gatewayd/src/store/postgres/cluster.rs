@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::cluster_work;
 use super::{PostgresStore, col, db, to_i64};
-use crate::store::StoreError;
+use crate::message::{InboundMessage, OutboundMessage};
 use crate::store::cluster::{
     ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
     RateTake,
 };
+use crate::store::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -269,5 +271,59 @@ impl ClusterStore for PostgresStore {
 
     async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
         super::rates::rows(self, keys).await
+    }
+
+    async fn inbox_commit_in(
+        &self,
+        msg: &InboundMessage,
+        partition: u32,
+    ) -> Result<InboxOutcome, StoreError> {
+        self.track(cluster_work::inbox_commit_in(self, msg, partition))
+            .await
+    }
+
+    async fn inbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError> {
+        cluster_work::inbox_pending_in(self, partitions, unassigned).await
+    }
+
+    async fn inbox_move(&self, inbox_id: i64, partition: u32) -> Result<(), StoreError> {
+        cluster_work::inbox_move(self, inbox_id, partition).await
+    }
+
+    async fn outbox_put_in(
+        &self,
+        reply: NewReply,
+        partition: u32,
+    ) -> Result<OutboundMessage, StoreError> {
+        self.track(cluster_work::outbox_put_in(self, reply, partition))
+            .await
+    }
+
+    async fn outbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError> {
+        cluster_work::outbox_pending_in(self, partitions, unassigned).await
+    }
+
+    async fn run_set_partition(&self, run: i64, partition: u32) -> Result<(), StoreError> {
+        cluster_work::run_set_partition(self, run, partition).await
+    }
+
+    async fn runs_unfinished_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        cluster_work::runs_unfinished_in(self, partitions, unassigned).await
+    }
+
+    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
+        cluster_work::listen_inbox(self).await
     }
 }
