@@ -103,7 +103,7 @@ async fn generate(
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
         let session = n % sessions;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let id = format!("load-{n}");
             let body = json!({
                 "message_id": id,
