@@ -26,13 +26,12 @@
 //! [`Claims`] remembers which pending inbox rows were handed to a session worker here, so the
 //! owner's pickup poll never hands one row over twice.
 //!
-//! This module depends only on the store, the configuration and the message types, so every
-//! part that asks it (inbox, sessions, delivery, workflows) may do so without a cycle.
-//!
 //! [`leader`] runs a named long-lived job (a channel's connection, the scheduler) on exactly one
-//! instance at a time, under a lease with a fencing epoch. [`relay`] carries a WebChat reply from
-//! the instance that sends it to the instance holding the chat's socket (it names the WebChat
-//! adapter's relay trait, so it is the one part here that depends on `channels`).
+//! instance at a time, under a lease with a fencing epoch. [`relay`] carries a WebChat reply
+//! from the instance that sends it to the instance holding the chat's socket.
+//!
+//! The handle itself depends only on the store, the configuration and the message types, so
+//! every part that asks it (inbox, sessions, delivery, workflows) may do so without a cycle.
 
 pub mod leader;
 pub mod relay;
@@ -200,7 +199,7 @@ pub struct TickReport {
 /// The handle every part of a clustered gateway shares.
 pub struct Cluster {
     me: Arc<str>,
-    info: InstanceInfo,
+    info: Mutex<InstanceInfo>,
     partitions: u32,
     ttl: Duration,
     renew: Duration,
@@ -236,11 +235,11 @@ impl Cluster {
         let ttl = config.lease_ttl.get();
         let (owned_tx, _) = watch::channel(Arc::new(BTreeMap::new()));
         Arc::new(Self {
-            info: InstanceInfo {
+            info: Mutex::new(InstanceInfo {
                 instance_id: me.to_string(),
                 advertise_url,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-            },
+            }),
             me,
             partitions: config.partitions.max(1),
             ttl,
@@ -341,8 +340,14 @@ impl Cluster {
     }
 
     /// What this instance says of itself.
-    pub fn info(&self) -> &InstanceInfo {
-        &self.info
+    pub fn info(&self) -> InstanceInfo {
+        lock(&self.info).clone()
+    }
+
+    /// Where the other instances reach this one's HTTP listener, from the next heartbeat on
+    /// (set once the listener is bound, when `cluster.advertise_url` is not given).
+    pub fn set_advertise_url(&self, url: String) {
+        lock(&self.info).advertise_url = Some(url);
     }
 
     fn publish(&self) {
@@ -379,7 +384,8 @@ impl Cluster {
             return Ok(report);
         }
         let n = self.ticks.fetch_add(1, Ordering::AcqRel);
-        self.store.heartbeat(&self.info).await?;
+        let info = self.info();
+        self.store.heartbeat(&info).await?;
         if n % FORGET_EVERY_TICKS == 0 {
             self.store.forget_instances(FORGET_AFTER).await?;
         }

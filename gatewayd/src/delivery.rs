@@ -21,6 +21,11 @@
 //! no row is lost, and the row in hand is sent again (its progress so far is kept). A row that
 //! panics [`MAX_SEND_PANICS`] times becomes a dead letter with an internal-error reason, so it
 //! never holds its chat forever; the operator can retry it.
+//!
+//! In multi-instance mode each row handed over with its partition ([`Delivery::enqueue_in`],
+//! [`Delivery::enqueue_parted`]) is queued at most once, and is sent only while this instance
+//! owns that partition: checked before each chunk, a row whose partition moved is dropped from
+//! its lane and stays pending for the new owner, which queues it when it gains the partition.
 
 pub mod dead_letter;
 pub mod health;

@@ -11,6 +11,15 @@
 //! message that was committed before the disk filled but whose routing or turn could not be
 //! written is remembered as stranded; [`Inbox::recover_stranded`] routes it again as soon as
 //! the store reports that writes succeed again, without a restart.
+//!
+//! In multi-instance mode a message may arrive at any instance. [`Inbox::commit`] resolves the
+//! sender's session first and commits the row into that session's partition (with a
+//! `NOTIFY gateway_inbox` in the same transaction); [`Inbox::dispatch`] hands it to a worker
+//! here only while this instance owns the partition. Otherwise the owner takes it up: its
+//! [`Inbox::run_pickup`] loop reads the pending rows of its partitions every
+//! [`PICKUP_INTERVAL`], at once on a wake-up or a gained partition, and routes those it has not
+//! handed over already ([`crate::cluster::Claims`]). Rows kept for pairing are left out of the
+//! pickup until they are approved.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

@@ -15,6 +15,12 @@
 //! error end of either marks the gateway not ready, as does a panic of the store's writer
 //! thread (watched through a probe). Session workers and delivery lanes restart themselves in
 //! place and report to the same supervisor.
+//!
+//! In multi-instance mode (`[cluster] enabled`) start replays nothing globally: it joins the
+//! cluster (one membership round), and each partition this instance gains (then and later) has
+//! its resident sessions marked stale, its pending replies queued, its unfinished workflow runs
+//! resumed and its pending inbox rows picked up. Shutdown first hands every partition over
+//! ([`Cluster::leave`]), so the survivors take over at once.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -203,12 +209,12 @@ impl Gateway {
                 .clone()
                 .cluster_store()
                 .context("cluster.enabled needs store.backend = \"postgres\"")?;
-            let advertise = config
-                .cluster
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", config.http.listen));
-            Some(Cluster::new(&config.cluster, shared, Some(advertise)))
+            // Without `cluster.advertise_url`, the bound listener's address, once bound.
+            Some(Cluster::new(
+                &config.cluster,
+                shared,
+                config.cluster.advertise_url.clone(),
+            ))
         } else {
             None
         };
@@ -232,7 +238,7 @@ impl Gateway {
                 closing: closing_rx.clone(),
                 socket_relay: socket_relay
                     .clone()
-                    .map(|r| r as Arc<dyn crate::cluster::relay::SocketRelay>),
+                    .map(|r| r as Arc<dyn crate::channels::webchat::SocketRelay>),
             },
         )?;
         let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
@@ -253,9 +259,9 @@ impl Gateway {
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
         if config.cluster.enabled
-            && let Some(shared) = store.clone().cluster_store()
+            && let Some(cluster) = store.clone().cluster_store()
         {
-            delivery.share_rate_limits(&shared);
+            delivery.share_rate_limits(&cluster);
         }
         let mut outbox = Outbox::new(store.clone(), delivery.clone());
         if let Some(c) = &cluster {
@@ -347,12 +353,12 @@ impl Gateway {
         let admin_token = config.admin_token().map_err(|e| anyhow!(e))?;
 
         let mut background = Vec::new();
-        // Tasks under a leader lease: awaited at shutdown, so their leases are released.
-        let mut listeners = Vec::new();
-        let (stop_server, stop_rx) = watch::channel(false);
         let (resent, replayed) = match &cluster {
             // A clustered instance takes up only the work of the partitions it gains.
             Some(c) => {
+                if config.cluster.advertise_url.is_none() {
+                    c.set_advertise_url(format!("http://{http_addr}"));
+                }
                 start_cluster(
                     c,
                     &supervisor,
@@ -389,6 +395,9 @@ impl Gateway {
             );
         }
 
+        // Tasks under a leader lease: awaited at shutdown, so their leases are released.
+        let mut listeners = Vec::new();
+        let (stop_server, stop_rx) = watch::channel(false);
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -478,14 +487,7 @@ impl Gateway {
             adapters
                 .iter()
                 .flat_map(|a| a.routes(&hooks))
-                .chain(
-                    socket_relay
-                        .iter()
-                        .map(|r| crate::channels::adapter::Route {
-                            path: crate::cluster::relay::RELAY_PATH.to_owned(),
-                            handler: r.handler(),
-                        }),
-                )
+                .chain(socket_relay.iter().map(|r| r.route()))
                 .collect(),
             registry::disabled_routes(&config),
         )?;

@@ -192,6 +192,13 @@ async fn serve(
             // Boxed so that an idle worker's task holds only this loop's state, not the
             // (larger) state of a message in progress.
             Box::pin(handle(router, state, &held.job, &mut held.settled)).await;
+            // Multi-instance mode: a message left pending (a write failed) is the owner's
+            // pickup's to route again, here or on the instance that owns it next.
+            if !held.settled
+                && let Some(c) = &router.context().cluster
+            {
+                c.claims().release(held.job.inbox_id);
+            }
         }
         *in_hand = None;
         finish(shared);

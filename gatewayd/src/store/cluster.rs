@@ -205,40 +205,6 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
 
-    /// Records that `me` holds an open WebChat socket of `chat_id`.
-    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
-
-    /// Records that `me` holds no open WebChat socket of `chat_id` any more.
-    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
-
-    /// Forgets every WebChat socket recorded for `me` (at start: a killed run left them).
-    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError>;
-
-    /// The instances other than `except` that hold an open WebChat socket of `chat_id`, among
-    /// those whose heartbeat is younger than `alive_within` and that advertise a URL.
-    async fn webchat_socket_holders(
-        &self,
-        chat_id: &str,
-        except: &str,
-        alive_within: Duration,
-    ) -> Result<Vec<SocketHolder>, StoreError>;
-
-    /// Turns this instance's periodic pruning on or off (on by default): in a cluster only the
-    /// holder of the scheduler's lease prunes.
-    fn set_pruning(&self, on: bool);
-
-    /// Takes one token from every bucket of `buckets` at the server's clock, all or none: the
-    /// limited rows are locked in key order (so concurrent takes never deadlock), checked, and
-    /// moved together in one transaction.
-    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError>;
-
-    /// Pauses bucket `key` for `pause_ms` from the server's now (a pause never shortens one
-    /// already in force); returns when it ends (server ms).
-    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError>;
-
-    /// The rows of `keys` that exist, by key.
-    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError>;
-
     /// Commits an inbound message into `partition` (deduplicated as `Store::inbox_commit`
     /// does) and, for a new row, wakes the partition's owner (`NOTIFY gateway_inbox`, payload
     /// the partition) in the same transaction.
@@ -287,4 +253,38 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// A dedicated connection listening for inbox wake-ups: each item is the partition a new
     /// row was filed under. The receiver ends when that connection is lost.
     async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError>;
+
+    /// Records that `me` holds an open WebChat socket of `chat_id`.
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Records that `me` holds no open WebChat socket of `chat_id` any more.
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Forgets every WebChat socket recorded for `me` (at start: a killed run left them).
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError>;
+
+    /// The instances other than `except` that hold an open WebChat socket of `chat_id`, among
+    /// those whose heartbeat is younger than `alive_within` and that advertise a URL.
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError>;
+
+    /// Turns this instance's periodic pruning on or off (on by default): in a cluster only the
+    /// holder of the scheduler's lease prunes.
+    fn set_pruning(&self, on: bool);
+
+    /// Takes one token from every bucket of `buckets` at the server's clock, all or none: the
+    /// limited rows are locked in key order (so concurrent takes never deadlock), checked, and
+    /// moved together in one transaction.
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError>;
+
+    /// Pauses bucket `key` for `pause_ms` from the server's now (a pause never shortens one
+    /// already in force); returns when it ends (server ms).
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError>;
+
+    /// The rows of `keys` that exist, by key.
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError>;
 }

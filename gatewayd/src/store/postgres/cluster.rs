@@ -267,39 +267,6 @@ impl ClusterStore for PostgresStore {
         tx.commit().await.map_err(db)
     }
 
-    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
-        self.record_socket_opened(chat_id, me).await
-    }
-
-    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
-        self.record_socket_closed(chat_id, me).await
-    }
-
-    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
-        self.clear_sockets_of(me).await
-    }
-
-    async fn webchat_socket_holders(
-        &self,
-        chat_id: &str,
-        except: &str,
-        alive_within: Duration,
-    ) -> Result<Vec<SocketHolder>, StoreError> {
-        self.socket_holders_of(chat_id, except, alive_within).await
-    }
-
-    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
-        super::rates::take(self, buckets).await
-    }
-
-    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
-        super::rates::pause(self, key, pause_ms).await
-    }
-
-    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
-        super::rates::rows(self, keys).await
-    }
-
     async fn inbox_commit_in(
         &self,
         msg: &InboundMessage,
@@ -352,5 +319,38 @@ impl ClusterStore for PostgresStore {
 
     async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
         cluster_work::listen_inbox(self).await
+    }
+
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_opened(chat_id, me).await
+    }
+
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_closed(chat_id, me).await
+    }
+
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
+        self.clear_sockets_of(me).await
+    }
+
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError> {
+        self.socket_holders_of(chat_id, except, alive_within).await
+    }
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }
