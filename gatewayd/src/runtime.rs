@@ -536,7 +536,10 @@ impl Gateway {
                         access: access.clone(),
                         cluster: crate::admin::ClusterInfo::new(
                             &config.cluster,
-                            config.cluster.instance_id(),
+                            cluster.as_ref().map_or_else(
+                                || config.cluster.instance_id(),
+                                |c| c.instance_id().to_owned(),
+                            ),
                         ),
                     };
                     let stop = stop_server.subscribe();

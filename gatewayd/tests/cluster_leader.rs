@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use gatewayd::cluster::leader::Leadership;
 use gatewayd::store::StoreError;
 use gatewayd::store::cluster::{
-    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow,
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake, SocketHolder,
 };
 use gatewayd::store::postgres::PostgresStore;
 use pg_support::FreshDatabase;

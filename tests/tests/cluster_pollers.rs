@@ -4,7 +4,10 @@
 //! is 1); after a `kill -9` of the poller another instance takes over within seconds and
 //! continues from the offset stored in the lease, so no update is answered twice; a poller
 //! frozen (SIGSTOP) past its lease has no poll open when the next one starts, and after SIGCONT
-//! it does not poll again while the other holds the lease.
+//! it does not poll again while the other holds the lease. With one fake Discord, one instance
+//! keeps the gateway connected and stores its session in the lease `conn:discord`; after a
+//! `kill -9` the next holder RESUMEs that session (no second IDENTIFY) and the messages sent
+//! meanwhile are replayed and answered once.
 //!
 //! These tests need PostgreSQL whatever `GATEWAY_TEST_STORE` says; without
 //! `GATEWAY_TEST_PG_URL` (or in the PostgreSQL pass of `tests/run.sh`) they print why and pass.
@@ -13,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gateway_tests::cluster::{ClusterRig, instance_id};
+use gateway_tests::fake_discord::FakeDiscord;
 use gateway_tests::fake_telegram::{ChatSpec, FakeTelegram};
 use gateway_tests::{GatewayOptions, skip_without_cluster_pg};
 
@@ -36,9 +40,14 @@ fn options(tg: &FakeTelegram) -> GatewayOptions {
 
 /// The instance holding `conn:telegram`, once one does (waits up to `within`).
 async fn wait_poller(rig: &ClusterRig, not: Option<usize>, within: Duration) -> usize {
+    wait_holder(rig, LEASE, not, within).await
+}
+
+/// The instance holding `lease`, once one other than `not` does (waits up to `within`).
+async fn wait_holder(rig: &ClusterRig, lease: &str, not: Option<usize>, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(Some(owner)) = rig.lease_owner(LEASE).await
+        if let Ok(Some(owner)) = rig.lease_owner(lease).await
             && let Some(i) = rig.index_of(&owner)
             && Some(i) != not
         {
@@ -46,7 +55,7 @@ async fn wait_poller(rig: &ClusterRig, not: Option<usize>, within: Duration) -> 
         }
         assert!(
             Instant::now() < deadline,
-            "no instance took {LEASE} within {within:?}\n{}",
+            "no instance took {lease} within {within:?}\n{}",
             rig.logs_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -223,4 +232,111 @@ async fn a_poller_frozen_past_its_lease_has_no_poll_open_when_the_next_one_start
         rig.lease_owner(LEASE).await.expect("owner"),
         Some(instance_id(next))
     );
+}
+
+const DC_TOKEN: &str = "discord.cluster.token";
+const DC_LEASE: &str = "conn:discord";
+
+fn discord_options(dc: &FakeDiscord) -> GatewayOptions {
+    let mut opts = GatewayOptions::with_config(format!(
+        "[delivery]\nretry_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\n\
+         [channels.discord]\nenabled = true\ntoken_env = \"DC_TOKEN\"\napi_url = \"{}\"\n",
+        dc.url()
+    ));
+    opts.env.push(("DC_TOKEN".to_owned(), DC_TOKEN.to_owned()));
+    opts
+}
+
+/// The session stored in `conn:discord`'s metadata, as JSON.
+async fn stored_session(rig: &ClusterRig) -> Option<serde_json::Value> {
+    let rows = rig
+        .query("SELECT meta FROM leases WHERE name = 'conn:discord'")
+        .await
+        .ok()?;
+    let meta: Option<String> = rows.first()?.get(0);
+    serde_json::from_str(&meta?).ok()
+}
+
+async fn wait_discord_answered_once(rig: &ClusterRig, dc: &FakeDiscord, pushed: &[u64]) {
+    let n = pushed.len();
+    let all = |sent: &[gateway_tests::fake_discord::SentMessage]| {
+        pushed
+            .iter()
+            .all(|ch| sent.iter().any(|s| s.channel_id == *ch))
+            && sent.len() >= n
+    };
+    if let Err(e) = dc.wait_sent(all, SETTLE).await {
+        panic!(
+            "not every Discord message was answered: {e:#}\n{}",
+            rig.logs_tail(60)
+        );
+    }
+    let mut got: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in dc.sent().into_iter().filter(|s| s.is_success()) {
+        *got.entry(s.channel_id).or_default() += 1;
+    }
+    let mut want: BTreeMap<u64, usize> = BTreeMap::new();
+    for ch in pushed {
+        *want.entry(*ch).or_default() += 1;
+    }
+    assert_eq!(got, want, "each Discord message is answered exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_discord_holder_resumes_the_stored_session() {
+    skip_without_cluster_pg!();
+    let dc = FakeDiscord::start(DC_TOKEN).await;
+    let mut rig = ClusterRig::start(2, |_| discord_options(&dc))
+        .await
+        .expect("start two instances");
+    let first = wait_holder(&rig, DC_LEASE, None, SETTLE).await;
+    dc.wait_identified(SETTLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", rig.logs_tail(40)));
+    let mut pushed = Vec::new();
+    for ch in 300..305u64 {
+        dc.push_dm(ch, ch + 1000, &format!("before the kill, to {ch}"));
+        pushed.push(ch);
+    }
+    wait_discord_answered_once(&rig, &dc, &pushed).await;
+    let session_id = dc.session_id().expect("a session");
+    gateway_tests::poll_until_async(SETTLE, "the session stored in the lease", || async {
+        stored_session(&rig).await.is_some_and(|s| {
+            s["session_id"] == session_id.as_str() && s["seq"].as_u64().is_some_and(|q| q > 1)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", rig.logs_tail(40)));
+    assert_eq!(dc.identify_count(), 1, "one instance connected");
+
+    rig.kill(first).await;
+    let killed_at = Instant::now();
+    for ch in 305..310u64 {
+        dc.push_dm(ch, ch + 1000, &format!("while the holder is dead, to {ch}"));
+        pushed.push(ch);
+    }
+    let next = wait_holder(
+        &rig,
+        DC_LEASE,
+        Some(first),
+        TAKEOVER + Duration::from_secs(2),
+    )
+    .await;
+    eprintln!(
+        "{} killed, {} holds {DC_LEASE} after {:?}",
+        instance_id(first),
+        instance_id(next),
+        killed_at.elapsed()
+    );
+    dc.wait_resume_count(1, SETTLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", rig.logs_tail(40)));
+    assert_eq!(
+        dc.identify_count(),
+        1,
+        "the new holder resumed instead of identifying"
+    );
+    assert_eq!(dc.failed_resume_count(), 0);
+    assert_eq!(dc.session_id().as_deref(), Some(session_id.as_str()));
+    wait_discord_answered_once(&rig, &dc, &pushed).await;
 }

@@ -103,7 +103,7 @@ async fn generate(
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
         let session = n % sessions;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let id = format!("load-{n}");
             let body = json!({
                 "message_id": id,
@@ -152,6 +152,27 @@ fn gcra_violations(times: &[Instant], per_second: f64, burst: u32) -> usize {
         tat = Some(tat.map_or(t, |tat| tat.max(t)) + interval);
     }
     violations
+}
+
+/// The database's sessions that are not idle: state, wait event, query (for failure messages).
+async fn db_activity(rig: &ClusterRig) -> String {
+    match rig
+        .query(
+            "SELECT coalesce(state, ''), coalesce(wait_event_type, '') || ':' || \
+             coalesce(wait_event, ''), left(query, 120) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()",
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let (state, wait, query): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+                format!("\n  [{state}] {wait} {query}")
+            })
+            .collect(),
+        Err(e) => format!("cannot read pg_stat_activity: {e:#}"),
+    }
 }
 
 /// Whether poll `p` was open at some moment between `from` and `to`.
@@ -304,6 +325,13 @@ async fn three_instances_survive_kill_9_and_a_pause_without_losing_or_repeating_
     let took = rig
         .wait_reowned(victim, &held, paused_at, Duration::from_secs(30))
         .await;
+    // What the database was doing meanwhile, for a failure message (a paused instance's open
+    // transaction holds its row locks until the server ends it).
+    let activity = if took.is_err() {
+        Some(db_activity(&rig).await)
+    } else {
+        None
+    };
     // The survivors run the paused instance's turns again; all are answered at once now.
     llm.release("PAUSEROUND");
     let replied = callback
@@ -318,7 +346,14 @@ async fn three_instances_survive_kill_9_and_a_pause_without_losing_or_repeating_
         .await;
     rig.resume(victim).await.expect("SIGCONT");
     let resumed_at = Instant::now();
-    let took = took.unwrap_or_else(|e| panic!("pause round: {e:#}\n{}", rig.logs_tail(30)));
+    let took = match took {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "pause round: {e:#}\nsessions of the database then: {}\n{}",
+            activity.unwrap_or_default(),
+            rig.logs_tail(30)
+        ),
+    };
     replied.unwrap_or_else(|e| panic!("pause round: {e:#}\n{}", rig.logs_tail(30)));
     eprintln!(
         "pause round: stopped {}, its {} partitions owned again after {took:?}",

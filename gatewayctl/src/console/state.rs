@@ -1285,6 +1285,8 @@ pub(crate) mod tests {
         );
         press(&mut app, KeyCode::BackTab);
         press(&mut app, KeyCode::BackTab);
+        assert_eq!(app.tab, Tab::Cluster);
+        press(&mut app, KeyCode::BackTab);
         assert_eq!(app.tab, Tab::Pairing);
         press(&mut app, KeyCode::Char('?'));
         assert_eq!(app.modal, Some(Modal::Help));

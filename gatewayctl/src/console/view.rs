@@ -73,10 +73,19 @@ impl Widget for &App {
             Constraint::Length(1),
         ])
         .areas(area);
-        let titles = Tab::ALL
+        // Each title with its key while the whole bar fits; on a narrower screen the keys
+        // (1-9, in order, as the help says) are left out so that every title still shows.
+        let numbered: Vec<String> = Tab::ALL
             .iter()
             .enumerate()
-            .map(|(i, t)| format!("{} {}", i + 1, t.title()));
+            .map(|(i, t)| format!("{} {}", i + 1, t.title()))
+            .collect();
+        let width: usize = numbered.iter().map(|t| t.chars().count() + 1).sum();
+        let titles: Vec<String> = if width <= usize::from(bar.width) + 1 {
+            numbered
+        } else {
+            Tab::ALL.iter().map(|t| t.title().to_owned()).collect()
+        };
         let index = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
         Tabs::new(titles)
             .select(index)

@@ -91,7 +91,7 @@ pub struct BuildEnv {
     /// Set when the gateway starts stopping (WebChat closes its sockets on it).
     pub closing: watch::Receiver<bool>,
     /// In a cluster: where WebChat reaches its chats' sockets that other instances hold.
-    pub socket_relay: Option<Arc<dyn super::webchat::SocketRelay>>,
+    pub socket_relay: Option<Arc<dyn crate::cluster::relay::SocketRelay>>,
 }
 
 /// One webhook route: an absolute path and its handler.

@@ -10,7 +10,7 @@
 //! client that re-sends after a reconnect gets one agent turn.
 //!
 //! In a cluster, a chat's reply may be sent by another instance than the one holding its socket.
-//! The adapter knows nothing of the cluster: it is given a [`SocketRelay`], tells it when its
+//! The adapter knows nothing of the cluster but the relay's trait: it is given a [`SocketRelay`], tells it when its
 //! first socket of a chat opens and its last one closes, and hands it a reply frame that no
 //! socket here took; frames relayed from elsewhere arrive through [`LocalSockets::push`].
 
@@ -33,6 +33,7 @@ use serde::Deserialize;
 use super::adapter::{BuildEnv, ChannelAdapter, HealthReporter, ListenerCtx, Route, WebhookCtx};
 use super::webhook::{ConnectionSlot, error};
 use super::{ChannelSender, OutgoingChunk, SendError};
+use crate::cluster::relay::{LocalSockets, SocketRelay};
 use crate::config::{ConfigError, MIB, Number, NumericKey, channel_key, ints};
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
@@ -65,29 +66,6 @@ pub fn valid_chat_id(id: &str) -> Result<(), String> {
 
 /// The open sockets of one chat: (socket id, its outgoing frame queue).
 type ChatSockets = Vec<(u64, mpsc::Sender<String>)>;
-
-/// Where the sockets of this process's chats are reached from outside it: a relay hands a frame
-/// for `chat_id` to every open socket of that chat here.
-pub trait LocalSockets: Send + Sync {
-    /// Queues `frame` on every open socket of `chat_id` here; how many took it.
-    fn push(&self, chat_id: &str, frame: &str) -> usize;
-}
-
-/// The sockets of a chat that other processes hold (several gateway instances behind one load
-/// balancer): WebChat records its own and asks the relay to carry a frame it cannot send here.
-#[async_trait]
-pub trait SocketRelay: Send + Sync {
-    /// Gives the relay this adapter's sockets, for frames relayed to them (held weakly).
-    fn attach(&self, local: std::sync::Weak<dyn LocalSockets>);
-    /// The first socket of `chat_id` opened here.
-    async fn opened(&self, chat_id: &str);
-    /// The last socket of `chat_id` here closed.
-    async fn closed(&self, chat_id: &str);
-    /// Carries `frame` to the sockets of `chat_id` held elsewhere: `Ok(true)` when one took
-    /// it, `Ok(false)` when no other process holds one, `Err` (the reason) when none could be
-    /// reached.
-    async fn forward(&self, chat_id: &str, frame: &str) -> Result<bool, String>;
-}
 
 /// The WebChat adapter: open sockets by chat, and the sender for replies.
 pub struct WebChat {

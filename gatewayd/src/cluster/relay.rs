@@ -9,8 +9,9 @@
 //! and answers 200 when one took it, 404 when it holds none. The send counts as sent when any
 //! holder took it; otherwise it stays a retryable error, as for a chat with no socket at all.
 //!
-//! The relay is the WebChat adapter's [`SocketRelay`]: the adapter knows only that trait, and the
-//! route is mounted only in cluster mode.
+//! The relay is the WebChat adapter's [`SocketRelay`]: the adapter knows only that trait and
+//! [`LocalSockets`] (defined here, so this module depends on no adapter), and the route is
+//! mounted only in cluster mode.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -20,26 +21,49 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 
-use crate::channels::adapter::Route;
-use crate::channels::webchat::{LocalSockets, SocketRelay, valid_chat_id};
-use crate::channels::webhook::{error, read_body};
 use crate::store::cluster::ClusterStore;
 
 /// The path on every instance's HTTP listener that takes relayed WebChat frames.
 pub const RELAY_PATH: &str = "/cluster/webchat";
-/// Longest relayed body: a reply frame of any length WebChat sends (16 MiB of text) escaped.
+/// Longest relayed body: a reply frame of any length WebChat sends (16 MiB of text) escaped; the
+/// relay route is only reached with the cluster secret.
 const MAX_BODY: usize = 128 * 1024 * 1024;
 /// How long one relay request (connect, send, answer) may take; a holder that is paused or gone
 /// costs the send at most this, and the reply is retried.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long recording a socket may take before it is given up (logged).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest chat id the relay route takes (WebChat's own limit is lower).
+const MAX_CHAT_ID_BYTES: usize = 1024;
 /// How long the relay route waits for a request's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the sockets of this process's chats are reached from outside it: a relay hands a frame
+/// for `chat_id` to every open socket of that chat here.
+pub trait LocalSockets: Send + Sync {
+    /// Queues `frame` on every open socket of `chat_id` here; how many took it.
+    fn push(&self, chat_id: &str, frame: &str) -> usize;
+}
+
+/// The sockets of a chat that other processes hold (several gateway instances behind one load
+/// balancer): WebChat records its own and asks the relay to carry a frame it cannot send here.
+#[async_trait]
+pub trait SocketRelay: Send + Sync {
+    /// Gives the relay this adapter's sockets, for frames relayed to them (held weakly).
+    fn attach(&self, local: Weak<dyn LocalSockets>);
+    /// The first socket of `chat_id` opened here.
+    async fn opened(&self, chat_id: &str);
+    /// The last socket of `chat_id` here closed.
+    async fn closed(&self, chat_id: &str);
+    /// Carries `frame` to the sockets of `chat_id` held elsewhere: `Ok(true)` when one took
+    /// it, `Ok(false)` when no other process holds one, `Err` (the reason) when none could be
+    /// reached.
+    async fn forward(&self, chat_id: &str, frame: &str) -> Result<bool, String>;
+}
 
 /// The relay of one instance: its records in the shared database, its client for the other
 /// instances, and (once WebChat is built) the local sockets relayed frames go to.
@@ -106,12 +130,9 @@ impl Relay {
         }
     }
 
-    /// The relay route, [`RELAY_PATH`], for the HTTP listener.
-    pub fn route(self: &Arc<Self>) -> Route {
-        Route {
-            path: RELAY_PATH.to_owned(),
-            handler: post(receive).with_state(self.clone()),
-        }
+    /// The handler of the relay route, [`RELAY_PATH`], for the HTTP listener.
+    pub fn handler(self: &Arc<Self>) -> MethodRouter {
+        post(receive).with_state(self.clone())
     }
 
     /// Posts `body` to one holder; whether it took the frame.
@@ -240,44 +261,67 @@ impl SocketRelay for Relay {
     }
 }
 
+/// A JSON error answer, as the other routes of the listener give them.
+fn refuse(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({"accepted": false, "error": message})),
+    )
+        .into_response()
+}
+
 /// `POST /cluster/webchat`: `{"chat_id": "..", "frame": ".."}` from another instance.
 async fn receive(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Body) -> Response {
     if !bearer_matches(&headers, &relay.secret) {
         metrics::counter!("gateway_cluster_relay_received_total", "outcome" => "refused")
             .increment(1);
-        return error(
+        return refuse(
             StatusCode::UNAUTHORIZED,
             "the cluster relay needs Authorization: Bearer <cluster secret>".to_owned(),
         );
     }
-    let bytes = match read_body(&headers, body, MAX_BODY, BODY_TIMEOUT, || {
-        format!("a relayed frame is limited to {MAX_BODY} bytes")
-    })
-    .await
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
     {
-        Ok(b) => b,
-        Err(resp) => return resp,
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a relayed frame is limited to {MAX_BODY} bytes"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            );
+        }
     };
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not valid JSON: {e}"),
             );
         }
     };
     let Some(chat_id) = parsed.get("chat_id").and_then(Value::as_str) else {
-        return error(
+        return refuse(
             StatusCode::BAD_REQUEST,
             "field `chat_id` must be a string".to_owned(),
         );
     };
-    if let Err(e) = valid_chat_id(chat_id) {
-        return error(StatusCode::BAD_REQUEST, format!("field `chat_id`: {e}"));
+    if chat_id.is_empty() || chat_id.len() > MAX_CHAT_ID_BYTES {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("field `chat_id` must be 1 to {MAX_CHAT_ID_BYTES} bytes"),
+        );
     }
     let Some(frame) = parsed.get("frame").and_then(Value::as_str) else {
-        return error(
+        return refuse(
             StatusCode::BAD_REQUEST,
             "field `frame` must be a string".to_owned(),
         );
@@ -287,9 +331,9 @@ async fn receive(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Body
     if delivered == 0 {
         metrics::counter!("gateway_cluster_relay_received_total", "outcome" => "no_socket")
             .increment(1);
-        return error(
+        return refuse(
             StatusCode::NOT_FOUND,
-            format!("no open WebChat socket for chat {chat_id} on this instance"),
+            "no open WebChat socket for this chat on this instance".to_owned(),
         );
     }
     metrics::counter!("gateway_cluster_relay_received_total", "outcome" => "delivered")
