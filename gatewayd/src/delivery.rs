@@ -106,6 +106,9 @@ pub struct ChannelBuckets {
 
 type LaneKey = (ChannelKind, String);
 
+/// How many rows finished here a clustered instance remembers (see `Delivery::settled`).
+const FINISHED_KEPT: usize = 4096;
+
 struct Lane {
     /// Rows are boxed: the channel allocates its slots in blocks of 32 up front, so a lane
     /// costs 32 pointers rather than 32 whole rows until it is busy.
@@ -129,8 +132,14 @@ struct Inner {
     inbound_kept_ms: std::sync::atomic::AtomicI64,
     /// Multi-instance mode ([`Delivery::set_cluster`]).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
-    /// Multi-instance mode: the rows queued here (by id), each with its partition.
-    queued: Mutex<HashMap<i64, Option<u32>>>,
+    /// Multi-instance mode: the rows queued here (by id), each with its partition and whether
+    /// the lane left it pending for another instance.
+    queued: Mutex<HashMap<i64, (Option<u32>, bool)>>,
+    /// Multi-instance mode: the last [`FINISHED_KEPT`] rows sent or dead-lettered here.
+    finished: Mutex<(
+        std::collections::VecDeque<i64>,
+        std::collections::HashSet<i64>,
+    )>,
 }
 
 /// The delivery service. Cloning shares it.
@@ -189,6 +198,7 @@ impl Delivery {
                 inbound_kept_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
                 cluster: std::sync::OnceLock::new(),
                 queued: Mutex::new(HashMap::new()),
+                finished: Mutex::new(Default::default()),
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
@@ -225,11 +235,14 @@ impl Delivery {
         }
         let fresh: Vec<OutboundMessage> = {
             let mut queued = lock(&self.inner.queued);
+            let finished = lock(&self.inner.finished);
             rows.into_iter()
+                // Sent or dead-lettered here since the caller read it as pending.
+                .filter(|(r, _)| !finished.1.contains(&r.id))
                 .filter_map(|(r, p)| match queued.entry(r.id) {
                     std::collections::hash_map::Entry::Occupied(_) => None,
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(p);
+                        v.insert((p, false));
                         Some(r)
                     }
                 })
@@ -244,16 +257,37 @@ impl Delivery {
         let Some(cluster) = self.inner.cluster.get() else {
             return true;
         };
-        match lock(&self.inner.queued).get(&id).copied().flatten() {
-            Some(p) => cluster.fence_for(p).is_some(),
-            None => true,
-        }
+        let mut queued = lock(&self.inner.queued);
+        let Some(entry) = queued.get_mut(&id) else {
+            return true;
+        };
+        let Some(p) = entry.0 else {
+            return true;
+        };
+        let owned = cluster.fence_for(p).is_some();
+        // Left pending for the new owner, so a later gain of the partition queues it again.
+        entry.1 = !owned;
+        owned
     }
 
-    /// The lane is done with row `id` (sent, dead, or left pending for another instance).
+    /// The lane is done with row `id`: sent, dead, or left pending for another instance. A
+    /// row it finished (not one it left pending) is remembered for a while, so a read of the
+    /// pending rows that raced with its send does not queue it again.
     fn settled(&self, id: i64) {
-        if self.inner.cluster.get().is_some() {
-            lock(&self.inner.queued).remove(&id);
+        if self.inner.cluster.get().is_none() {
+            return;
+        }
+        let left = lock(&self.inner.queued).remove(&id).is_some_and(|e| e.1);
+        if !left {
+            let mut finished = lock(&self.inner.finished);
+            if finished.1.insert(id) {
+                finished.0.push_back(id);
+            }
+            while finished.0.len() > FINISHED_KEPT {
+                if let Some(old) = finished.0.pop_front() {
+                    finished.1.remove(&old);
+                }
+            }
         }
     }
 
