@@ -5,7 +5,13 @@
 # PostgreSQL: a throwaway cluster this script starts, a fresh database per gatewayd), then P4 identity + session routing with
 # 1M known users, P5 10k concurrent workflow runs, P6 ListSessions pages out of 1M sessions and
 # P8 validating (and running once) 10k-node workflows (the gatewayd crate's `cargo bench`
-# targets), and SOAK, gatewayd's RSS over a long steady load.
+# targets), and SOAK, gatewayd's RSS over a long steady load. P1C and FAILOVER (only with --only) are
+# multi-instance mode: P1's load with [cluster] enabled on one PostgreSQL database, one instance
+# (P1C1) against three (P1C3, the loadgen spreading its chats over the three listeners as a load
+# balancer does, so most replies are sent by another instance than the socket's and relayed), and
+# FAILOVER, kill -9 of a random one of three idle instances, --failover-rounds times (default 5):
+# the time until every partition it held has a new epoch held by a live instance, read from the
+# leases table.
 #
 # Usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P1PG,P2PG,...,SOAK] [--soak-secs S]
 #   quick (default): P1 1000 chats flat out for 10 s
@@ -37,13 +43,15 @@ MODE=quick
 RUNS=3
 ONLY=P1,P2,P1PG,P2PG,P3,P4,P5,P6,P8
 SOAK_SECS=600
+FAILOVER_ROUNDS=5
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) MODE=full ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --soak-secs) SOAK_SECS="$2"; shift ;;
-    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P1PG,P2PG,P3,P4,P5,P6,P8,SOAK] [--soak-secs S]" >&2; exit 2 ;;
+    --failover-rounds) FAILOVER_ROUNDS="$2"; shift ;;
+    *) echo "usage: tests/bench.sh [--full] [--runs N] [--only P1,P2,P1PG,P2PG,P3,P4,P5,P6,P8,P1C,FAILOVER,SOAK] [--soak-secs S] [--failover-rounds N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -56,14 +64,17 @@ P3_BATCHES=200
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for f in ${ONLY//,/ }; do
   case "$f" in
-    P1|P2|P1PG|P2PG|P3|P4|P5|P6|P8|SOAK) ;;
-    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8, P1PG, P2PG, SOAK)" >&2; exit 2 ;;
+    P1|P2|P1PG|P2PG|P3|P4|P5|P6|P8|P1C|FAILOVER|SOAK) ;;
+    *) echo "bench: unknown figure \`$f\` in --only (expected a comma-separated list of P1..P6, P8, P1PG, P2PG, P1C, FAILOVER, SOAK)" >&2; exit 2 ;;
   esac
 done
 case "$SOAK_SECS" in
   ''|*[!0-9]*) echo "bench: --soak-secs must be a whole number of seconds" >&2; exit 2 ;;
 esac
 if [ "$SOAK_SECS" -lt 120 ]; then echo "bench: --soak-secs must be at least 120" >&2; exit 2; fi
+case "$FAILOVER_ROUNDS" in
+  ''|*[!0-9]*|0) echo "bench: --failover-rounds must be a whole number above 0" >&2; exit 2 ;;
+esac
 # P3 creates its sessions in waves of 500 chats (one loadgen run each, sockets closed at its
 # end): gatewayd's memory per open WebSocket is large (~200 KB) and stays in its heap after the
 # socket closes, so 10k sockets at once would measure sockets, not sessions (see BENCHMARKS.md).
@@ -96,8 +107,10 @@ PG_DIR=""
 GW_PID=""
 BL_PID=""
 SAMPLER_PID=""
+CL_PIDS=()
 cleanup() {
   local rc=$?
+  for p in "${CL_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true; fi
   if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null; wait "$GW_PID" 2>/dev/null || true; fi
   if [ -n "$BL_PID" ]; then kill "$BL_PID" 2>/dev/null; wait "$BL_PID" 2>/dev/null || true; fi
@@ -186,10 +199,99 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 
-if want P1PG || want P2PG; then
+if want P1PG || want P2PG || want P1C || want FAILOVER; then
   PG_DIR=$(mktemp -d /tmp/gateway-bench-pg.XXXXXX)
   pg_cluster_start "$PG_DIR"
 fi
+
+# Multi-instance mode: N gatewayd (echo agent, WebChat) on one fresh database with [cluster]
+# enabled, each on its own fixed loopback port (what the others relay to); sets CL_PIDS, CL_ADDRS
+# (comma-separated listeners) and CL_DIRS. Instance i is "bench-$i" and starts from
+# $WORK/cl-TAG-$i/gatewayd.toml, so `cluster_spawn i` can start it again.
+CL_ADDRS=""
+CL_DIRS=()
+CL_URL=""
+psql_q() { "$(pg_bindir)/psql" -qAtX -v ON_ERROR_STOP=1 "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cluster_spawn() {
+  local i=$1 dir=${CL_DIRS[$1]}
+  echo "+ $GATEWAYD --config $dir/gatewayd.toml &   (bench-$i)" >&2
+  BENCH_DATABASE_URL="$CL_URL" BENCH_CLUSTER_SECRET="bench-cluster-secret-$$" \
+    "$GATEWAYD" --config "$dir/gatewayd.toml" >>"$dir/stdout" 2>>"$dir/stderr" &
+  CL_PIDS[$i]=$!
+  wait_line "$dir/stdout" "gatewayd ready" "${CL_PIDS[$i]}" >/dev/null
+}
+start_cluster() {
+  local tag=$1 n=$2 i port dir db
+  db="bench_${tag//-/_}"
+  psql_q "$PG_URL" -c "CREATE DATABASE $db" >&2
+  CL_URL="${PG_URL%/postgres}/$db"
+  CL_PIDS=(); CL_DIRS=(); CL_ADDRS=""
+  for i in $(seq 0 $((n - 1))); do
+    port=$(free_port)
+    dir=$WORK/cl-$tag-$i
+    mkdir -p "$dir"
+    CL_DIRS[$i]=$dir
+    cat >"$dir/gatewayd.toml" <<CONF
+[gateway]
+data_dir = "$dir/data"
+max_sessions = 200000
+
+[http]
+listen = "127.0.0.1:$port"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+level = "warn"
+
+[agent]
+provider = "echo"
+
+[channels.webchat]
+enabled = true
+
+[rate_limits.webchat]
+per_chat_per_second = 100000
+per_chat_burst = 100000
+
+[store]
+backend = "postgres"
+url_env = "BENCH_DATABASE_URL"
+
+[cluster]
+enabled = true
+instance_id = "bench-$i"
+advertise_url = "http://127.0.0.1:$port"
+secret_env = "BENCH_CLUSTER_SECRET"
+CONF
+    cluster_spawn "$i"
+    CL_ADDRS="${CL_ADDRS:+$CL_ADDRS,}127.0.0.1:$port"
+  done
+}
+stop_cluster() {
+  local p
+  for p in "${CL_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${CL_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  CL_PIDS=()
+}
+# Waits (bounded: 60 s) until every partition lease is held, unexpired, by the n live instances,
+# spread evenly (counts differ by at most one).
+wait_balanced() {
+  local n=$1
+  for _ in $(seq 600); do
+    if [ "$(psql_q "$CL_URL" -c "SELECT count(*) = (SELECT count(*) FROM leases WHERE name LIKE 'part:%')
+          AND count(*) > 0 AND max(c) - min(c) <= 1 AND count(DISTINCT owner) = $n
+        FROM (SELECT owner, count(*) OVER (PARTITION BY owner) AS c FROM leases
+              WHERE name LIKE 'part:%' AND owner IS NOT NULL AND expires_at > gw_now_ms()) t" 2>/dev/null)" = t ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "bench: the partitions were not spread over $n instances within 60 s" >&2
+  return 1
+}
 
 if want P1 || want P2 || want P1PG || want P2PG; then
   # The baseline echo server: its own process, like gatewayd.
@@ -262,12 +364,58 @@ for r in $(seq "$RUNS"); do
     stop_gateway
   fi
 
+  # P1C: P1's load in multi-instance mode, one instance, then three behind the loadgen's
+  # spreading of chats (as a load balancer spreads clients).
+  if want P1C; then
+    for n in 1 3; do
+      start_cluster "p1c$n-$r" "$n"
+      wait_balanced "$n"
+      out=$(run "$LOADGEN" --target webchat --addr "$CL_ADDRS" \
+        --chats "$P1_CHATS" --rate 0 --duration "$P1_SECS" --json)
+      echo "$out" | grep -v '^{' >&2 || true
+      echo "{\"bench\":\"P1C$n\",\"run\":$r,\"result\":$(echo "$out" | tail -n1)}" >>"$RESULTS"
+      stop_cluster
+    done
+  fi
+
   # P4-P6 are in-process benches at their full size in both modes.
   if want P4; then cargo_bench routing P4 "$r" USERS=1000000; fi
   if want P5; then cargo_bench workflow_runs P5 "$r" RUNS=10000; fi
   if want P6; then cargo_bench list_sessions P6 "$r" SESSIONS=1000000; fi
   if want P8; then cargo_bench workflow_validate P8 "$r" NODES=10000 RUN_NODES=10000; fi
 done
+
+if want FAILOVER; then
+  # FAILOVER: three idle instances; kill -9 a random one, time until each partition it held has
+  # a higher epoch under a live holder (polled every 50 ms on the server's clock), restart it.
+  start_cluster failover 3
+  for round in $(seq "$FAILOVER_ROUNDS"); do
+    wait_balanced 3
+    victim=$((RANDOM % 3))
+    held=$(psql_q "$CL_URL" -c "SELECT string_agg(name || '=' || epoch, ',') FROM leases
+      WHERE owner = 'bench-$victim' AND expires_at > gw_now_ms() AND name LIKE 'part:%'")
+    cond=$(echo "$held" | tr ',' '\n' | awk -F= '{printf "%s(name = '"'"'%s'"'"' AND epoch > %s)", (NR>1?" OR ":""), $1, $2}')
+    count=$(echo "$held" | tr ',' '\n' | grep -c .)
+    echo "+ kill -9 ${CL_PIDS[$victim]}   (bench-$victim, $count partitions)" >&2
+    t0=$(date +%s%N)
+    kill -9 "${CL_PIDS[$victim]}"
+    wait "${CL_PIDS[$victim]}" 2>/dev/null || true
+    ms=""
+    for _ in $(seq 600); do
+      if [ "$(psql_q "$CL_URL" -c "SELECT count(*) FROM leases WHERE ($cond) AND owner IS NOT NULL
+            AND owner <> 'bench-$victim' AND expires_at > gw_now_ms()")" = "$count" ]; then
+        ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+        break
+      fi
+      sleep 0.05
+    done
+    [ -n "$ms" ] || { echo "bench: round $round: bench-$victim's partitions not owned again within 30 s" >&2; exit 1; }
+    echo "FAILOVER round $round: bench-$victim's $count partitions owned again after $ms ms" >&2
+    echo "{\"bench\":\"FAILOVER\",\"run\":$round,\"result\":{\"ms\":$ms,\"partitions\":$count}}" >>"$RESULTS"
+    cluster_spawn "$victim"
+  done
+  stop_cluster
+fi
 
 if want SOAK; then
   # SOAK: one gatewayd, a new set of 200 chats every minute, RSS sampled every 10 s.
@@ -370,6 +518,12 @@ P2_COLS = [("gateway p50 ms", lambda r: r["gateway"]["latency_ms"]["p50"]),
            ("gateway msg/s", g("throughput"))]
 table("P1", P1_COLS)
 table("P1PG", P1_COLS)
+ONE_COLS = [("msg/s", lambda r: r["throughput"]), ("p50 ms", lambda r: r["latency_ms"]["p50"]),
+            ("p99 ms", lambda r: r["latency_ms"]["p99"]), ("sent", lambda r: r["sent"]),
+            ("received", lambda r: r["received"]), ("errors", lambda r: r["errors"])]
+table("P1C1", ONE_COLS)
+table("P1C3", ONE_COLS)
+table("FAILOVER", [("kill -9 to re-owned ms", lambda r: r["ms"]), ("partitions", lambda r: r["partitions"])])
 table("P2", P2_COLS)
 table("P2PG", P2_COLS)
 def versus(pg, lite, what, f):
@@ -380,11 +534,12 @@ def versus(pg, lite, what, f):
     return None
 lines = [l for l in [
     versus("P1PG", "P1", "gateway msg/s", g("throughput")),
+    versus("P1C3", "P1C1", "msg/s", lambda r: r["throughput"]),
     versus("P2PG", "P2", "added p50 ms", lambda r: r["added_latency_ms"]["p50"]),
     versus("P2PG", "P2", "added p99 ms", lambda r: r["added_latency_ms"]["p99"]),
 ] if l]
 if lines:
-    print("\nPostgreSQL against SQLite")
+    print("\nRatios (PostgreSQL against SQLite, three instances against one)")
     print("\n".join(lines))
 table("P3", [("idle MiB", lambda r: r["idle_kb"] / 1024), ("after MiB", lambda r: r["after_kb"] / 1024),
              ("sessions", lambda r: r["sessions"]),

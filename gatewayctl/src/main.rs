@@ -8,6 +8,7 @@
 mod budgets;
 mod channels;
 mod client;
+mod cluster;
 mod console;
 mod deadletters;
 mod events;
@@ -125,6 +126,12 @@ enum Command {
     /// Senders waiting for approval: list, approve, deny.
     #[command(subcommand)]
     Pairing(pairing::Cmd),
+    /// The cluster's instances: heartbeats, state, the partitions and leases each holds.
+    Cluster {
+        /// JSON for scripts (the same as `--output json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell.
@@ -192,6 +199,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage { user, since } => usage::run(api, format, user, since).await,
         Command::Budgets(cmd) => budgets::run(api, format, cmd).await,
         Command::Pairing(cmd) => pairing::run(api, format, cmd).await,
+        Command::Cluster { json } => {
+            let format = if json { Format::Json } else { format };
+            cluster::run(api, format).await
+        }
         Command::Completions { .. } | Command::Console => Ok(()),
     }
 }

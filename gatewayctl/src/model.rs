@@ -493,3 +493,172 @@ mod tests {
         );
     }
 }
+
+/// The cluster as `gatewayctl cluster` and the console's Cluster tab show it (GetCluster).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    /// Whether the gateway runs as a member of a cluster.
+    pub enabled: bool,
+    /// The id of the instance that answered; `None` when not in a cluster.
+    pub instance_id: Option<String>,
+    /// How many partitions sessions hash into.
+    pub partitions: u32,
+    /// How long a lease lasts unless renewed, in ms.
+    pub lease_ttl_ms: u64,
+    /// Every member, newest heartbeat first.
+    pub instances: Vec<ClusterMember>,
+    /// Partitions no live lease covers.
+    pub unowned_partitions: u32,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterMember {
+    pub instance_id: String,
+    /// Since it joined, on the database server's clock.
+    pub age_ms: u64,
+    /// Since its last heartbeat, on the database server's clock.
+    pub heartbeat_age_ms: u64,
+    pub live: bool,
+    pub leaving: bool,
+    pub version: String,
+    pub advertise_url: Option<String>,
+    /// The partitions it holds, ascending.
+    pub partitions: Vec<u32>,
+    /// The other leases it holds, by name.
+    pub leases: Vec<String>,
+}
+
+impl Cluster {
+    /// From the admin API's answer.
+    pub fn from_pb(r: &pb::GetClusterReply) -> Self {
+        Self {
+            enabled: r.enabled,
+            instance_id: text(&r.instance_id),
+            partitions: r.partitions,
+            lease_ttl_ms: r.lease_ttl_ms,
+            instances: r
+                .instances
+                .iter()
+                .map(|i| ClusterMember {
+                    instance_id: i.instance_id.clone(),
+                    age_ms: u64::try_from(r.server_now_ms.saturating_sub(i.started_at_ms))
+                        .unwrap_or(0),
+                    heartbeat_age_ms: i.heartbeat_age_ms,
+                    live: i.live,
+                    leaving: i.leaving,
+                    version: i.version.clone(),
+                    advertise_url: text(&i.advertise_url),
+                    partitions: i.partitions.clone(),
+                    leases: i.leases.clone(),
+                })
+                .collect(),
+            unowned_partitions: r.unowned_partitions,
+        }
+    }
+
+    /// One line about the whole cluster.
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "not in a cluster ([cluster] enabled = false)".to_owned();
+        }
+        let live = self.instances.iter().filter(|i| i.live).count();
+        format!(
+            "this instance {}; {live} live of {} instance(s); {} partitions, {} unowned; lease ttl {}",
+            self.instance_id.as_deref().unwrap_or("?"),
+            self.instances.len(),
+            self.partitions,
+            self.unowned_partitions,
+            millis(self.lease_ttl_ms),
+        )
+    }
+}
+
+impl ClusterMember {
+    /// `live`, `leaving` or `dead` (its heartbeat is older than the lease TTL).
+    pub fn state(&self) -> &'static str {
+        if self.leaving {
+            "leaving"
+        } else if self.live {
+            "live"
+        } else {
+            "dead"
+        }
+    }
+
+    /// Its partitions as a count and ranges, e.g. `12 (0-7,9,20-22)`; `-` for none.
+    pub fn partitions_text(&self) -> String {
+        if self.partitions.is_empty() {
+            return "-".to_owned();
+        }
+        format!("{} ({})", self.partitions.len(), ranges(&self.partitions))
+    }
+
+    /// Its other leases, comma-separated; `-` for none.
+    pub fn leases_text(&self) -> String {
+        if self.leases.is_empty() {
+            "-".to_owned()
+        } else {
+            self.leases.join(",")
+        }
+    }
+}
+
+/// Ascending numbers as ranges: `[0,1,2,5,7,8]` → `0-2,5,7-8`.
+pub fn ranges(sorted: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while let Some(&start) = sorted.get(i) {
+        let mut end = start;
+        while sorted.get(i + 1) == Some(&end.saturating_add(1)) && end < u32::MAX {
+            end += 1;
+            i += 1;
+        }
+        out.push(if end == start {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// A short span of ms: `350ms`, `2.5s`, else whole minutes and seconds (`4m 5s`).
+pub fn millis(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => crate::output::duration(ms / 1000),
+    }
+}
+
+/// The members' table: INSTANCE, AGE, LAST HEARTBEAT, STATE, PARTITIONS, LEASES; the instance
+/// that answered is marked with `*`.
+pub fn cluster_table(c: &Cluster) -> Table {
+    let mut t = Table::new(&[
+        "INSTANCE",
+        "AGE",
+        "LAST HEARTBEAT",
+        "STATE",
+        "PARTITIONS",
+        "LEASES",
+    ])
+    .wrap_last();
+    for i in &c.instances {
+        let me = c.instance_id.as_deref() == Some(i.instance_id.as_str());
+        t.row(vec![
+            if me {
+                format!("{} *", i.instance_id)
+            } else {
+                i.instance_id.clone()
+            },
+            crate::output::duration(i.age_ms / 1000),
+            format!("{} ago", millis(i.heartbeat_age_ms)),
+            i.state().to_owned(),
+            i.partitions_text(),
+            i.leases_text(),
+        ]);
+    }
+    t
+}

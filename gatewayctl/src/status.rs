@@ -7,7 +7,7 @@ use gateway_proto::admin as pb;
 use serde::Serialize;
 
 use crate::client::Api;
-use crate::model::{ChannelInfo, channels_table};
+use crate::model::{ChannelInfo, Cluster, channels_table};
 use crate::output::{Format, Out, ago, clean, duration, now_ms, truncate};
 
 /// The JSON document of `status`.
@@ -36,6 +36,14 @@ pub struct Status {
     channels: Vec<ChannelInfo>,
     database_bytes: Option<u64>,
     table_rows: Vec<TableRows>,
+    /// Whether the gateway runs as a member of a cluster.
+    cluster_enabled: bool,
+    /// Its instance id in the cluster (null when not in one).
+    instance_id: Option<String>,
+    /// Live instances of the cluster (null when not in one).
+    cluster_live_instances: Option<usize>,
+    /// Partitions no live instance holds (null when not in one).
+    unowned_partitions: Option<u32>,
 }
 
 /// The rows of one database table, as last counted by the gateway.
@@ -103,7 +111,22 @@ impl Status {
                 .collect(),
             identity_cache_entries: o.identity_cache_entries,
             identity_cache_capacity: o.identity_cache_capacity,
+            cluster_enabled: false,
+            instance_id: None,
+            cluster_live_instances: None,
+            unowned_partitions: None,
         }
+    }
+
+    /// Adds what the cluster view says, when the gateway is in a cluster.
+    fn with_cluster(mut self, c: Option<&Cluster>) -> Self {
+        if let Some(c) = c.filter(|c| c.enabled) {
+            self.cluster_enabled = true;
+            self.instance_id = c.instance_id.clone();
+            self.cluster_live_instances = Some(c.instances.iter().filter(|i| i.live).count());
+            self.unowned_partitions = Some(c.unowned_partitions);
+        }
+        self
     }
 }
 
@@ -115,7 +138,15 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
         .await
         .map_err(|s| api.error(s))?
         .into_inner();
-    let s = Status::from_pb(overview);
+    // A gateway without the cluster view (an older one), or whose database does not answer
+    // it, is shown without the cluster line rather than failing the whole status.
+    let cluster = api
+        .client
+        .get_cluster(pb::GetClusterRequest {})
+        .await
+        .ok()
+        .map(|r| Cluster::from_pb(&r.into_inner()));
+    let s = Status::from_pb(overview).with_cluster(cluster.as_ref());
     let out = Out;
     if format == Format::Json {
         return out.json(&s);
@@ -191,6 +222,9 @@ pub async fn run(mut api: Api, format: Format) -> anyhow::Result<()> {
         "identity   {} cached address(es) of {}",
         s.identity_cache_entries, s.identity_cache_capacity
     ))?;
+    if let Some(c) = cluster.as_ref().filter(|c| c.enabled) {
+        out.line(format!("cluster    {}", c.summary()))?;
+    }
     out.line("")?;
     out.table(&channels_table(&s.channels, now_ms()))
 }

@@ -175,6 +175,7 @@ impl Parts {
                 self.store.clone(),
                 self.delivery.clone(),
             )),
+            cluster: None,
         })
     }
 

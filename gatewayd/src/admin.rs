@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
-pub use service::{AdminService, AdminState};
+pub use service::{AdminService, AdminState, ClusterInfo};
 
 /// Checks the bearer token of a request, in constant time.
 #[derive(Clone)]

@@ -256,6 +256,7 @@ mod tests {
             session: SessionKey::User(user),
             entries: Vec::new(),
             replies: Vec::new(),
+            fence: None,
         };
         let usage = UsageRecord {
             user,

@@ -21,6 +21,11 @@
 //! no row is lost, and the row in hand is sent again (its progress so far is kept). A row that
 //! panics [`MAX_SEND_PANICS`] times becomes a dead letter with an internal-error reason, so it
 //! never holds its chat forever; the operator can retry it.
+//!
+//! In multi-instance mode each row handed over with its partition ([`Delivery::enqueue_in`],
+//! [`Delivery::enqueue_parted`]) is queued at most once, and is sent only while this instance
+//! owns that partition: checked before each chunk, a row whose partition moved is dropped from
+//! its lane and stays pending for the new owner, which queues it when it gains the partition.
 
 pub mod dead_letter;
 pub mod health;
@@ -30,7 +35,7 @@ pub mod split;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use rand::Rng;
@@ -101,6 +106,9 @@ pub struct ChannelBuckets {
 
 type LaneKey = (ChannelKind, String);
 
+/// How many rows finished here a clustered instance remembers (see `Delivery::settled`).
+const FINISHED_KEPT: usize = 4096;
+
 struct Lane {
     /// Rows are boxed: the channel allocates its slots in blocks of 32 up front, so a lane
     /// costs 32 pointers rather than 32 whole rows until it is busy.
@@ -122,6 +130,16 @@ struct Inner {
     /// How long the store keeps inbound messages (`store.dedupe_window`), in ms: a reply window
     /// longer than this cannot be judged from the store when no message is on record.
     inbound_kept_ms: std::sync::atomic::AtomicI64,
+    /// Multi-instance mode ([`Delivery::set_cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Multi-instance mode: the rows queued here (by id), each with its partition and whether
+    /// the lane left it pending for another instance.
+    queued: Mutex<HashMap<i64, (Option<u32>, bool)>>,
+    /// Multi-instance mode: the last [`FINISHED_KEPT`] rows sent or dead-lettered here.
+    finished: Mutex<(
+        std::collections::VecDeque<i64>,
+        std::collections::HashSet<i64>,
+    )>,
 }
 
 /// The delivery service. Cloning shares it.
@@ -178,6 +196,9 @@ impl Delivery {
                 lanes_done: Mutex::new(Some(done_tx)),
                 supervisor,
                 inbound_kept_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
+                cluster: std::sync::OnceLock::new(),
+                queued: Mutex::new(HashMap::new()),
+                finished: Mutex::new(Default::default()),
             }),
             shutdown_tx: Arc::new(shutdown_tx),
             lanes_done_rx: Arc::new(tokio::sync::Mutex::new(done_rx)),
@@ -193,6 +214,81 @@ impl Delivery {
             i64::try_from(kept.as_millis()).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Multi-instance mode: rows filed under a partition are sent only while this instance
+    /// owns it, and a row already queued here is not queued twice.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// [`Delivery::enqueue`] for rows filed under `partition` (`None`: under none, sent by
+    /// whoever has them).
+    pub fn enqueue_in(&self, rows: Vec<OutboundMessage>, partition: Option<u32>) {
+        self.enqueue_parted(rows.into_iter().map(|r| (r, partition)).collect());
+    }
+
+    /// [`Delivery::enqueue`] for rows each with its partition.
+    pub fn enqueue_parted(&self, rows: Vec<(OutboundMessage, Option<u32>)>) {
+        if self.inner.cluster.get().is_none() {
+            return self.enqueue(rows.into_iter().map(|(r, _)| r).collect());
+        }
+        let fresh: Vec<OutboundMessage> = {
+            let mut queued = lock(&self.inner.queued);
+            let finished = lock(&self.inner.finished);
+            rows.into_iter()
+                // Sent or dead-lettered here since the caller read it as pending.
+                .filter(|(r, _)| !finished.1.contains(&r.id))
+                .filter_map(|(r, p)| match queued.entry(r.id) {
+                    std::collections::hash_map::Entry::Occupied(_) => None,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((p, false));
+                        Some(r)
+                    }
+                })
+                .collect()
+        };
+        self.enqueue(fresh);
+    }
+
+    /// Multi-instance mode: whether the row may be sent by this instance now (its partition,
+    /// if it has one, is owned here).
+    fn may_send(&self, id: i64) -> bool {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return true;
+        };
+        let mut queued = lock(&self.inner.queued);
+        let Some(entry) = queued.get_mut(&id) else {
+            return true;
+        };
+        let Some(p) = entry.0 else {
+            return true;
+        };
+        let owned = cluster.fence_for(p).is_some();
+        // Left pending for the new owner, so a later gain of the partition queues it again.
+        entry.1 = !owned;
+        owned
+    }
+
+    /// The lane is done with row `id`: sent, dead, or left pending for another instance. A
+    /// row it finished (not one it left pending) is remembered for a while, so a read of the
+    /// pending rows that raced with its send does not queue it again.
+    fn settled(&self, id: i64) {
+        if self.inner.cluster.get().is_none() {
+            return;
+        }
+        let left = lock(&self.inner.queued).remove(&id).is_some_and(|e| e.1);
+        if !left {
+            let mut finished = lock(&self.inner.finished);
+            if finished.1.insert(id) {
+                finished.0.push_back(id);
+            }
+            while finished.0.len() > FINISHED_KEPT {
+                if let Some(old) = finished.0.pop_front() {
+                    finished.1.remove(&old);
+                }
+            }
+        }
     }
 
     /// Hands committed outbox rows to their lanes, in order.
@@ -295,6 +391,14 @@ impl Delivery {
             .iter()
             .position(|k| *k == kind)
             .unwrap_or(usize::MAX)
+    }
+
+    /// Keeps every channel's rate-limit buckets and pauses in the cluster's shared store, so
+    /// that all instances together stay within them (see [`rate_limit`]).
+    pub fn share_rate_limits(&self, store: &Arc<dyn crate::store::cluster::ClusterStore>) {
+        for c in self.inner.channels.values() {
+            c.limits.share(store.clone());
+        }
     }
 
     /// Forgets idle per-chat buckets; called periodically.
@@ -482,6 +586,7 @@ impl Delivery {
             if let Some((row, _)) = in_hand.as_mut() {
                 // Boxed so that an idle lane's task holds only this loop's state.
                 Box::pin(self.deliver(row, wake, &mut shutdown)).await;
+                self.settled(row.id);
             }
             *in_hand = None;
         }
@@ -520,6 +625,13 @@ impl Delivery {
             tokio::select! {
                 () = c.limits.acquire(&row.chat_id) => {}
                 _ = shutdown.changed() => return,
+            }
+            if !self.may_send(row.id) {
+                tracing::debug!(
+                    message = "Not sending a reply of a partition this instance no longer owns; its owner sends it.",
+                    outbox_id = row.id
+                );
+                return;
             }
             let index = row.chunks_sent;
             let Some(text) = chunks.get(index as usize) else {
@@ -586,14 +698,8 @@ impl Delivery {
                     if let Some(pause) = retry_after {
                         // The platform said exactly how long: pause that chat (or the channel),
                         // and `acquire` waits it out before the next attempt.
-                        let until = Instant::now() + *pause;
-                        let chat = if *global {
-                            c.limits.pause_channel(until);
-                            None
-                        } else {
-                            c.limits.pause_chat(&row.chat_id, until);
-                            Some(row.chat_id.clone())
-                        };
+                        let chat = (!*global).then(|| row.chat_id.clone());
+                        c.limits.pause_for(chat.as_deref(), *pause).await;
                         inner.events.publish(Event::RateLimited {
                             channel: row.channel,
                             chat_id: chat,

@@ -74,6 +74,8 @@ pub struct Identity {
     capacity: NonZeroUsize,
     generation: AtomicU64,
     failures: Mutex<HashMap<Address, (u32, Instant)>>,
+    /// Every resolution reads the store ([`Identity::uncached`]).
+    uncached: bool,
 }
 
 impl Identity {
@@ -92,6 +94,16 @@ impl Identity {
             capacity,
             generation: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
+            uncached: false,
+        }
+    }
+
+    /// Resolution without the cache: every call reads the store. Multi-instance mode uses it,
+    /// because a link made on another instance would not drop this instance's cached entries.
+    pub fn uncached(store: SharedStore, events: EventBus) -> Self {
+        Self {
+            uncached: true,
+            ..Self::with_cache_size(store, events, 1)
         }
     }
 
@@ -103,6 +115,9 @@ impl Identity {
 
     /// The user `address` belongs to; an unknown address becomes a new user.
     pub async fn resolve(&self, address: &Address) -> Result<UserId, StoreError> {
+        if self.uncached {
+            return self.store.resolve_address(address).await;
+        }
         if let Some(id) = self
             .cache
             .lock()

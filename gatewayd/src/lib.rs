@@ -14,6 +14,7 @@ pub mod admin;
 pub mod agent;
 pub mod budget;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod events;

@@ -4,6 +4,10 @@
 //! Like every reply, such a message is committed to the outbox before delivery sees it, so it
 //! is sent at least once and ends `delivered` or `dead`. A message to a user goes to the direct
 //! chat they wrote from last.
+//!
+//! In multi-instance mode such a row is filed under the partition of its chat's group key
+//! (`group:<channel>:<chat>`, whatever kind of chat it is), so it is sent by that partition's
+//! owner, and re-sent by the next owner if this one dies first.
 
 use async_trait::async_trait;
 
@@ -16,12 +20,24 @@ use crate::store::{NewReply, SharedStore};
 pub struct Outbox {
     store: SharedStore,
     delivery: Delivery,
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Outbox {
     /// An outbox over `store` that hands rows to `delivery`.
     pub fn new(store: SharedStore, delivery: Delivery) -> Self {
-        Self { store, delivery }
+        Self {
+            store,
+            delivery,
+            cluster: None,
+        }
+    }
+
+    /// Multi-instance mode: rows are filed under their chat's partition.
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: std::sync::Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 }
 
@@ -40,14 +56,29 @@ impl OutboxSink for Outbox {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("user {user} has no direct chat with the gateway yet"))?,
         };
+        let reply = NewReply {
+            channel,
+            chat_id,
+            text,
+            reply_to: None,
+        };
+        if let Some(cluster) = &self.cluster {
+            let p = cluster.partition_of(&crate::message::SessionKey::Group(
+                reply.channel,
+                reply.chat_id.clone(),
+            ));
+            let row = cluster
+                .store()
+                .outbox_put_in(reply, p)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = row.id;
+            self.delivery.enqueue_in(vec![row], Some(p));
+            return Ok(id);
+        }
         let row = self
             .store
-            .outbox_put(NewReply {
-                channel,
-                chat_id,
-                text,
-                reply_to: None,
-            })
+            .outbox_put(reply)
             .await
             .map_err(|e| e.to_string())?;
         let id = row.id;

@@ -15,6 +15,12 @@
 //! error end of either marks the gateway not ready, as does a panic of the store's writer
 //! thread (watched through a probe). Session workers and delivery lanes restart themselves in
 //! place and report to the same supervisor.
+//!
+//! In multi-instance mode (`[cluster] enabled`) start replays nothing globally: it joins the
+//! cluster (one membership round), and each partition this instance gains (then and later) has
+//! its resident sessions marked stale, its pending replies queued, its unfinished workflow runs
+//! resumed and its pending inbox rows picked up. Shutdown first hands every partition over
+//! ([`Cluster::leave`]), so the survivors take over at once.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -35,6 +41,8 @@ use crate::agent::tools::{
 use crate::agent::{Agent, Echo, Provider, llm::OpenAi};
 use crate::channels::adapter::{BuildEnv, HealthReporter, ListenerCtx, WebhookCtx};
 use crate::channels::registry;
+use crate::cluster::leader::{Leadership, SCHEDULER_LEASE};
+use crate::cluster::{Cluster, Ownership};
 use crate::config::{Config, ProviderKind};
 use crate::delivery::rate_limit::RateSettings;
 use crate::delivery::{Delivery, RetryPolicy};
@@ -55,6 +63,8 @@ use crate::workflow::run::{Engine, NodeServices};
 
 /// How often idle per-chat rate-limit buckets are forgotten.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for the channel listeners (and the scheduler) to stop.
+const LISTENERS_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds the provider the configuration names.
 pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
@@ -104,12 +114,15 @@ pub struct Gateway {
     pub started_at: Instant,
     /// What panicked or failed, and whether the gateway is ready.
     pub supervisor: Arc<Supervisor>,
+    /// Multi-instance mode: membership, partitions and their fences.
+    pub cluster: Option<Arc<Cluster>>,
     config: Config,
     ready: Arc<AtomicBool>,
     closing: watch::Sender<bool>,
     stop_server: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
 }
 
 /// Opens the store `[store] backend` names. The writer probe and its fault injection are
@@ -153,25 +166,79 @@ async fn open_store(config: &Config, supervisor: &Supervisor) -> anyhow::Result<
     Ok(sqlite)
 }
 
+/// In cluster mode, the relay that carries WebChat replies to the instance holding the socket.
+fn cluster_relay(
+    config: &Config,
+    store: &SharedStore,
+) -> anyhow::Result<Option<Arc<crate::cluster::relay::Relay>>> {
+    if !config.cluster.enabled {
+        return Ok(None);
+    }
+    let cluster = store.clone().cluster_store().context(
+        "cluster.enabled needs a store several instances share: set [store] backend = \"postgres\"",
+    )?;
+    let secret = config
+        .cluster_secret()
+        .map_err(|e| anyhow!(e))?
+        .context("cluster.enabled needs cluster.secret_env or cluster.secret_file")?;
+    crate::cluster::relay::Relay::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        secret,
+    )
+    .map(Some)
+}
+
 impl Gateway {
     /// Starts everything; returns once the listener is bound and unfinished work is resumed.
     /// `config_path` is only used in messages.
     pub async fn start(config: Config, config_path: &str) -> anyhow::Result<Self> {
         let supervisor = Supervisor::new();
         let store = open_store(&config, &supervisor).await?;
+        let leadership = leadership(&config, &store);
+        if let Some(l) = &leadership {
+            // Pruning is scheduled work: only the scheduler's holder prunes.
+            l.store().set_pruning(false);
+        }
         // Record metrics from the first event on, not from the first scrape.
         crate::metrics::handle();
         let events = EventBus::new(4096);
-        let identity = Arc::new(Identity::with_cache_size(
-            store.clone(),
-            events.clone(),
-            config.gateway.identity_cache_size,
-        ));
+        let cluster = if config.cluster.enabled {
+            let shared = store
+                .clone()
+                .cluster_store()
+                .context("cluster.enabled needs store.backend = \"postgres\"")?;
+            // Without `cluster.advertise_url`, the bound listener's address, once bound.
+            Some(Cluster::new(
+                &config.cluster,
+                shared,
+                config.cluster.advertise_url.clone(),
+            ))
+        } else {
+            None
+        };
+        // A link made on another instance would not drop this one's cached resolutions.
+        let identity = Arc::new(match &cluster {
+            Some(_) => Identity::uncached(store.clone(), events.clone()),
+            None => Identity::with_cache_size(
+                store.clone(),
+                events.clone(),
+                config.gateway.identity_cache_size,
+            ),
+        });
         let (closing, closing_rx) = watch::channel(false);
+        let socket_relay = cluster_relay(&config, &store)?;
+        if let Some(relay) = &socket_relay {
+            relay.start().await;
+        }
         let adapters = registry::build(
             &config,
             &BuildEnv {
                 closing: closing_rx.clone(),
+                socket_relay: socket_relay
+                    .clone()
+                    .map(|r| r as Arc<dyn crate::cluster::relay::SocketRelay>),
             },
         )?;
         let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
@@ -191,7 +258,17 @@ impl Gateway {
             supervisor.clone(),
         );
         delivery.set_inbound_kept(config.store.dedupe_window.get());
-        let outbox = Arc::new(Outbox::new(store.clone(), delivery.clone()));
+        if config.cluster.enabled
+            && let Some(cluster) = store.clone().cluster_store()
+        {
+            delivery.share_rate_limits(&cluster);
+        }
+        let mut outbox = Outbox::new(store.clone(), delivery.clone());
+        if let Some(c) = &cluster {
+            delivery.set_cluster(c.clone());
+            outbox = outbox.with_cluster(c.clone());
+        }
+        let outbox = Arc::new(outbox);
         let runner = Arc::new(LateRunner::default());
         let tools = builtin_tools(&config, outbox.clone(), runner.clone())?;
         let agent = Arc::new(
@@ -218,6 +295,9 @@ impl Gateway {
                 services,
             )
         });
+        if let (Some(engine), Some(c)) = (&workflows, &cluster) {
+            engine.set_cluster(c.clone());
+        }
         if let (Some(engine), Ok(mut slot)) = (&workflows, runner.engine.write()) {
             *slot = Some(Arc::downgrade(engine));
         }
@@ -241,13 +321,18 @@ impl Gateway {
             supervisor: supervisor.clone(),
             budgets: Arc::new(crate::budget::Budgets::new(config.budgets, store.clone())),
             access: access.clone(),
+            cluster: cluster.clone(),
         });
         let router = Router::new(
             ctx,
             config.gateway.max_sessions,
             config.gateway.mailbox_capacity,
         );
-        let inbox = Arc::new(Inbox::new(store.clone(), router.clone(), events.clone()));
+        let mut inbox = Inbox::new(store.clone(), router.clone(), events.clone());
+        if let Some(c) = &cluster {
+            inbox = inbox.with_cluster(c.clone());
+        }
+        let inbox = Arc::new(inbox);
 
         let addr: SocketAddr =
             config.http.listen.parse().with_context(|| {
@@ -267,11 +352,33 @@ impl Gateway {
         };
         let admin_token = config.admin_token().map_err(|e| anyhow!(e))?;
 
-        let pending_out = store.outbox_pending().await?;
-        let resent = pending_out.len();
-        delivery.enqueue(pending_out);
-        let replayed = inbox.replay().await?;
-        if let Some(engine) = &workflows {
+        let mut background = Vec::new();
+        let (resent, replayed) = match &cluster {
+            // A clustered instance takes up only the work of the partitions it gains.
+            Some(c) => {
+                if config.cluster.advertise_url.is_none() {
+                    c.set_advertise_url(format!("http://{http_addr}"));
+                }
+                start_cluster(
+                    c,
+                    &supervisor,
+                    &inbox,
+                    &router,
+                    &delivery,
+                    workflows.as_ref(),
+                    &mut background,
+                )
+                .await;
+                (0, 0)
+            }
+            None => {
+                let pending_out = store.outbox_pending().await?;
+                let resent = pending_out.len();
+                delivery.enqueue(pending_out);
+                (resent, inbox.replay().await?)
+            }
+        };
+        if let Some(engine) = workflows.as_ref().filter(|_| cluster.is_none()) {
             let resumed = engine.resume_unfinished().await?;
             if resumed > 0 {
                 tracing::info!(
@@ -288,7 +395,9 @@ impl Gateway {
             );
         }
 
-        let mut background = Vec::new();
+        // Tasks under a leader lease: awaited at shutdown, so their leases are released.
+        let mut listeners = Vec::new();
+        let (stop_server, stop_rx) = watch::channel(false);
         {
             let router = router.clone();
             let idle = config.gateway.idle_timeout.get();
@@ -320,15 +429,24 @@ impl Gateway {
             let access = access.clone();
             let every = (config.access.pairing_ttl.get() / 4)
                 .clamp(Duration::from_millis(250), Duration::from_secs(60));
-            background.push(every_tick(
-                &supervisor,
-                "pairing expiry",
-                every,
-                move || {
-                    let access = access.clone();
-                    async move { access.expire().await }
-                },
-            ));
+            match &leadership {
+                None => background.push(every_tick(
+                    &supervisor,
+                    "pairing expiry",
+                    every,
+                    move || {
+                        let access = access.clone();
+                        async move { access.expire().await }
+                    },
+                )),
+                Some(l) => listeners.push(scheduler(
+                    &supervisor,
+                    l.clone(),
+                    stop_server.subscribe(),
+                    access,
+                    every,
+                )),
+            }
         }
         #[cfg(unix)]
         {
@@ -366,10 +484,20 @@ impl Gateway {
                 supervisor: supervisor.clone(),
                 router: router.clone(),
             },
-            adapters.iter().flat_map(|a| a.routes(&hooks)).collect(),
+            adapters
+                .iter()
+                .flat_map(|a| a.routes(&hooks))
+                .chain(
+                    socket_relay
+                        .iter()
+                        .map(|r| crate::channels::adapter::Route {
+                            path: crate::cluster::relay::RELAY_PATH.to_owned(),
+                            handler: r.handler(),
+                        }),
+                )
+                .collect(),
             registry::disabled_routes(&config),
         )?;
-        let (stop_server, stop_rx) = watch::channel(false);
         let http_client = reqwest::Client::builder()
             .build()
             .context("cannot build the HTTP client")?;
@@ -381,8 +509,9 @@ impl Gateway {
                 http: http_client.clone(),
                 cursors: hooks.cursors.clone(),
                 inbound_kept: hooks.inbound_kept,
+                leadership: leadership.clone(),
             };
-            background.push(adapter.start(ctx, &supervisor));
+            listeners.push(adapter.start(ctx, &supervisor));
         }
         let announce: Vec<String> = adapters
             .iter()
@@ -412,6 +541,13 @@ impl Gateway {
                         workflows: workflows.clone(),
                         supervisor: supervisor.clone(),
                         access: access.clone(),
+                        cluster: crate::admin::ClusterInfo::new(
+                            &config.cluster,
+                            cluster.as_ref().map_or_else(
+                                || config.cluster.instance_id(),
+                                |c| c.instance_id().to_owned(),
+                            ),
+                        ),
                     };
                     let stop = stop_server.subscribe();
                     background.push(supervisor.spawn_critical(
@@ -438,12 +574,14 @@ impl Gateway {
             announce,
             started_at: Instant::now(),
             supervisor,
+            cluster,
             config,
             ready,
             closing,
             stop_server,
             server,
             background,
+            listeners,
         })
     }
 
@@ -463,12 +601,25 @@ impl Gateway {
     pub async fn shutdown(self) {
         tracing::info!(message = "Shutting down: no new messages are accepted.");
         self.ready.store(false, Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            // Hand every partition over at once; a turn still running here is then fenced
+            // at its commit and answered by the new owner.
+            cluster.leave().await;
+        }
         let _ = self.closing.send(true);
         let _ = self.stop_server.send(true);
         match tokio::time::timeout(Duration::from_secs(5), self.server).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(message = "HTTP server task failed.", error = %e),
             Err(_) => tracing::warn!(message = "Open HTTP connections did not close in time."),
+        }
+        // Listeners stop on the signal; under a lease, their lease is released once stopped.
+        let listeners = futures_util::future::join_all(self.listeners);
+        if tokio::time::timeout(LISTENERS_GRACE, listeners)
+            .await
+            .is_err()
+        {
+            tracing::warn!(message = "Channel listeners did not stop in time.");
         }
         for task in &self.background {
             task.abort();
@@ -625,6 +776,133 @@ impl WorkflowRunner for LateRunner {
     }
 }
 
+/// Multi-instance mode: the first membership round (so this instance starts with the
+/// partitions that are free), then the supervised membership loop, the inbox pickup, and the
+/// takeover of each partition gained: its resident sessions marked stale, its pending replies
+/// queued, its unfinished workflow runs resumed (its pending inbox rows are the pickup's).
+async fn start_cluster(
+    cluster: &Arc<Cluster>,
+    supervisor: &Arc<Supervisor>,
+    inbox: &Arc<Inbox>,
+    router: &Arc<Router>,
+    delivery: &Delivery,
+    workflows: Option<&Arc<Engine>>,
+    background: &mut Vec<JoinHandle<()>>,
+) {
+    let ownership = cluster.subscribe();
+    match cluster.tick().await {
+        Ok(report) => tracing::info!(
+            message = "Joined the cluster.",
+            instance = cluster.instance_id(),
+            live = report.live.len(),
+            partitions = report.acquired.len()
+        ),
+        Err(error) => {
+            tracing::warn!(message = "The first cluster membership round failed; retrying.", %error);
+        }
+    }
+    {
+        let cluster = cluster.clone();
+        background
+            .push(supervisor.spawn_restarting("cluster membership", move || cluster.clone().run()));
+    }
+    {
+        let inbox = inbox.clone();
+        background
+            .push(supervisor.spawn_restarting("inbox pickup", move || inbox.clone().run_pickup()));
+    }
+    let takeover = Arc::new(Takeover {
+        cluster: cluster.clone(),
+        router: router.clone(),
+        delivery: delivery.clone(),
+        workflows: workflows.cloned(),
+        seen: std::sync::Mutex::new(None),
+    });
+    let first = Some(ownership);
+    let slot = Arc::new(tokio::sync::Mutex::new(first));
+    background.push(supervisor.spawn_restarting("partition takeover", move || {
+        let takeover = takeover.clone();
+        let slot = slot.clone();
+        async move {
+            let rx = slot.lock().await.take();
+            let mut rx = match rx {
+                Some(rx) => rx,
+                None => takeover.cluster.subscribe(),
+            };
+            loop {
+                let now: Ownership = rx.borrow_and_update().clone();
+                takeover.apply(&now).await;
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
+}
+
+/// What a gained partition's work is handed to.
+struct Takeover {
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    delivery: Delivery,
+    workflows: Option<Arc<Engine>>,
+    /// The ownership last acted on.
+    seen: std::sync::Mutex<Option<Ownership>>,
+}
+
+impl Takeover {
+    async fn apply(&self, now: &Ownership) {
+        let before = self.seen.lock().ok().and_then(|s| s.clone());
+        let gained: Vec<u32> = now
+            .iter()
+            .filter(|(p, epoch)| before.as_ref().and_then(|b| b.get(p)) != Some(epoch))
+            .map(|(p, _)| *p)
+            .collect();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(now.clone());
+        }
+        if gained.is_empty() {
+            return;
+        }
+        let partitions = self.cluster.partitions();
+        for p in &gained {
+            self.router.invalidate_partition(*p, partitions);
+        }
+        let unassigned = gained.contains(&0);
+        match self
+            .cluster
+            .store()
+            .outbox_pending_in(&gained, unassigned)
+            .await
+        {
+            Ok(rows) => {
+                if !rows.is_empty() {
+                    tracing::info!(
+                        message = "Sending the pending replies of gained partitions.",
+                        count = rows.len()
+                    );
+                }
+                self.delivery.enqueue_parted(rows);
+            }
+            Err(error) => {
+                tracing::warn!(message = "Cannot read the pending replies of gained partitions; they are sent at the next gain.", %error);
+            }
+        }
+        if let Some(engine) = &self.workflows {
+            match engine.resume_partitions(&gained, unassigned).await {
+                Ok(0) => {}
+                Ok(runs) => tracing::info!(
+                    message = "Resumed the workflow runs of gained partitions.",
+                    runs
+                ),
+                Err(error) => {
+                    tracing::warn!(message = "Cannot resume the workflow runs of gained partitions.", %error);
+                }
+            }
+        }
+    }
+}
+
 /// Binds `addr`; a port in use is one line naming the key to change.
 async fn bind(
     addr: SocketAddr,
@@ -664,6 +942,57 @@ where
                 tick.tick().await;
                 f().await;
             }
+        }
+    })
+}
+
+/// Multi-instance mode: the leader leases of this instance (`None` on a single instance).
+fn leadership(config: &Config, store: &SharedStore) -> Option<Leadership> {
+    if !config.cluster.enabled {
+        return None;
+    }
+    let cluster = store.clone().cluster_store()?;
+    Some(Leadership::new(
+        cluster,
+        config.cluster.instance_id(),
+        config.cluster.lease_ttl.get(),
+        config.cluster.renew_interval.get(),
+    ))
+}
+
+/// The scheduled work that runs once in the cluster, on the holder of `singleton:scheduler`:
+/// the pairing expiry every `every`, and the store's pruning while held.
+fn scheduler(
+    supervisor: &Arc<Supervisor>,
+    leadership: Leadership,
+    shutdown: watch::Receiver<bool>,
+    access: Arc<crate::access::Access>,
+    every: Duration,
+) -> JoinHandle<()> {
+    supervisor.spawn_restarting("scheduler", move || {
+        let leadership = leadership.clone();
+        let shutdown = shutdown.clone();
+        let access = access.clone();
+        async move {
+            leadership
+                .run(SCHEDULER_LEASE, shutdown, |guard| {
+                    let access = access.clone();
+                    let store = leadership.store().clone();
+                    async move {
+                        store.set_pruning(true);
+                        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.tick().await;
+                        loop {
+                            tokio::select! {
+                                _ = tick.tick() => access.expire().await,
+                                () = guard.lost() => break,
+                            }
+                        }
+                        store.set_pruning(false);
+                    }
+                })
+                .await;
         }
     })
 }

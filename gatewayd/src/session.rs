@@ -40,4 +40,6 @@ pub struct Context {
     pub budgets: Arc<crate::budget::Budgets>,
     /// Who may talk to the agent (block, DM and group policies, pairing).
     pub access: Arc<crate::access::Access>,
+    /// Multi-instance mode: which partitions this instance owns, and their fences.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

@@ -5,7 +5,7 @@
 
 use gateway_proto::admin as pb;
 use gateway_proto::admin::admin_server::Admin;
-use gatewayd::admin::{AdminService, AdminState};
+use gatewayd::admin::{AdminService, AdminState, ClusterInfo};
 use gatewayd::config::Config;
 use gatewayd::events::Event;
 use gatewayd::message::{Address, ChannelKind};
@@ -32,6 +32,7 @@ async fn start(dir: &tempfile::TempDir) -> (Gateway, AdminService) {
         workflows: None,
         supervisor: gw.supervisor.clone(),
         access: gw.access.clone(),
+        cluster: ClusterInfo::default(),
     });
     (gw, service)
 }

@@ -145,6 +145,7 @@ async fn populate(store: &dyn Store) -> (i64, i64, SessionKey) {
                     },
                 ],
                 replies: vec![reply("hi"), reply("dies")],
+                fence: None,
             },
             Some(UsageRecord {
                 user: keep,

@@ -332,6 +332,7 @@ async fn pruning_keeps_pending_rows_dead_letters_and_each_sessions_history_windo
                     text: format!("a{i}"),
                     reply_to: None,
                 }],
+                fence: None,
             })
             .await
             .expect("turn");
@@ -486,6 +487,7 @@ async fn an_unreachable_database_strands_the_turn_and_recovers_when_it_is_back()
         session: SessionKey::User(1),
         entries: Vec::new(),
         replies: Vec::new(),
+        fence: None,
     };
     let err = store
         .commit_turn(turn.clone())

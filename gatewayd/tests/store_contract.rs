@@ -173,6 +173,7 @@ async fn turn(store: &dyn Store, id: &str, session: &SessionKey, entries: Vec<Tr
             session: session.clone(),
             entries,
             replies: Vec::new(),
+            fence: None,
         })
         .await
         .expect("turn");
@@ -267,6 +268,7 @@ async fn inbox_dedupes_by_channel_and_message_id(store: &dyn Store) {
             session: SessionKey::User(1),
             entries: Vec::new(),
             replies: Vec::new(),
+            fence: None,
         })
         .await
         .expect("turn");
@@ -311,6 +313,7 @@ async fn pending_inbound_messages_come_back_whole_and_oldest_first(store: &dyn S
             session: SessionKey::User(3),
             entries: Vec::new(),
             replies: Vec::new(),
+            fence: None,
         })
         .await
         .expect("turn");
@@ -382,6 +385,7 @@ async fn a_turn_commits_transcript_outbox_and_inbox_mark_together(store: &dyn St
             session: session.clone(),
             entries: entries.clone(),
             replies: replies.clone(),
+            fence: None,
         })
         .await
         .expect("turn");
@@ -422,6 +426,7 @@ async fn a_refused_turn_leaves_nothing_behind(store: &dyn Store) {
             reply_to: Some("m1".to_owned()),
             ..reply(ChannelKind::new("http"), "c", "hi")
         }],
+        fence: None,
     };
     assert_eq!(
         store.commit_turn(turn.clone()).await.expect("turn").len(),
@@ -454,6 +459,7 @@ async fn a_refused_turn_leaves_nothing_behind(store: &dyn Store) {
             session: other.clone(),
             entries: vec![entry(Role::User, "ghost", 3, None)],
             replies: vec![reply(ChannelKind::new("discord"), "g", "ghost")],
+            fence: None,
         })
         .await
         .expect_err("unknown inbox row");
@@ -1419,6 +1425,7 @@ async fn a_stranded_message_is_handed_out_once_while_pending(store: &dyn Store) 
             session: SessionKey::User(1),
             entries: Vec::new(),
             replies: Vec::new(),
+            fence: None,
         })
         .await
         .expect("turn");
@@ -1671,6 +1678,7 @@ async fn usage_commits_with_its_turn_sums_per_user_and_follows_a_link(store: &dy
             session: SessionKey::User(user),
             entries: vec![entry(Role::User, "hi", at, Some(http))],
             replies: vec![reply(http, "chat", "hello")],
+            fence: None,
         };
         let rows = store
             .commit_turn_with_usage(record.clone(), Some(usage_row(user, inbox_id, at, tokens)))

@@ -64,6 +64,7 @@ async fn answer(store: &SqliteStore, inbox_id: i64, m: &InboundMessage, session:
                 text: format!("re {}", m.text),
                 reply_to: Some(m.channel_message_id.clone()),
             }],
+            fence: None,
         })
         .await
         .expect("turn");

@@ -97,6 +97,7 @@ struct Recorded {
     seen_tool_call_ids: HashSet<String>,
     usage: UsageMode,
     reported: Vec<(u64, u64)>,
+    latency: Duration,
 }
 
 /// What the `usage` object of a completion says.
@@ -205,6 +206,12 @@ impl FakeOpenAi {
     /// on arrival, before any [`hold`](Self::hold) is considered.
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.shared.state).faults.push_back(fault);
+    }
+
+    /// Delays every answer by `latency` from now on (a model that takes its time; zero: none),
+    /// before any queued fault or hold applies.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.shared.state).latency = latency;
     }
 
     /// Number of queued faults not yet consumed.
@@ -482,9 +489,13 @@ async fn chat_completions(
         record_tool_results(&mut st, index, parsed.as_ref());
         st.requests.push(recorded);
         st.auth.push(auth);
-        st.faults.pop_front()
+        (st.faults.pop_front(), st.latency)
     };
+    let (fault, latency) = fault;
     shared.changed.notify_waiters();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
 
     match fault {
         None => {}

@@ -287,6 +287,33 @@ pub struct ApiCall {
     pub at: Instant,
 }
 
+/// One `getUpdates` as the fake held it open: from its arrival to its answer (or to the moment
+/// its connection was dropped), with the poller's address.
+#[derive(Debug, Clone)]
+pub struct PollInterval {
+    /// The poller's address (its connection's peer).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The `offset` it asked from.
+    pub offset: Option<i64>,
+    /// The long-poll `timeout` it asked for, in seconds.
+    pub timeout_s: i64,
+    /// When it arrived.
+    pub start: Instant,
+    /// When it was answered or dropped; `None` while it is open.
+    pub end: Option<Instant>,
+    /// The status it was answered with (`409` when a newer poll ended it); `None` if dropped
+    /// or open.
+    pub status: Option<u16>,
+}
+
+impl PollInterval {
+    /// Whether `self` and `other` were open at the same moment.
+    pub fn overlaps(&self, other: &PollInterval) -> bool {
+        let now = Instant::now();
+        self.start < other.end.unwrap_or(now) && other.start < self.end.unwrap_or(now)
+    }
+}
+
 /// The registered webhook (`setWebhook`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookState {
@@ -319,6 +346,7 @@ struct Recorded {
     poll_generation: u64,
     allowed_updates: Option<Vec<String>>,
     next_file: u64,
+    polls: Vec<PollInterval>,
 }
 
 impl Recorded {
@@ -338,6 +366,7 @@ impl Recorded {
             poll_generation: 0,
             allowed_updates: None,
             next_file: 1,
+            polls: Vec::new(),
         }
     }
 
@@ -534,6 +563,46 @@ impl FakeTelegram {
                 self.calls(method)
             )
         })
+    }
+
+    /// Every `getUpdates` the fake held, from arrival to answer, in arrival order.
+    pub fn polls(&self) -> Vec<PollInterval> {
+        lock(&self.shared.state).polls.clone()
+    }
+
+    /// The most `getUpdates` that were open at one moment (two pollers of one bot make it 2;
+    /// the newer poll ends the older with `409 Conflict` at once, but both were open).
+    pub fn max_concurrent_polls(&self) -> usize {
+        let polls = self.polls();
+        let now = Instant::now();
+        let mut edges: Vec<(Instant, i32)> = Vec::with_capacity(polls.len() * 2);
+        for p in &polls {
+            edges.push((p.start, 1));
+            edges.push((p.end.unwrap_or(now), -1));
+        }
+        // At one instant an end comes before a start: touching intervals do not overlap.
+        edges.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut open, mut most) = (0i32, 0i32);
+        for (_, delta) in edges {
+            open += delta;
+            most = most.max(open);
+        }
+        usize::try_from(most).unwrap_or(0)
+    }
+
+    /// Every pair of `getUpdates` that were open at the same moment (empty: never two
+    /// pollers at once).
+    pub fn poll_overlaps(&self) -> Vec<(PollInterval, PollInterval)> {
+        let polls = self.polls();
+        let mut out = Vec::new();
+        for (i, a) in polls.iter().enumerate() {
+            for b in &polls[i + 1..] {
+                if a.overlaps(b) {
+                    out.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Number of `getUpdates` calls so far.

@@ -91,7 +91,13 @@ impl GatewayOptions {
             toml_string(&data_dir.to_string_lossy())
         ));
         push_block(&mut out, &self.gateway_extra);
-        out.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        // An `http_extra` that sets its own `listen` (a fixed port that survives restarts, which
+        // other instances of a cluster reach) replaces the ephemeral default.
+        if self.http_extra.contains("listen") {
+            out.push_str("\n[http]\n");
+        } else {
+            out.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        }
         push_block(&mut out, &self.http_extra);
         // An `admin_extra` that sets its own `listen` (a fixed port that survives restarts)
         // replaces the ephemeral default.

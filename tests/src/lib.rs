@@ -5,6 +5,7 @@
 //! only, and every wait is notification-based with a timeout except
 //! [`poll_until`], which exists for state that has no change notification.
 
+pub mod cluster;
 pub mod fake_bluebubbles;
 pub mod fake_callback;
 pub mod fake_discord;

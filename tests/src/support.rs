@@ -21,6 +21,11 @@ use tokio::sync::{Notify, watch};
 pub(crate) struct ConnHandle(Option<Arc<std::net::TcpStream>>);
 
 impl ConnHandle {
+    /// The client's address, if the connection is still known.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.0.as_ref().and_then(|s| s.peer_addr().ok())
+    }
+
     /// Shuts the underlying TCP connection down in both directions. The client
     /// sees the connection closed with no response; hyper's subsequent write
     /// of whatever the handler returns fails and the connection is dropped.

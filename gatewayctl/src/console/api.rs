@@ -247,6 +247,9 @@ async fn fetch(api: &mut Api, f: Fetch) -> Result<Data, String> {
                         .collect(),
                 )
             }),
+        Fetch::Cluster => within(c.get_cluster(pb::GetClusterRequest {}))
+            .await
+            .map(|r| Data::Cluster(crate::model::Cluster::from_pb(&r.into_inner()))),
     };
     result.map_err(|s| api.error(s).to_string())
 }

@@ -11,6 +11,7 @@
 
 mod action;
 mod channels;
+mod cluster;
 mod data;
 mod dead_letters;
 mod identities;
@@ -26,6 +27,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 pub use self::action::{Action, Letters, LinkOther};
 pub use self::channels::ChannelsTab;
+pub use self::cluster::ClusterTab;
 pub use self::data::UsageToday;
 #[cfg(test)]
 pub use self::data::{AttemptError, Entry, RunNode};
@@ -103,6 +105,7 @@ pub enum Data {
     Run(Run),
     Identities(Vec<Identity>),
     Pairing(Vec<data::Pairing>),
+    Cluster(crate::model::Cluster),
 }
 
 /// What the loop should do after an input.
@@ -139,6 +142,7 @@ pub enum Fetch {
     },
     Identities,
     Pairing,
+    Cluster,
 }
 
 /// What a tab's key handling asks of the console.
@@ -156,7 +160,7 @@ pub enum TabIntent {
     Refuse(String),
 }
 
-/// The tabs, in order (keys 1–8).
+/// The tabs, in order (keys 1–9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Overview,
@@ -167,11 +171,12 @@ pub enum Tab {
     Runs,
     Identities,
     Pairing,
+    Cluster,
 }
 
 impl Tab {
     /// Every tab in order.
-    pub const ALL: [Tab; 8] = [
+    pub const ALL: [Tab; 9] = [
         Tab::Overview,
         Tab::Sessions,
         Tab::Channels,
@@ -180,6 +185,7 @@ impl Tab {
         Tab::Runs,
         Tab::Identities,
         Tab::Pairing,
+        Tab::Cluster,
     ];
 
     /// The title in the tab bar.
@@ -193,6 +199,7 @@ impl Tab {
             Tab::Runs => "Runs",
             Tab::Identities => "Identities",
             Tab::Pairing => "Pairing",
+            Tab::Cluster => "Cluster",
         }
     }
 
@@ -211,6 +218,7 @@ impl Tab {
             Tab::Runs => Fetch::Runs,
             Tab::Identities => Fetch::Identities,
             Tab::Pairing => Fetch::Pairing,
+            Tab::Cluster => Fetch::Cluster,
         }
     }
 }
@@ -250,6 +258,7 @@ pub struct App {
     pub sessions: SessionsTab,
     pub channels: ChannelsTab,
     pub rate_limits: RateLimitsTab,
+    pub cluster: ClusterTab,
     pub dead_letters: DeadLettersTab,
     pub runs: RunsTab,
     pub identities: IdentitiesTab,
@@ -271,6 +280,7 @@ impl App {
             sessions: SessionsTab::default(),
             channels: ChannelsTab::default(),
             rate_limits: RateLimitsTab::default(),
+            cluster: ClusterTab::default(),
             dead_letters: DeadLettersTab::default(),
             runs: RunsTab::default(),
             identities: IdentitiesTab::default(),
@@ -285,6 +295,7 @@ impl App {
         self.sessions.now_ms = now_ms;
         self.channels.now_ms = now_ms;
         self.rate_limits.now_ms = now_ms;
+        self.cluster.now_ms = now_ms;
         self.dead_letters.now_ms = now_ms;
         self.runs.now_ms = now_ms;
         self.pairing.now_ms = now_ms;
@@ -310,6 +321,7 @@ impl App {
             Tab::Runs => Some(&self.runs.list.filter),
             Tab::Identities => Some(&self.identities.list.filter),
             Tab::Pairing => Some(&self.pairing.list.filter),
+            Tab::Cluster => Some(&self.cluster.list.filter),
             Tab::Overview | Tab::RateLimits => None,
         }
     }
@@ -322,6 +334,7 @@ impl App {
             Tab::Runs => Some(&mut self.runs.list.filter),
             Tab::Identities => Some(&mut self.identities.list.filter),
             Tab::Pairing => Some(&mut self.pairing.list.filter),
+            Tab::Cluster => Some(&mut self.cluster.list.filter),
             Tab::Overview | Tab::RateLimits => None,
         }
     }
@@ -333,6 +346,7 @@ impl App {
         self.runs.list.clamp();
         self.identities.list.clamp();
         self.pairing.list.clamp();
+        self.cluster.list.clamp();
     }
 
     fn switch(&mut self, tab: Tab) -> Option<Intent> {
@@ -368,6 +382,7 @@ impl App {
             Data::Session(d) => self.sessions.detail = Some(d),
             Data::Channels(c) => self.channels.list.replace(c),
             Data::RateLimits(r) => self.rate_limits.replace(r),
+            Data::Cluster(c) => self.cluster.replace(c),
             Data::DeadLetters { items, total } => self.dead_letters.replace(items, total),
             Data::DeadLetter(d) => self.dead_letters.detail = Some(d),
             Data::Runs(r) => self.runs.list.replace(r),
@@ -398,6 +413,7 @@ impl App {
             Tab::Runs => self.runs.update_input(code),
             Tab::Identities => self.identities.update_input(code),
             Tab::Pairing => self.pairing.update_input(code),
+            Tab::Cluster => self.cluster.update_input(code),
         };
         match intent {
             TabIntent::None => None,
@@ -423,6 +439,9 @@ pub fn update(app: &mut App, input: Input) -> Option<Intent> {
             // tab is live too (its countdowns and buckets change without events).
             if app.tab == Tab::RateLimits && app.conn == Conn::Connected {
                 return Some(Intent::Fetch(Fetch::RateLimits));
+            }
+            if app.tab == Tab::Cluster && app.conn == Conn::Connected {
+                return Some(Intent::Fetch(Fetch::Cluster));
             }
             (app.conn == Conn::Connected).then_some(Intent::Fetch(Fetch::Overview))
         }
@@ -537,7 +556,7 @@ fn key(app: &mut App, k: KeyEvent) -> Option<Intent> {
         KeyCode::BackTab => {
             app.switch(Tab::ALL[(app.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()])
         }
-        KeyCode::Char(c @ '1'..='8') => app.switch(Tab::ALL[c as usize - '1' as usize]),
+        KeyCode::Char(c @ '1'..='9') => app.switch(Tab::ALL[c as usize - '1' as usize]),
         KeyCode::Char('/') if app.filter().is_some() => {
             app.filtering = true;
             None
@@ -761,6 +780,47 @@ pub(crate) mod tests {
             expires_at_ms: NOW + 3_480_000,
             kept_messages: 2,
         }]);
+        let member =
+            |id: &str, hb: u64, live: bool, leaving: bool, parts: Vec<u32>, leases: &[&str]| {
+                crate::model::ClusterMember {
+                    instance_id: id.into(),
+                    age_ms: 3_725_000,
+                    heartbeat_age_ms: hb,
+                    live,
+                    leaving,
+                    version: "0.1.0".into(),
+                    advertise_url: None,
+                    partitions: parts,
+                    leases: leases.iter().map(|l| (*l).to_owned()).collect(),
+                }
+            };
+        app.cluster.replace(crate::model::Cluster {
+            enabled: true,
+            instance_id: Some("gw-a".into()),
+            partitions: 64,
+            lease_ttl_ms: 3_000,
+            instances: vec![
+                member(
+                    "gw-a",
+                    240,
+                    true,
+                    false,
+                    (0..22).collect(),
+                    &["conn:telegram"],
+                ),
+                member(
+                    "gw-b",
+                    610,
+                    true,
+                    false,
+                    (22..43).collect(),
+                    &["singleton:scheduler"],
+                ),
+                member("gw-c", 900, false, true, vec![43, 45, 46, 47], &[]),
+                member("gw-d", 9_400, false, false, Vec::new(), &[]),
+            ],
+            unowned_partitions: 17,
+        });
         app
     }
 
@@ -1224,6 +1284,8 @@ pub(crate) mod tests {
             Some(Intent::Fetch(Fetch::Sessions { after: None }))
         );
         press(&mut app, KeyCode::BackTab);
+        press(&mut app, KeyCode::BackTab);
+        assert_eq!(app.tab, Tab::Cluster);
         press(&mut app, KeyCode::BackTab);
         assert_eq!(app.tab, Tab::Pairing);
         press(&mut app, KeyCode::Char('?'));

@@ -7,6 +7,7 @@
 //! selection), so a console over many thousands of sessions draws as fast as over ten.
 
 mod channels;
+mod cluster;
 mod dead_letters;
 mod identities;
 mod overview;
@@ -29,7 +30,7 @@ use crate::model::ChannelState;
 /// Every key, as the help overlay lists it (also in gatewayctl/README.md).
 pub const KEYS: &[(&str, &str)] = &[
     ("Tab Shift-Tab", "next / previous tab"),
-    ("1-8", "go to a tab"),
+    ("1-9", "go to a tab"),
     ("↑ ↓ j k", "move the selection"),
     ("PgUp PgDn g G", "page up / down, first / last row"),
     ("/", "filter the table (Enter keeps it, Esc clears)"),
@@ -72,10 +73,19 @@ impl Widget for &App {
             Constraint::Length(1),
         ])
         .areas(area);
-        let titles = Tab::ALL
+        // Each title with its key while the whole bar fits; on a narrower screen the keys
+        // (1-9, in order, as the help says) are left out so that every title still shows.
+        let numbered: Vec<String> = Tab::ALL
             .iter()
             .enumerate()
-            .map(|(i, t)| format!("{} {}", i + 1, t.title()));
+            .map(|(i, t)| format!("{} {}", i + 1, t.title()))
+            .collect();
+        let width: usize = numbered.iter().map(|t| t.chars().count() + 1).sum();
+        let titles: Vec<String> = if width <= usize::from(bar.width) + 1 {
+            numbered
+        } else {
+            Tab::ALL.iter().map(|t| t.title().to_owned()).collect()
+        };
         let index = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
         Tabs::new(titles)
             .select(index)
@@ -92,6 +102,7 @@ impl Widget for &App {
             Tab::Runs => self.runs.render(body, buf),
             Tab::Identities => self.identities.render(body, buf),
             Tab::Pairing => self.pairing.render(body, buf),
+            Tab::Cluster => self.cluster.render(body, buf),
         }
         status_line(self).render(status, buf);
         match &self.modal {
@@ -304,6 +315,7 @@ mod tests {
             ('6', "runs"),
             ('7', "identities"),
             ('8', "pairing"),
+            ('9', "cluster"),
         ] {
             press(&mut app, KeyCode::Char(key));
             insta::assert_snapshot!(name, draw(&app).backend());

@@ -9,6 +9,7 @@ use crate::delivery::rate_limit::BucketState;
 use crate::events::Event;
 use crate::message::{Address, ChannelKind, SessionKey, now_ms};
 use crate::send::ErrorClass;
+use crate::store::cluster::{InstanceRow, LeaseRow};
 use crate::store::{
     AttemptError, DeadLetter, NodeRecord, NodeStatus, Role, RunRecord, RunStatus, StorageStats,
     StoredSession, TranscriptEntry, UserRecord,
@@ -188,6 +189,76 @@ pub fn rate_limits(c: &ChannelBuckets) -> pb::ChannelRateLimits {
         channel_bucket: c.channel_bucket.as_ref().map(bucket),
         chats: c.chats.iter().map(bucket).collect(),
         throttled_total: c.throttled_total,
+    }
+}
+
+/// The partition a lease name stands for (`part:<n>` with `n < partitions`).
+fn partition_of(name: &str, partitions: u32) -> Option<u32> {
+    name.strip_prefix("part:")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n < partitions)
+}
+
+/// The cluster as proto: every instance row with the unexpired leases it holds (partitions apart
+/// from the rest), and how many partitions no live lease covers, all judged at the database
+/// server's `now_ms`. An instance is live while its last heartbeat is younger than
+/// `lease_ttl_ms` and it is not leaving.
+pub fn cluster(
+    instance_id: &str,
+    partitions: u32,
+    lease_ttl_ms: u64,
+    instances: &[InstanceRow],
+    leases: &[LeaseRow],
+    now_ms: i64,
+) -> pb::GetClusterReply {
+    let held: Vec<(&str, &str)> = leases
+        .iter()
+        .filter(|l| l.expires_at_ms > now_ms)
+        .filter_map(|l| l.owner.as_deref().map(|o| (o, l.name.as_str())))
+        .collect();
+    let mut owned = vec![false; partitions as usize];
+    for (_, name) in &held {
+        if let Some(p) = partition_of(name, partitions) {
+            owned[p as usize] = true;
+        }
+    }
+    let unowned = owned.iter().filter(|o| !**o).count();
+    let instances = instances
+        .iter()
+        .map(|i| {
+            let age = u64::try_from(now_ms.saturating_sub(i.heartbeat_at_ms)).unwrap_or(0);
+            let mut parts: Vec<u32> = Vec::new();
+            let mut others: Vec<String> = Vec::new();
+            for (_, name) in held.iter().filter(|(o, _)| *o == i.instance_id) {
+                match partition_of(name, partitions) {
+                    Some(p) => parts.push(p),
+                    None => others.push((*name).to_owned()),
+                }
+            }
+            parts.sort_unstable();
+            others.sort();
+            pb::ClusterInstance {
+                instance_id: i.instance_id.clone(),
+                started_at_ms: i.started_at_ms,
+                heartbeat_at_ms: i.heartbeat_at_ms,
+                heartbeat_age_ms: age,
+                live: age < lease_ttl_ms && !i.leaving,
+                leaving: i.leaving,
+                version: i.version.clone(),
+                advertise_url: i.advertise_url.clone().unwrap_or_default(),
+                partitions: parts,
+                leases: others,
+            }
+        })
+        .collect();
+    pb::GetClusterReply {
+        enabled: true,
+        instance_id: instance_id.to_owned(),
+        partitions,
+        lease_ttl_ms,
+        instances,
+        unowned_partitions: u32::try_from(unowned).unwrap_or(u32::MAX),
+        server_now_ms: now_ms,
     }
 }
 

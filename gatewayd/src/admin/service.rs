@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 mod args;
+mod cluster;
 mod people;
 mod workflows;
 
@@ -54,6 +55,36 @@ pub struct AdminState {
     pub supervisor: Arc<crate::supervise::Supervisor>,
     /// Pairing requests, approvals and blocks.
     pub access: Arc<crate::access::Access>,
+    /// Multi-instance mode, as configured.
+    pub cluster: ClusterInfo,
+}
+
+/// What the admin API says of this gateway's place in a cluster (`[cluster]`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    /// `cluster.enabled`.
+    pub enabled: bool,
+    /// This instance's id (empty when not in a cluster).
+    pub instance_id: String,
+    /// `cluster.partitions`.
+    pub partitions: u32,
+    /// `cluster.lease_ttl`.
+    pub lease_ttl: std::time::Duration,
+}
+
+impl ClusterInfo {
+    /// From the `[cluster]` table; `instance_id` is the id this process runs under.
+    pub fn new(config: &crate::config::ClusterConfig, instance_id: String) -> Self {
+        if !config.enabled {
+            return Self::default();
+        }
+        Self {
+            enabled: true,
+            instance_id,
+            partitions: config.partitions,
+            lease_ttl: config.lease_ttl.get(),
+        }
+    }
 }
 
 /// The service.
@@ -350,6 +381,13 @@ impl Admin for AdminService {
                 .map(convert::rate_limits)
                 .collect(),
         }))
+    }
+
+    async fn get_cluster(
+        &self,
+        _: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::GetClusterReply>, Status> {
+        self.cluster().await.map(Response::new)
     }
 
     async fn list_dead_letters(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::cluster::leader::Leadership;
 use crate::config::{ConfigError, NumericKey};
 use crate::delivery::Delivery;
 use crate::delivery::rate_limit::RateSettings;
@@ -89,6 +90,8 @@ pub trait ChannelAdapter: Sized + Send + Sync + 'static {
 pub struct BuildEnv {
     /// Set when the gateway starts stopping (WebChat closes its sockets on it).
     pub closing: watch::Receiver<bool>,
+    /// In a cluster: where WebChat reaches its chats' sockets that other instances hold.
+    pub socket_relay: Option<Arc<dyn crate::cluster::relay::SocketRelay>>,
 }
 
 /// One webhook route: an absolute path and its handler.
@@ -173,6 +176,10 @@ pub struct ListenerCtx {
     /// How long the inbox keeps a committed message's dedupe key; see
     /// [`WebhookCtx::inbound_kept`].
     pub inbound_kept: Duration,
+    /// Multi-instance mode: the leader leases a long-lived connection runs under
+    /// ([`super::supervise::keep_connected`] takes `conn:<channel>`); `None` on a single
+    /// instance.
+    pub leadership: Option<Leadership>,
 }
 
 /// Durable watermarks an adapter keeps beside the messages it commits: one number per channel

@@ -12,6 +12,10 @@
 //! does a gateway close for failed authentication. Replies are sent with our own REST client, so a
 //! 429's `retry_after` (and whether it is `global`) reaches delivery, which pauses exactly that
 //! long; 401 is an auth problem, 403 (missing permissions) and other 4xx are permanent.
+//!
+//! In multi-instance mode the gateway connection runs on one instance, under the lease
+//! `conn:discord`, and is our own client of the gateway protocol (`discord/resumable.rs`), so
+//! that the next holder RESUMEs the session the last one stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +39,8 @@ use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
 use crate::message::{Attachment, ChannelKind, ChatType, InboundMessage, now_ms};
 use crate::send::{Limit, Sent, Unit};
+
+mod resumable;
 
 /// The Discord channel.
 pub const KIND: ChannelKind = ChannelKind::new("discord");
@@ -339,11 +345,13 @@ impl EventHandler for Handler {
 }
 
 /// One gateway connection: checks the token (`GET /users/@me`), connects, and runs until the
-/// connection ends or the gateway stops.
+/// connection ends or the gateway stops. Under a lease (multi-instance mode) the connection is
+/// [`resumable::Resumable`], whose session another instance can resume; else serenity's.
 struct Gateway {
     token: String,
     api_url: String,
     handler: Arc<Handler>,
+    resumable: resumable::Resumable,
 }
 
 impl Connection for Gateway {
@@ -355,6 +363,9 @@ impl Connection for Gateway {
         let http = http(&self.token, &self.api_url);
         let me = http.get_current_user().await.map_err(|e| classify(&e))?;
         self.handler.bot_id.store(me.id.get(), Ordering::Release);
+        if link.lease().is_some() {
+            return self.resumable.connect(link).await;
+        }
         let mut client = serenity::client::ClientBuilder::new_with_http(http, intents())
             .event_handler_arc(self.handler.clone())
             .await
@@ -461,14 +472,23 @@ impl ChannelAdapter for DiscordAdapter {
     }
 
     async fn run(self: Arc<Self>, ctx: ListenerCtx) {
+        let handler = Arc::new(Handler {
+            inbox: ctx.inbox.clone(),
+            health: ctx.health.clone(),
+            bot_id: AtomicU64::new(0),
+        });
         let gateway = Gateway {
             token: self.token.clone(),
             api_url: self.api_url.clone(),
-            handler: Arc::new(Handler {
-                inbox: ctx.inbox.clone(),
-                health: ctx.health.clone(),
-                bot_id: AtomicU64::new(0),
-            }),
+            handler: handler.clone(),
+            resumable: resumable::Resumable {
+                token: self.token.clone(),
+                api_url: self.api_url.clone(),
+                handler,
+                http: ctx.http.clone(),
+                session: None,
+                loaded_epoch: None,
+            },
         };
         keep_connected(KIND.as_str(), gateway, &ctx).await;
     }

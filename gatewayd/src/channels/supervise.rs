@@ -8,7 +8,9 @@
 //! attempts the loop reports the failure, waits for the platform's own `retry_after` or an
 //! exponential backoff with jitter (reset once an attempt got through), and holds while the
 //! channel's credentials are refused, until the operator reconnects it. It returns when the
-//! gateway stops.
+//! gateway stops. In multi-instance mode the loop runs only while this instance holds the
+//! channel's leader lease (`conn:<channel>`, [`crate::cluster::leader`]), so exactly one
+//! instance keeps the connection, and a new holder connects only after the old one stopped.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::adapter::{HealthReporter, ListenerCtx};
+use crate::cluster::leader::{LeaseGuard, conn_lease};
 use crate::send::{ErrorClass, SendError};
 
 /// The first backoff after a failure; it doubles with each failure in a row.
@@ -44,6 +47,7 @@ pub struct Link {
     pub shutdown: watch::Receiver<bool>,
     health: HealthReporter,
     got_through: AtomicBool,
+    lease: Option<LeaseGuard>,
 }
 
 impl Link {
@@ -54,14 +58,21 @@ impl Link {
         self.health.connected();
     }
 
-    /// Whether the gateway is stopping.
+    /// Whether the gateway is stopping, or (in multi-instance mode) the lease is lost or past
+    /// its deadline.
     pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.shutdown.borrow() || self.lease.as_ref().is_some_and(LeaseGuard::is_lost)
     }
 
     /// The channel's health, for adapters that report more than connected/failed.
     pub fn health(&self) -> &HealthReporter {
         &self.health
+    }
+
+    /// The channel's lease, in multi-instance mode: its fence, its local deadline (by which the
+    /// connection must have stopped talking to the platform) and its stored metadata.
+    pub fn lease(&self) -> Option<&LeaseGuard> {
+        self.lease.as_ref()
     }
 }
 
@@ -89,13 +100,44 @@ pub fn backoff(failures: u32, error: &SendError) -> Duration {
 }
 
 /// Runs `connection` until the gateway stops: see the module documentation. `name` names the
-/// channel in logs.
-pub async fn keep_connected(name: &str, mut connection: impl Connection, ctx: &ListenerCtx) {
+/// channel in logs. In multi-instance mode (`ctx.leadership` set) it connects only while this
+/// instance holds the channel's lease `conn:<name>`: each attempt's [`Link`] then carries the
+/// [`LeaseGuard`], its `shutdown` also fires when the lease is lost, and the next holder starts
+/// only after this connection has ended.
+pub async fn keep_connected(name: &str, connection: impl Connection, ctx: &ListenerCtx) {
+    let Some(leadership) = &ctx.leadership else {
+        let mut connection = connection;
+        connect_loop(name, &mut connection, ctx, ctx.shutdown.clone(), None).await;
+        return;
+    };
+    let connection = tokio::sync::Mutex::new(connection);
+    let lease = conn_lease(name);
+    leadership
+        .run(&lease, ctx.shutdown.clone(), |guard| {
+            let connection = &connection;
+            async move {
+                let mut connection = connection.lock().await;
+                let shutdown = guard.stop_signal();
+                connect_loop(name, &mut *connection, ctx, shutdown, Some(guard)).await;
+            }
+        })
+        .await;
+}
+
+/// The attempts of one listener until `shutdown`: connect, report, back off.
+async fn connect_loop(
+    name: &str,
+    connection: &mut impl Connection,
+    ctx: &ListenerCtx,
+    shutdown: watch::Receiver<bool>,
+    lease: Option<LeaseGuard>,
+) {
     let health = ctx.health.clone();
     let mut link = Link {
-        shutdown: ctx.shutdown.clone(),
+        shutdown,
         health: health.clone(),
         got_through: AtomicBool::new(false),
+        lease,
     };
     let mut failures: u32 = 0;
     loop {

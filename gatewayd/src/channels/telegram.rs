@@ -14,7 +14,9 @@
 //! Polling acknowledges updates only by the next `getUpdates` offset, and the offset moves past
 //! an update only after it is committed to the inbox, so a crash never loses one. The webhook
 //! checks `X-Telegram-Bot-Api-Secret-Token` in constant time and answers 200 only after the
-//! commit (a 5xx makes Telegram redeliver). Replies are split at 4096 UTF-16 code units. Errors:
+//! commit (a 5xx makes Telegram redeliver). In multi-instance mode one instance polls, under the
+//! lease `conn:telegram`, with the offset kept in the lease (see `Poll`). Replies are split at
+//! 4096 UTF-16 code units. Errors:
 //! `retry_after` → retry exactly then; network, 5xx, unreadable answers → retry; an invalid token
 //! → re-authentication needed; a blocked bot, an unknown chat, any other 4xx → permanent.
 
@@ -330,9 +332,36 @@ fn normalize_message(m: &Message, me: &BotIdentity) -> Option<InboundMessage> {
     })
 }
 
+/// How long before the lease's local deadline a long poll must have ended: its `timeout` is
+/// the time left minus this, in whole seconds.
+const POLL_MARGIN: Duration = Duration::from_millis(500);
+
+/// The `getUpdates` timeout, in whole seconds: `poll_timeout`, and under a lease at most the
+/// time left to its deadline minus [`POLL_MARGIN`] (0 is a short poll).
+fn poll_secs(poll_timeout: Duration, time_left: Option<Duration>) -> u32 {
+    let mut d = poll_timeout;
+    if let Some(left) = time_left {
+        d = d.min(left.saturating_sub(POLL_MARGIN));
+    }
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// The poll offset stored in a lease's metadata (`{"offset": N}`), if it is readable.
+fn stored_offset(meta: &str) -> Option<i32> {
+    let value: serde_json::Value = serde_json::from_str(meta).ok()?;
+    i32::try_from(value.get("offset")?.as_i64()?).ok()
+}
+
 /// One long-poll connection: `getUpdates` in a loop, committing each update before the
 /// offset moves past it. The offset and whether the webhook was cleared outlive a failed
 /// attempt.
+///
+/// In multi-instance mode it polls only under the lease `conn:telegram` ([`Link::lease`]): it
+/// starts from the offset stored in the lease's metadata, stores each new offset there (a write
+/// the store refuses once the lease is lost) before a `getUpdates` confirms it to Telegram, asks
+/// for a long poll no longer than the time left to the lease's deadline, and starts none after
+/// it; so a poller frozen past its lease has no poll open when the next holder starts. A `409
+/// Conflict` re-checks the lease before the next attempt, which waits out the backoff.
 struct Poll {
     bot: Bot,
     me: SharedIdentity,
@@ -340,6 +369,60 @@ struct Poll {
     poll_timeout: Duration,
     offset: i32,
     webhook_cleared: bool,
+    /// The lease epoch whose stored offset was read.
+    loaded_epoch: Option<i64>,
+}
+
+impl Poll {
+    /// Under a lease held at a new epoch, continues from the offset its metadata stores.
+    async fn load_offset(&mut self, link: &Link) -> Result<(), SendError> {
+        let Some(lease) = link.lease() else {
+            return Ok(());
+        };
+        if self.loaded_epoch == Some(lease.epoch()) {
+            return Ok(());
+        }
+        let meta = lease.meta().await.map_err(|e| {
+            SendError::retryable(format!("cannot read the stored Telegram offset: {e}"))
+        })?;
+        match meta.as_deref().map(|m| (m, stored_offset(m))) {
+            Some((_, Some(offset))) => self.offset = offset,
+            Some((raw, None)) => {
+                tracing::warn!(
+                    message = "The stored Telegram offset is unreadable; polling from the last known one.",
+                    meta = raw,
+                    offset = self.offset
+                );
+            }
+            None => {}
+        }
+        tracing::info!(
+            message = "Telegram polling starts under the lease.",
+            epoch = lease.epoch(),
+            offset = self.offset
+        );
+        self.loaded_epoch = Some(lease.epoch());
+        Ok(())
+    }
+
+    /// Under a lease, stores the offset before a poll confirms it; `Err` (and the offset back
+    /// to `previous`) if the store refuses, so Telegram is never told of it.
+    async fn store_offset(&mut self, link: &Link, previous: i32) -> Result<(), SendError> {
+        let Some(lease) = link.lease() else {
+            return Ok(());
+        };
+        if self.offset == previous {
+            return Ok(());
+        }
+        let meta = json!({ "offset": self.offset }).to_string();
+        if let Err(e) = lease.set_meta(&meta).await {
+            self.offset = previous;
+            return Err(SendError::retryable(format!(
+                "cannot store the Telegram offset under the lease: {e}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Connection for Poll {
@@ -348,6 +431,7 @@ impl Connection for Poll {
     }
 
     async fn connect(&mut self, link: &mut Link) -> Result<(), SendError> {
+        self.load_offset(link).await?;
         // Once a connection: a failure is retried with the next one.
         learn_username(&self.bot, &self.me).await;
         loop {
@@ -358,11 +442,8 @@ impl Connection for Poll {
                 return Ok(());
             }
             let result = if self.webhook_cleared {
-                let request = self
-                    .bot
-                    .get_updates()
-                    .offset(self.offset)
-                    .timeout(u32::try_from(self.poll_timeout.as_secs()).unwrap_or(30));
+                let timeout = poll_secs(self.poll_timeout, link.lease().map(|l| l.time_left()));
+                let request = self.bot.get_updates().offset(self.offset).timeout(timeout);
                 tokio::select! {
                     r = request => r,
                     () = stopped(&mut link.shutdown) => return Ok(()),
@@ -371,10 +452,17 @@ impl Connection for Poll {
                 // Polling is refused while a webhook is registered.
                 self.bot.delete_webhook().await.map(|_| Vec::new())
             };
-            let updates = result.map_err(|e| classify(&e))?;
+            let updates = match result {
+                Ok(updates) => updates,
+                Err(RequestError::Api(ApiError::TerminatedByOtherGetUpdates)) => {
+                    return Err(self.conflict(link).await);
+                }
+                Err(e) => return Err(classify(&e)),
+            };
             self.webhook_cleared = true;
             link.connected();
             let me = identity(&self.me);
+            let previous = self.offset;
             for update in updates {
                 if let Some(msg) = normalize(&update, &me) {
                     match self.inbox.commit(msg).await {
@@ -390,6 +478,29 @@ impl Connection for Poll {
                     .unwrap_or(i32::MAX)
                     .saturating_add(1);
             }
+            self.store_offset(link, previous).await?;
+        }
+    }
+}
+
+impl Poll {
+    /// Another `getUpdates` ended ours. Under a lease, whether it still holds decides what the
+    /// error says (the lease's renewal stops this poller if it is lost); either way the next
+    /// attempt waits out the backoff, never a tight loop.
+    async fn conflict(&self, link: &Link) -> SendError {
+        let Some(lease) = link.lease() else {
+            return SendError::retryable("409 Conflict: another getUpdates is polling this bot");
+        };
+        match lease.holds().await {
+            Ok(true) => SendError::retryable(
+                "409 Conflict: another getUpdates is polling this bot, though this instance holds the lease; is a gateway outside the cluster polling it?",
+            ),
+            Ok(false) => SendError::retryable(
+                "409 Conflict: the lease conn:telegram moved to another instance",
+            ),
+            Err(e) => SendError::retryable(format!(
+                "409 Conflict: another getUpdates is polling this bot; the lease cannot be checked: {e}"
+            )),
         }
     }
 }
@@ -623,6 +734,7 @@ impl ChannelAdapter for TelegramAdapter {
                     poll_timeout: self.poll_timeout,
                     offset: 0,
                     webhook_cleared: false,
+                    loaded_epoch: None,
                 };
                 keep_connected(KIND.as_str(), poll, &ctx).await;
             }
@@ -687,6 +799,25 @@ async fn telegram_update(State(hook): State<Hook>, headers: HeaderMap, body: Bod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_poll_under_a_lease_ends_before_its_deadline() {
+        let thirty = Duration::from_secs(30);
+        assert_eq!(poll_secs(thirty, None), 30);
+        assert_eq!(poll_secs(thirty, Some(Duration::from_millis(2500))), 2);
+        assert_eq!(poll_secs(thirty, Some(Duration::from_millis(1499))), 0);
+        assert_eq!(poll_secs(thirty, Some(Duration::ZERO)), 0);
+        assert_eq!(poll_secs(Duration::from_secs(1), Some(thirty)), 1);
+    }
+
+    #[test]
+    fn the_stored_offset_is_read_leniently() {
+        assert_eq!(stored_offset(r#"{"offset": 42}"#), Some(42));
+        assert_eq!(stored_offset(r#"{"offset": "42"}"#), None);
+        assert_eq!(stored_offset(r#"{"offset": 99999999999}"#), None);
+        assert_eq!(stored_offset("not json"), None);
+        assert_eq!(stored_offset("{}"), None);
+    }
 
     /// Normalizes as a bot whose identity is not known.
     fn norm(u: &Update) -> Option<InboundMessage> {

@@ -8,6 +8,11 @@
 //! the transport limit ([`WebChat::max_frame_bytes`]) closes it, with code 1009 and a reason. The chat id is the
 //! person's address on this channel; a message's dedupe key is `<chat_id>/<client id>`, so a
 //! client that re-sends after a reconnect gets one agent turn.
+//!
+//! In a cluster, a chat's reply may be sent by another instance than the one holding its socket.
+//! The adapter knows nothing of the cluster but the relay's trait: it is given a [`SocketRelay`], tells it when its
+//! first socket of a chat opens and its last one closes, and hands it a reply frame that no
+//! socket here took; frames relayed from elsewhere arrive through [`LocalSockets::push`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +33,7 @@ use serde::Deserialize;
 use super::adapter::{BuildEnv, ChannelAdapter, HealthReporter, ListenerCtx, Route, WebhookCtx};
 use super::webhook::{ConnectionSlot, error};
 use super::{ChannelSender, OutgoingChunk, SendError};
+use crate::cluster::relay::{LocalSockets, SocketRelay};
 use crate::config::{ConfigError, MIB, Number, NumericKey, channel_key, ints};
 use crate::delivery::rate_limit::RateSettings;
 use crate::inbox::Inbox;
@@ -68,6 +74,7 @@ pub struct WebChat {
     max_message_bytes: usize,
     health: OnceLock<HealthReporter>,
     closing: watch::Receiver<bool>,
+    relay: Option<Arc<dyn SocketRelay>>,
 }
 
 fn error_frame(code: &str, message: &str, id: Option<&str>) -> String {
@@ -162,15 +169,45 @@ fn parse_frame(
 
 impl WebChat {
     /// A WebChat adapter accepting texts up to `max_message_bytes`; sockets close when
-    /// `closing` turns true.
-    pub fn new(max_message_bytes: usize, closing: watch::Receiver<bool>) -> Arc<Self> {
-        Arc::new(Self {
+    /// `closing` turns true. With a `relay`, its sockets are recorded there and a reply for a
+    /// chat with no socket here is handed to it.
+    pub fn new(
+        max_message_bytes: usize,
+        closing: watch::Receiver<bool>,
+        relay: Option<Arc<dyn SocketRelay>>,
+    ) -> Arc<Self> {
+        let chat = Arc::new(Self {
             sockets: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(1),
             max_message_bytes,
             health: OnceLock::new(),
             closing,
-        })
+            relay,
+        });
+        if let Some(relay) = &chat.relay {
+            let local: Arc<dyn LocalSockets> = chat.clone();
+            relay.attach(Arc::downgrade(&local));
+        }
+        chat
+    }
+
+    /// The frame queues of `chat_id`'s open sockets here.
+    fn queues(&self, chat_id: &str) -> Vec<mpsc::Sender<String>> {
+        self.sockets
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.get(chat_id)
+                    .map(|l| l.iter().map(|(_, tx)| tx.clone()).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a socket of `chat_id` is open here.
+    fn has_socket(&self, chat_id: &str) -> bool {
+        self.sockets
+            .lock()
+            .is_ok_and(|s| s.get(chat_id).is_some_and(|l| !l.is_empty()))
     }
 
     /// Lets the adapter wake a chat's delivery lane when its client (re)connects.
@@ -206,11 +243,16 @@ impl WebChat {
     pub async fn serve(self: Arc<Self>, inbox: Arc<Inbox>, chat_id: String, socket: WebSocket) {
         let socket_id = self.next_socket.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<String>(SOCKET_QUEUE);
-        if let Ok(mut sockets) = self.sockets.lock() {
-            sockets
-                .entry(chat_id.clone())
-                .or_default()
-                .push((socket_id, tx));
+        let first = match self.sockets.lock() {
+            Ok(mut sockets) => {
+                let list = sockets.entry(chat_id.clone()).or_default();
+                list.push((socket_id, tx));
+                list.len() == 1
+            }
+            Err(_) => false,
+        };
+        if first && let Some(relay) = &self.relay {
+            relay.opened(&chat_id).await;
         }
         if let Some(h) = self.health.get() {
             h.nudge(&chat_id);
@@ -262,12 +304,26 @@ impl WebChat {
                 }
             }
         }
-        if let Ok(mut sockets) = self.sockets.lock()
-            && let Some(list) = sockets.get_mut(&chat_id)
-        {
-            list.retain(|(id, _)| *id != socket_id);
-            if list.is_empty() {
-                sockets.remove(&chat_id);
+        let last = match self.sockets.lock() {
+            Ok(mut sockets) => match sockets.get_mut(&chat_id) {
+                Some(list) => {
+                    list.retain(|(id, _)| *id != socket_id);
+                    let empty = list.is_empty();
+                    if empty {
+                        sockets.remove(&chat_id);
+                    }
+                    empty
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if last && let Some(relay) = &self.relay {
+            relay.closed(&chat_id).await;
+            // A socket of the chat that opened while the record was being removed recorded
+            // itself before or after the removal; record it again so the removal cannot win.
+            if self.has_socket(&chat_id) {
+                relay.opened(&chat_id).await;
             }
         }
         tracing::debug!(message = "WebChat disconnected.", chat_id = %chat_id, socket_id);
@@ -337,27 +393,33 @@ impl ChannelSender for WebChat {
         let frame =
             json!({"type": "message", "id": chunk.id(), "text": chunk.text, "reply_to": reply_to})
                 .to_string();
-        let sockets: Vec<mpsc::Sender<String>> = self
-            .sockets
-            .lock()
-            .ok()
-            .and_then(|s| {
-                s.get(&msg.chat_id)
-                    .map(|l| l.iter().map(|(_, tx)| tx.clone()).collect())
-            })
-            .unwrap_or_default();
-        let mut sent = false;
-        for tx in sockets {
-            sent |= tx.try_send(frame.clone()).is_ok();
+        if self.push(&msg.chat_id, &frame) > 0 {
+            return Ok(Sent::default());
         }
-        if sent {
-            Ok(Sent::default())
-        } else {
-            Err(SendError::retryable(format!(
+        let relayed = match &self.relay {
+            Some(relay) => relay.forward(&msg.chat_id, &frame).await,
+            None => Ok(false),
+        };
+        match relayed {
+            Ok(true) => Ok(Sent::default()),
+            Ok(false) => Err(SendError::retryable(format!(
                 "no open WebChat connection for chat {}; the reply waits for the client to reconnect",
                 msg.chat_id
-            )))
+            ))),
+            Err(why) => Err(SendError::retryable(format!(
+                "no open WebChat connection for chat {} here, and the instances holding one could not be reached ({why}); the reply waits",
+                msg.chat_id
+            ))),
         }
+    }
+}
+
+impl LocalSockets for WebChat {
+    fn push(&self, chat_id: &str, frame: &str) -> usize {
+        self.queues(chat_id)
+            .into_iter()
+            .filter(|tx| tx.try_send(frame.to_owned()).is_ok())
+            .count()
     }
 }
 
@@ -414,7 +476,11 @@ impl ChannelAdapter for WebChatAdapter {
 
     fn build(config: &WebChatConfig, env: &BuildEnv) -> anyhow::Result<Self> {
         Ok(Self {
-            chat: WebChat::new(config.max_message_bytes, env.closing.clone()),
+            chat: WebChat::new(
+                config.max_message_bytes,
+                env.closing.clone(),
+                env.socket_relay.clone(),
+            ),
         })
     }
 

@@ -7,17 +7,30 @@
 //! bucket — tokens left, sends waiting, times throttled, paused-until — is readable at any time
 //! for the admin API and the console. Idle per-chat buckets are forgotten by
 //! [`ChannelLimits::retain_recent`], which the runtime calls periodically.
+//!
+//! In a cluster ([`ChannelLimits::share`]) the buckets are the database's instead of governor's,
+//! so every instance spends from the same ones: a send takes a token from the channel's row
+//! (`<channel>`) and the chat's row (`<channel>:<chat>`) of `rate_buckets` together, or from
+//! neither, at the database server's clock ([`ClusterStore::rate_take`]); when refused it waits
+//! exactly as long as the store says and asks again. A `Retry-After` pause
+//! ([`ChannelLimits::pause_for`]) is written to that row too, so every instance waits it out.
+//! The emission interval is `ceil(1000 / per_second)` whole ms and the tolerance `interval *
+//! (burst - 1)`, the same bucket governor keeps (a burst of `burst`, then one send per interval);
+//! rounding the interval up means a shared bucket never allows more than its settings, at most a
+//! little less (30/s is one send per 34 ms), and allows at most 1000 sends a second. The state
+//! shown for a shared bucket is what this instance's last take saw, refilled since.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter, clock, state};
 
 use crate::message::ChannelKind;
+use crate::store::cluster::{ClusterStore, RateBucket, RateTake};
 
 /// Rates for one channel; `None` means no limit at that level.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Deserialize)]
@@ -101,6 +114,36 @@ type Keyed = RateLimiter<
     StateInformationMiddleware,
 >;
 
+/// Longest and shortest waits after the shared store failed to answer a take.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A shared bucket's GCRA in whole ms: `(interval, tolerance)`, or `None` without a limit.
+fn shared_gcra(per_second: Option<f64>, burst: Option<u32>) -> Option<(i64, i64)> {
+    let per_second = per_second.filter(|r| r.is_finite() && *r > 0.0)?;
+    let max_ms = MAX_PERIOD.as_secs_f64() * 1000.0;
+    // The tiny subtraction keeps an exact quotient (1000 / 0.8 = 1250) from rounding up on a
+    // last-bit error; the clamp keeps the cast in range.
+    let interval = (1000.0 / per_second - 1e-9).ceil().clamp(1.0, max_ms);
+    #[allow(clippy::cast_possible_truncation)]
+    let interval = interval as i64;
+    let burst = i64::from(burst.unwrap_or(1).clamp(1, MAX_BURST));
+    Some((interval, interval.saturating_mul(burst - 1)))
+}
+
+/// Tokens a shared bucket has left right after a take moved its `tat` to `tat` at `now`.
+fn tokens_left(now: i64, tat: i64, (interval, tolerance): (i64, i64)) -> u32 {
+    let left = (now + tolerance - tat).div_euclid(interval.max(1)) + 1;
+    u32::try_from(left.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The database's buckets, once [`ChannelLimits::share`] is called.
+struct Shared {
+    store: Arc<dyn ClusterStore>,
+    channel: Option<(i64, i64)>,
+    chat: Option<(i64, i64)>,
+}
+
 /// A bucket as the operator sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BucketState {
@@ -141,6 +184,7 @@ pub struct ChannelLimits {
     channel_stats: Mutex<Stats>,
     chat_stats: Mutex<HashMap<String, Stats>>,
     throttled_total: AtomicU64,
+    shared: OnceLock<Shared>,
 }
 
 impl ChannelLimits {
@@ -162,6 +206,57 @@ impl ChannelLimits {
             channel_stats: Mutex::new(Stats::default()),
             chat_stats: Mutex::new(HashMap::new()),
             throttled_total: AtomicU64::new(0),
+            shared: OnceLock::new(),
+        }
+    }
+
+    /// Keeps this channel's buckets and pauses in `store`'s `rate_buckets`, shared by every
+    /// instance of the cluster, instead of in this process. Only the first call counts.
+    pub fn share(&self, store: Arc<dyn ClusterStore>) {
+        let shared = Shared {
+            store,
+            channel: shared_gcra(self.settings.per_second, self.settings.burst),
+            chat: shared_gcra(
+                self.settings.per_chat_per_second,
+                self.settings.per_chat_burst,
+            ),
+        };
+        if self.shared.set(shared).is_err() {
+            tracing::debug!(message = "The rate limits are already shared.", channel = %self.channel);
+        }
+    }
+
+    /// Whether the buckets are the cluster's ([`ChannelLimits::share`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
+    }
+
+    /// The shared row of the channel's bucket.
+    fn channel_key(&self) -> String {
+        self.channel.as_str().to_owned()
+    }
+
+    /// The shared row of a chat's bucket.
+    fn chat_key(&self, chat_id: &str) -> String {
+        format!("{}:{chat_id}", self.channel.as_str())
+    }
+
+    /// Pauses the chat (or with `None` the whole channel) for `pause`, as a platform's
+    /// `Retry-After` asks: here at once, and in a cluster also in the shared row, so that every
+    /// instance waits it out.
+    pub async fn pause_for(&self, chat_id: Option<&str>, pause: Duration) {
+        let until = Instant::now() + pause;
+        match chat_id {
+            Some(chat) => self.pause_chat(chat, until),
+            None => self.pause_channel(until),
+        }
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let key = chat_id.map_or_else(|| self.channel_key(), |c| self.chat_key(c));
+        let ms = i64::try_from(pause.as_millis()).unwrap_or(i64::MAX);
+        if let Err(error) = shared.store.rate_pause(&key, ms).await {
+            tracing::warn!(message = "Cannot share a platform's pause; only this instance waits it out.", channel = %self.channel, %error);
         }
     }
 
@@ -211,11 +306,100 @@ impl ChannelLimits {
             self.note_wait(&mut waited);
             tokio::time::sleep_until(until.into()).await;
         }
+        if let Some(shared) = self.shared.get() {
+            self.acquire_shared(shared, chat_id, &mut waited).await;
+        } else {
+            self.acquire_local(chat_id, &mut waited).await;
+        }
+        self.with_chat(chat_id, |s| s.queued = s.queued.saturating_sub(1));
+        if let Ok(mut s) = self.channel_stats.lock() {
+            s.queued = s.queued.saturating_sub(1);
+        }
+    }
+
+    /// Takes the tokens from the shared buckets, waiting as long as the store says each time
+    /// it refuses, and retrying (with a growing wait) while the store does not answer: a send
+    /// never goes out without its tokens.
+    async fn acquire_shared(&self, shared: &Shared, chat_id: &str, waited: &mut bool) {
+        let channel_key = self.channel_key();
+        let chat_key = self.chat_key(chat_id);
+        let bucket = |key: &str, gcra: Option<(i64, i64)>| {
+            let (interval_ms, tolerance_ms) = gcra.unwrap_or((0, 0));
+            RateBucket {
+                key: key.to_owned(),
+                interval_ms,
+                tolerance_ms,
+            }
+        };
+        let buckets = [
+            bucket(&channel_key, shared.channel),
+            bucket(&chat_key, shared.chat),
+        ];
+        let mut retry = STORE_RETRY_MIN;
+        loop {
+            match shared.store.rate_take(&buckets).await {
+                Ok(RateTake::Granted { at_ms, tats }) => {
+                    let now = Instant::now();
+                    for (key, tat) in tats {
+                        if key == channel_key
+                            && let Some(gcra) = shared.channel
+                            && let Ok(mut s) = self.channel_stats.lock()
+                        {
+                            s.remaining = tokens_left(at_ms, tat, gcra);
+                            s.at = Some(now);
+                        } else if key == chat_key
+                            && let Some(gcra) = shared.chat
+                        {
+                            self.with_chat(chat_id, |s| {
+                                s.remaining = tokens_left(at_ms, tat, gcra);
+                                s.at = Some(now);
+                            });
+                        }
+                    }
+                    return;
+                }
+                Ok(RateTake::Wait { ms, key, paused }) => {
+                    self.note_wait(waited);
+                    let wait = Duration::from_millis(u64::try_from(ms).unwrap_or(1).max(1));
+                    let until = Instant::now() + wait;
+                    let on_channel = key == channel_key;
+                    let mark = |s: &mut Stats| {
+                        if paused {
+                            s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+                        } else {
+                            s.throttled += 1;
+                            s.remaining = 0;
+                            s.at = Some(Instant::now());
+                        }
+                    };
+                    if on_channel {
+                        if let Ok(mut s) = self.channel_stats.lock() {
+                            mark(&mut s);
+                        }
+                    } else {
+                        self.with_chat(chat_id, mark);
+                    }
+                    tokio::time::sleep(wait).await;
+                    retry = STORE_RETRY_MIN;
+                }
+                Err(error) => {
+                    if retry == STORE_RETRY_MIN {
+                        tracing::warn!(message = "Cannot take a shared rate-limit token; the send waits until the store answers.", channel = %self.channel, %error);
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(STORE_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Takes the tokens from this process's governor buckets.
+    async fn acquire_local(&self, chat_id: &str, waited: &mut bool) {
         if let Some(global) = &self.global {
             let snapshot = match global.check() {
                 Ok(s) => s,
                 Err(_) => {
-                    self.note_wait(&mut waited);
+                    self.note_wait(waited);
                     if let Ok(mut s) = self.channel_stats.lock() {
                         s.throttled += 1;
                     }
@@ -232,7 +416,7 @@ impl ChannelLimits {
             let snapshot = match per_chat.check_key(&key) {
                 Ok(s) => s,
                 Err(_) => {
-                    self.note_wait(&mut waited);
+                    self.note_wait(waited);
                     self.with_chat(chat_id, |s| s.throttled += 1);
                     per_chat.until_key_ready(&key).await
                 }
@@ -241,10 +425,6 @@ impl ChannelLimits {
                 s.remaining = snapshot.remaining_burst_capacity();
                 s.at = Some(Instant::now());
             });
-        }
-        self.with_chat(chat_id, |s| s.queued = s.queued.saturating_sub(1));
-        if let Ok(mut s) = self.channel_stats.lock() {
-            s.queued = s.queued.saturating_sub(1);
         }
     }
 

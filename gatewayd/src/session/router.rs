@@ -102,13 +102,43 @@ impl Router {
     }
 
     /// Hands a committed inbound message to its session's worker. Waits while the mailbox is
-    /// full (back-pressure on the channel), never drops.
+    /// full (back-pressure on the channel), never drops. In multi-instance mode a message
+    /// already handed to a worker here is not handed over again (see
+    /// [`Claims`](crate::cluster::Claims)).
     pub async fn route(
         self: &Arc<Self>,
         inbox_id: i64,
         msg: InboundMessage,
     ) -> Result<(), RouteError> {
         let (user, key) = self.locate(&msg).await?;
+        if let Some(cluster) = &self.ctx.cluster {
+            let p = cluster.partition_of(&key);
+            if cluster.fence_for(p).is_some() && !cluster.claims().claim(inbox_id, p) {
+                // Already handed to a worker here (by the owner's pickup).
+                return Ok(());
+            }
+        }
+        self.route_located(inbox_id, msg, user, key).await
+    }
+
+    /// [`Router::route`] for a message already located (its user and session key). In
+    /// multi-instance mode a message whose session's partition is not owned here is not
+    /// handed to a worker: its inbox row is filed under that partition, for its owner.
+    pub async fn route_located(
+        self: &Arc<Self>,
+        inbox_id: i64,
+        msg: InboundMessage,
+        user: UserId,
+        key: SessionKey,
+    ) -> Result<(), RouteError> {
+        if let Some(cluster) = &self.ctx.cluster {
+            let p = cluster.partition_of(&key);
+            if cluster.fence_for(p).is_none() {
+                cluster.claims().release(inbox_id);
+                cluster.store().inbox_move(inbox_id, p).await?;
+                return Ok(());
+            }
+        }
         let mut job = Box::new(Job {
             inbox_id,
             msg,
@@ -220,6 +250,16 @@ impl Router {
             });
         }
         Ok(result)
+    }
+
+    /// Marks every resident session of partition `p` (of `partitions`) stale: another instance
+    /// may have answered in it while this one did not own it.
+    pub fn invalidate_partition(&self, p: u32, partitions: u32) {
+        for (key, h) in lock(&self.sessions).iter() {
+            if crate::cluster::partition_of(key, partitions) == p {
+                h.shared.stale.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Marks a resident session's window stale so its worker reloads it from the store.

@@ -12,6 +12,12 @@
 //! agent, answered with the refusal once per window. An agent turn's token usage is committed
 //! with the turn.
 //!
+//! In multi-instance mode a worker acts only while this instance owns its session's partition
+//! (checked before the message is handled and again before an agent turn), and commits the turn
+//! under the partition's fence: a commit the store refuses as fenced (the lease moved while the
+//! turn ran, e.g. the process was paused) is settled without a retry and without a reply, and
+//! the message stays pending for the new owner.
+//!
 //! A panic while handling a message restarts the worker in place (see [`run`]): the message is
 //! handled again from its pending inbox row, at most [`MAX_TURN_PANICS`] times, then answered
 //! with a generic error reply; other sessions never notice.
@@ -186,6 +192,13 @@ async fn serve(
             // Boxed so that an idle worker's task holds only this loop's state, not the
             // (larger) state of a message in progress.
             Box::pin(handle(router, state, &held.job, &mut held.settled)).await;
+            // Multi-instance mode: a message left pending (a write failed) is the owner's
+            // pickup's to route again, here or on the instance that owns it next.
+            if !held.settled
+                && let Some(c) = &router.context().cluster
+            {
+                c.claims().release(held.job.inbox_id);
+            }
         }
         *in_hand = None;
         finish(shared);
@@ -201,11 +214,17 @@ fn finish(shared: &Shared) {
 async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settled: &mut bool) {
     let ctx = router.context().clone();
     ctx.supervisor.injector().turn(&job.msg.text);
+    if !owns(&ctx, state, job) {
+        return;
+    }
     if let SessionKey::User(owner) = state.key {
         match ctx.identity.resolve(&job.msg.address()).await {
             Ok(current) if current != owner => {
                 // Linked or unlinked since it was routed: it belongs to another session now.
                 *settled = true;
+                if let Some(c) = &ctx.cluster {
+                    c.claims().release(job.inbox_id);
+                }
                 if let Err(e) = router.route(job.inbox_id, job.msg.clone()).await {
                     tracing::error!(message = "Cannot re-route a message; it stays pending until restart.", inbox_id = job.inbox_id, error = %e);
                 }
@@ -234,6 +253,11 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
         Ok(Gate::Through) => {}
         Ok(Gate::Handled) => {
             *settled = true;
+            // Dropped (done) or kept for pairing (left out of the owner's pickup until it is
+            // approved): either way nothing routes it again by itself.
+            if let Some(c) = &ctx.cluster {
+                c.claims().release(job.inbox_id);
+            }
             return;
         }
         Ok(Gate::Refuse(reply)) => {
@@ -260,12 +284,29 @@ async fn handle(router: &Arc<Router>, state: &mut SessionState, job: &Job, settl
     }
     let outcome = match commands::parse(&job.msg.text) {
         Some(cmd) => commands::execute(cmd, router, state, job).await,
+        None if !owns(&ctx, state, job) => return,
         None => match agent_turn(&ctx, state, job, flags.budget).await {
             Some(o) => o,
             None => return,
         },
     };
     commit(router, state, job, outcome, settled).await;
+}
+
+/// Multi-instance mode: whether this instance still owns the session's partition. If not, the
+/// message is left pending for the owner (its claim given back) and nothing more is done here.
+fn owns(ctx: &super::Context, state: &mut SessionState, job: &Job) -> bool {
+    let Some(cluster) = &ctx.cluster else {
+        return true;
+    };
+    if cluster.fence_for_key(&state.key).is_some() {
+        return true;
+    }
+    cluster.claims().release(job.inbox_id);
+    // Whatever this worker remembers may be outdated once another instance has answered.
+    state.window = None;
+    tracing::debug!(message = "Not handling a message of a partition this instance does not own; its owner answers it.", session = %state.key, inbox_id = job.inbox_id);
+    false
 }
 
 async fn load_window(ctx: &super::Context, state: &mut SessionState) -> Result<(), StoreError> {
@@ -390,9 +431,24 @@ async fn commit(
             text: outcome.reply,
             reply_to: Some(job.msg.channel_message_id.clone()),
         }],
+        fence: None,
     };
     if outcome.silent {
         record.replies.clear();
+    }
+    if let Some(cluster) = &ctx.cluster {
+        match cluster.fence_for_key(&state.key) {
+            Some(fence) => record.fence = Some(fence),
+            None => {
+                fenced(
+                    ctx,
+                    state,
+                    job,
+                    "the partition's lease is no longer held here",
+                );
+                return;
+            }
+        }
     }
     let usage = outcome.usage.map(|u| crate::store::UsageRecord {
         user: job.user,
@@ -415,11 +471,21 @@ async fn commit(
                     crate::budget::record_metrics(u);
                 }
                 *settled = true;
+                if let Some(c) = &ctx.cluster {
+                    c.claims().settled(job.inbox_id);
+                }
                 break rows;
             }
             Err(StoreError::Conflict(e)) => {
                 tracing::warn!(message = "Turn already committed; not answering twice.", inbox_id = job.inbox_id, detail = %e);
                 *settled = true;
+                if let Some(c) = &ctx.cluster {
+                    c.claims().settled(job.inbox_id);
+                }
+                return;
+            }
+            Err(StoreError::Fenced(e)) => {
+                fenced(ctx, state, job, &e);
                 return;
             }
             Err(e) if attempt < COMMIT_ATTEMPTS && !matches!(e, StoreError::Closed) => {
@@ -445,5 +511,17 @@ async fn commit(
         session: state.key.clone(),
         inbox_id: job.inbox_id,
     });
-    ctx.delivery.enqueue(rows);
+    let partition = record.fence.as_ref().and_then(|f| f.partition());
+    ctx.delivery.enqueue_in(rows, partition);
+}
+
+/// A turn this instance may no longer commit: nothing of it is kept or sent, the message stays
+/// pending, and the partition's new owner answers it.
+fn fenced(ctx: &super::Context, state: &mut SessionState, job: &Job, detail: &str) {
+    tracing::warn!(message = "Turn fenced: this instance lost the session's partition; the new owner answers it.", session = %state.key, inbox_id = job.inbox_id, detail);
+    metrics::counter!("gateway_cluster_fenced_commits_total").increment(1);
+    state.window = None;
+    if let Some(c) = &ctx.cluster {
+        c.claims().release(job.inbox_id);
+    }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use super::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
+use crate::message::{InboundMessage, OutboundMessage};
 
 /// The proof a writer holds a lease: checked by the store inside the write's transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,6 +29,18 @@ pub struct Fence {
     pub owner: Arc<str>,
     /// The epoch it was acquired at.
     pub epoch: i64,
+}
+
+/// What a store without the partitioned message path answers to it.
+fn unpartitioned() -> StoreError {
+    StoreError::Database("this store does not keep partitioned work".to_owned())
+}
+
+impl Fence {
+    /// The partition this fence is for, when its lease is a partition's (`part:<n>`).
+    pub fn partition(&self) -> Option<u32> {
+        self.lease.strip_prefix("part:")?.parse().ok()
+    }
 }
 
 /// What an instance says of itself in its heartbeat.
@@ -84,6 +97,66 @@ pub struct LeaseHeld {
     pub expires_at_ms: i64,
 }
 
+/// An instance holding an open WebChat socket of a chat, and where it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketHolder {
+    /// The instance's id.
+    pub instance_id: String,
+    /// Its `advertise_url`.
+    pub advertise_url: String,
+}
+
+/// One bucket of a rate-limit take ([`ClusterStore::rate_take`]): a GCRA in whole
+/// milliseconds of the server's clock.
+///
+/// A take at server time `now` passes a bucket when `now >= tat - tolerance_ms` and no pause is
+/// in force (`now >= paused_until`), and then moves its `tat` to `max(tat, now) +
+/// interval_ms`. With `tolerance_ms = interval_ms * (burst - 1)` that is a token bucket of
+/// `burst` tokens refilled one per `interval_ms`: at most `burst + floor(w / interval_ms)` takes
+/// pass in any window of `w` ms. A bucket with `interval_ms == 0` is a pause check only: it is
+/// read, never locked or moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateBucket {
+    /// The row's key: `<channel>` for a channel, `<channel>:<chat>` for one chat.
+    pub key: String,
+    /// The emission interval `T` in ms (0: no limit, pauses only).
+    pub interval_ms: i64,
+    /// How far ahead of `now` the `tat` may run, `T * (burst - 1)`, in ms.
+    pub tolerance_ms: i64,
+}
+
+/// The answer to a take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateTake {
+    /// Every bucket passed and moved, at this server time (ms).
+    Granted {
+        /// The server's clock when the take passed.
+        at_ms: i64,
+        /// The new `tat` of each limited bucket, by key.
+        tats: Vec<(String, i64)>,
+    },
+    /// At least one bucket refused (or is paused); nothing moved. Try again after `ms`.
+    Wait {
+        /// How long until the refusing buckets would pass, at least 1 ms.
+        ms: i64,
+        /// The bucket that holds the take longest.
+        key: String,
+        /// A pause (not the bucket's rate) is what holds it.
+        paused: bool,
+    },
+}
+
+/// One row of `rate_buckets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateBucketRow {
+    /// The key.
+    pub key: String,
+    /// Its theoretical arrival time (server ms).
+    pub tat_ms: i64,
+    /// Until when a platform's 429 pauses it (server ms; in the past when none).
+    pub paused_until_ms: i64,
+}
+
 /// Coordination of several instances on one shared database.
 #[async_trait]
 pub trait ClusterStore: Send + Sync + 'static {
@@ -136,4 +209,107 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Stores `meta` on the fence's lease, only while the fence holds (else `Fenced`).
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError>;
+
+    // The partitioned message path below has defaults that refuse, so a store that only
+    // coordinates leases (a test double, a wrapper) need not implement it; the shared backend
+    // implements every one.
+
+    /// Commits an inbound message into `partition` (deduplicated as `Store::inbox_commit`
+    /// does) and, for a new row, wakes the partition's owner (`NOTIFY gateway_inbox`, payload
+    /// the partition) in the same transaction.
+    async fn inbox_commit_in(
+        &self,
+        _msg: &InboundMessage,
+        _partition: u32,
+    ) -> Result<InboxOutcome, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Pending inbox rows of `partitions` (and of no partition when `unassigned`) that are not
+    /// kept for pairing, oldest first (at most 1000), each with its partition.
+    async fn inbox_pending_in(
+        &self,
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Files a pending inbox row under `partition` (its session moved) and wakes its owner.
+    async fn inbox_move(&self, _inbox_id: i64, _partition: u32) -> Result<(), StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// `Store::outbox_put` into `partition`.
+    async fn outbox_put_in(
+        &self,
+        _reply: NewReply,
+        _partition: u32,
+    ) -> Result<OutboundMessage, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Pending outbox rows of `partitions` (and of no partition when `unassigned`), by id,
+    /// each with its partition.
+    async fn outbox_pending_in(
+        &self,
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Files a workflow run under `partition`.
+    async fn run_set_partition(&self, _run: i64, _partition: u32) -> Result<(), StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Unfinished workflow runs of `partitions` (and of no partition when `unassigned`).
+    async fn runs_unfinished_in(
+        &self,
+        _partitions: &[u32],
+        _unassigned: bool,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// A dedicated connection listening for inbox wake-ups: each item is the partition a new
+    /// row was filed under. The receiver ends when that connection is lost.
+    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
+        Err(unpartitioned())
+    }
+
+    /// Records that `me` holds an open WebChat socket of `chat_id`.
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Records that `me` holds no open WebChat socket of `chat_id` any more.
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError>;
+
+    /// Forgets every WebChat socket recorded for `me` (at start: a killed run left them).
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError>;
+
+    /// The instances other than `except` that hold an open WebChat socket of `chat_id`, among
+    /// those whose heartbeat is younger than `alive_within` and that advertise a URL.
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError>;
+
+    /// Turns this instance's periodic pruning on or off (on by default): in a cluster only the
+    /// holder of the scheduler's lease prunes.
+    fn set_pruning(&self, on: bool);
+
+    /// Takes one token from every bucket of `buckets` at the server's clock, all or none: the
+    /// limited rows are locked in key order (so concurrent takes never deadlock), checked, and
+    /// moved together in one transaction.
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError>;
+
+    /// Pauses bucket `key` for `pause_ms` from the server's now (a pause never shortens one
+    /// already in force); returns when it ends (server ms).
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError>;
+
+    /// The rows of `keys` that exist, by key.
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError>;
 }

@@ -24,12 +24,13 @@
 //! keeps ([`retention`]) and counts rows for [`Store::storage`].
 //!
 //! This file holds the handle, its pool and the [`Store`] implementation, which hands each
-//! operation to the submodule of its area: [`cluster`] (membership and leases), [`inbox`], [`transcript`] (turns and sessions),
+//! operation to the submodule of its area: [`cluster`] (membership and leases), [`rates`] (the shared rate-limit buckets), [`inbox`], [`transcript`] (turns and sessions),
 //! [`outbox`] (with dead letters), [`receipts`], [`cursors`], [`identity`], [`access`],
 //! [`usage`], [`runs`] and [`inspect`].
 
 mod access;
 mod cluster;
+mod cluster_work;
 mod copy;
 mod cursors;
 mod identity;
@@ -37,11 +38,13 @@ mod inbox;
 mod inspect;
 mod migrations;
 mod outbox;
+mod rates;
 mod receipts;
 mod retention;
 mod runs;
 mod transcript;
 mod usage;
+mod webchat_sockets;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -87,6 +90,8 @@ pub(super) const CONFLICTED: &str = "the transaction conflicted with a concurren
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     pool: Pool,
+    /// How to open a connection outside the pool (the cluster's `LISTEN`).
+    pg_config: tokio_postgres::Config,
     shared: Arc<Shared>,
     /// Set by [`Store::close`]: every later operation fails with [`StoreError::Closed`].
     closed: AtomicBool,
@@ -107,6 +112,8 @@ struct Shared {
     full: AtomicBool,
     /// The database could not be reached.
     down: AtomicBool,
+    /// The background task prunes (in a cluster, only on the scheduler's holder).
+    pruning: AtomicBool,
     /// Ticks on each recovery.
     recoveries: tokio::sync::watch::Sender<u64>,
     /// Inbox rows whose handling failed on a write.
@@ -254,6 +261,7 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let target = describe(&config);
+        let pg_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -282,6 +290,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             full: AtomicBool::new(false),
             down: AtomicBool::new(false),
+            pruning: AtomicBool::new(true),
             recoveries: tokio::sync::watch::channel(0).0,
             stranded: Mutex::new(BTreeSet::new()),
             failed_turns: AtomicU64::new(0),
@@ -296,6 +305,7 @@ impl PostgresStore {
         let handle = tokio::spawn(task.run(stop_rx));
         Ok(Self {
             pool,
+            pg_config,
             shared,
             closed: AtomicBool::new(false),
             background: Mutex::new(Some((stop_tx, handle))),

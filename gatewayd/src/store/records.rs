@@ -94,6 +94,10 @@ pub struct TurnRecord {
     pub entries: Vec<TranscriptEntry>,
     /// Replies to put in the outbox, in order.
     pub replies: Vec<NewReply>,
+    /// In multi-instance mode, the lease of the session's partition the turn is committed
+    /// under: the store refuses the turn ([`StoreError::Fenced`](super::StoreError::Fenced))
+    /// unless it still holds, and files the replies under that partition. `None` otherwise.
+    pub fence: Option<super::cluster::Fence>,
 }
 
 /// A stored user with their addresses.

@@ -103,6 +103,10 @@ pub struct Engine {
     events: EventBus,
     services: Arc<dyn NodeServices>,
     sandbox: Arc<Sandbox>,
+    /// Multi-instance mode ([`Engine::set_cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The runs executing in this process, so a takeover never starts one twice here.
+    active: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Engine {
@@ -121,9 +125,69 @@ impl Engine {
             events,
             services,
             sandbox: Arc::new(Sandbox::new(Limits::default())),
+            cluster: std::sync::OnceLock::new(),
+            active: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         engine.reload();
         engine
+    }
+
+    /// Multi-instance mode: every run is filed under a partition, and unfinished runs are
+    /// resumed by the owner of theirs ([`Engine::resume_partitions`]).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Marks `run` as executing here; false if it already is.
+    fn activate(&self, run: i64) -> bool {
+        self.active.lock().is_ok_and(|mut a| a.insert(run))
+    }
+
+    fn deactivate(&self, run: i64) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(&run);
+        }
+    }
+
+    /// The partition a new run is filed under: its origin chat's when this instance owns that
+    /// one (or has no partition at all), else one it owns, chosen by the run id, so that the
+    /// instance executing the run is the owner that would resume it.
+    fn partition_for(
+        cluster: &crate::cluster::Cluster,
+        run: i64,
+        origin: Option<&RunOrigin>,
+    ) -> u32 {
+        let home = match origin {
+            Some(o) => cluster.partition_of(&crate::message::SessionKey::Group(
+                o.channel,
+                o.chat_id.clone(),
+            )),
+            None => crate::cluster::partition_of_str(&format!("run:{run}"), cluster.partitions()),
+        };
+        let owned = cluster.owned();
+        if owned.is_empty() || owned.contains(&home) {
+            return home;
+        }
+        let at = usize::try_from(run.unsigned_abs() % owned.len() as u64).unwrap_or(0);
+        owned.get(at).copied().unwrap_or(home)
+    }
+
+    /// Multi-instance mode: resumes the unfinished runs of `partitions` (gained by this
+    /// instance) that are not executing here already; `unassigned` adds runs filed under no
+    /// partition. Returns how many it resumed.
+    pub async fn resume_partitions(
+        self: &Arc<Self>,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<usize, StoreError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(0);
+        };
+        let runs = cluster
+            .store()
+            .runs_unfinished_in(partitions, unassigned)
+            .await?;
+        self.resume_runs(runs).await
     }
 
     /// Reads the directory again; returns the problems found.
@@ -207,6 +271,11 @@ impl Engine {
             .store
             .run_create(name, &inputs, origin.as_ref())
             .await?;
+        if let Some(cluster) = self.cluster.get() {
+            let p = Self::partition_for(cluster, run, origin.as_ref());
+            cluster.store().run_set_partition(run, p).await?;
+        }
+        self.activate(run);
         tracing::info!(message = "Workflow run started.", run, workflow = name);
         self.events.publish(Event::RunChanged {
             run,
@@ -217,8 +286,10 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             engine
+                .clone()
                 .execute(run, workflow, inputs, origin, HashMap::new())
                 .await;
+            engine.deactivate(run);
         });
         Ok(run)
     }
@@ -226,14 +297,23 @@ impl Engine {
     /// Continues every run a previous process left unfinished; returns how many.
     pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, StoreError> {
         let runs = self.store.runs_unfinished().await?;
-        let n = runs.len();
+        self.resume_runs(runs).await
+    }
+
+    async fn resume_runs(self: &Arc<Self>, runs: Vec<RunRecord>) -> Result<usize, StoreError> {
+        let mut n = 0;
         for run in runs {
+            if !self.activate(run.id) {
+                continue;
+            }
+            n += 1;
             let Some(workflow) = self.get(&run.workflow) else {
                 let error = format!(
                     "workflow `{}` is no longer loaded; the run cannot continue",
                     run.workflow
                 );
                 tracing::error!(message = "Cannot resume a workflow run.", run = run.id, error = %error);
+                self.deactivate(run.id);
                 self.store
                     .run_finish(run.id, RunStatus::Failed, Some(&error))
                     .await?;
@@ -243,9 +323,12 @@ impl Engine {
             let prior = run.nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
             let engine = self.clone();
             tokio::spawn(async move {
+                let id = run.id;
                 engine
-                    .execute(run.id, workflow, run.inputs, run.origin, prior)
+                    .clone()
+                    .execute(id, workflow, run.inputs, run.origin, prior)
                     .await;
+                engine.deactivate(id);
             });
         }
         Ok(n)

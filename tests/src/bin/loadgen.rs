@@ -75,7 +75,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "webchat")]
     target: Target,
     /// Address of the target (gatewayd's HTTP listener, or a baseline server). With
-    /// `--serve-baseline`: where to listen (default 127.0.0.1:0).
+    /// `--serve-baseline`: where to listen (default 127.0.0.1:0). WebChat: several listeners
+    /// separated by commas (the instances of a cluster) spread the chats over them, chat `i` on
+    /// address `i mod n`, as a load balancer does.
     #[arg(long)]
     addr: Option<String>,
     /// HTTP mode: port of the embedded callback receiver on 127.0.0.1 (0: any free port).
@@ -519,9 +521,15 @@ async fn connect_ws(addr: &str, chat: &str) -> anyhow::Result<Ws> {
 async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<WsTransport>> {
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
+    let addrs: Vec<&str> = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    anyhow::ensure!(!addrs.is_empty(), "--addr names no address");
     for i in 0..args.chats {
         let sem = Arc::clone(&sem);
-        let addr = addr.to_owned();
+        let addr = addrs[i % addrs.len()].to_owned();
         let chat = chat_id(args, i);
         set.spawn(async move {
             let _permit = sem.acquire_owned().await?;

@@ -164,7 +164,7 @@ pub(super) async fn handle(
             Err(description) => break 'answer api_error(400, &description),
         };
         match method.as_str() {
-            "getUpdates" => match get_updates(&shared, &params.fields).await {
+            "getUpdates" => match get_updates(&shared, &params.fields, conn.peer()).await {
                 Some(answer) => answer,
                 None => {
                     conn.kill();

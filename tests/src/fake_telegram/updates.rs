@@ -3,7 +3,7 @@
 //! `getUpdates` (one poll at a time; a newer poll or a webhook ends it with `409 Conflict`).
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -14,7 +14,8 @@ use axum::response::Response;
 
 use super::request::param_i64;
 use super::{
-    CONFLICT_OTHER_POLL, CONFLICT_SET_WEBHOOK, CONFLICT_WEBHOOK, ChatSpec, FakeTelegram, Shared,
+    CONFLICT_OTHER_POLL, CONFLICT_SET_WEBHOOK, CONFLICT_WEBHOOK, ChatSpec, FakeTelegram,
+    PollInterval, Shared,
 };
 use crate::support::{lock, wait_notified};
 
@@ -321,7 +322,56 @@ enum PollOutcome {
 pub(super) async fn get_updates(
     shared: &Shared,
     p: &Map<String, Value>,
+    peer: Option<std::net::SocketAddr>,
 ) -> Option<(u16, Response)> {
+    let mut held = HeldPoll::open(shared, peer, p);
+    let answer = get_updates_held(shared, p).await;
+    held.status = answer.as_ref().map(|(status, _)| *status);
+    answer
+}
+
+/// A poll's interval in the record, closed when the poll ends or is dropped (its connection
+/// closed).
+struct HeldPoll<'a> {
+    shared: &'a Shared,
+    index: usize,
+    status: Option<u16>,
+}
+
+impl<'a> HeldPoll<'a> {
+    fn open(
+        shared: &'a Shared,
+        peer: Option<std::net::SocketAddr>,
+        p: &Map<String, Value>,
+    ) -> HeldPoll<'a> {
+        let mut st = lock(&shared.state);
+        st.polls.push(PollInterval {
+            peer,
+            offset: param_i64(p, "offset"),
+            timeout_s: param_i64(p, "timeout").unwrap_or(0),
+            start: Instant::now(),
+            end: None,
+            status: None,
+        });
+        HeldPoll {
+            shared,
+            index: st.polls.len() - 1,
+            status: None,
+        }
+    }
+}
+
+impl Drop for HeldPoll<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        if let Some(poll) = st.polls.get_mut(self.index) {
+            poll.end = Some(Instant::now());
+            poll.status = self.status;
+        }
+    }
+}
+
+async fn get_updates_held(shared: &Shared, p: &Map<String, Value>) -> Option<(u16, Response)> {
     let offset = param_i64(p, "offset");
     let limit = param_i64(p, "limit")
         .filter(|l| *l > 0)

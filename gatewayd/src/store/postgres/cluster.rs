@@ -11,9 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::cluster_work;
 use super::{PostgresStore, col, db, to_i64};
-use crate::store::StoreError;
-use crate::store::cluster::{ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow};
+use crate::message::{InboundMessage, OutboundMessage};
+use crate::store::cluster::{
+    ClusterStore, Fence, InstanceInfo, InstanceRow, LeaseHeld, LeaseRow, RateBucket, RateBucketRow,
+    RateTake, SocketHolder,
+};
+use crate::store::{InboxOutcome, NewReply, PendingInbound, RunRecord, StoreError};
 
 fn ms(d: Duration) -> i64 {
     to_i64(d.as_millis())
@@ -243,6 +248,12 @@ impl ClusterStore for PostgresStore {
         }
     }
 
+    fn set_pruning(&self, on: bool) {
+        self.shared
+            .pruning
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
     async fn set_lease_meta(&self, fence: &Fence, meta: &str) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -254,5 +265,92 @@ impl ClusterStore for PostgresStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    async fn inbox_commit_in(
+        &self,
+        msg: &InboundMessage,
+        partition: u32,
+    ) -> Result<InboxOutcome, StoreError> {
+        self.track(cluster_work::inbox_commit_in(self, msg, partition))
+            .await
+    }
+
+    async fn inbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(PendingInbound, Option<u32>)>, StoreError> {
+        cluster_work::inbox_pending_in(self, partitions, unassigned).await
+    }
+
+    async fn inbox_move(&self, inbox_id: i64, partition: u32) -> Result<(), StoreError> {
+        cluster_work::inbox_move(self, inbox_id, partition).await
+    }
+
+    async fn outbox_put_in(
+        &self,
+        reply: NewReply,
+        partition: u32,
+    ) -> Result<OutboundMessage, StoreError> {
+        self.track(cluster_work::outbox_put_in(self, reply, partition))
+            .await
+    }
+
+    async fn outbox_pending_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<(OutboundMessage, Option<u32>)>, StoreError> {
+        cluster_work::outbox_pending_in(self, partitions, unassigned).await
+    }
+
+    async fn run_set_partition(&self, run: i64, partition: u32) -> Result<(), StoreError> {
+        cluster_work::run_set_partition(self, run, partition).await
+    }
+
+    async fn runs_unfinished_in(
+        &self,
+        partitions: &[u32],
+        unassigned: bool,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        cluster_work::runs_unfinished_in(self, partitions, unassigned).await
+    }
+
+    async fn listen_inbox(&self) -> Result<tokio::sync::mpsc::Receiver<Option<u32>>, StoreError> {
+        cluster_work::listen_inbox(self).await
+    }
+
+    async fn webchat_socket_opened(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_opened(chat_id, me).await
+    }
+
+    async fn webchat_socket_closed(&self, chat_id: &str, me: &str) -> Result<(), StoreError> {
+        self.record_socket_closed(chat_id, me).await
+    }
+
+    async fn webchat_sockets_clear(&self, me: &str) -> Result<u64, StoreError> {
+        self.clear_sockets_of(me).await
+    }
+
+    async fn webchat_socket_holders(
+        &self,
+        chat_id: &str,
+        except: &str,
+        alive_within: Duration,
+    ) -> Result<Vec<SocketHolder>, StoreError> {
+        self.socket_holders_of(chat_id, except, alive_within).await
+    }
+
+    async fn rate_take(&self, buckets: &[RateBucket]) -> Result<RateTake, StoreError> {
+        super::rates::take(self, buckets).await
+    }
+
+    async fn rate_pause(&self, key: &str, pause_ms: i64) -> Result<i64, StoreError> {
+        super::rates::pause(self, key, pause_ms).await
+    }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucketRow>, StoreError> {
+        super::rates::rows(self, keys).await
     }
 }

@@ -14,7 +14,8 @@ use crate::send::ErrorClass;
 use crate::store::{AttemptError, DeadLetter, DeadSelector, NewReply, StoreError, parse_channel};
 
 /// The columns [`outbound_from`] reads, in order.
-const OUTBOUND_COLUMNS: &str = "id, channel, chat_id, text, reply_to, attempts, chunks_sent";
+pub(super) const OUTBOUND_COLUMNS: &str =
+    "id, channel, chat_id, text, reply_to, attempts, chunks_sent";
 /// [`OUTBOUND_COLUMNS`] and what a dead letter adds, as [`dead_letter_from`] reads them.
 const DEAD_COLUMNS: &str = "id, channel, chat_id, text, reply_to, attempts, chunks_sent, \
      last_error, error_class, created_at, updated_at";
@@ -276,7 +277,7 @@ fn dead_params(selector: &DeadSelector) -> DeadParams {
     }
 }
 
-fn outbound_from(r: &Row) -> Result<OutboundMessage, StoreError> {
+pub(super) fn outbound_from(r: &Row) -> Result<OutboundMessage, StoreError> {
     let channel: String = col(r, 1)?;
     Ok(OutboundMessage {
         id: col(r, 0)?,

@@ -7,8 +7,9 @@
 //! outbox rows and dead letters are never pruned; each session keeps its last history window.
 //! PostgreSQL's autovacuum returns the space, so there is no vacuum step. While the store is
 //! marked full or unreachable the task probes every second with a small write of its own, and
-//! ticks the recoveries when one commits. When several instances share the database each
-//! prunes; the deletes are idempotent, so they only share the work.
+//! ticks the recoveries when one commits. When several instances of a cluster share the
+//! database only the holder of the scheduler's lease prunes (the others' passes are switched
+//! off through `ClusterStore::set_pruning`); the deletes are idempotent anyway.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -92,6 +93,11 @@ impl Background {
                 self.probe().await;
             }
             if Instant::now() < next_pass {
+                continue;
+            }
+            if !self.shared.pruning.load(Ordering::Acquire) {
+                // Another instance of the cluster holds the scheduler and prunes.
+                next_pass = Instant::now() + self.retention.interval;
                 continue;
             }
             let started = Instant::now();

@@ -85,7 +85,8 @@ pub(super) async fn finish(
     Ok(())
 }
 
-const RUN_COLUMNS: &str = "id, workflow, inputs, origin, status, error, created_at, finished_at";
+pub(super) const RUN_COLUMNS: &str =
+    "id, workflow, inputs, origin, status, error, created_at, finished_at";
 
 pub(super) async fn get(store: &PostgresStore, run: i64) -> Result<RunRecord, StoreError> {
     let client = store.client().await?;
@@ -152,7 +153,7 @@ fn json_parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<
 }
 
 /// A run row with its nodes read on the same connection.
-async fn to_run(conn: &impl GenericClient, row: &Row) -> Result<RunRecord, StoreError> {
+pub(super) async fn to_run(conn: &impl GenericClient, row: &Row) -> Result<RunRecord, StoreError> {
     let id: i64 = col(row, 0)?;
     let stmt = conn
         .prepare_cached(

@@ -5,7 +5,10 @@
 //! session row's count) is one transaction: all of it is committed or none of it. The `done`
 //! mark is written first, `WHERE NOT done`, so a second turn for the same inbox row, from this
 //! instance or another, waits on the row lock and is then refused with [`StoreError::Conflict`]
-//! and leaves nothing.
+//! and leaves nothing. In multi-instance mode the turn carries the fence of its session's
+//! partition, checked first in the same transaction: a turn whose lease expired or moved is
+//! refused with [`StoreError::Fenced`] and leaves nothing; its replies are filed under that
+//! partition.
 
 use std::sync::atomic::Ordering;
 
@@ -38,7 +41,7 @@ pub(super) async fn commit_turn(
     };
     if let Ok(mut stranded) = store.shared.stranded.lock() {
         match &result {
-            Ok(_) | Err(StoreError::Conflict(_)) => {
+            Ok(_) | Err(StoreError::Conflict(_) | StoreError::Fenced(_)) => {
                 stranded.remove(&inbox_id);
             }
             Err(StoreError::Closed) => {}
@@ -60,6 +63,11 @@ async fn commit_turn_once(
     let tx = client.transaction().await.map_err(db)?;
     let key = turn.session.to_string();
     let now = now_ms();
+    // Multi-instance mode: the partition's lease must still be held, and stays so (its row is
+    // locked FOR SHARE) until this transaction ends, so a takeover waits for it.
+    if let Some(fence) = &turn.fence {
+        super::cluster::fence_check(&tx, fence).await?;
+    }
     let mark = tx
         .prepare_cached("UPDATE inbox SET done = TRUE WHERE id = $1 AND NOT done")
         .await
@@ -101,9 +109,21 @@ async fn commit_turn_once(
     if let Some(usage) = &usage {
         super::usage::insert(&tx, usage).await?;
     }
+    let partition: Option<i32> = turn
+        .fence
+        .as_ref()
+        .and_then(|f| f.partition())
+        .and_then(|p| i32::try_from(p).ok());
     let mut out = Vec::with_capacity(turn.replies.len());
     for r in &turn.replies {
         let id = insert_reply(&tx, turn.inbox_id, r, now).await?;
+        if let Some(p) = partition {
+            let set = tx
+                .prepare_cached("UPDATE outbox SET partition = $2 WHERE id = $1")
+                .await
+                .map_err(db)?;
+            tx.execute(&set, &[&id, &p]).await.map_err(db)?;
+        }
         out.push(OutboundMessage {
             id,
             channel: r.channel,

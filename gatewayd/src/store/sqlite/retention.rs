@@ -615,6 +615,7 @@ mod tests {
                         session: SessionKey::User(user),
                         entries: vec![entry(&format!("t{i}"), at + i)],
                         replies: Vec::new(),
+                        fence: None,
                     })
                     .await
                     .expect("turn");

@@ -79,6 +79,7 @@ pub(super) async fn answered(
                 text: text.to_owned(),
                 reply_to: Some(id.to_owned()),
             }],
+            fence: None,
         })
         .await
         .expect("turn");

@@ -197,6 +197,7 @@ mod tests {
             session: SessionKey::User(user),
             entries: vec![entry("hi", now_ms())],
             replies: Vec::new(),
+            fence: None,
         }
     }
 

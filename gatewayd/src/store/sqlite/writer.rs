@@ -171,6 +171,7 @@ mod tests {
             session: SessionKey::User(1),
             entries: vec![entry(&"z".repeat(100_000), now_ms())],
             replies: Vec::new(),
+            fence: None,
         };
         let failed = store.commit_turn(turn.clone()).await.expect_err("no space");
         assert!(matches!(failed, StoreError::Full(_)), "{failed}");
