@@ -238,7 +238,7 @@ impl Gateway {
                 closing: closing_rx.clone(),
                 socket_relay: socket_relay
                     .clone()
-                    .map(|r| r as Arc<dyn crate::channels::webchat::SocketRelay>),
+                    .map(|r| r as Arc<dyn crate::cluster::relay::SocketRelay>),
             },
         )?;
         let senders: Vec<(Arc<dyn ChannelSender>, RateSettings)> = adapters
@@ -487,7 +487,14 @@ impl Gateway {
             adapters
                 .iter()
                 .flat_map(|a| a.routes(&hooks))
-                .chain(socket_relay.iter().map(|r| r.route()))
+                .chain(
+                    socket_relay
+                        .iter()
+                        .map(|r| crate::channels::adapter::Route {
+                            path: crate::cluster::relay::RELAY_PATH.to_owned(),
+                            handler: r.handler(),
+                        }),
+                )
                 .collect(),
             registry::disabled_routes(&config),
         )?;
