@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::ClusterConfig;
 use crate::message::SessionKey;
 use crate::store::StoreError;
 use crate::store::cluster::{ClusterStore, Fence, InstanceInfo, LeaseHeld, LeaseRow};
@@ -223,16 +222,30 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// What a [`Cluster`] handle is built from: the `[cluster]` keys it uses (the runtime reads
+/// them from the configuration, so this module does not depend on `config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `cluster.instance_id` (or its default, the hostname plus the process id).
+    pub instance_id: String,
+    /// `cluster.partitions`.
+    pub partitions: u32,
+    /// `cluster.lease_ttl`.
+    pub lease_ttl: Duration,
+    /// `cluster.renew_interval`.
+    pub renew_interval: Duration,
+}
+
 impl Cluster {
     /// A handle for this instance from `[cluster]`; `advertise_url` is where the other
     /// instances reach its HTTP listener. Holds nothing until the first [`Cluster::tick`].
     pub fn new(
-        config: &ClusterConfig,
+        config: &Settings,
         store: Arc<dyn ClusterStore>,
         advertise_url: Option<String>,
     ) -> Arc<Self> {
-        let me: Arc<str> = config.instance_id().into();
-        let ttl = config.lease_ttl.get();
+        let me: Arc<str> = config.instance_id.as_str().into();
+        let ttl = config.lease_ttl;
         let (owned_tx, _) = watch::channel(Arc::new(BTreeMap::new()));
         Arc::new(Self {
             info: Mutex::new(InstanceInfo {
@@ -243,7 +256,7 @@ impl Cluster {
             me,
             partitions: config.partitions.max(1),
             ttl,
-            renew: config.renew_interval.get(),
+            renew: config.renew_interval,
             margin: ttl / 6,
             store,
             held: Mutex::new(BTreeMap::new()),

@@ -210,8 +210,14 @@ impl Gateway {
                 .cluster_store()
                 .context("cluster.enabled needs store.backend = \"postgres\"")?;
             // Without `cluster.advertise_url`, the bound listener's address, once bound.
+            let settings = crate::cluster::Settings {
+                instance_id: config.cluster.instance_id(),
+                partitions: config.cluster.partitions,
+                lease_ttl: config.cluster.lease_ttl.get(),
+                renew_interval: config.cluster.renew_interval.get(),
+            };
             Some(Cluster::new(
-                &config.cluster,
+                &settings,
                 shared,
                 config.cluster.advertise_url.clone(),
             ))

@@ -11,9 +11,7 @@ mod pg_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatewayd::cluster::Cluster;
-use gatewayd::config::ClusterConfig;
-use gatewayd::config::HumanDuration;
+use gatewayd::cluster::{Cluster, Settings};
 use gatewayd::message::{ChannelKind, ChatType, InboundMessage, SessionKey};
 use gatewayd::store::cluster::{ClusterStore, Fence};
 use gatewayd::store::postgres::PostgresStore;
@@ -26,10 +24,9 @@ fn have_cluster(test: &str) -> bool {
     if std::env::var(PG_URL_VAR).is_ok_and(|u| !u.trim().is_empty()) {
         return true;
     }
-    eprintln!(
-        "{test}: skipped, {PG_URL_VAR} is not set (tests/run.sh starts a PostgreSQL cluster)"
+    panic!(
+        "{test}: {PG_URL_VAR} is not set: run tests/run.sh (it starts a throwaway PostgreSQL cluster), or set it to a superuser URL"
     );
-    false
 }
 
 async fn open(db: &FreshDatabase) -> Arc<PostgresStore> {
@@ -354,14 +351,12 @@ async fn a_takeover_waits_for_a_fenced_commit_that_is_still_open() {
     assert_eq!(b_epoch, epoch + 1);
 }
 
-fn config(id: &str, partitions: u32) -> ClusterConfig {
-    ClusterConfig {
-        enabled: true,
-        instance_id: Some(id.to_owned()),
+fn config(id: &str, partitions: u32) -> Settings {
+    Settings {
+        instance_id: id.to_owned(),
         partitions,
-        lease_ttl: HumanDuration(Duration::from_secs(3)),
-        renew_interval: HumanDuration(Duration::from_secs(1)),
-        ..ClusterConfig::default()
+        lease_ttl: Duration::from_secs(3),
+        renew_interval: Duration::from_secs(1),
     }
 }
 

@@ -64,7 +64,7 @@ struct Snapshot {
     run: gatewayd::store::RunRecord,
     usage: Vec<gatewayd::store::UsageTotal>,
     pairing: Vec<gatewayd::store::PairingRequest>,
-    access: (bool, bool),
+    access: gatewayd::store::UserFlags,
     cursor: Option<i64>,
     budget: BudgetOverride,
     sessions: Vec<gatewayd::store::StoredSession>,

@@ -34,8 +34,9 @@ pub const SKIP_ENV: &str = "GATEWAY_TEST_SKIP_CLUSTER";
 /// The lease-name prefix of a session partition.
 pub const PARTITION_PREFIX: &str = "part:";
 
-/// Why the cluster tests cannot run here, if they cannot: `GATEWAY_TEST_PG_URL` is unset, or
-/// this is the second pass of `tests/run.sh`. A test prints it and returns.
+/// Why the cluster tests do not run here, if they do not: this is the second pass of
+/// `tests/run.sh` (they ran in the first). A test prints it and returns. Without
+/// `GATEWAY_TEST_PG_URL` it panics, saying so: a cluster test never passes without running.
 pub fn skip_reason() -> Option<String> {
     if std::env::var(SKIP_ENV).is_ok_and(|v| !v.trim().is_empty()) {
         return Some(format!(
@@ -44,10 +45,11 @@ pub fn skip_reason() -> Option<String> {
     }
     match std::env::var(CLUSTER_ENV) {
         Ok(url) if !url.trim().is_empty() => None,
-        _ => Some(format!(
+        // Never a silent pass: without the database the test fails saying what it needs.
+        _ => panic!(
             "{CLUSTER_ENV} is not set: the cluster tests need a PostgreSQL cluster they may \
              create a database on (tests/run.sh starts one)"
-        )),
+        ),
     }
 }
 

@@ -78,6 +78,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// How long opening (or checking) a connection may take before the database counts as
 /// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transaction may sit idle between two statements before the server ends it (every
+/// transaction of the store sends its statements back to back).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
 /// How long an operation waits for a pooled connection to come free.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -252,8 +255,14 @@ impl PostgresStore {
         retention: Retention,
         max_connections: usize,
     ) -> Result<Self, StoreError> {
-        // Set on every connection the pool opens: a commit is acknowledged once it is on disk.
-        config.options("-c synchronous_commit=on");
+        // Set on every connection the pool opens: a commit is acknowledged once it is on disk;
+        // and a transaction left idle (its instance paused, e.g. by SIGSTOP, between two
+        // statements) is ended by the server, so its row locks (a fenced commit's lease row)
+        // never hold up another instance's takeover for longer than that.
+        config.options(&format!(
+            "-c synchronous_commit=on -c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ));
         if config.get_application_name().is_none() {
             config.application_name("gatewayd");
         }

@@ -31,21 +31,6 @@ pub(super) async fn inbox_drop(
     Ok(())
 }
 
-/// Whether `table` holds `user` or a user merged into it.
-async fn holds(conn: &impl GenericClient, table: &str, user: UserId) -> Result<bool, StoreError> {
-    let row = conn
-        .query_opt(
-            &format!(
-                "SELECT 1 FROM {table} WHERE user_id = $1
-                    OR user_id IN (SELECT id FROM users WHERE merged_into = $1) LIMIT 1"
-            ),
-            &[&user],
-        )
-        .await
-        .map_err(db)?;
-    Ok(row.is_some())
-}
-
 pub(super) async fn access_flags(
     store: &PostgresStore,
     user: UserId,

@@ -500,16 +500,37 @@ mod tests {
             .expect("approve");
         assert_eq!(approved.kept, vec![d]);
         assert_eq!(store.inbox_rows(&[d]).await.expect("rows").len(), 1);
+        use crate::store::UserFlags;
+        let flags = |approved, blocked| UserFlags {
+            approved,
+            blocked,
+            budget: crate::store::BudgetOverride::default(),
+        };
         assert_eq!(
             store.access_flags(user).await.expect("flags"),
-            (true, false)
+            flags(true, false)
         );
         store.set_blocked(user, true).await.expect("block");
-        assert_eq!(store.access_flags(user).await.expect("flags"), (true, true));
-        store.set_blocked(user, false).await.expect("unblock");
         assert_eq!(
             store.access_flags(user).await.expect("flags"),
-            (true, false)
+            flags(true, true)
+        );
+        store.set_blocked(user, false).await.expect("unblock");
+        let limits = crate::store::BudgetOverride {
+            tokens_per_day: Some(500),
+            turns_per_minute: None,
+        };
+        store
+            .set_budget_override(user, limits)
+            .await
+            .expect("override");
+        assert_eq!(
+            store.access_flags(user).await.expect("flags"),
+            UserFlags {
+                approved: true,
+                blocked: false,
+                budget: limits,
+            }
         );
         assert!(store.set_blocked(999_999, true).await.is_err());
     }
