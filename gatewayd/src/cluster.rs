@@ -30,7 +30,8 @@
 //! instance at a time, under a lease with a fencing epoch. [`relay`] carries a WebChat reply
 //! from the instance that sends it to the instance holding the chat's socket.
 //!
-//! The handle itself depends only on the store, the configuration and the message types, so
+//! The handle itself depends only on the store and the message types (the runtime builds its
+//! [`Settings`] from `[cluster]`), so
 //! every part that asks it (inbox, sessions, delivery, workflows) may do so without a cycle.
 
 pub mod leader;

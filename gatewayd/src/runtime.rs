@@ -214,8 +214,18 @@ impl Gateway {
                 instance_id: config.cluster.instance_id(),
                 partitions: config.cluster.partitions,
                 lease_ttl: config.cluster.lease_ttl.get(),
-                renew_interval: config.cluster.renew_interval.get(),
+                renew_interval: config.cluster.renew_every(),
             };
+            if config.cluster.renew_every() < config.cluster.renew_interval.get() {
+                tracing::warn!(
+                    message = "cluster.renew_interval is more than half of cluster.lease_ttl; renewing at half the lease instead.",
+                    renew_interval_ms =
+                        u64::try_from(config.cluster.renew_interval.get().as_millis())
+                            .unwrap_or(u64::MAX),
+                    lease_ttl_ms = u64::try_from(config.cluster.lease_ttl.get().as_millis())
+                        .unwrap_or(u64::MAX),
+                );
+            }
             Some(Cluster::new(
                 &settings,
                 shared,
@@ -962,7 +972,7 @@ fn leadership(config: &Config, store: &SharedStore) -> Option<Leadership> {
         cluster,
         config.cluster.instance_id(),
         config.cluster.lease_ttl.get(),
-        config.cluster.renew_interval.get(),
+        config.cluster.renew_every(),
     ))
 }
 

@@ -64,6 +64,12 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// How often the instance renews: `renew_interval`, but at most half of `lease_ttl`, so a
+    /// lease never lapses between two renewals.
+    pub fn renew_every(&self) -> Duration {
+        self.renew_interval.get().min(self.lease_ttl.get() / 2)
+    }
+
     /// `instance_id`, or the hostname plus the process id.
     pub fn instance_id(&self) -> String {
         if let Some(id) = &self.instance_id {

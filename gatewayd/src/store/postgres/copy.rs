@@ -211,6 +211,19 @@ pub async fn migrate_from_sqlite(
                 })
             })
             .collect::<Result<_, StoreError>>()?;
+        // Columns only the shared store has (a session's `partition` in multi-instance mode)
+        // stay NULL: the embedded store never had them.
+        let source_columns: std::collections::HashSet<String> = src
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(sqlite_error)?;
+        let columns: Vec<Column> = columns
+            .into_iter()
+            .filter(|c| source_columns.contains(&c.name))
+            .collect();
         let names = columns
             .iter()
             .map(|c| c.name.as_str())
