@@ -259,7 +259,7 @@ impl PostgresStore {
         // and a transaction left idle (its instance paused, e.g. by SIGSTOP, between two
         // statements) is ended by the server, so its row locks (a fenced commit's lease row)
         // never hold up another instance's takeover for longer than that.
-        config.options(&format!(
+        config.options(format!(
             "-c synchronous_commit=on -c idle_in_transaction_session_timeout={}",
             IDLE_IN_TRANSACTION.as_millis()
         ));
