@@ -224,6 +224,18 @@ async fn a_poller_frozen_past_its_lease_has_no_poll_open_when_the_next_one_start
     assert_never_two_polls(&tg, &rig);
 
     // Thawed, the old poller finds its deadline passed and stops; it does not poll again.
+    // The one thing it may still do is send the single request it had decided on before it was
+    // frozen (checked against its deadline, then frozen before the bytes left): a client cannot
+    // close that window, Telegram answers one of the two polls 409, and nothing of that poll is
+    // confirmed (its offset is the stored one, and storing a newer one is fenced). README lists
+    // it under the limits; this test allows exactly that one request and nothing more.
+    let stale_peers: std::collections::BTreeSet<_> = tg
+        .polls()
+        .iter()
+        .filter(|p| p.start < paused_at)
+        .filter_map(|p| p.peer)
+        .collect();
+    let resumed_at = Instant::now();
     rig.resume(first).await.expect("SIGCONT");
     gateway_tests::poll_until_async(
         SETTLE,
@@ -239,7 +251,25 @@ async fn a_poller_frozen_past_its_lease_has_no_poll_open_when_the_next_one_start
     .unwrap_or_else(|e| panic!("{e:#}\n{}", rig.logs_tail(40)));
     pushed.extend(push_batch(&tg, 200..205, 2));
     wait_answered_once(&rig, &tg, &pushed).await;
-    assert_never_two_polls(&tg, &rig);
+    let stale = |p: &gateway_tests::fake_telegram::PollInterval| {
+        p.start >= resumed_at && p.peer.is_some_and(|peer| stale_peers.contains(&peer))
+    };
+    let late: Vec<_> = tg.polls().into_iter().filter(|p| stale(p)).collect();
+    assert!(
+        late.len() <= 1,
+        "the thawed instance polled again after its lease moved: {late:#?}\n{}",
+        rig.logs_tail(40)
+    );
+    let overlaps: Vec<_> = tg
+        .poll_overlaps()
+        .into_iter()
+        .filter(|(a, b)| !stale(a) && !stale(b))
+        .collect();
+    assert!(
+        overlaps.is_empty(),
+        "two getUpdates were open at once: {overlaps:#?}\n{}",
+        rig.logs_tail(40)
+    );
     assert_eq!(
         rig.lease_owner(LEASE).await.expect("owner"),
         Some(instance_id(next))
